@@ -1,0 +1,96 @@
+"""The one configuration object of the service, read from CLI flags and `RATING_*` variables.
+
+Every setting has a flag (`--redis-url`) and a variable (`RATING_REDIS_URL`); the flag wins. The object is
+frozen: nothing changes configuration behind a running service's back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "address the HTTP server binds to")
+    port: int = _setting(8080, "HTTP port")
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding balances and reservations")
+    database_url: str = _setting(
+        "postgresql://postgres@127.0.0.1:5432/rating", "PostgreSQL holding the durable records"
+    )
+    redis_timeout: float = _setting(
+        0.5, "seconds a Redis command may take before the request fails with 503"
+    )
+    authorization_ttl: int = _setting(
+        120, "seconds an authorization's reservation is held if the call never begins"
+    )
+    call_grace: int = _setting(
+        30, "seconds past its granted units after which a running call is ended by the agent"
+    )
+    max_units: int = _setting(14400, "upper bound of max_available_units, in seconds")
+    reservation_share: int = _setting(
+        100, "percent of an account's available balance one call may reserve (1-100)"
+    )
+    record_retention: int = _setting(
+        86400, "seconds a finished call's state stays in Redis (idempotent retries, fast reads)"
+    )
+    outbox_batch: int = _setting(500, "outbox entries written to PostgreSQL per batch")
+    reaper_interval: float = _setting(1.0, "seconds between scans for expired reservations")
+    log_level: str = _setting("INFO", "logging level")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.reservation_share <= 100:
+            raise ValueError("reservation_share must be between 1 and 100")
+        if self.max_units <= 0:
+            raise ValueError("max_units must be positive")
+        for name in ("authorization_ttl", "call_grace", "record_retention", "outbox_batch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds one `--flag` per setting; absent flags fall back to RATING_* and then the default."""
+        for f in fields(cls):
+            env = f"RATING_{f.name.upper()}"
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                type=type(f.default) if f.default is not MISSING else str,
+                default=None,
+                help=f"{f.metadata['help']} (env {env}, default {f.default!r})",
+            )
+
+    @classmethod
+    def load(
+        cls, namespace: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    ) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            given = getattr(namespace, f.name, None) if namespace is not None else None
+            if given is None:
+                raw = environ.get(f"RATING_{f.name.upper()}")
+                if raw is None or raw == "":
+                    continue
+                try:
+                    given = type(f.default)(raw)
+                except ValueError as exc:
+                    raise ValueError(f"RATING_{f.name.upper()}={raw!r}: {exc}") from None
+            values[f.name] = given
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str]) -> "Settings":
+        parser = argparse.ArgumentParser()
+        cls.add_arguments(parser)
+        return cls.load(parser.parse_args(list(argv)), environ={})

@@ -1,0 +1,161 @@
+"""Local, throw-away Redis and PostgreSQL servers for `make run` and the test suite.
+
+Both servers listen on 127.0.0.1 only, keep their data in a folder of the caller's choosing and are
+stopped by the caller. PostgreSQL refuses to run as root, so when we are root the cluster is owned by
+and run as the `postgres` system user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def _pg_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for bindir in PG_BIN_CANDIDATES:
+        if (bindir / name).exists():
+            return str(bindir / name)
+    raise FileNotFoundError(f"PostgreSQL tool {name!r} not found; install postgresql")
+
+
+def _as_postgres_user() -> tuple[list[str], pwd.struct_passwd | None]:
+    if os.geteuid() != 0:
+        return [], None
+    user = pwd.getpwnam("postgres")
+    return ["runuser", "-u", "postgres", "--"], user
+
+
+def _make_traversable(directory: Path) -> None:
+    """Let the postgres user reach its data folder (temporary folders are private to root)."""
+    for folder in [directory, *directory.resolve().parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child process with append-only persistence in `directory`."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+                "--daemonize", "no",
+                "--logfile", str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in `directory`, trust authentication on 127.0.0.1, database `rating`."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    database: str = "rating"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        prefix, _ = _as_postgres_user()
+        done = subprocess.run([*prefix, *argv], capture_output=True, text=True, cwd="/")
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr or done.stdout}")
+        return done
+
+    def start(self) -> "PostgresServer":
+        data = self.directory / "pgdata"
+        prefix, user = _as_postgres_user()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+            _make_traversable(self.directory.parent)
+        if not (data / "PG_VERSION").exists():
+            self._run(
+                _pg_tool("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                "-E", "UTF8", "--no-sync",
+            )
+        self._run(
+            _pg_tool("pg_ctl"), "-D", str(data), "-l", str(self.directory / "postgres.log"),
+            "-w", "-t", "60", "start",
+            "-o", f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.directory}"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+        )
+        wait_for_port(self.port)
+        exists = self._run(
+            _pg_tool("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+        )
+        if exists.stdout.strip() != "1":
+            self._run(
+                _pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                self.database,
+            )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        data = self.directory / "pgdata"
+        if (data / "postmaster.pid").exists():
+            self._run(_pg_tool("pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop", check=False)
