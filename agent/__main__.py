@@ -1,0 +1,162 @@
+"""Command line: `python -m agent serve | migrate | import catalog FILE | import rates FILE | balance ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Sequence
+
+import orjson
+
+from .config import Settings
+
+
+def _serve(settings: Settings) -> None:
+    import uvloop
+    from aiohttp import web
+
+    from .app import create_app
+
+    uvloop.install()
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, access_log=None,
+        print=lambda text: logging.getLogger("agent").info(text.strip()), shutdown_timeout=10,
+    )
+
+
+async def _with_database(settings: Settings, work):
+    from .store.database import create_pool, migrate
+
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection)
+            return await work(connection)
+    finally:
+        await pool.close()
+
+
+async def _apply_balances(settings: Settings, balances: list[tuple[str, str, int]]) -> None:
+    import cache
+    from .transaction import now_ms
+
+    if not balances:
+        return
+    client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+    try:
+        await cache.load_library(client)
+        for tenant, tag, amount in balances:
+            await cache.move_balance(client, tenant, tag, "set", amount, now_ms(), "import")
+    finally:
+        await client.aclose()
+
+
+def _import_catalog(settings: Settings, path: str) -> None:
+    from .store.importer import import_catalog
+
+    with open(path, "rb") as handle:
+        document = orjson.loads(handle.read())
+    summary = asyncio.run(_with_database(settings, lambda c: import_catalog(c, document)))
+    asyncio.run(_apply_balances(settings, summary.pop("balances")))
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
+    from .store.importer import csv_rates, import_rates, open_text
+
+    show = sys.stderr.isatty() and not args.quiet
+
+    def progress(lines: int) -> None:
+        if show:
+            print(f"\r{lines:,} rows read", end="", file=sys.stderr, flush=True)
+
+    with open_text(args.file) as handle:
+        rows = csv_rates(handle, args.tenant, args.pricelist, args.carrier, progress)
+        result = asyncio.run(_with_database(settings, lambda c: import_rates(c, rows, args.replace)))
+    if show:
+        print(file=sys.stderr)
+    print(f"rates={result.rows} removed={result.replaced}")
+
+
+def _balance(settings: Settings, args: argparse.Namespace) -> None:
+    import cache
+    from .transaction import now_ms
+
+    async def run() -> int:
+        client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+        try:
+            await cache.load_library(client)
+            return await cache.move_balance(
+                client, args.tenant, args.account_tag, args.mode, args.amount, now_ms(), "cli"
+            )
+        finally:
+            await client.aclose()
+
+    print(asyncio.run(run()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rating-agent", description=__doc__)
+    Settings.add_arguments(parser)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve the HTTP API")
+    commands.add_parser("migrate", help="bring the PostgreSQL schema up to date and exit")
+    load = commands.add_parser("import", help="load catalog data from files").add_subparsers(dest="kind", required=True)
+    catalog = load.add_parser("catalog", help="a JSON document of carriers, pricelists, rates and accounts")
+    catalog.add_argument("file")
+    rates = load.add_parser("rates", help="a CSV rate deck (header line required), streamed")
+    rates.add_argument("file", help="CSV file, or - for standard input")
+    rates.add_argument("--tenant", default="default")
+    rates.add_argument("--pricelist", help="pricelist_tag for rows without one")
+    rates.add_argument("--carrier", help="carrier_tag for rows without one")
+    rates.add_argument("--replace", action="store_true",
+                       help="delete the rates of the deck's pricelist/carrier pairs that the deck does not list")
+    rates.add_argument("--quiet", action="store_true", help="no progress output")
+    balance = commands.add_parser("balance", help="set or move an account's live balance")
+    balance.add_argument("mode", choices=["set", "add"])
+    balance.add_argument("account_tag")
+    balance.add_argument("amount", type=int)
+    balance.add_argument("--tenant", default="default")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.load(args)
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return _run(args, settings)
+    except Exception as exc:  # noqa: BLE001 - a command-line user gets the message, not a traceback
+        if args.command == "serve" or settings.log_level.upper() == "DEBUG":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        _serve(settings)
+    elif args.command == "migrate":
+        from .store.database import migrate
+
+        applied = asyncio.run(_with_database(settings, migrate))
+        print("applied: " + (", ".join(applied) or "nothing"))
+    elif args.command == "import" and args.kind == "catalog":
+        _import_catalog(settings, args.file)
+    elif args.command == "import":
+        _import_rates(settings, args)
+    elif args.command == "balance":
+        _balance(settings, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

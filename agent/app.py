@@ -1,0 +1,129 @@
+"""The application factory: every resource and background task is a cleanup context of the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+import cache
+from cache import UNAVAILABLE, AutoPipeline
+
+from .catalog_keeper import CatalogKeeper
+from .config import Settings
+from .http import rest
+from .http.responses import json_errors
+from .keys import CATALOG, DATABASE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
+from .store.database import create_pool, migrate
+from .store.writer import OutboxWriter
+from .transaction import Transactions, now_ms
+
+log = logging.getLogger(__name__)
+
+
+async def _until_ready(what: str, attempt, pause: float = 1.0):
+    """Retries `attempt` until it succeeds: a service started before its databases waits for them."""
+    while True:
+        try:
+            return await attempt()
+        except (OSError, *UNAVAILABLE) as exc:
+            log.warning("waiting for %s: %s", what, exc)
+        except Exception as exc:  # asyncpg raises several unrelated types while PostgreSQL starts
+            if "asyncpg" not in type(exc).__module__:
+                raise
+            log.warning("waiting for %s: %s", what, exc)
+        await asyncio.sleep(pause)
+
+
+@contextlib.asynccontextmanager
+async def _background(name: str, coroutine) -> AsyncIterator[None]:
+    task = asyncio.create_task(coroutine, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = cache.connect(settings.redis_url, settings.redis_timeout)
+    await _until_ready("Redis", lambda: cache.load_library(client))
+    app[REDIS] = client
+    app[PIPELINE] = AutoPipeline(client, settings.redis_timeout)
+    yield
+    await app[PIPELINE].close()
+    await client.aclose()
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await _until_ready("PostgreSQL", lambda: create_pool(settings.database_url))
+    async with pool.acquire() as connection:
+        await migrate(connection)
+    app[DATABASE] = pool
+    yield
+    await pool.close()
+
+
+async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    keeper = CatalogKeeper(app[SETTINGS].database_url, app[DATABASE], app[REDIS])
+    await _until_ready("the catalog", keeper.reload)
+    app[CATALOG] = keeper
+    app[TRANSACTIONS] = Transactions(app[SETTINGS], app[PIPELINE], keeper.get)
+    async with _background("catalog-listener", keeper.run()):
+        yield
+
+
+async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = app[DATABASE]
+
+    async def current_pool():
+        return pool
+
+    settings = app[SETTINGS]
+    # Its own client: a blocking stream read must not trip the hot path's short timeout.
+    client = cache.connect(settings.redis_url, timeout=5.0)
+    writer = OutboxWriter(client, current_pool, settings.outbox_batch)
+    app[WRITER] = writer
+    async with _background("outbox-writer", writer.run()):
+        yield
+    # A last pass so a clean shutdown leaves nothing of this process pending.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.drain_once(), timeout=5)
+    await client.aclose()
+
+
+async def expire_calls(app: web.Application) -> None:
+    """Releases reservations never begun and ends calls that outlived their units (lost ends)."""
+    settings = app[SETTINGS]
+    while True:
+        await asyncio.sleep(settings.reaper_interval)
+        try:
+            while True:
+                done = await app[PIPELINE].call(*cache.fcall(
+                    "rating_expire", (cache.DEADLINES, cache.OUTBOX), (now_ms(), settings.record_retention, 200)
+                ))
+                if int(done) < 200:
+                    break
+        except UNAVAILABLE as exc:
+            log.warning("expiry: Redis unavailable (%s)", exc)
+        except Exception:  # noqa: BLE001
+            log.exception("expiry: unexpected failure")
+
+
+async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with _background("call-expiry", expire_calls(app)):
+        yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    app[SETTINGS] = settings
+    app.add_routes(rest.routes)
+    app.cleanup_ctx.extend([redis_ctx, database_ctx, catalog_ctx, writer_ctx, reaper_ctx])
+    return app

@@ -1,0 +1,99 @@
+"""Keeps this process's catalog snapshot current: loads it at start and again after every change.
+
+Changes are announced on a PostgreSQL channel (LISTEN/NOTIFY). A lost listening connection is
+re-established and followed by a full reload, since announcements made meanwhile were missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from cache import UNAVAILABLE, account_key
+
+from .pricing.catalog import Catalog
+from .store.catalog import load_catalog
+from .store.database import CATALOG_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+async def seed_balances(client: aioredis.Redis, catalog: Catalog, previous: Catalog | None) -> None:
+    """Gives Redis the stored balance of accounts it does not know yet (new accounts, or an empty Redis)."""
+    pipe = client.pipeline(transaction=False)
+    count = 0
+    for key, account in catalog.accounts.items():
+        if previous is not None and key in previous.accounts:
+            continue
+        pipe.hsetnx(account_key(account.tenant, account.account_tag), "balance", account.balance)
+        count += 1
+        if count % 5000 == 0:
+            await pipe.execute()
+    await pipe.execute()
+
+
+class CatalogKeeper:
+    def __init__(self, database_url: str, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.database_url = database_url
+        self.pool = pool
+        self.redis = redis
+        self.current = Catalog()
+        self.loaded = asyncio.Event()
+        self.last_load_seconds = 0.0
+        self._changed = asyncio.Event()
+        self._version = 0
+
+    def get(self) -> Catalog:
+        return self.current
+
+    async def reload(self) -> Catalog:
+        self._version += 1
+        catalog, seconds = await load_catalog(self.pool, self._version)
+        previous = self.current if self.loaded.is_set() else None
+        try:
+            await seed_balances(self.redis, catalog, previous)
+        except UNAVAILABLE as exc:
+            log.warning("catalog: could not seed balances in Redis (%s); will retry on next load", exc)
+        self.current = catalog
+        self.last_load_seconds = seconds
+        self.loaded.set()
+        log.info(
+            "catalog v%d: %d accounts, %d carriers, %d rates loaded in %.2fs",
+            catalog.version, len(catalog.accounts), len(catalog.carriers), catalog.rate_count, seconds,
+        )
+        return catalog
+
+    def _announce(self, *_args) -> None:
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Listens for changes until cancelled; reloads after each change and after each reconnection."""
+        reconnecting = False
+        while True:
+            listener = None
+            try:
+                listener = await asyncpg.connect(self.database_url, timeout=5)
+                await listener.add_listener(CATALOG_CHANNEL, self._announce)
+                if reconnecting:
+                    self._changed.set()
+                reconnecting = True
+                while not listener.is_closed():
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        await listener.execute("SELECT 1")
+                        continue
+                    await asyncio.sleep(0.05)  # let a burst of announcements settle into one reload
+                    self._changed.clear()
+                    await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
+                log.warning("catalog: listener lost (%s); reconnecting", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                if listener is not None and not listener.is_closed():
+                    await listener.close()

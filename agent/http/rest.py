@@ -1,0 +1,53 @@
+"""Canyan's agent REST API: the five call operations Kamailio and OpenSIPS use, and the status probe."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from cache import UNAVAILABLE
+
+from ..keys import TRANSACTIONS
+from ..transaction import Conflict
+from .responses import detail, json_response
+from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Unparsable, ValidationFailed, parse_body, validate
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cannot be reached"
+
+
+def _endpoint(path: str, fields, operation: str) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            values = validate(parse_body(await request.read()), fields)
+        except Unparsable as exc:
+            return detail(str(exc), 400)
+        except ValidationFailed as exc:
+            return detail(exc.errors, 422)
+        transactions = request.app[TRANSACTIONS]
+        try:
+            result = await getattr(transactions, operation)(values)
+        except Conflict as exc:
+            return detail(str(exc), 409)
+        except UNAVAILABLE as exc:
+            log.warning("%s: Redis unavailable: %r", path, exc)
+            return detail(UNAVAILABLE_DETAIL, 503)
+        return json_response(result)
+
+    handler.__name__ = operation
+    routes.post(path)(handler)
+
+
+_endpoint("/v1/authorization", AUTHORIZATION, "authorization")
+_endpoint("/v1/begin_transaction", BEGIN, "begin")
+_endpoint("/v1/end_transaction", END, "end")
+_endpoint("/v1/rollback_transaction", ROLLBACK, "rollback")
+_endpoint("/v1/record_transaction", RECORD, "record")
+
+
+@routes.get("/status")
+async def status(request: web.Request) -> web.Response:
+    return web.Response(status=204)

@@ -1,0 +1,156 @@
+"""Request bodies of the /v1 endpoints: Canyan's fields, defaults and lenient coercions, with its error shapes.
+
+Kamailio sends every value as a JSON string, other clients send numbers and booleans; both are accepted
+the way the original (pydantic 1) accepted them. A bad value gives a 422 whose `detail` names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_EPOCH = re.compile(r"^[+-]?\d+(\.\d+)?$")
+
+
+class ValidationFailed(Exception):
+    """A 422 with FastAPI's `detail` list."""
+
+    def __init__(self, errors: list[dict]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+class Unparsable(Exception):
+    """A 400: the body is not JSON."""
+
+
+def _error(field: str | None, msg: str, kind: str) -> dict:
+    loc = ["body", "request"] if field is None else ["body", "request", field]
+    return {"loc": loc, "msg": msg, "type": kind}
+
+
+def as_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise ValueError("str type expected", "type_error.str")
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    raise ValueError("value could not be parsed to a boolean", "type_error.bool")
+
+
+def as_datetime(value: Any) -> datetime:
+    """ISO-8601 with `T` or space, optional seconds, fraction and offset; or Unix epoch seconds.
+
+    A value without an offset is UTC. Date-only and basic-format values are refused.
+    """
+    if isinstance(value, bool):
+        raise ValueError("invalid datetime format", "value_error.datetime")
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _EPOCH.match(value.strip())):
+        try:
+            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("invalid datetime format", "value_error.datetime") from None
+    if isinstance(value, str) and _ISO.match(value.strip()):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError("invalid datetime format", "value_error.datetime") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise ValueError("invalid datetime format", "value_error.datetime")
+
+
+def as_str_list(value: Any) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("value is not a valid list", "type_error.list")
+    return [as_str(item) for item in value]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    coerce: Callable[[Any], Any]
+    required: bool = False
+    default: Any = None
+
+
+def _fields(*spec: tuple) -> tuple[Field, ...]:
+    return tuple(Field(*item) for item in spec)
+
+
+_COMMON = (("tenant", as_str, False, "default"), ("transaction_tag", as_str, True),
+           ("account_tag", as_str), ("destination_account_tag", as_str))
+_CALL = (("source", as_str), ("source_ip", as_str), ("destination", as_str),
+         ("carrier_ip", as_str), ("tags", as_str_list))
+
+AUTHORIZATION = _fields(*_COMMON, *_CALL, ("timestamp_auth", as_datetime))
+BEGIN = _fields(*_COMMON, *_CALL, ("timestamp_begin", as_datetime))
+END = _fields(*_COMMON, ("timestamp_end", as_datetime))
+ROLLBACK = _fields(*_COMMON)
+RECORD = _fields(
+    *_COMMON, *_CALL, ("authorized", as_bool, False, False), ("unauthorized_reason", as_str),
+    ("timestamp_auth", as_datetime), ("timestamp_begin", as_datetime), ("timestamp_end", as_datetime),
+)
+
+
+def parse_body(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Unparsable("There was an error parsing the body") from None
+
+
+def validate(data: Any, fields: tuple[Field, ...]) -> dict[str, Any]:
+    """The request as a dict with every field present (defaults filled in), or ValidationFailed."""
+    if data is None:
+        raise ValidationFailed([_error(None, "field required", "value_error.missing")])
+    if not isinstance(data, dict):
+        raise ValidationFailed([_error(None, "value is not a valid dict", "type_error.dict")])
+    values: dict[str, Any] = {}
+    errors: list[dict] = []
+    for field in fields:
+        if field.name not in data:
+            if field.required:
+                errors.append(_error(field.name, "field required", "value_error.missing"))
+            values[field.name] = field.default
+            continue
+        raw = data[field.name]
+        if raw is None:
+            if field.required or field.default is not None:
+                errors.append(_error(field.name, "none is not an allowed value", "type_error.none.not_allowed"))
+            values[field.name] = field.default
+            continue
+        try:
+            values[field.name] = field.coerce(raw)
+        except ValueError as exc:
+            msg, kind = exc.args if len(exc.args) == 2 else (str(exc), "value_error")
+            errors.append(_error(field.name, msg, kind))
+    if errors:
+        raise ValidationFailed(errors)
+    return values

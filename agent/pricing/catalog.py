@@ -1,0 +1,40 @@
+"""An immutable snapshot of everything rating reads: accounts, carriers and one rate table per tenant.
+
+A new snapshot is built aside and swapped in with one assignment, so every request is rated against one
+consistent catalog, old or new, never a mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .account import Account
+from .carrier import Carrier
+from .table import RateTable
+
+EMPTY_TABLE = RateTable().freeze()
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    accounts: dict[tuple[str, str], Account] = field(default_factory=dict)
+    carriers: dict[tuple[str, str], Carrier] = field(default_factory=dict)
+    tables: dict[str, RateTable] = field(default_factory=dict)
+    version: int = 0
+
+    def account(self, tenant: str, tag: str | None) -> Account | None:
+        if not tag:
+            return None
+        return self.accounts.get((tenant, tag))
+
+    def carrier(self, tenant: str, tag: str | None) -> Carrier | None:
+        if tag is None:
+            return None
+        return self.carriers.get((tenant, tag))
+
+    def table(self, tenant: str) -> RateTable:
+        return self.tables.get(tenant, EMPTY_TABLE)
+
+    @property
+    def rate_count(self) -> int:
+        return sum(table.size for table in self.tables.values())

@@ -1,0 +1,52 @@
+"""How a destination is read and how a rate prefix is matched against it.
+
+Kamailio sends the To-URI verbatim (`sip:39040123456@domain:5060`); API users send bare numbers
+(`39040123123`). A prefix is matched in one of two ways:
+
+* a *number prefix* (`39`, `+39`, or a URI prefix that is only a scheme and digits such as `sip:39` or
+  `tel:+39`) is compared with the destination's number: the user part of the URI with the scheme, a
+  leading `+`, URI parameters, the domain and visual separators removed;
+* any other URI prefix (`sip:alice@`, `sip:39040@example.com`) is compared with the raw destination string.
+
+When prefixes of both kinds match, the one with more characters after its scheme wins.
+"""
+
+from __future__ import annotations
+
+SCHEMES = ("sips:", "sip:", "tel:")
+_VISUAL_SEPARATORS = str.maketrans("", "", "-.() ")
+
+
+def scheme_length(text: str) -> int:
+    """Length of the URI scheme (with its colon) that `text` starts with, or 0."""
+    head = text[:5].lower()
+    for scheme in SCHEMES:
+        if head.startswith(scheme):
+            return len(scheme)
+    return 0
+
+
+def number_of(destination: str) -> str:
+    """The dialled number (or user) of a destination URI or bare number."""
+    text = destination.strip()
+    text = text[scheme_length(text):]
+    user = text.split("@", 1)[0].split(";", 1)[0]
+    if user.startswith("+"):
+        user = user[1:]
+    compact = user.translate(_VISUAL_SEPARATORS)
+    return compact if compact.isdigit() else user
+
+
+def prefix_key(prefix: str) -> tuple[bool, str, int]:
+    """(is_raw, key, specificity) of a rate prefix.
+
+    Raw keys are compared with the raw destination; the others with `number_of(destination)`.
+    """
+    skip = scheme_length(prefix)
+    rest = prefix[skip:]
+    digits = rest[1:] if rest.startswith("+") else rest
+    if skip == 0:
+        return False, digits, len(digits)
+    if digits.isdigit():
+        return False, digits, len(digits)
+    return True, prefix, len(rest)

@@ -1,0 +1,108 @@
+"""Who takes part in a call and at which rate: the catalog half of an authorization.
+
+The plan settles everything that does not depend on live state: unknown or inactive accounts, an
+unreachable destination, the rate of every party and the carrier list. What depends on live balances and
+running calls (limits, units, reservations) is settled atomically in Redis from the plan's parties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from .account import Account
+from .carrier import Carrier
+from .catalog import Catalog
+from .rate import Rate
+from .routing import destination_rate, least_cost_routing
+
+
+class Reason(str, Enum):
+    NOT_FOUND = "NOT_FOUND"
+    NOT_ACTIVE = "NOT_ACTIVE"
+    UNREACHEABLE_DESTINATION = "UNREACHEABLE_DESTINATION"
+    TOO_MANY_RUNNING_TRANSACTIONS = "TOO_MANY_RUNNING_TRANSACTIONS"
+    TOO_MANY_RUNNING_INBOUND_TRANSACTIONS = "TOO_MANY_RUNNING_INBOUND_TRANSACTIONS"
+    TOO_MANY_RUNNING_OUTBOUND_TRANSACTIONS = "TOO_MANY_RUNNING_OUTBOUND_TRANSACTIONS"
+    BALANCE_INSUFFICIENT = "BALANCE_INSUFFICIENT"
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """One account charged or counted for a call: the caller, the callee, or one of their linked accounts."""
+
+    account: Account
+    inbound: bool
+    primary: bool
+    rate: Rate | None
+
+    @property
+    def spends_balance(self) -> bool:
+        """Outbound parties that pay from a balance are checked and reserved for."""
+        return not self.inbound and self.account.spends_balance
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    parties: tuple[Party, ...] = ()
+    carriers: tuple[Carrier, ...] = ()
+    refusal: Reason | None = None
+    refused_tag: str | None = None
+
+
+def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | None, at: datetime):
+    """[main] + its linked accounts (one level, unknown tags ignored), or a refusal."""
+    parties = [Party(main, inbound, True, None if inbound else destination_rate(catalog, main, destination, at))]
+    seen = {main.account_tag}
+    for tag in main.linked_accounts:
+        if tag in seen:
+            continue
+        seen.add(tag)
+        linked = catalog.account(main.tenant, tag)
+        if linked is None:
+            continue
+        if not linked.active:
+            return Reason.NOT_ACTIVE, linked.account_tag
+        rate = None if inbound else destination_rate(catalog, linked, destination, at)
+        parties.append(Party(linked, inbound, False, rate))
+    return parties, None
+
+
+def plan_call(
+    catalog: Catalog,
+    tenant: str,
+    account_tag: str | None,
+    destination_account_tag: str | None,
+    destination: str | None,
+    at: datetime,
+) -> Plan:
+    """The parties of a call and its carriers, or the reason it cannot be rated at all."""
+    if not account_tag and not destination_account_tag:
+        return Plan(refusal=Reason.NOT_FOUND, refused_tag=account_tag or destination_account_tag)
+    parties: list[Party] = []
+    carriers: tuple[Carrier, ...] = ()
+    if account_tag:
+        account = catalog.account(tenant, account_tag)
+        if account is None:
+            return Plan(refusal=Reason.NOT_FOUND, refused_tag=account_tag)
+        if not account.active:
+            return Plan(refusal=Reason.NOT_ACTIVE, refused_tag=account_tag)
+        outbound, failed_tag = _side(catalog, account, False, destination, at)
+        if failed_tag is not None:
+            return Plan(refusal=outbound, refused_tag=failed_tag)
+        if outbound[0].rate is None:
+            return Plan(refusal=Reason.UNREACHEABLE_DESTINATION, refused_tag=account_tag)
+        parties.extend(outbound)
+        carriers = tuple(least_cost_routing(catalog, account, destination, at))
+    if destination_account_tag:
+        callee = catalog.account(tenant, destination_account_tag)
+        if callee is None:
+            return Plan(refusal=Reason.NOT_FOUND, refused_tag=destination_account_tag)
+        if not callee.active:
+            return Plan(refusal=Reason.NOT_ACTIVE, refused_tag=destination_account_tag)
+        inbound, failed_tag = _side(catalog, callee, True, destination, at)
+        if failed_tag is not None:
+            return Plan(refusal=inbound, refused_tag=failed_tag)
+        parties.extend(inbound)
+    return Plan(parties=tuple(parties), carriers=carriers)

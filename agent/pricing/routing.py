@@ -1,0 +1,91 @@
+"""Which rate prices a call and which carriers carry it (least-cost routing).
+
+A rate is *eligible* for an account when it is effective at the call's time, belongs to one of the
+account's pricelists (any pricelist of the tenant when the account lists none), and its carrier exists,
+is active and is allowed by the account's `carrier_tags` (none listed: all carriers allowed).
+
+* The call is priced at the eligible rate with the longest prefix; among equally long prefixes the
+  cheapest per second wins, then the lower connect fee, then pricelist and carrier tag (deterministic).
+* Each carrier is offered at its own best eligible rate (same choice, per carrier); carriers are ordered
+  by that rate's price per second, its connect fee, the longer prefix, then carrier tag. Every carrier
+  appears at most once.
+* `carrier_tags_override` replaces the routing: exactly those carriers, existing and active, in the
+  order given. The price is still the account's own best eligible rate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from fractions import Fraction
+
+from .account import Account
+from .carrier import Carrier
+from .catalog import Catalog
+from .rate import Rate
+
+
+def _cost_key(rate: Rate) -> tuple[Fraction, int]:
+    return rate.price_per_second(), rate.connect_fee
+
+
+def _eligible(catalog: Catalog, account: Account, rate: Rate, at: datetime) -> Carrier | None:
+    """The rate's carrier if the rate may be used for this account at `at`, else None."""
+    if account.pricelist_tags and rate.pricelist_tag not in account.pricelist_tags:
+        return None
+    if account.carrier_tags and rate.carrier_tag not in account.carrier_tags:
+        return None
+    if not rate.effective_at(at):
+        return None
+    carrier = catalog.carrier(account.tenant, rate.carrier_tag)
+    if carrier is None or not carrier.active:
+        return None
+    return carrier
+
+
+def _tie_key(rate: Rate) -> tuple:
+    return (*_cost_key(rate), rate.pricelist_tag, rate.carrier_tag or "")
+
+
+def destination_rate(catalog: Catalog, account: Account, destination: str | None, at: datetime) -> Rate | None:
+    """The rate that prices a call from `account` to `destination`, or None (unreachable)."""
+    if not destination:
+        return None
+    for _, rates in catalog.table(account.tenant).matches(destination):
+        best: Rate | None = None
+        for rate in rates:
+            if _eligible(catalog, account, rate, at) is not None:
+                if best is None or _tie_key(rate) < _tie_key(best):
+                    best = rate
+        if best is not None:
+            return best
+    return None
+
+
+def least_cost_routing(
+    catalog: Catalog, account: Account, destination: str | None, at: datetime
+) -> list[Carrier]:
+    """The carriers for this call, cheapest first."""
+    if account.carrier_tags_override:
+        seen: set[str] = set()
+        forced = []
+        for tag in account.carrier_tags_override:
+            carrier = catalog.carrier(account.tenant, tag)
+            if carrier is not None and carrier.active and tag not in seen:
+                seen.add(tag)
+                forced.append(carrier)
+        return forced
+    if not destination:
+        return []
+    best: dict[str, tuple[Rate, int, Carrier]] = {}
+    for specificity, rates in catalog.table(account.tenant).matches(destination):
+        for rate in rates:
+            carrier = _eligible(catalog, account, rate, at)
+            if carrier is None:
+                continue
+            known = best.get(carrier.carrier_tag)
+            if known is None or (known[1] == specificity and _tie_key(rate) < _tie_key(known[0])):
+                best[carrier.carrier_tag] = (rate, specificity, carrier)
+    ordered = sorted(
+        best.values(), key=lambda item: (*_cost_key(item[0]), -item[1], item[2].carrier_tag)
+    )
+    return [carrier for _, _, carrier in ordered]

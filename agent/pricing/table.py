@@ -1,0 +1,65 @@
+"""The in-memory rate table of one tenant: longest-prefix lookup without a length limit.
+
+Prefixes are kept in hash maps keyed by the prefix itself, with the set of prefix lengths that occur;
+a lookup probes each occurring length from the longest down. This finds what a character trie finds, with
+one hash probe per distinct prefix length instead of one node per character, and a fraction of a
+trie's memory in Python (one dict entry per prefix instead of one dict per character).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from .destination import number_of, prefix_key, scheme_length
+from .rate import Rate
+
+
+@dataclass(slots=True)
+class RateTable:
+    numbers: dict[str, tuple[Rate, ...]] = field(default_factory=dict)
+    raw: dict[str, tuple[Rate, ...]] = field(default_factory=dict)
+    number_lengths: tuple[int, ...] = ()
+    raw_lengths: tuple[int, ...] = ()
+    size: int = 0
+
+    @classmethod
+    def build(cls, rates: Iterable[Rate]) -> "RateTable":
+        table = cls()
+        for rate in rates:
+            table.add(rate)
+        return table.freeze()
+
+    def add(self, rate: Rate) -> None:
+        is_raw, key, _ = prefix_key(rate.prefix)
+        index = self.raw if is_raw else self.numbers
+        existing = index.get(key)
+        index[key] = (rate,) if existing is None else (*existing, rate)
+        self.size += 1
+
+    def freeze(self) -> "RateTable":
+        """Computes the probe lengths; call once after the last `add`."""
+        self.number_lengths = tuple(sorted({len(k) for k in self.numbers}, reverse=True))
+        self.raw_lengths = tuple(sorted({len(k) for k in self.raw}, reverse=True))
+        return self
+
+    def matches(self, destination: str) -> Iterator[tuple[int, tuple[Rate, ...]]]:
+        """(specificity, rates) of every matching prefix, most specific first."""
+        number = number_of(destination)
+        found: list[tuple[int, tuple[Rate, ...]]] = []
+        numbers = self.numbers
+        length = len(number)
+        for size in self.number_lengths:
+            if size <= length:
+                rates = numbers.get(number[:size])
+                if rates is not None:
+                    found.append((size, rates))
+        if self.raw_lengths:
+            raw = destination.strip()
+            for size in self.raw_lengths:
+                if size <= len(raw):
+                    rates = self.raw.get(raw[:size])
+                    if rates is not None:
+                        found.append((size - scheme_length(raw[:size]), rates))
+            found.sort(key=lambda item: -item[0])
+        return iter(found)

@@ -1,0 +1,1 @@
+"""PostgreSQL: the durable catalog, call records and balance ledger. Never on the hot path."""

@@ -1,0 +1,60 @@
+"""Connecting to PostgreSQL and bringing its schema up to date.
+
+Migrations are the numbered SQL files beside this module, applied in order, each in its own transaction,
+under an advisory lock so that several agents starting together apply each one once.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.resources import files
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+CATALOG_CHANNEL = "rating_catalog"
+_MIGRATION_LOCK = 0x5241_5449  # "RATI"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    folder = files(__package__).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number = int(entry.name.split("_", 1)[0])
+            found.append((number, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(connection: asyncpg.Connection) -> list[str]:
+    """Applies the migrations this database lacks; returns their names."""
+    applied: list[str] = []
+    await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        for number, name, sql in migrations():
+            if number in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
+                )
+            log.info("applied migration %s", name)
+            applied.append(name)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def create_pool(url: str, **kwargs) -> asyncpg.Pool:
+    return await asyncpg.create_pool(url, min_size=1, max_size=kwargs.pop("max_size", 8), **kwargs)
+
+
+async def notify_catalog_changed(connection: asyncpg.Connection, what: str = "") -> None:
+    await connection.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, what)

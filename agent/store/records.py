@@ -1,0 +1,93 @@
+"""Call records (Canyan's Transaction) made from the call state kept in Redis.
+
+The same conversion feeds the PostgreSQL writer and the read path, so a record reads the same before and
+after the outbox has carried it to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+COLUMNS = (
+    "tenant", "transaction_tag", "account_tag", "state", "source", "source_ip", "destination", "carrier_ip",
+    "tags", "authorized", "unauthorized_reason", "destination_rate", "timestamp_auth", "timestamp_begin",
+    "timestamp_end", "primary", "inbound", "duration", "fee", "max_available_units", "version",
+)
+
+
+def stream_version(entry_id: str) -> int:
+    """An outbox entry id (`ms-seq`) as one increasing integer."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms) * 1_000_000 + int(seq or 0)
+
+
+def _moment(ms: Any) -> datetime | None:
+    if ms is None or isinstance(ms, (dict, list)):
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else []
+
+
+def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
+    """One record per account taking part in the call (an early refusal: per tag of the request)."""
+    state = doc.get("st")
+    recorded = state == "recorded" or bool(doc.get("rec"))
+    parties = _list(doc.get("p"))
+    if not parties:
+        parties = [
+            {"a": meta.get(field), "i": inbound, "pr": 1}
+            for field, inbound in (("account_tag", 0), ("destination_account_tag", 1))
+            if meta.get(field)
+        ]
+    if recorded:
+        authorized = meta.get("authorized")
+        reason = meta.get("unauthorized_reason")
+    else:
+        authorized = state != "refused"
+        reason = doc.get("rs") or None
+    request_tags = _list(meta.get("tags"))
+    rows = []
+    for party in parties:
+        rate = party.get("rate")
+        rows.append({
+            "tenant": doc.get("tn"),
+            "transaction_tag": doc.get("tt"),
+            "account_tag": party.get("a"),
+            "state": state,
+            "source": meta.get("source"),
+            "source_ip": meta.get("source_ip"),
+            "destination": meta.get("destination"),
+            "carrier_ip": meta.get("carrier_ip"),
+            "tags": request_tags + [t for t in _list(party.get("tg")) if t not in request_tags],
+            "authorized": authorized,
+            "unauthorized_reason": reason,
+            "destination_rate": rate if isinstance(rate, dict) else None,
+            "timestamp_auth": _moment(doc.get("ta")),
+            "timestamp_begin": _moment(doc.get("tb")),
+            "timestamp_end": _moment(doc.get("te")),
+            "primary": bool(party.get("pr")),
+            "inbound": bool(party.get("i")),
+            "duration": doc.get("d") if state in ("ended", "recorded") else None,
+            "fee": party.get("f") if state in ("ended", "recorded") else None,
+            "max_available_units": doc.get("u") if not recorded else None,
+            "version": version,
+        })
+    return rows
+
+
+def decode_call(fields: dict[str, str]) -> tuple[dict, dict]:
+    """(doc, meta) from a call hash or an outbox entry."""
+    doc = orjson.loads(fields.get("doc") or "{}")
+    meta = orjson.loads(fields.get("meta") or "{}")
+    return doc, meta
+
+
+def is_removed(doc: dict) -> bool:
+    """A rolled-back one-shot record: it no longer exists for readers."""
+    return bool(doc.get("removed"))

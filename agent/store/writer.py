@@ -1,0 +1,179 @@
+"""The outbox writer: carries call records and ledger entries from the Redis stream into PostgreSQL.
+
+Each agent process runs one consumer of a shared consumer group. A batch is written in one PostgreSQL
+transaction and only then acknowledged and deleted from the stream, so a crash or an unreachable database
+loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
+rows are keyed by their outbox entry and records only move forward in version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Awaitable, Callable
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from cache import OUTBOX, OUTBOX_GROUP, UNAVAILABLE
+
+from .records import COLUMNS, decode_call, is_removed, records_of, stream_version
+
+log = logging.getLogger(__name__)
+
+def _quoted(column: str) -> str:
+    return '"primary"' if column == "primary" else column
+
+
+_UPSERT = (
+    f"INSERT INTO transactions ({', '.join(map(_quoted, COLUMNS))})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
+    " ON CONFLICT (tenant, transaction_tag, account_tag) DO UPDATE SET "
+    + ", ".join(f"{_quoted(c)} = excluded.{_quoted(c)}" for c in COLUMNS[3:])
+    + " WHERE transactions.version < excluded.version"
+)
+_DELETE = (
+    "DELETE FROM transactions WHERE tenant = $1 AND transaction_tag = $2 AND version < $3"
+)
+_LEDGER = (
+    "INSERT INTO ledger (id, version, tenant, account_tag, kind, amount, balance_after, transaction_tag, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9::bigint / 1000.0)) ON CONFLICT (id) DO NOTHING"
+)
+_BALANCE = (
+    "UPDATE accounts SET balance = $3, balance_version = $4"
+    " WHERE tenant = $1 AND account_tag = $2 AND balance_version < $4"
+)
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def ensure_group(client: aioredis.Redis) -> None:
+    try:
+        await client.xgroup_create(OUTBOX, OUTBOX_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, dict]]) -> None:
+    """Writes one batch of outbox entries in one transaction."""
+    latest: dict[tuple[str, str], tuple[int, dict, dict]] = {}
+    ledger_rows = []
+    balances: dict[tuple[str, str], tuple[int, int]] = {}
+    for entry_id, fields in entries:
+        version = stream_version(entry_id)
+        if fields.get("e") == "ledger":
+            key = (fields["tn"], fields["a"])
+            ledger_rows.append((
+                entry_id, version, fields["tn"], fields["a"], fields["k"], int(float(fields["amt"])),
+                int(float(fields["bal"])), fields.get("tt") or None, int(float(fields["at"])),
+            ))
+            balances[key] = (int(float(fields["bal"])), version)
+        elif fields.get("e") == "txn":
+            doc, meta = decode_call(fields)
+            latest[(doc.get("tn"), doc.get("tt"))] = (version, doc, meta)
+    upserts, deletes = [], []
+    for (tenant, tag), (version, doc, meta) in latest.items():
+        if is_removed(doc):
+            deletes.append((tenant, tag, version))
+            continue
+        for row in records_of(doc, meta, version):
+            if row["account_tag"]:
+                if row["destination_rate"] is not None:
+                    row["destination_rate"] = orjson.dumps(row["destination_rate"]).decode()
+                upserts.append(tuple(row[c] for c in COLUMNS))
+    async with connection.transaction():
+        if ledger_rows:
+            await connection.executemany(_LEDGER, ledger_rows)
+            await connection.executemany(
+                _BALANCE, [(t, a, bal, v) for (t, a), (bal, v) in balances.items()]
+            )
+        if deletes:
+            await connection.executemany(_DELETE, deletes)
+        if upserts:
+            await connection.executemany(_UPSERT, upserts)
+
+
+class OutboxWriter:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        pool_factory: Callable[[], Awaitable[asyncpg.Pool]],
+        batch: int = 500,
+        on_written: Callable[[int], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.pool_factory = pool_factory
+        self.batch = batch
+        self.name = consumer_name()
+        self.on_written = on_written or (lambda count: None)
+        self.written = 0
+
+    async def _read(self, start: str, block: int | None) -> list[tuple[str, dict]]:
+        reply = await self.redis.xreadgroup(
+            OUTBOX_GROUP, self.name, {OUTBOX: start}, count=self.batch, block=block
+        )
+        return reply[0][1] if reply else []
+
+    async def _claim_abandoned(self) -> list[tuple[str, dict]]:
+        """Entries another consumer took and never acknowledged (it died) for a while."""
+        reply = await self.redis.xautoclaim(OUTBOX, OUTBOX_GROUP, self.name, 30_000, "0-0", count=self.batch)
+        return [entry for entry in reply[1] if entry[1]]
+
+    async def _deliver(self, entries: list[tuple[str, dict]]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                pool = await self.pool_factory()
+                async with pool.acquire(timeout=5) as connection:
+                    await write_batch(connection, entries)
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                log.warning("outbox: PostgreSQL write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(OUTBOX, OUTBOX_GROUP, *ids)
+        pipe.xdel(OUTBOX, *ids)
+        await pipe.execute()
+        self.written += len(entries)
+        self.on_written(len(entries))
+
+    async def drain_once(self, block: int | None = None) -> int:
+        """Writes what is pending for this consumer, abandoned entries, then new ones. Returns the count."""
+        total = 0
+        for source in ("pending", "abandoned", "new"):
+            while True:
+                if source == "pending":
+                    entries = [e for e in await self._read("0", None) if e[1]]
+                elif source == "abandoned":
+                    entries = await self._claim_abandoned()
+                else:
+                    entries = await self._read(">", block if total == 0 else None)
+                if not entries:
+                    break
+                await self._deliver(entries)
+                total += len(entries)
+        return total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await ensure_group(self.redis)
+                while True:
+                    await self.drain_once(block=1000)
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE as exc:
+                log.warning("outbox: Redis unavailable (%s)", exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # noqa: BLE001 - the writer must outlive any single bad batch
+                log.exception("outbox: unexpected failure; retrying")
+                await asyncio.sleep(1.0)

@@ -1,0 +1,400 @@
+#!lua name=rating
+
+--[[
+Live call state, changed atomically: one FCALL per HTTP request.
+
+Keys
+  account  HASH  balance, reserved (held by open calls), n / ni / no (open calls: all, inbound, outbound)
+  call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
+  deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
+  outbox   STREAM every change PostgreSQL must learn: e=txn (a call's state) or e=ledger (a balance move)
+
+A call moves authorized -> begun -> ended, or ends as refused, rolledback, cancelled (ended before it
+began), expired (never began) or recorded (a one-shot record). Repeating any step answers as the first
+time and changes nothing.
+
+Pricing repeats two formulas of agent/pricing/rate.py (fee, max_units); a test keeps them equal.
+A tariff is {connect_fee, rate, increment, free_increments}.
+]]
+
+local FINAL = {ended = true, refused = true, rolledback = true, cancelled = true, expired = true, recorded = true}
+-- states after which the same transaction tag may be authorized afresh
+local REUSABLE = {refused = true, rolledback = true, cancelled = true, expired = true}
+
+local function num(value)
+  return tonumber(value) or 0
+end
+
+local function fee(tariff, duration)
+  if type(tariff) ~= 'table' then
+    return 0
+  end
+  if duration < 0 then
+    duration = 0
+  end
+  local paid = math.ceil(duration / tariff[3]) - tariff[4]
+  if paid < 0 then
+    paid = 0
+  end
+  return tariff[1] + paid * tariff[2]
+end
+
+local function max_units(tariff, available, cap)
+  if tariff[1] == 0 and tariff[2] == 0 then
+    return cap
+  end
+  if available <= 0 or available < tariff[1] then
+    return 0
+  end
+  if tariff[2] == 0 then
+    return cap
+  end
+  local units = (tariff[4] + math.floor((available - tariff[1]) / tariff[2])) * tariff[3]
+  if units > cap then
+    units = cap
+  end
+  return units
+end
+
+-- floor(available * percent / 100) without leaving the exact range of doubles
+local function share_of(available, percent)
+  if percent >= 100 or available <= 0 then
+    return available
+  end
+  local hundreds = math.floor(available / 100)
+  return hundreds * percent + math.floor((available - hundreds * 100) * percent / 100)
+end
+
+local function duration_of(begin_ms, end_ms)
+  if end_ms <= begin_ms then
+    return 0
+  end
+  return math.ceil((end_ms - begin_ms) / 1000)
+end
+
+local function load(key)
+  local raw = redis.call('HGET', key, 'doc')
+  if not raw then
+    return nil
+  end
+  return cjson.decode(raw)
+end
+
+-- Stores the call and tells the outbox; finished calls are kept `retention` seconds for retries and reads.
+local function save(key, doc, outbox, retention, meta)
+  local encoded = cjson.encode(doc)
+  if meta then
+    redis.call('HSET', key, 'doc', encoded, 'meta', meta)
+  else
+    redis.call('HSET', key, 'doc', encoded)
+    meta = redis.call('HGET', key, 'meta') or '{}'
+  end
+  if FINAL[doc.st] then
+    redis.call('EXPIRE', key, retention)
+  else
+    redis.call('PERSIST', key)
+  end
+  redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
+end
+
+local function ledger(outbox, doc, party, kind, amount, balance, at)
+  redis.call('XADD', outbox, '*', 'e', 'ledger', 'tn', doc.tn, 'a', party.a, 'k', kind,
+    'amt', amount, 'bal', balance, 'tt', doc.tt, 'at', at)
+end
+
+local function parties_of(doc)
+  if type(doc.p) ~= 'table' then
+    return {}
+  end
+  return doc.p
+end
+
+-- Gives back what an open call holds: its reservation and its place in the concurrency counters.
+local function release(doc)
+  for _, party in ipairs(parties_of(doc)) do
+    if num(party.rv) ~= 0 then
+      redis.call('HINCRBY', party.k, 'reserved', -party.rv)
+    end
+    party.rv = 0
+    redis.call('HINCRBY', party.k, 'n', -1)
+    redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', -1)
+  end
+end
+
+-- Charges every party for `duration` seconds (fees are already capped by the caller) and releases the call.
+local function charge(doc, duration, outbox, at)
+  for _, party in ipairs(parties_of(doc)) do
+    local amount = fee(party.r, duration)
+    party.f = amount
+    if amount ~= 0 then
+      local balance = redis.call('HINCRBY', party.k, 'balance', -amount)
+      ledger(outbox, doc, party, 'charge', -amount, balance, at)
+    end
+  end
+end
+
+local function reply(ok, doc)
+  return {ok and 1 or 0, doc.st, doc.rs or '', doc.rt or '', doc.u or 0, doc.bal or 0}
+end
+
+local function begin_call(doc, key, deadlines, begin_ms, grace)
+  if doc.st == 'authorized' then
+    doc.st = 'begun'
+    doc.tb = begin_ms
+    redis.call('ZADD', deadlines, begin_ms + doc.u * 1000 + grace, key)
+    return true
+  end
+  return doc.st == 'begun' or doc.st == 'ended'
+end
+
+-- Decides a new authorization from the parties planned by the agent (limits, balances, units).
+local function decide(parties, reason, refused_tag, share, cap)
+  local units = cap
+  local balance = 0
+  for index, party in ipairs(parties) do
+    redis.call('HSETNX', party.k, 'balance', party.s)
+    local held = redis.call('HMGET', party.k, 'balance', 'reserved', 'n', 'ni', 'no')
+    local available = num(held[1]) - num(held[2])
+    if index == 1 then
+      balance = available
+    end
+    if reason == '' then
+      if party.mt >= 0 and num(held[3]) >= party.mt then
+        reason = 'TOO_MANY_RUNNING_TRANSACTIONS'
+      elseif party.i == 1 and party.mi >= 0 and num(held[4]) >= party.mi then
+        reason = 'TOO_MANY_RUNNING_INBOUND_TRANSACTIONS'
+      elseif party.i == 0 and party.mo >= 0 and num(held[5]) >= party.mo then
+        reason = 'TOO_MANY_RUNNING_OUTBOUND_TRANSACTIONS'
+      elseif party.c == 1 then
+        local granted = 0
+        if type(party.r) == 'table' then
+          granted = max_units(party.r, share_of(available + party.cr, share), cap)
+        end
+        if granted <= 0 then
+          reason = 'BALANCE_INSUFFICIENT'
+        elseif granted < units then
+          units = granted
+        end
+      end
+      if reason ~= '' then
+        refused_tag = party.a
+      end
+    end
+  end
+  return reason, refused_tag, units, balance
+end
+
+-- KEYS call, deadlines, outbox
+-- ARGV now_ms, ttl_ms, share_pct, cap, begin(0/1), retention_s, tenant, transaction_tag, parties_json
+--      ('' when the agent could not plan: a begin with only the transaction tag), meta_json,
+--      refusal reason ('' if none), refused tag, grace_ms, at_ms (authorization or begin time)
+local function authorize(keys, args)
+  local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  local now, ttl, share, cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local beginning, retention, grace, at = args[5] == '1', tonumber(args[6]), tonumber(args[13]), tonumber(args[14])
+  local doc = load(key)
+  if doc and (not REUSABLE[doc.st] or args[9] == '') then
+    if not beginning then
+      return reply(not REUSABLE[doc.st], doc)
+    end
+    local was = doc.st
+    local ok = begin_call(doc, key, deadlines, at, grace)
+    if doc.st ~= was then
+      save(key, doc, outbox, retention)
+    end
+    return reply(ok, doc)
+  end
+  if args[9] == '' then
+    return {0, 'missing', '', '', 0, 0}
+  end
+  local parties = cjson.decode(args[9])
+  local reason, refused_tag, units, balance = decide(parties, args[11], args[12], share, cap)
+  doc = {tn = args[7], tt = args[8], ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
+  if reason ~= '' then
+    doc.st = 'refused'
+    doc.u = 0
+    save(key, doc, outbox, retention, args[10])
+    return reply(false, doc)
+  end
+  doc.st = 'authorized'
+  doc.u = units
+  for _, party in ipairs(parties) do
+    party.rv = 0
+    if party.c == 1 then
+      party.rv = fee(party.r, units)
+      if party.rv ~= 0 then
+        redis.call('HINCRBY', party.k, 'reserved', party.rv)
+      end
+    end
+    redis.call('HINCRBY', party.k, 'n', 1)
+    redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', 1)
+  end
+  redis.call('ZADD', deadlines, now + ttl, key)
+  local ok = true
+  if beginning then
+    ok = begin_call(doc, key, deadlines, at, grace)
+  end
+  save(key, doc, outbox, retention, args[10])
+  return reply(ok, doc)
+end
+
+-- Ends a begun call at end_ms (capped at its granted units) and charges it. `expire` is the agent's own
+-- end for a call whose end never came, or the release of a reservation that never began.
+local function finish_call(key, doc, deadlines, outbox, retention, end_ms, now, expiring)
+  if doc.st == 'begun' then
+    local limit = doc.tb + doc.u * 1000
+    if expiring or end_ms > limit then
+      end_ms = math.max(limit, doc.tb)
+    end
+    local duration = duration_of(doc.tb, end_ms)
+    if duration > doc.u then
+      duration = doc.u
+    end
+    release(doc)
+    charge(doc, duration, outbox, now)
+    doc.st = 'ended'
+    doc.te = end_ms
+    doc.d = duration
+    if expiring then
+      doc.auto = 1
+    end
+  elseif doc.st == 'authorized' then
+    release(doc)
+    doc.st = expiring and 'expired' or 'cancelled'
+  else
+    return false
+  end
+  redis.call('ZREM', deadlines, key)
+  save(key, doc, outbox, retention)
+  return doc.st == 'ended'
+end
+
+-- KEYS call, deadlines, outbox; ARGV now_ms, end_ms, retention_s
+local function finish(keys, args)
+  local doc = load(keys[1])
+  if not doc then
+    return {0, 'missing', '', '', 0, 0}
+  end
+  if doc.st == 'ended' then
+    return reply(true, doc)
+  end
+  local ok = finish_call(keys[1], doc, keys[2], keys[3], tonumber(args[3]), tonumber(args[2]), tonumber(args[1]), false)
+  return reply(ok, doc)
+end
+
+-- KEYS call, deadlines, outbox; ARGV now_ms, retention_s
+local function rollback(keys, args)
+  local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  local doc = load(key)
+  if not doc then
+    return {0, 'missing', '', '', 0, 0}
+  end
+  if doc.st == 'rolledback' then
+    return reply(true, doc)
+  end
+  if doc.st == 'authorized' or doc.st == 'begun' then
+    release(doc)
+  elseif doc.st == 'recorded' then
+    for _, party in ipairs(parties_of(doc)) do
+      if num(party.f) ~= 0 then
+        local balance = redis.call('HINCRBY', party.k, 'balance', party.f)
+        ledger(outbox, doc, party, 'refund', party.f, balance, tonumber(args[1]))
+      end
+    end
+    doc.removed = 1
+  else
+    return reply(false, doc)
+  end
+  doc.st = 'rolledback'
+  redis.call('ZREM', deadlines, key)
+  save(key, doc, outbox, tonumber(args[2]))
+  return reply(true, doc)
+end
+
+-- A one-shot call record, priced from its own begin and end and charged at once.
+-- KEYS call, deadlines, outbox; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json, meta_json,
+--      auth_ms ('' if none), begin_ms, end_ms
+local function record(keys, args)
+  local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  local doc = load(key)
+  if doc then
+    if doc.st == 'recorded' then
+      return reply(true, doc)
+    end
+    if doc.st == 'begun' or doc.st == 'ended' then
+      return reply(false, doc)
+    end
+    if doc.st == 'authorized' then
+      release(doc)
+      redis.call('ZREM', deadlines, key)
+    end
+  end
+  local parties = cjson.decode(args[5])
+  local begin_ms, end_ms = tonumber(args[8]), tonumber(args[9])
+  local duration = duration_of(begin_ms, end_ms)
+  doc = {st = 'recorded', tn = args[3], tt = args[4], u = 0, rs = '', rt = '', bal = 0, p = parties,
+         tb = begin_ms, te = end_ms, d = duration, rec = 1}
+  if args[7] ~= '' then
+    doc.ta = tonumber(args[7])
+  end
+  for _, party in ipairs(parties) do
+    redis.call('HSETNX', party.k, 'balance', party.s)
+    party.rv = 0
+  end
+  charge(doc, duration, outbox, tonumber(args[1]))
+  save(key, doc, outbox, tonumber(args[2]), args[6])
+  return reply(true, doc)
+end
+
+-- Expires unbegun reservations and ends overdue calls whose deadline has passed.
+-- KEYS deadlines, outbox; ARGV now_ms, retention_s, max_calls
+local function expire(keys, args)
+  local deadlines, outbox = keys[1], keys[2]
+  local now = tonumber(args[1])
+  local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, tonumber(args[3]))
+  local done = 0
+  for _, key in ipairs(due) do
+    local doc = load(key)
+    if doc and (doc.st == 'authorized' or doc.st == 'begun') then
+      finish_call(key, doc, deadlines, outbox, tonumber(args[2]), now, now, true)
+      done = done + 1
+    else
+      redis.call('ZREM', deadlines, key)
+    end
+  end
+  return done
+end
+
+-- Sets or moves a balance and writes the move to the ledger.
+-- KEYS account, outbox; ARGV tenant, account_tag, mode ('set' or 'add'), amount, now_ms, reference
+local function balance(keys, args)
+  local key, outbox = keys[1], keys[2]
+  local amount = tonumber(args[4])
+  local new, delta
+  if args[3] == 'set' then
+    local old = num(redis.call('HGET', key, 'balance'))
+    redis.call('HSET', key, 'balance', args[4])
+    new = amount
+    delta = amount - old
+  else
+    new = redis.call('HINCRBY', key, 'balance', args[4])
+    delta = amount
+  end
+  redis.call('XADD', outbox, '*', 'e', 'ledger', 'tn', args[1], 'a', args[2], 'k', args[3] == 'set' and 'set' or 'adjust',
+    'amt', delta, 'bal', new, 'tt', args[6], 'at', args[5])
+  return new
+end
+
+-- The tariff formulas, exposed for the test that keeps them equal to the Python kernel.
+local function price(keys, args)
+  local tariff = {tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])}
+  return {fee(tariff, tonumber(args[5])), max_units(tariff, share_of(tonumber(args[6]), tonumber(args[7])), tonumber(args[8]))}
+end
+
+redis.register_function('rating_authorize', authorize)
+redis.register_function('rating_finish', finish)
+redis.register_function('rating_rollback', rollback)
+redis.register_function('rating_record', record)
+redis.register_function('rating_expire', expire)
+redis.register_function('rating_balance', balance)
+redis.register_function{function_name = 'rating_price', callback = price, flags = {'no-writes'}}
