@@ -1,0 +1,312 @@
+"""Running a real Kamailio and SIPp on loopback: used by the end-to-end tests and by loadtest/sip_load.py.
+
+Everything listens on 127.0.0.1, on ports picked free at run time, with its files in a folder of the
+caller's choosing. Kamailio runs in the foreground (-DD -E) from a copy of kamailio/kamailio.cfg and
+rating.cfg plus a generated kamailio-local.cfg.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KAMAILIO_DIR = ROOT / "kamailio"
+SCENARIOS = KAMAILIO_DIR / "sipp"
+BUILD_SCRIPT = KAMAILIO_DIR / "build-http-async-client.sh"
+MODULES_DIR = Path(os.environ.get("KAMAILIO_MODULES_DIR", KAMAILIO_DIR / "build" / "modules"))
+
+
+class SetupError(RuntimeError):
+    """Kamailio, SIPp or the http_async_client module is missing and could not be provided."""
+
+
+def ensure_kamailio() -> None:
+    """Runs kamailio/build-http-async-client.sh, which installs Kamailio and SIPp when missing and
+    builds http_async_client.so when it is missing or stale (a no-op taking ~0.1 s otherwise)."""
+    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise SetupError(
+            f"{BUILD_SCRIPT.relative_to(ROOT)} failed (exit {done.returncode}); it needs root and the "
+            f"Debian package mirrors on a fresh machine.\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        )
+    for tool in ("kamailio", "sipp"):
+        if shutil.which(tool) is None:
+            raise SetupError(f"{tool} is not installed although the build script succeeded")
+    if not (MODULES_DIR / "http_async_client.so").exists():
+        raise SetupError(f"no http_async_client.so in {MODULES_DIR} after the build script")
+
+
+def system_modules_dir() -> str:
+    found = sorted(glob.glob("/usr/lib/*/kamailio/modules/tm.so")) + sorted(
+        glob.glob("/usr/lib/kamailio/modules/tm.so")
+    )
+    if not found:
+        raise SetupError("Kamailio's module directory (…/kamailio/modules/tm.so) not found")
+    return str(Path(found[0]).parent)
+
+
+def free_port(tcp: bool = True, udp: bool = True) -> int:
+    """A port free on 127.0.0.1 for both UDP and TCP right now (SIP listens on both)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            if udp:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", port))
+            if tcp:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port found")
+
+
+def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def sip_options_ping(port: int, timeout: float = 0.3) -> bool:
+    """True when a SIP server on 127.0.0.1:port answers an OPTIONS with 200."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        local = sock.getsockname()[1]
+        call_id = uuid.uuid4().hex
+        message = (
+            f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK{call_id[:16]};rport\r\n"
+            f"From: <sip:probe@127.0.0.1:{local}>;tag={call_id[:8]}\r\n"
+            f"To: <sip:127.0.0.1:{port}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.settimeout(timeout)
+        sock.sendto(message.encode(), ("127.0.0.1", port))
+        try:
+            data, _ = sock.recvfrom(65535)
+        except OSError:
+            return False
+        return data.startswith(b"SIP/2.0 200")
+
+
+@dataclass
+class Kamailio:
+    """One Kamailio instance from the project's configuration.
+
+    `defines` go into the generated kamailio-local.cfg: a value of None writes `#!define NAME`,
+    a str is written as is (quote it yourself when the configuration wants a string)."""
+
+    workdir: Path
+    defines: dict[str, str | int | None] = field(default_factory=dict)
+    shm_mb: int = 64
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("kamailio.cfg", "rating.cfg"):
+            shutil.copy(KAMAILIO_DIR / name, self.workdir / name)
+        values: dict[str, str | int | None] = {
+            "SIP_LISTEN": f"udp:127.0.0.1:{self.port}",
+            "MODULES_PATH": f'"{MODULES_DIR}:{system_modules_dir()}"',
+            "SIP_CHILDREN": 4,
+            "DEBUG_LEVEL": 2,
+        }
+        values.update(self.defines)
+        lines = ["# generated by tests/kamailio/kamailio_harness.py"]
+        for name, value in values.items():
+            if value is False:
+                continue
+            lines.append(f"#!define {name}" if value is None else f"#!define {name} {value}")
+        (self.workdir / "kamailio-local.cfg").write_text("\n".join(lines) + "\n")
+        return self.workdir / "kamailio.cfg"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "kamailio.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout: float = 20.0) -> "Kamailio":
+        cfg = self.write_config()
+        check = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True,
+                               cwd=self.workdir)
+        if check.returncode != 0:
+            raise SetupError(f"kamailio -c refused {cfg}:\n{check.stderr[-4000:]}")
+        rundir = self.workdir / "run"
+        rundir.mkdir(exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            ["kamailio", "-f", str(cfg), "-DD", "-E", "-m", str(self.shm_mb), "-M", "16",
+             "-Y", str(rundir), "-w", str(self.workdir)],
+            cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SetupError(f"kamailio exited ({self.process.returncode}):\n{self.log()[-4000:]}")
+            if sip_options_ping(self.port):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise SetupError(f"kamailio not answering on {self.port}:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class CallResult:
+    call_id: str
+    code: int | None = None
+    phrase: str | None = None
+    bye: int | None = None  # status of the caller's BYE
+    cut_off: bool = False  # the network sent the caller a BYE
+
+
+RESULT_LINE = re.compile(r"^(RESULT|BYE|CUTOFF|NOCUTOFF) (\S+)(?: (\d+))?(?: (.*))?$")
+
+
+def parse_results(log_text: str) -> dict[str, CallResult]:
+    results: dict[str, CallResult] = {}
+    for line in log_text.splitlines():
+        match = RESULT_LINE.match(line.strip())
+        if not match:
+            continue
+        kind, call_id, code, phrase = match.groups()
+        result = results.setdefault(call_id, CallResult(call_id))
+        if kind == "RESULT":
+            result.code = int(code)
+            result.phrase = (phrase or "").strip()
+        elif kind == "BYE":
+            result.bye = int(code)
+        elif kind == "CUTOFF":
+            result.cut_off = True
+    return results
+
+
+class Carrier:
+    """A SIPp UAS playing a carrier (answer, busy or 503) on UDP or TCP."""
+
+    def __init__(self, workdir: Path, scenario: str = "uas.xml", transport: str = "UDP",
+                 port: int | None = None):
+        self.workdir = workdir
+        self.scenario = scenario
+        self.transport = transport.upper()
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def carrier_string(self) -> str:
+        return f"{self.transport}:127.0.0.1:{self.port}"
+
+    def start(self) -> "Carrier":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        name = f"carrier-{self.transport.lower()}-{self.port}"
+        transport = {"UDP": "u1", "TCP": "t1"}[self.transport]
+        self.stdout = open(self.workdir / f"{name}.out", "ab")
+        self.process = subprocess.Popen(
+            ["sipp", "-sf", str(SCENARIOS / self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
+             "-t", transport, "-nostdin", "-max_socket", "2048", "-trace_err",
+             "-error_file", str(self.workdir / f"{name}.errors"),
+             "-trace_logs", "-log_file", str(self.workdir / f"{name}.log")],
+            cwd=self.workdir, stdout=self.stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(0.2)
+        if self.process.poll() is not None:
+            raise SetupError(f"SIPp carrier on {self.port} exited: {(self.workdir / f'{name}.out').read_text()}")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process, 5.0)
+        self.process = None
+
+
+@dataclass
+class CallerRun:
+    returncode: int
+    results: dict[str, CallResult]
+    elapsed: float
+    stats: dict[str, int]
+    output: str
+
+
+def run_callers(workdir: Path, proxy_port: int, number: str, account: str, calls: int = 1,
+                rate: float = 10.0, hold_ms: int = 1000, scenario: str = "uac.xml",
+                limit: int | None = None, timeout: float = 60.0, extra: list[str] | None = None) -> CallerRun:
+    """Runs a SIPp UAC making `calls` calls at `rate` calls/s to `number` from `account` and waits
+    for it to finish. Returns the outcome of every call, keyed by Call-ID."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    name = f"caller-{port}"
+    log_file = workdir / f"{name}.log"
+    stat_file = workdir / f"{name}.csv"
+    argv = [
+        "sipp", f"127.0.0.1:{proxy_port}", "-sf", str(SCENARIOS / scenario),
+        "-s", number, "-set", "account", account,
+        "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-r", str(rate), "-rp", "1000",
+        "-l", str(limit or calls), "-d", str(hold_ms), "-nostdin", "-max_socket", "2048",
+        "-timeout", f"{int(timeout)}s", "-timeout_error", "-recv_timeout", "30000",
+        "-trace_logs", "-log_file", str(log_file),
+        "-trace_err", "-error_file", str(workdir / f"{name}.errors"),
+        "-trace_stat", "-stf", str(stat_file), "-fd", "1",
+        *(extra or []),
+    ]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=timeout + 30,
+                          stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - started
+    log_text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    return CallerRun(done.returncode, parse_results(log_text), elapsed, read_stats(stat_file),
+                     done.stdout[-3000:] + done.stderr[-3000:])
+
+
+def read_stats(path: Path) -> dict[str, int]:
+    """Cumulative counters from the last line of a SIPp -trace_stat file."""
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    if len(lines) < 2:
+        return {}
+    header = lines[0].rstrip(";").split(";")
+    values = lines[-1].rstrip(";").split(";")
+    stats: dict[str, int] = {}
+    for key, value in zip(header, values):
+        if key in ("TotalCallCreated", "SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)",
+                   "FailedMaxUDPRetrans(C)", "FailedUnexpectedMessage(C)", "FailedCallRejected(C)",
+                   "FailedCmdNotSent(C)", "FailedRegexpDoesntMatch(C)", "FailedOutboundCongestion(C)",
+                   "FailedTimeoutOnRecv(C)", "FailedTimeoutOnSend(C)", "OutOfCallMsgs(C)"):
+            try:
+                stats[key] = int(value)
+            except ValueError:
+                pass
+    return stats
