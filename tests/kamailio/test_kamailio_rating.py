@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
 import sys
 import time
 import uuid
@@ -284,16 +285,31 @@ def test_rejected_call_is_not_charged_and_releases_its_reservation(rig):
     assert record is None or not record.get("fee"), record
 
 
-def test_agent_down_gives_500_rating_not_available(rig):
-    dead_agent = f"http://127.0.0.1:{free_port()}"
+@pytest.mark.parametrize("failure", ["refused", "hung"])
+def test_agent_down_gives_500_rating_not_available(rig, failure):
+    """refused: nothing listens at the agent URL; hung: the agent process is frozen (SIGSTOP), so
+    the HTTP request times out (RATING_AGENT_TIMEOUT), which must not turn into tm's 408."""
+    agent = None
+    if failure == "refused":
+        agent_url = f"http://127.0.0.1:{free_port()}"
+    else:
+        agent = AgentProcess(rig.redis_url, rig.database_url, rig.workdir).start()
+        agent_url = agent.url
     kamailio = Kamailio(
-        rig.workdir / "kamailio-no-agent",
-        defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"{dead_agent}"', "RATING_AGENT_TIMEOUT": 1000},
-    ).start()
+        rig.workdir / f"kamailio-agent-{failure}",
+        defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"{agent_url}"', "RATING_AGENT_TIMEOUT": 1000,
+                 "TM_FR_TIMER": 1000},
+    )
     try:
-        run = run_callers(rig.workdir / "callers-no-agent", kamailio.port, "39010000002", "k-ok")
+        kamailio.start()
+        if agent:
+            agent.process.send_signal(signal.SIGSTOP)
+        run = run_callers(rig.workdir / f"callers-agent-{failure}", kamailio.port, "39010000002", "k-ok")
     finally:
         kamailio.stop()
+        if agent:
+            agent.process.send_signal(signal.SIGCONT)
+            agent.stop()
 
     (result,) = run.results.values()
     assert (result.code, result.phrase) == (500, "Rating is not available"), run.output
