@@ -266,6 +266,9 @@ def test_prepaid_call_is_cut_off_when_the_balance_runs_out(rig):
     assert result.code == 200, (result, run.output)
     assert result.cut_off, f"Kamailio never sent the caller a BYE: {run.output}"
     assert run.elapsed < CUTOFF_SECONDS + 3, run.elapsed
+    carrier_log = rig.workdir / "carriers" / f"carrier-udp-{rig.ports['k-answer']}.log"
+    assert wait_for(lambda: f"BYE {result.call_id}" in carrier_log.read_text(), 3.0), \
+        "the carrier never got the BYE of the cut-off"
     record = rig.ended_record(result.call_id, "k-cut")
     assert CUTOFF_SECONDS <= record["duration"] <= CUTOFF_SECONDS + 1, record
     assert state.balance(rig.redis_url, "k-cut") >= 0
