@@ -44,7 +44,10 @@ async def _background(name: str, coroutine) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
+        # Client libraries may swallow one cancellation mid-I/O; insist until the task is gone.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

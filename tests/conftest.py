@@ -92,3 +92,96 @@ def run_cli(*argv: str, redis_url: str, database_url: str, check: bool = True) -
     if check and done.returncode != 0:
         raise AssertionError(f"agent {' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+class Stack:
+    """Clean Redis + PostgreSQL for one test, with helpers to load catalog data."""
+
+    def __init__(self, redis_url: str, database_url: str, redis, database) -> None:
+        self.redis_url = redis_url
+        self.database_url = database_url
+        self.redis = redis
+        self.database = database
+
+    async def load(self, document: dict) -> dict:
+        """Imports a catalog document the way `python -m agent import catalog` does."""
+        import cache
+        from agent.store.importer import import_catalog
+        from agent.transaction import now_ms
+
+        summary = await import_catalog(self.database, document)
+        for tenant, tag, amount in summary["balances"]:
+            await cache.move_balance(self.redis, tenant, tag, "set", amount, now_ms(), "test")
+        return summary
+
+    async def balance(self, account_tag: str, tenant: str = "default") -> int:
+        from cache import account_key
+
+        return int(await self.redis.hget(account_key(tenant, account_tag), "balance") or 0)
+
+    async def account_state(self, account_tag: str, tenant: str = "default") -> dict[str, int]:
+        from cache import account_key
+
+        raw = await self.redis.hgetall(account_key(tenant, account_tag))
+        return {k: int(v) for k, v in raw.items()}
+
+
+@pytest.fixture
+async def stack(redis_server, postgres_server):
+    import asyncpg
+    import cache
+    from agent.store.database import migrate
+
+    client = cache.connect(redis_server.url, 5.0)
+    await client.flushall()
+    await cache.load_library(client)
+    connection = await asyncpg.connect(postgres_server.url)
+    await migrate(connection)
+    await connection.execute(
+        "TRUNCATE carriers, pricelists, pricelist_rates, accounts, transactions, ledger CASCADE"
+    )
+    yield Stack(redis_server.url, postgres_server.url, client, connection)
+    await connection.close()
+    await client.aclose()
+
+
+@pytest.fixture
+async def agent(stack):
+    """Starts the agent in-process (after loading `document`, if given) and returns a test client."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from agent.app import create_app
+    from agent.config import Settings
+
+    clients = []
+
+    async def start(document: dict | None = None, **settings):
+        if document is not None:
+            await stack.load(document)
+        app = create_app(Settings(redis_url=stack.redis_url, database_url=stack.database_url, **settings))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
+
+
+TUTORIAL = {
+    "carriers": [{"carrier_tag": "carrier1", "host": "localhost", "port": 5061, "protocol": "UDP", "active": True}],
+    "pricelists": [{"pricelist_tag": "pricelist1", "name": "First pricelist", "currency": "EUR"}],
+    "rates": [{"pricelist_tag": "pricelist1", "carrier_tag": "carrier1", "prefix": "39", "connect_fee": 0,
+               "rate": 20, "rate_increment": 60, "interval_start": 0, "description": "Italy"}],
+    "accounts": [{"account_tag": "100", "type": "PREPAID", "balance": 100, "max_concurrent_transactions": 2,
+                  "name": "My first account", "active": True, "pricelist_tags": ["pricelist1"]}],
+}
+
+
+@pytest.fixture
+def tutorial() -> dict:
+    """The catalog of Canyan's tutorial (spec section 4.1)."""
+    import copy
+
+    return copy.deepcopy(TUTORIAL)

@@ -45,8 +45,9 @@ def prefix_key(prefix: str) -> tuple[bool, str, int]:
     skip = scheme_length(prefix)
     rest = prefix[skip:]
     digits = rest[1:] if rest.startswith("+") else rest
+    compact = digits.translate(_VISUAL_SEPARATORS)
+    if compact.isdigit():
+        return False, compact, len(compact)
     if skip == 0:
-        return False, digits, len(digits)
-    if digits.isdigit():
         return False, digits, len(digits)
     return True, prefix, len(rest)

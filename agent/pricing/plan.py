@@ -79,7 +79,7 @@ def plan_call(
 ) -> Plan:
     """The parties of a call and its carriers, or the reason it cannot be rated at all."""
     if not account_tag and not destination_account_tag:
-        return Plan(refusal=Reason.NOT_FOUND, refused_tag=account_tag or destination_account_tag)
+        return Plan(refusal=Reason.NOT_FOUND, refused_tag=None)
     parties: list[Party] = []
     carriers: tuple[Carrier, ...] = ()
     if account_tag:

