@@ -91,7 +91,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Its own client: a blocking stream read must not trip the hot path's short timeout.
     client = cache.connect(settings.redis_url, timeout=5.0)
-    writer = OutboxWriter(client, current_pool, settings.outbox_batch)
+    writer = OutboxWriter(client, current_pool, settings.outbox_batch, claim_idle=settings.outbox_claim_idle)
     app[WRITER] = writer
     async with _background("outbox-writer", writer.run()):
         yield

@@ -41,6 +41,9 @@ class Settings:
         86400, "seconds a finished call's state stays in Redis (idempotent retries, fast reads)"
     )
     outbox_batch: int = _setting(500, "outbox entries written to PostgreSQL per batch")
+    outbox_claim_idle: float = _setting(
+        30.0, "seconds after which outbox entries left unwritten by a dead agent are taken over"
+    )
     reaper_interval: float = _setting(1.0, "seconds between scans for expired reservations")
     log_level: str = _setting("INFO", "logging level")
 

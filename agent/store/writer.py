@@ -107,8 +107,10 @@ class OutboxWriter:
         pool_factory: Callable[[], Awaitable[asyncpg.Pool]],
         batch: int = 500,
         on_written: Callable[[int], None] | None = None,
+        claim_idle: float = 30.0,
     ) -> None:
         self.redis = redis
+        self.claim_idle_ms = int(claim_idle * 1000)
         self.pool_factory = pool_factory
         self.batch = batch
         self.name = consumer_name()
@@ -123,7 +125,9 @@ class OutboxWriter:
 
     async def _claim_abandoned(self) -> list[tuple[str, dict]]:
         """Entries another consumer took and never acknowledged (it died) for a while."""
-        reply = await self.redis.xautoclaim(OUTBOX, OUTBOX_GROUP, self.name, 30_000, "0-0", count=self.batch)
+        reply = await self.redis.xautoclaim(
+            OUTBOX, OUTBOX_GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
+        )
         return [entry for entry in reply[1] if entry[1]]
 
     async def _deliver(self, entries: list[tuple[str, dict]]) -> None:
