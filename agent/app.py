@@ -75,7 +75,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     keeper = CatalogKeeper(app[SETTINGS].database_url, app[DATABASE], app[REDIS])
-    await _until_ready("the catalog", keeper.reload)
+    await _until_ready("the catalog", keeper.start)
     app[CATALOG] = keeper
     app[TRANSACTIONS] = Transactions(app[SETTINGS], app[PIPELINE], keeper.get)
     async with _background("catalog-listener", keeper.run()):

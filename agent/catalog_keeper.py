@@ -45,6 +45,7 @@ class CatalogKeeper:
         self.last_load_seconds = 0.0
         self._changed = asyncio.Event()
         self._version = 0
+        self._listener: asyncpg.Connection | None = None
 
     def get(self) -> Catalog:
         return self.current
@@ -69,17 +70,24 @@ class CatalogKeeper:
     def _announce(self, *_args) -> None:
         self._changed.set()
 
+    async def _listen(self) -> asyncpg.Connection:
+        listener = await asyncpg.connect(self.database_url, timeout=5)
+        await listener.add_listener(CATALOG_CHANNEL, self._announce)
+        return listener
+
+    async def start(self) -> None:
+        """Listens first, then loads: a change committed in between is not missed."""
+        self._listener = await self._listen()
+        await self.reload()
+
     async def run(self) -> None:
-        """Listens for changes until cancelled; reloads after each change and after each reconnection."""
-        reconnecting = False
+        """Reloads after each announced change, and after each reconnection (announcements were missed)."""
+        listener = self._listener
         while True:
-            listener = None
             try:
-                listener = await asyncpg.connect(self.database_url, timeout=5)
-                await listener.add_listener(CATALOG_CHANNEL, self._announce)
-                if reconnecting:
+                if listener is None or listener.is_closed():
+                    listener = await self._listen()
                     self._changed.set()
-                reconnecting = True
                 while not listener.is_closed():
                     try:
                         await asyncio.wait_for(self._changed.wait(), timeout=1.0)
@@ -90,10 +98,12 @@ class CatalogKeeper:
                     self._changed.clear()
                     await self.reload()
             except asyncio.CancelledError:
+                if listener is not None and not listener.is_closed():
+                    await listener.close()
                 raise
             except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
                 log.warning("catalog: listener lost (%s); reconnecting", exc)
-                await asyncio.sleep(1.0)
-            finally:
                 if listener is not None and not listener.is_closed():
-                    await listener.close()
+                    listener.terminate()
+                listener = None
+                await asyncio.sleep(1.0)

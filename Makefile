@@ -1,0 +1,25 @@
+# The two commands of the README: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+
+.PHONY: install run test test-fast bench bench-table clean
+
+install:
+	@./devstack/install.sh
+
+run: install
+	$(PYTHON) -m devstack
+
+test: install
+	$(PYTHON) -m pytest
+
+test-fast: install
+	$(PYTHON) -m pytest -m "not kamailio" -x
+
+bench: install
+	$(PYTHON) loadtest/bench_auth.py
+
+bench-table: install
+	$(PYTHON) loadtest/bench_table.py
+
+clean:
+	rm -rf .data .pytest_cache .hypothesis

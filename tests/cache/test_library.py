@@ -1,0 +1,40 @@
+"""The Redis function library prices exactly like the Python kernel (the formulas exist twice)."""
+
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cache
+from agent.pricing.rate import Rate, fee, max_units
+
+money = st.integers(min_value=0, max_value=10**12)
+small = st.integers(min_value=0, max_value=10_000)
+
+
+def test_library_loads_and_registers_every_function(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
+    names = {f["name"] for lib in client.execute_command("FUNCTION", "LIST") for f in _functions(lib)}
+    assert {"rating_authorize", "rating_finish", "rating_rollback", "rating_record", "rating_expire",
+            "rating_balance", "rating_price"} <= names
+
+
+def _functions(library):
+    entry = dict(zip(library[::2], library[1::2])) if isinstance(library, list) else library
+    return [dict(zip(f[::2], f[1::2])) if isinstance(f, list) else f for f in entry["functions"]]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(connect_fee=small, rate=small, increment=st.integers(0, 3600), free=st.integers(0, 100),
+       duration=st.integers(0, 200_000), available=money, share=st.integers(1, 100),
+       cap=st.integers(1, 100_000))
+def test_lua_fee_and_units_equal_the_kernel(redis_server, connect_fee, rate, increment, free, duration,
+                                            available, share, cap):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
+    tariff = Rate("t", "p", "c", "39", connect_fee, rate, increment, free)
+    lua_fee, lua_units = client.execute_command(
+        "FCALL", "rating_price", 0, *tariff.tariff(), duration, available, share, cap)
+    usable = available * share // 100
+    assert lua_fee == fee(tariff, duration)
+    assert lua_units == max_units(tariff, usable, cap)
