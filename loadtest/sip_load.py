@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[mode] = run_load(workdir / f"kamailio-{mode}", kamailio.port, args)
             finally:
                 kamailio.stop()
+            if agent.process is None or agent.process.poll() is not None:
+                raise SetupError(f"the agent exited during the {mode} run: {agent.log_path.read_text()[-3000:]}")
     except SetupError as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
