@@ -1,0 +1,21 @@
+# The rating agent as a container. Redis and PostgreSQL run elsewhere: point RATING_REDIS_URL and
+# RATING_DATABASE_URL at them.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    RATING_HOST=0.0.0.0 RATING_PORT=8080
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY agent ./agent
+COPY cache ./cache
+COPY devstack ./devstack
+RUN pip install --no-cache-dir . \
+    && useradd --system --no-create-home rating
+COPY demo ./demo
+
+USER rating
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/status' % os.environ['RATING_PORT'])"
+ENTRYPOINT ["rating-agent"]
+CMD ["serve"]
