@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import orjson
 
-from cache import DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall
+from cache import DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key
 
 from .config import Settings
 from .pricing.catalog import Catalog
@@ -41,6 +41,7 @@ def party_json(party: Party) -> dict:
     account = party.account
     return {
         "k": account_key(account.tenant, account.account_tag),
+        "o": open_calls_key(account.tenant, account.account_tag),
         "a": account.account_tag,
         "i": 1 if party.inbound else 0,
         "pr": 1 if party.primary else 0,

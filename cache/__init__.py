@@ -30,6 +30,11 @@ def account_key(tenant: str, account_tag: str) -> str:
     return f"rating:a:{len(tenant)}:{tenant}:{account_tag}"
 
 
+def open_calls_key(tenant: str, account_tag: str) -> str:
+    """The set of call keys an account holds open (authorized or running)."""
+    return f"rating:o:{len(tenant)}:{tenant}:{account_tag}"
+
+
 def call_key(tenant: str, transaction_tag: str) -> str:
     return f"rating:c:{len(tenant)}:{tenant}:{transaction_tag}"
 

@@ -5,6 +5,7 @@ Live call state, changed atomically: one FCALL per HTTP request.
 
 Keys
   account  HASH  balance, reserved (held by open calls), n / ni / no (open calls: all, inbound, outbound)
+  open     SET   the call keys an account holds open (authorized or running), for listing them
   call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM every change PostgreSQL must learn: e=txn (a call's state) or e=ledger (a balance move)
@@ -118,6 +119,7 @@ local function release(doc)
     party.rv = 0
     redis.call('HINCRBY', party.k, 'n', -1)
     redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', -1)
+    redis.call('SREM', party.o, doc.ck)
   end
 end
 
@@ -209,7 +211,7 @@ local function authorize(keys, args)
   end
   local parties = cjson.decode(args[9])
   local reason, refused_tag, units, balance = decide(parties, args[11], args[12], share, cap)
-  doc = {tn = args[7], tt = args[8], ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
+  doc = {tn = args[7], tt = args[8], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
   if reason ~= '' then
     doc.st = 'refused'
     doc.u = 0
@@ -228,6 +230,7 @@ local function authorize(keys, args)
     end
     redis.call('HINCRBY', party.k, 'n', 1)
     redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', 1)
+    redis.call('SADD', party.o, key)
   end
   redis.call('ZADD', deadlines, now + ttl, key)
   local ok = true
@@ -332,7 +335,7 @@ local function record(keys, args)
   local parties = cjson.decode(args[5])
   local begin_ms, end_ms = tonumber(args[8]), tonumber(args[9])
   local duration = duration_of(begin_ms, end_ms)
-  doc = {st = 'recorded', tn = args[3], tt = args[4], u = 0, rs = '', rt = '', bal = 0, p = parties,
+  doc = {st = 'recorded', tn = args[3], tt = args[4], ck = key, u = 0, rs = '', rt = '', bal = 0, p = parties,
          tb = begin_ms, te = end_ms, d = duration, rec = 1}
   if args[7] ~= '' then
     doc.ta = tonumber(args[7])

@@ -454,6 +454,11 @@ def _typical(runs: list[WrkResult]) -> WrkResult:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _per_request(run: WrkResult, group: str) -> float:
+    """CPU microseconds a process group spent per request served (less sensitive to a busy machine)."""
+    return run.cpu.get(group, 0.0) / run.rps * 1e6 if run.rps else 0.0
+
+
 def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: Counter, after: dict,
            records: str, agent_ready: float) -> str:
     echo, agent = _typical(runs["echo"]), _typical(runs["agent"])
@@ -486,14 +491,15 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
         "",
         f"Median round shown; ratio = median of the per-round ratios. Errors = socket errors + non-2xx.",
         "",
-        "| round | echo req/s | agent req/s | ratio | CPU (cores) echo run: server / machine |"
-        " CPU agent run: agent / redis / PostgreSQL / wrk / machine |",
-        "|---:|---:|---:|---:|---|---|",
+        "| round | echo req/s | agent req/s | ratio | CPU µs/request echo / agent / redis |"
+        " CPU (cores) echo run: echo / machine | CPU agent run: agent / redis / PostgreSQL / wrk / machine |",
+        "|---:|---:|---:|---:|---|---|---|",
     ]
     for n, (e, a) in enumerate(zip(runs["echo"], runs["agent"]), 1):
         ec, ac = e.cpu, a.cpu
         lines.append(
             f"| {n} | {e.rps:,.0f} | {a.rps:,.0f} | {a.rps / e.rps if e.rps else 0:.2f} |"
+            f" {_per_request(e, 'server'):.0f} / {_per_request(a, 'server'):.0f} / {_per_request(a, 'redis'):.0f} |"
             f" {ec.get('server', 0):.2f} / {ec.get('machine', 0):.2f} |"
             f" {ac.get('server', 0):.2f} / {ac.get('redis', 0):.2f} / {ac.get('postgres', 0):.2f} /"
             f" {ac.get('wrk', 0):.2f} / {ac.get('machine', 0):.2f} |"
@@ -502,7 +508,8 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
     lines += [
         "",
         "CPU in cores (1.00 = one core busy for the whole run); `machine` is every process of the machine,",
-        "others' included: more than the listed ones means something else was running.",
+        "others' included: more than the listed ones means something else was running. CPU µs/request is",
+        "the process' CPU time divided by the requests it answered: the cost of one request.",
         "",
         f"Sample of {total:,} authorizations sent after the runs (same bodies, 16 concurrent):"
         f" **{100 * authorized / total if total else 0:.1f}% authorized**" + (f" ({refusals})" if refusals else ""),

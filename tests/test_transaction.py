@@ -153,12 +153,16 @@ async def test_an_authorization_reserves_the_cost_of_its_units_and_the_next_call
 
 
 async def test_end_charges_the_real_fee_and_releases_the_rest(agent, stack):
+    from cache import call_key, open_calls_key
+
     client = await agent(catalog(prepaid("a", 1000)))
     await post(client, "authorization", transaction_tag="c", account_tag="a", destination="39")
+    assert await stack.redis.smembers(open_calls_key("default", "a")) == {call_key("default", "c")}
     await post(client, "begin", transaction_tag="c", account_tag="a", destination="39", timestamp_begin=at(0))
     assert (await post(client, "end", transaction_tag="c", timestamp_end=at(61.2)))["ok"] is True
     state = await stack.account_state("a")
     assert (state["balance"], state["reserved"], state["n"]) == (1000 - 62, 0, 0)
+    assert await stack.redis.smembers(open_calls_key("default", "a")) == set()
 
 
 async def test_end_after_the_granted_units_charges_only_the_granted_units(agent, stack):

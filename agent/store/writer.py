@@ -100,6 +100,17 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
             await connection.executemany(_UPSERT, upserts)
 
 
+async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit: int = 10_000) -> int:
+    """Writes what the outbox holds right now, for a reader that must see every answered call.
+
+    The entries stay in the stream for the writer, which writes them again harmlessly. Returns the count.
+    """
+    entries = [entry for entry in await redis.xrange(OUTBOX, count=limit) if entry[1]]
+    if entries:
+        await write_batch(connection, entries)
+    return len(entries)
+
+
 class OutboxWriter:
     def __init__(
         self,
