@@ -14,9 +14,10 @@ from cache import UNAVAILABLE, AutoPipeline
 
 from .catalog_keeper import CatalogKeeper
 from .config import Settings
-from .http import rest
+from .http import health, rest
 from .http.responses import json_errors
-from .keys import CATALOG, DATABASE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
+from . import metrics
+from .keys import CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
 from .store.database import create_pool, migrate
 from .store.writer import OutboxWriter
 from .transaction import Transactions, now_ms
@@ -52,13 +53,33 @@ async def _background(name: str, coroutine) -> AsyncIterator[None]:
             await task
 
 
+def _observe_batch(seconds: float, commands: int) -> None:
+    metrics.REDIS_ROUND_TRIP.observe(seconds)
+    metrics.REDIS_BATCH.observe(commands)
+
+
+def _observe_reload(catalog, seconds: float, delay: float | None) -> None:
+    metrics.CATALOG_RELOADS.inc()
+    metrics.CATALOG_LOAD_SECONDS.set(seconds)
+    metrics.RATE_TABLE_SIZE.set(catalog.rate_count)
+    metrics.CATALOG_VERSION.set(catalog.version)
+    metrics.ACCOUNTS.set(len(catalog.accounts))
+    if delay is not None:
+        metrics.CATALOG_DELAY.set(delay)
+
+
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = cache.connect(settings.redis_url, settings.redis_timeout)
     await _until_ready("Redis", lambda: cache.load_library(client))
     app[REDIS] = client
-    app[PIPELINE] = AutoPipeline(client, settings.redis_timeout)
+    app[PIPELINE] = AutoPipeline(client, settings.redis_timeout, on_batch=_observe_batch)
+    app[LIVE_STATE] = metrics.LiveState(client)
+    if not metrics.MULTIPROCESS:
+        metrics.REGISTRY.register(app[LIVE_STATE])
     yield
+    if not metrics.MULTIPROCESS:
+        metrics.REGISTRY.unregister(app[LIVE_STATE])
     await app[PIPELINE].close()
     await client.aclose()
 
@@ -75,6 +96,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     keeper = CatalogKeeper(app[SETTINGS].database_url, app[DATABASE], app[REDIS])
+    keeper.on_reload = _observe_reload
     await _until_ready("the catalog", keeper.start)
     app[CATALOG] = keeper
     app[TRANSACTIONS] = Transactions(app[SETTINGS], app[PIPELINE], keeper.get)
@@ -91,7 +113,8 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Its own client: a blocking stream read must not trip the hot path's short timeout.
     client = cache.connect(settings.redis_url, timeout=5.0)
-    writer = OutboxWriter(client, current_pool, settings.outbox_batch, claim_idle=settings.outbox_claim_idle)
+    writer = OutboxWriter(client, current_pool, settings.outbox_batch, on_written=metrics.OUTBOX_WRITTEN.inc,
+                          claim_idle=settings.outbox_claim_idle)
     app[WRITER] = writer
     async with _background("outbox-writer", writer.run()):
         yield
@@ -128,5 +151,6 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings
     app.add_routes(rest.routes)
+    app.add_routes(health.routes)
     app.cleanup_ctx.extend([redis_ctx, database_ctx, catalog_ctx, writer_ctx, reaper_ctx])
     return app

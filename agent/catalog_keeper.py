@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -46,11 +47,14 @@ class CatalogKeeper:
         self._changed = asyncio.Event()
         self._version = 0
         self._listener: asyncpg.Connection | None = None
+        self._oldest_change: float | None = None
+        self.on_reload = lambda catalog, seconds, delay: None
 
     def get(self) -> Catalog:
         return self.current
 
     async def reload(self) -> Catalog:
+        changed_at, self._oldest_change = self._oldest_change, None
         self._version += 1
         catalog, seconds = await load_catalog(self.pool, self._version)
         previous = self.current if self.loaded.is_set() else None
@@ -61,13 +65,20 @@ class CatalogKeeper:
         self.current = catalog
         self.last_load_seconds = seconds
         self.loaded.set()
+        self.on_reload(catalog, seconds, None if changed_at is None else time.time() - changed_at)
         log.info(
             "catalog v%d: %d accounts, %d carriers, %d rates loaded in %.2fs",
             catalog.version, len(catalog.accounts), len(catalog.carriers), catalog.rate_count, seconds,
         )
         return catalog
 
-    def _announce(self, *_args) -> None:
+    def _announce(self, _connection, _pid, _channel, payload: str) -> None:
+        try:
+            changed_at = float(payload.split(" ", 1)[0])
+        except ValueError:
+            changed_at = time.time()
+        if self._oldest_change is None:
+            self._oldest_change = changed_at
         self._changed.set()
 
     async def _listen(self) -> asyncpg.Connection:

@@ -7,6 +7,7 @@ together as one pipeline (auto-pipelining), which roughly doubles throughput ove
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib.resources import files
 from typing import Any, Sequence
 
@@ -58,9 +59,10 @@ async def load_library(client: aioredis.Redis) -> None:
 class AutoPipeline:
     """Sends the commands issued during one event-loop tick as one pipeline, without a transaction."""
 
-    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
+    def __init__(self, client: aioredis.Redis, timeout: float, on_batch=None) -> None:
         self.client = client
         self.timeout = timeout
+        self.on_batch = on_batch  # called with (seconds, commands) after each batch
         self._pending: list[tuple[tuple, asyncio.Future]] = []
         self._tasks: set[asyncio.Task] = set()
 
@@ -79,6 +81,7 @@ class AutoPipeline:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 pipe = self.client.pipeline(transaction=False)
@@ -92,6 +95,8 @@ class AutoPipeline:
             if not isinstance(exc, Exception):
                 raise
             return
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started, len(batch))
         for (_, future), result in zip(batch, results):
             if future.done():
                 continue

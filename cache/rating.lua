@@ -9,6 +9,8 @@ Keys
   call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM every change PostgreSQL must learn: e=txn (a call's state) or e=ledger (a balance move)
+  stats    HASH  service-wide totals for metrics: open (authorized or running calls), running, reserved
+                 (amount held), charges and charged (count and amount charged), refunded (amount)
 
 A call moves authorized -> begun -> ended, or ends as refused, rolledback, cancelled (ended before it
 began), expired (never began) or recorded (a one-shot record). Repeating any step answers as the first
@@ -21,6 +23,8 @@ A tariff is {connect_fee, rate, increment, free_increments}.
 local FINAL = {ended = true, refused = true, rolledback = true, cancelled = true, expired = true, recorded = true}
 -- states after which the same transaction tag may be authorized afresh
 local REUSABLE = {refused = true, rolledback = true, cancelled = true, expired = true}
+
+local STATS = 'rating:stats'
 
 local function num(value)
   return tonumber(value) or 0
@@ -112,9 +116,14 @@ end
 
 -- Gives back what an open call holds: its reservation and its place in the concurrency counters.
 local function release(doc)
+  redis.call('HINCRBY', STATS, 'open', -1)
+  if doc.st == 'begun' then
+    redis.call('HINCRBY', STATS, 'running', -1)
+  end
   for _, party in ipairs(parties_of(doc)) do
     if num(party.rv) ~= 0 then
       redis.call('HINCRBY', party.k, 'reserved', -party.rv)
+      redis.call('HINCRBY', STATS, 'reserved', -party.rv)
     end
     party.rv = 0
     redis.call('HINCRBY', party.k, 'n', -1)
@@ -131,6 +140,8 @@ local function charge(doc, duration, outbox, at)
     if amount ~= 0 then
       local balance = redis.call('HINCRBY', party.k, 'balance', -amount)
       ledger(outbox, doc, party, 'charge', -amount, balance, at)
+      redis.call('HINCRBY', STATS, 'charges', 1)
+      redis.call('HINCRBY', STATS, 'charged', amount)
     end
   end
 end
@@ -143,6 +154,7 @@ local function begin_call(doc, key, deadlines, begin_ms, grace)
   if doc.st == 'authorized' then
     doc.st = 'begun'
     doc.tb = begin_ms
+    redis.call('HINCRBY', STATS, 'running', 1)
     redis.call('ZADD', deadlines, begin_ms + doc.u * 1000 + grace, key)
     return true
   end
@@ -226,6 +238,7 @@ local function authorize(keys, args)
       party.rv = fee(party.r, units)
       if party.rv ~= 0 then
         redis.call('HINCRBY', party.k, 'reserved', party.rv)
+        redis.call('HINCRBY', STATS, 'reserved', party.rv)
       end
     end
     redis.call('HINCRBY', party.k, 'n', 1)
@@ -233,6 +246,7 @@ local function authorize(keys, args)
     redis.call('SADD', party.o, key)
   end
   redis.call('ZADD', deadlines, now + ttl, key)
+  redis.call('HINCRBY', STATS, 'open', 1)
   local ok = true
   if beginning then
     ok = begin_call(doc, key, deadlines, at, grace)
@@ -302,6 +316,7 @@ local function rollback(keys, args)
       if num(party.f) ~= 0 then
         local balance = redis.call('HINCRBY', party.k, 'balance', party.f)
         ledger(outbox, doc, party, 'refund', party.f, balance, tonumber(args[1]))
+        redis.call('HINCRBY', STATS, 'refunded', party.f)
       end
     end
     doc.removed = 1

@@ -1,14 +1,16 @@
-"""Canyan's agent REST API: the five call operations Kamailio and OpenSIPS use, and the status probe."""
+"""Canyan's agent REST API: the five call operations Kamailio and OpenSIPS use."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
 from cache import UNAVAILABLE
 
 from ..keys import TRANSACTIONS
+from ..metrics import ENDPOINTS
 from ..transaction import Conflict
 from .responses import detail, json_response
 from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Unparsable, ValidationFailed, parse_body, validate
@@ -20,7 +22,7 @@ UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cann
 
 
 def _endpoint(path: str, fields, operation: str) -> None:
-    async def handler(request: web.Request) -> web.Response:
+    async def answer(request: web.Request) -> web.Response:
         try:
             values = validate(parse_body(await request.read()), fields)
         except Unparsable as exc:
@@ -35,7 +37,15 @@ def _endpoint(path: str, fields, operation: str) -> None:
         except UNAVAILABLE as exc:
             log.warning("%s: Redis unavailable: %r", path, exc)
             return detail(UNAVAILABLE_DETAIL, 503)
+        if operation == "authorization":
+            ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
         return json_response(result)
+
+    async def handler(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await answer(request)
+        ENDPOINTS.observe(operation, response.status, time.perf_counter() - started)
+        return response
 
     handler.__name__ = operation
     routes.post(path)(handler)
@@ -48,6 +58,3 @@ _endpoint("/v1/rollback_transaction", ROLLBACK, "rollback")
 _endpoint("/v1/record_transaction", RECORD, "record")
 
 
-@routes.get("/status")
-async def status(request: web.Request) -> web.Response:
-    return web.Response(status=204)

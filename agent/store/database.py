@@ -7,6 +7,7 @@ under an advisory lock so that several agents starting together apply each one o
 from __future__ import annotations
 
 import logging
+import time
 from importlib.resources import files
 
 import asyncpg
@@ -57,4 +58,5 @@ async def create_pool(url: str, **kwargs) -> asyncpg.Pool:
 
 
 async def notify_catalog_changed(connection: asyncpg.Connection, what: str = "") -> None:
-    await connection.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, what)
+    """Announces a catalog change (delivered at commit); the payload carries the change's wall-clock time."""
+    await connection.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"{time.time():.6f} {what}")

@@ -1,0 +1,40 @@
+"""Service endpoints: liveness (`/status`, Canyan's), readiness (`/ready`) and Prometheus (`/metrics`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..keys import CATALOG, DATABASE, REDIS
+from ..metrics import metrics_handler
+from .responses import json_response
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/status")
+async def status(request: web.Request) -> web.Response:
+    """The process is up (Canyan's probe): 204, no body."""
+    return web.Response(status=204)
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    """Whether this process can rate: Redis and PostgreSQL answer and the catalog is loaded."""
+    checks: dict[str, bool] = {}
+    try:
+        async with asyncio.timeout(1.0):
+            checks["redis"] = bool(await request.app[REDIS].ping())
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        checks["redis"] = False
+    try:
+        async with asyncio.timeout(1.0):
+            checks["postgresql"] = await request.app[DATABASE].fetchval("SELECT 1") == 1
+    except Exception:  # noqa: BLE001
+        checks["postgresql"] = False
+    checks["catalog"] = request.app[CATALOG].loaded.is_set()
+    return json_response({"ready": all(checks.values()), **checks}, 200 if all(checks.values()) else 503)
+
+
+routes.get("/metrics")(metrics_handler)
