@@ -13,19 +13,6 @@ import orjson
 from .config import Settings
 
 
-def _serve(settings: Settings) -> None:
-    import uvloop
-    from aiohttp import web
-
-    from .app import create_app
-
-    uvloop.install()
-    web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, access_log=None,
-        print=lambda text: logging.getLogger("agent").info(text.strip()), shutdown_timeout=10,
-    )
-
-
 async def _with_database(settings: Settings, work):
     from .store.database import create_pool, migrate
 
@@ -143,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
-        _serve(settings)
+        from .serve import serve
+
+        return serve(settings)
     elif args.command == "migrate":
         from .store.database import migrate
 

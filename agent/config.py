@@ -20,6 +20,7 @@ def _setting(default: Any, help: str) -> Any:
 class Settings:
     host: str = _setting("127.0.0.1", "address the HTTP server binds to")
     port: int = _setting(8080, "HTTP port")
+    workers: int = _setting(0, "worker processes sharing the port; 0 means one per CPU core")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding balances and reservations")
     database_url: str = _setting(
         "postgresql://postgres@127.0.0.1:5432/rating", "PostgreSQL holding the durable records"
@@ -50,6 +51,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 1 <= self.reservation_share <= 100:
             raise ValueError("reservation_share must be between 1 and 100")
+        if self.workers < 0:
+            raise ValueError("workers must not be negative")
         if self.max_units <= 0:
             raise ValueError("max_units must be positive")
         for name in ("authorization_ttl", "call_grace", "record_retention", "outbox_batch"):

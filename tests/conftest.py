@@ -45,6 +45,7 @@ class AgentProcess:
             "RATING_PORT": str(self.port),
             "RATING_REDIS_URL": redis_url,
             "RATING_DATABASE_URL": database_url,
+            "RATING_WORKERS": "1",
             **{f"RATING_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.log_path = log_dir / f"agent-{self.port}.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -34,7 +35,8 @@ async def ready(request: web.Request) -> web.Response:
     except Exception:  # noqa: BLE001
         checks["postgresql"] = False
     checks["catalog"] = request.app[CATALOG].loaded.is_set()
-    return json_response({"ready": all(checks.values()), **checks}, 200 if all(checks.values()) else 503)
+    ok = all(checks.values())
+    return json_response({"ready": ok, **checks, "pid": os.getpid()}, 200 if ok else 503)
 
 
 routes.get("/metrics")(metrics_handler)

@@ -1,0 +1,165 @@
+"""Serving with several worker processes: shared port, summed metrics, graceful shutdown under load."""
+
+import asyncio
+import json
+import re
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from tests.conftest import AgentProcess, run_cli
+from tests.test_transaction import catalog, prepaid
+
+
+@pytest.fixture
+def loaded(stack, tmp_path):
+    document = tmp_path / "catalog.json"
+    document.write_text(json.dumps(catalog(prepaid("a", 10**9), prepaid("b", 10**9))))
+    run_cli("import", "catalog", str(document), redis_url=stack.redis_url, database_url=stack.database_url)
+    return stack
+
+
+async def _post(session, url, path, body):
+    async with session.post(url + path, json=body, headers={"Connection": "close"}) as reply:
+        return reply.status, await reply.json()
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample of the exposition text (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.match(r'^([a-zA-Z_:][\w:]*)(\{([^}]*)\})?\s+(\S+)', line)
+        if not match or match.group(1) != name:
+            continue
+        found = ",".join(sorted(part for part in (match.group(3) or "").split(",") if part))
+        if found == wanted:
+            return float(match.group(4))
+    return 0.0
+
+
+async def _scripted_calls(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for tag in ("m1", "m2"):
+            status, answer = await _post(session, url, "/v1/authorization",
+                                         {"transaction_tag": tag, "account_tag": "a", "destination": "39"})
+            assert answer["authorized"]
+            await _post(session, url, "/v1/begin_transaction",
+                        {"transaction_tag": tag, "timestamp_begin": "2030-01-01T10:00:00Z"})
+            await _post(session, url, "/v1/end_transaction",
+                        {"transaction_tag": tag, "timestamp_end": "2030-01-01T10:00:10Z"})
+        status, answer = await _post(session, url, "/v1/authorization",
+                                     {"transaction_tag": "m3", "account_tag": "ghost", "destination": "39"})
+        assert answer["unauthorized_reason"] == "NOT_FOUND"
+        status, _ = await _post(session, url, "/v1/end_transaction", {})
+        assert status == 422
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_metrics_count_exactly_what_was_done(loaded, tmp_path, workers):
+    agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, workers=workers).start()
+    try:
+        await asyncio.sleep(0.5)  # every worker up
+        await _scripted_calls(agent.url)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(agent.url + "/metrics") as reply:
+                assert reply.status == 200
+                text = await reply.text()
+        assert metric(text, "rating_requests_total", endpoint="authorization", status="200") == 3
+        assert metric(text, "rating_requests_total", endpoint="begin", status="200") == 2
+        assert metric(text, "rating_requests_total", endpoint="end", status="200") == 2
+        assert metric(text, "rating_requests_total", endpoint="end", status="422") == 1
+        assert metric(text, "rating_authorizations_total", outcome="authorized", reason="") == 2
+        assert metric(text, "rating_authorizations_total", outcome="refused", reason="NOT_FOUND") == 1
+        assert metric(text, "rating_request_duration_seconds_count", endpoint="authorization") == 3
+        assert metric(text, "rating_charges_total") == 2
+        assert metric(text, "rating_charged_amount_total") == 20
+        assert metric(text, "rating_calls_open") == 0
+        assert metric(text, "rating_rate_table_prefixes") == 3
+        assert metric(text, "rating_build_info", version="0.1.0", python=__import__("platform").python_version()) == 1
+        assert "rating_outbox_backlog" in text and "rating_redis_round_trip_seconds_bucket" in text
+    finally:
+        agent.stop()
+
+
+async def test_several_workers_share_the_port(loaded, tmp_path):
+    agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, workers=2).start()
+    try:
+        pids = set()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(60):
+                async with session.get(agent.url + "/ready", headers={"Connection": "close"}) as reply:
+                    body = await reply.json()
+                    if reply.status == 200:
+                        pids.add(body["pid"])
+                if len(pids) > 1:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(pids) > 1
+    finally:
+        agent.stop()
+
+
+async def test_sigterm_under_load_loses_no_answered_request_and_no_charge(loaded, tmp_path):
+    agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, workers=2).start()
+    ended: list[str] = []
+    reset: dict[str, str] = {}  # tag -> the state the call must still be in if the request had no effect
+    refused_connections = 0
+
+    async def one_call(session, index: int) -> None:
+        nonlocal refused_connections
+        tag = f"sig-{index}"
+        step = "missing"
+        try:
+            status, answer = await _post(session, agent.url, "/v1/authorization",
+                                         {"transaction_tag": tag, "account_tag": "b", "destination": "39"})
+            assert status == 200 and answer["authorized"]
+            step = "authorized"
+            status, answer = await _post(session, agent.url, "/v1/begin_transaction",
+                                         {"transaction_tag": tag, "timestamp_begin": "2030-01-01T10:00:00Z"})
+            assert status == 200 and answer["ok"]
+            step = "begun"
+            status, answer = await _post(session, agent.url, "/v1/end_transaction",
+                                         {"transaction_tag": tag, "timestamp_end": "2030-01-01T10:00:01Z"})
+            assert status == 200 and answer["ok"]
+            ended.append(tag)
+        except aiohttp.ClientConnectorError:
+            refused_connections += 1  # not accepted: the caller knows and may retry elsewhere
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # A connection reset while the server closed its listening sockets: the request must not
+            # have been processed (the call is still where the last answer left it), so a retry is safe.
+            reset[tag] = step
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            tasks = []
+            for index in range(400):
+                if time.monotonic() > deadline:
+                    break
+                tasks.append(asyncio.create_task(one_call(session, index)))
+                if index == 150:
+                    agent.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*tasks)
+        assert agent.process.wait(30) == 0
+    finally:
+        agent.stop()
+    from agent.store.records import decode_call
+    from cache import call_key
+
+    for tag, state in reset.items():
+        fields = await loaded.redis.hgetall(call_key("default", tag))
+        actual = decode_call(fields)[0].get("st") if fields else "missing"
+        assert actual == state, f"{tag}: reset after processing ({state} -> {actual})"
+    assert len(reset) <= 20
+    assert len(ended) >= 100
+    # Every call answered as ended was charged exactly once (1 s at rate 1), and the workers flushed the
+    # outbox before exiting: PostgreSQL already holds every charge.
+    assert 10**9 - await loaded.balance("b") == len(ended)
+    assert await loaded.redis.xlen("rating:outbox") == 0
+    rows = await loaded.database.fetchval("SELECT count(*) FROM ledger WHERE account_tag = 'b' AND kind = 'charge'")
+    assert rows == len(ended)
