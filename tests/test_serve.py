@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.conftest import AgentProcess, run_cli
+from tests.conftest import ROOT, AgentProcess, run_cli
 from tests.test_transaction import catalog, prepaid
 
 
@@ -81,6 +81,9 @@ async def test_metrics_count_exactly_what_was_done(loaded, tmp_path, workers):
         assert metric(text, "rating_rate_table_prefixes") == 3
         assert metric(text, "rating_build_info", version="0.1.0", python=__import__("platform").python_version()) == 1
         assert "rating_outbox_backlog" in text and "rating_redis_round_trip_seconds_bucket" in text
+        dashboard = (ROOT / "monitoring" / "grafana" / "dashboards" / "rating-agent.json").read_text()
+        for name in set(re.findall(r"rating_[a-z_]+", dashboard)):
+            assert name in text, f"the dashboard uses {name}, which /metrics does not serve"
     finally:
         agent.stop()
 
