@@ -39,7 +39,7 @@ class Settings:
         100, "percent of an account's available balance one call may reserve (1-100)"
     )
     record_retention: int = _setting(
-        86400, "seconds a finished call's state stays in Redis (idempotent retries, fast reads)"
+        3600, "seconds a finished call's state stays in Redis (idempotent retries, fast reads)"
     )
     outbox_batch: int = _setting(500, "outbox entries written to PostgreSQL per batch")
     outbox_claim_idle: float = _setting(
