@@ -14,6 +14,7 @@ from cache import UNAVAILABLE, AutoPipeline
 
 from .catalog_keeper import CatalogKeeper
 from .config import Settings
+from . import graphql
 from .http import health, rest
 from .http.responses import json_errors
 from . import metrics
@@ -152,5 +153,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
+    graphql.setup(app)
     app.cleanup_ctx.extend([redis_ctx, database_ctx, catalog_ctx, writer_ctx, reaper_ctx])
     return app

@@ -47,6 +47,17 @@ class Settings:
     )
     reaper_interval: float = _setting(1.0, "seconds between scans for expired reservations")
     log_level: str = _setting("INFO", "logging level")
+    management_token: str = _setting(
+        "", "bearer token the management API (GraphQL management fields, deck upload) requires; empty: none"
+    )
+    agent_networks: str = _setting(
+        "", "comma-separated client networks (CIDR) allowed to call /v1/* and the GraphQL call mutations; empty: all"
+    )
+    graphql_max_depth: int = _setting(15, "deepest GraphQL selection accepted (fragments expanded)")
+    graphql_max_fields: int = _setting(2000, "most fields one GraphQL operation may select (fragments expanded)")
+    graphql_max_tokens: int = _setting(20000, "most lexical tokens in one GraphQL document")
+    graphql_max_body: int = _setting(1048576, "largest /graphql request body, in bytes")
+    graphql_timeout: float = _setting(30.0, "seconds one GraphQL request may run before it is stopped")
 
     def __post_init__(self) -> None:
         if not 1 <= self.reservation_share <= 100:

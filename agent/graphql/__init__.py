@@ -1,0 +1,250 @@
+"""`/graphql`: Canyan's management API and the agent's GraphQL operations in one schema (ariadne, schema first).
+
+The schema is the checked-in SDL file `schema.graphql`; each resolver module binds one domain entity.
+Envelope: success is HTTP 200 `{"data": ...}` without an `errors` key; any error is HTTP 400 with `errors`
+(and whatever `data` was produced). Requests are bounded before execution: body size, token count, depth
+and field count (fragments expanded), and an execution timeout. Access: management fields need
+`Authorization: Bearer <token>` when a token is configured; the agent's call mutations follow the same
+client-network rule as the REST endpoints (a valid token also admits them); `version` and introspection
+are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.resources import files
+from typing import Any
+
+import orjson
+from aiohttp import web
+from ariadne import graphql, make_executable_schema
+from ariadne.explorer import ExplorerGraphiQL
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    ValidationRule,
+    parse,
+)
+
+from ..keys import SETTINGS
+from . import (  # noqa: F401 - each module binds its resolvers on import
+    accounts,
+    agent,
+    carriers,
+    customers,
+    invoices,
+    pricelists,
+    rates,
+    scalars,
+    sellers,
+    transactions,
+)
+from .agent import AGENT_FIELDS
+from .common import mutation, query
+from .security import agent_networks, client_allowed, refuse_unsafe_exposure, token_ok
+
+log = logging.getLogger(__name__)
+
+SDL = files(__package__).joinpath("schema.graphql").read_text()
+schema = make_executable_schema(
+    SDL, query, mutation,
+    *scalars.bindables, *accounts.bindables, *carriers.bindables, *pricelists.bindables, *rates.bindables,
+    *transactions.bindables, *customers.bindables, *sellers.bindables, *invoices.bindables,
+)
+routes = web.RouteTableDef()
+
+OPEN_FIELDS = frozenset({"version", "__typename", "__schema", "__type"})
+CALL_FIELDS = AGENT_FIELDS - {"version"}
+NO_QUERY = "No GraphQL query found in the request"
+_EXPLORER = ExplorerGraphiQL(title="rating-agent GraphQL").html(None)
+
+
+def _plain(text: str, status: int) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/plain")
+
+
+def _envelope(payload: dict, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def _failure(message: str, status: int = 400) -> web.Response:
+    return _envelope({"data": None, "errors": [{"message": message}]}, status)
+
+
+# --- limits ------------------------------------------------------------------------------------------------------
+
+def limit_rule(max_depth: int, max_fields: int) -> type[ValidationRule]:
+    """A validation rule bounding the depth and the number of fields of each operation, fragments expanded."""
+
+    class QueryLimits(ValidationRule):
+        def enter_document(self, node, *_args):
+            fragments = {d.name.value: d for d in node.definitions if isinstance(d, FragmentDefinitionNode)}
+            memo: dict[str, tuple[int, int]] = {}
+
+            def measure(selection_set, visiting: frozenset) -> tuple[int, int]:
+                depth, count = 0, 0
+                for selection in selection_set.selections if selection_set else ():
+                    if isinstance(selection, FieldNode):
+                        inner = measure(selection.selection_set, visiting) if selection.selection_set else (0, 0)
+                        depth, count = max(depth, 1 + inner[0]), count + 1 + inner[1]
+                    elif isinstance(selection, InlineFragmentNode):
+                        inner = measure(selection.selection_set, visiting)
+                        depth, count = max(depth, inner[0]), count + inner[1]
+                    elif isinstance(selection, FragmentSpreadNode):
+                        name = selection.name.value
+                        if name in visiting or name not in fragments:
+                            continue  # cycles and unknown fragments are reported by the standard rules
+                        if name not in memo:
+                            memo[name] = measure(fragments[name].selection_set, visiting | {name})
+                        depth, count = max(depth, memo[name][0]), count + memo[name][1]
+                    if count > max_fields:
+                        return depth, count
+                return depth, count
+
+            for definition in node.definitions:
+                if isinstance(definition, OperationDefinitionNode):
+                    depth, count = measure(definition.selection_set, frozenset())
+                    if depth > max_depth:
+                        self.report_error(GraphQLError(
+                            f"Query is too deep: {depth} levels, at most {max_depth} allowed.", definition
+                        ))
+                    elif count > max_fields:
+                        self.report_error(GraphQLError(
+                            f"Query is too large: more than {max_fields} fields, at most {max_fields} allowed.",
+                            definition,
+                        ))
+            return False  # nothing else to visit
+
+    return QueryLimits
+
+
+def root_fields(document, operation_name: str | None) -> set[str]:
+    """Top-level field names of the operation that will run (of every operation when it is ambiguous)."""
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [d for d in operations if d.name is not None and d.name.value == operation_name] or operations
+    names: set[str] = set()
+
+    def collect(selection_set, seen: frozenset) -> None:
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                names.add(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                collect(selection.selection_set, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name in fragments and name not in seen:
+                    collect(fragments[name].selection_set, seen | {name})
+
+    for operation in operations:
+        collect(operation.selection_set, frozenset())
+    return names
+
+
+# --- the endpoint ------------------------------------------------------------------------------------------------
+
+class BadRequest(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+async def _request_data(request: web.Request, max_body: int) -> dict[str, Any]:
+    if request.method == "GET" or "query" in request.query:
+        variables = request.query.get("variables")
+        try:
+            variables = orjson.loads(variables) if variables else None
+        except orjson.JSONDecodeError:
+            raise BadRequest(_failure("variables must be a JSON object")) from None
+        return {"query": request.query.get("query"), "variables": variables,
+                "operationName": request.query.get("operationName")}
+    content_type = request.headers.get("Content-Type", "")
+    if "application/json" not in content_type and "application/graphql" not in content_type:
+        raise BadRequest(_plain("Unsupported Media Type", 415))
+    if request.content_length is not None and request.content_length > max_body:
+        raise BadRequest(_failure(f"Request body too large (at most {max_body} bytes)", 413))
+    body = await request.content.read(max_body + 1)
+    if len(body) > max_body:
+        raise BadRequest(_failure(f"Request body too large (at most {max_body} bytes)", 413))
+    if "application/graphql" in content_type:
+        return {"query": body.decode("utf-8", "replace")}
+    try:
+        data = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError:
+        raise BadRequest(_failure("The request body is not valid JSON")) from None
+    if not isinstance(data, dict):
+        raise BadRequest(_failure("The request body must be a JSON object"))
+    return data
+
+
+@routes.route("*", "/graphql")
+async def graphql_endpoint(request: web.Request) -> web.Response:
+    if request.method not in ("GET", "POST"):
+        return _plain("Method Not Allowed", 405)
+    settings = request.app[SETTINGS]
+    if (request.method == "GET" and "query" not in request.query
+            and "text/html" in request.headers.get("Accept", "")):
+        return web.Response(text=_EXPLORER, content_type="text/html")
+    try:
+        data = await _request_data(request, settings.graphql_max_body)
+    except BadRequest as exc:
+        return exc.response
+    text = data.get("query")
+    if not text:
+        return _plain(NO_QUERY, 400)
+    if not isinstance(text, str):
+        return _failure("query must be a string")
+    variables = data.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        return _failure("variables must be a JSON object")
+    operation_name = data.get("operationName")
+    try:
+        document = parse(text, max_tokens=settings.graphql_max_tokens)
+    except GraphQLError as exc:
+        return _envelope({"data": None, "errors": [exc.formatted]}, 400)
+    except RecursionError:
+        return _failure("Query is too deeply nested")
+
+    fields = root_fields(document, operation_name if isinstance(operation_name, str) else None)
+    authorized = token_ok(request, settings)
+    if fields - AGENT_FIELDS - OPEN_FIELDS and not authorized:
+        response = _failure("Unauthorized: management operations need Authorization: Bearer <token>", 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="rating-agent"'
+        return response
+    if fields & CALL_FIELDS and not authorized and not client_allowed(request, settings):
+        return _failure("Forbidden: this client may not use the agent operations", 403)
+
+    try:
+        async with asyncio.timeout(settings.graphql_timeout):
+            _, result = await graphql(
+                schema,
+                {"query": text, "variables": variables, "operationName": operation_name},
+                query_document=document,
+                context_value={"request": request},
+                validation_rules=[limit_rule(settings.graphql_max_depth, settings.graphql_max_fields)],
+                logger=__name__,
+            )
+    except TimeoutError:
+        return _failure(f"Query took longer than {settings.graphql_timeout:g} s and was stopped")
+    except RecursionError:
+        return _failure("Query is too deeply nested")
+    payload: dict[str, Any] = {"data": result.get("data")}
+    if result.get("errors"):
+        payload["errors"] = result["errors"]
+        return _envelope(payload, 400)
+    return _envelope(payload, 200)
+
+
+def setup(app: web.Application) -> None:
+    """Adds `/graphql`, the deck upload endpoint, the client-network middleware and the exposure check."""
+    from .decks import routes as deck_routes
+
+    app.add_routes(routes)
+    app.add_routes(deck_routes)
+    app.middlewares.append(agent_networks)
+    app.on_startup.append(refuse_unsafe_exposure)

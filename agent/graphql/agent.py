@@ -1,0 +1,62 @@
+"""The agent's own GraphQL operations: `version` and the five call mutations, the same operations as REST.
+
+Each mutation builds the request dict the REST validator would (every field present, defaults filled in) and
+calls the shared `Transactions` object. Unlike the original, `authorization` takes `tags` and
+`recordTransaction` prices the call from its own begin and end timestamps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cache import UNAVAILABLE
+
+from ..http.rest import UNAVAILABLE_DETAIL
+from ..http.validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field
+from ..keys import TRANSACTIONS
+from ..store.management import ManagementError
+from ..transaction import Conflict
+from .common import app_of, mutation, query
+
+AGENT_FIELDS = frozenset({
+    "version", "authorization", "beginTransaction", "endTransaction", "rollbackTransaction", "recordTransaction",
+})
+
+
+@query.field("version")
+def resolve_version(*_):
+    return 1
+
+
+def request_of(fields: tuple[Field, ...], args: dict[str, Any]) -> dict[str, Any]:
+    request = {}
+    for field in fields:
+        value = args.get(field.name)
+        if value is None:
+            value = field.default
+        elif field.name == "tags":
+            value = [str(tag) for tag in value if tag is not None]
+        request[field.name] = value
+    return request
+
+
+def _operation(name: str, fields: tuple[Field, ...], operation: str) -> None:
+    async def resolve(_, info, **args):
+        request = request_of(fields, args)
+        try:
+            return await getattr(app_of(info)[TRANSACTIONS], operation)(request)
+        except Conflict as exc:
+            raise ManagementError(str(exc)) from None
+        except UNAVAILABLE:
+            raise ManagementError(UNAVAILABLE_DETAIL) from None
+
+    mutation.set_field(name, resolve)
+
+
+_operation("authorization", AUTHORIZATION, "authorization")
+_operation("beginTransaction", BEGIN, "begin")
+_operation("endTransaction", END, "end")
+_operation("rollbackTransaction", ROLLBACK, "rollback")
+_operation("recordTransaction", RECORD, "record")
+
+bindables: list = []

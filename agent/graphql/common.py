@@ -1,0 +1,117 @@
+"""What the resolver modules share: access to the app's resources, write transactions, list resolvers."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from ariadne import ObjectType, QueryType
+from aiohttp import web
+
+from ..keys import DATABASE, PIPELINE, REDIS
+from ..store import management as repo
+from ..store.database import notify_catalog_changed
+from ..store.management import Entity, ManagementError
+
+query = QueryType()
+mutation = ObjectType("Mutations")
+
+
+def app_of(info) -> web.Application:
+    return info.context["request"].app
+
+
+def pool_of(info):
+    return app_of(info)[DATABASE]
+
+
+def redis_of(info):
+    return app_of(info)[REDIS]
+
+
+def pipeline_of(info):
+    return app_of(info)[PIPELINE]
+
+
+@contextlib.asynccontextmanager
+async def reading(info) -> AsyncIterator[Any]:
+    async with pool_of(info).acquire() as connection:
+        yield connection
+
+
+@contextlib.asynccontextmanager
+async def writing(info, entity: Entity | None = None, catalog: bool | None = None) -> AsyncIterator[Any]:
+    """A connection in a transaction; a catalog change is announced to every agent at commit."""
+    announce = entity.catalog if catalog is None and entity is not None else bool(catalog)
+    async with pool_of(info).acquire() as connection:
+        async with connection.transaction():
+            yield connection
+            if announce:
+                await notify_catalog_changed(connection, entity.table if entity else "catalog")
+
+
+def crud(
+    entity: Entity,
+    plural: str,
+    where: Callable[[Any, Any, dict], Awaitable[repo.Where]] | None = None,
+    prepare: Callable[[Any, dict], Awaitable[dict]] | None = None,
+    check: Callable[[Any, dict, dict | None], Awaitable[None]] | None = None,
+    after_write: Callable[[Any, dict, dict, dict | None], Awaitable[dict]] | None = None,
+    before_delete: Callable[[Any, Any, dict], Awaitable[None]] | None = None,
+    after_delete: Callable[[Any, dict], Awaitable[None]] | None = None,
+) -> None:
+    """Binds the single query, the list and count queries and the four mutations of one entity."""
+    name = entity.name
+
+    async def build_where(info, connection, args: dict) -> repo.Where:
+        if where is not None:
+            return await where(info, connection, args.get("filter") or {})
+        return repo.base_filter(entity, args.get("filter"))
+
+    async def resolve_one(_, info, **args):
+        async with reading(info) as connection:
+            return await repo.fetch_one(connection, entity, args)
+
+    async def resolve_all(_, info, **args):
+        async with reading(info) as connection:
+            return await repo.list_rows(connection, entity, await build_where(info, connection, args), args)
+
+    async def resolve_meta(_, info, **args):
+        async with reading(info) as connection:
+            return {"count": await repo.count_rows(connection, entity, await build_where(info, connection, args))}
+
+    async def resolve_write(_, info, **args):
+        async with writing(info, entity) as connection:
+            given = args if prepare is None else await prepare(connection, args)
+            bound = None if check is None else (lambda values, old: check(connection, values, old))
+            record, old = await repo.upsert(connection, entity, given, bound)
+        if after_write is not None:
+            record = await after_write(info, args, record, old)
+        return record
+
+    async def resolve_delete(_, info, **args):
+        async with writing(info, entity) as connection:
+            record = await repo.fetch_one(connection, entity, args)
+            if record is None:
+                return None
+            if before_delete is not None:
+                await before_delete(info, connection, record)
+            await repo.delete(connection, entity, {"id": record["id"]})
+        if after_delete is not None:
+            await after_delete(info, record)
+        return record
+
+    query.set_field(name, resolve_one)
+    query.set_field(f"all{plural}", resolve_all)
+    query.set_field(f"_all{plural}Meta", resolve_meta)
+    for verb in ("create", "update", "upsert"):
+        mutation.set_field(f"{verb}{name}", resolve_write)
+    mutation.set_field(f"delete{name}", resolve_delete)
+
+
+async def require(connection, sql: str, *params, message: str) -> Any:
+    """The first column of the first row, or ManagementError(message) when there is none."""
+    found = await connection.fetchval(sql, *params)
+    if found is None:
+        raise ManagementError(message)
+    return found

@@ -1,0 +1,50 @@
+"""Invoices (bookkeeping only). An invoice's customer must exist; its rows are stored as one JSON list."""
+
+from __future__ import annotations
+
+from ariadne import ObjectType
+
+from ..store import management as repo
+from ..store.management import INVOICES, ManagementError
+from .common import crud, reading
+
+invoice = ObjectType("Invoice")
+
+
+async def check(connection, values: dict, old: dict | None) -> None:
+    tenant = values.get("tenant") or (old or {}).get("tenant") or "default"
+    customer = values.get("customer_tag")
+    if customer is not None and await connection.fetchval(
+        "SELECT 1 FROM customers WHERE tenant = $1 AND customer_tag = $2", tenant, customer
+    ) is None:
+        raise ManagementError(f"Customer with id = {customer} not found in tenant {tenant}!")
+    if old is None and values.get("invoice_date") is None:
+        values.pop("invoice_date", None)  # the table's default: today
+    if values.get("rows") is not None:
+        values["rows"] = [dict(row) for row in values["rows"] if row is not None]
+
+
+async def before_delete(info, connection, record: dict) -> None:
+    used = await connection.fetchval(
+        "SELECT count(*) FROM transactions WHERE tenant = $1 AND invoice_number = $2",
+        record["tenant"], record["invoice_number"],
+    )
+    if used:
+        raise ManagementError(
+            f"Invoice with number = {record['invoice_number']} is used by {used} transactions"
+            f" in tenant {record['tenant']}!"
+        )
+
+
+crud(INVOICES, "Invoices", check=check, before_delete=before_delete)
+
+
+@invoice.field("customer")
+async def resolve_customer(record, info):
+    if not record.get("customer_tag"):
+        return None
+    async with reading(info) as connection:
+        return await repo.fetch_by_key(connection, repo.CUSTOMERS, record["tenant"], record)
+
+
+bindables = [invoice]

@@ -1,0 +1,91 @@
+"""Pricelist rates. A rate names its pricelist and carrier by tag or by id; both must exist in its tenant."""
+
+from __future__ import annotations
+
+from ariadne import ObjectType
+
+from ..store import management as repo
+from ..store.management import RATES, ManagementError
+from .common import crud, reading
+
+pricelist_rate = ObjectType("PricelistRate")
+
+
+async def _tag_of(connection, table: str, column: str, record_id) -> tuple[str, str] | None:
+    key = repo.as_uuid(record_id)
+    if key is None:
+        return None
+    row = await connection.fetchrow(f"SELECT tenant, {column} FROM {table} WHERE id = $1", key)
+    return None if row is None else (row["tenant"], row[column])
+
+
+async def prepare(connection, args: dict) -> dict:
+    """Turns pricelist_id/carrier_id into tags (a given tag wins) and checks both references exist."""
+    args = dict(args)
+    pricelist_id, carrier_id = args.pop("pricelist_id", None), args.pop("carrier_id", None)
+    existing = None
+    if args.get("id") is not None:
+        existing = await repo.fetch_by_id(connection, RATES, args["id"])
+    for given_id, table, column, label in (
+        (pricelist_id, "pricelists", "pricelist_tag", "Price list"),
+        (carrier_id, "carriers", "carrier_tag", "Carrier"),
+    ):
+        if given_id is None or args.get(column) is not None:
+            continue
+        found = await _tag_of(connection, table, column, given_id)
+        if found is None:
+            tenant = args.get("tenant") or (existing or {}).get("tenant") or "default"
+            raise ManagementError(f"{label} with id = {given_id} and tag = None not found in tenant {tenant}!")
+        args.setdefault("tenant", found[0])
+        args[column] = found[1]
+    tenant = args.get("tenant") or (existing or {}).get("tenant") or "default"
+    for column, table, label, given_id in (
+        ("pricelist_tag", "pricelists", "Price list", pricelist_id),
+        ("carrier_tag", "carriers", "Carrier", carrier_id),
+    ):
+        tag = args.get(column) if column in args else (existing or {}).get(column)
+        if tag is None:
+            continue
+        if await connection.fetchval(
+            f"SELECT 1 FROM {table} WHERE tenant = $1 AND {column} = $2", tenant, tag
+        ) is None:
+            raise ManagementError(f"{label} with id = {given_id} and tag = {tag} not found in tenant {tenant}!")
+    return args
+
+
+async def where(info, connection, filter: dict) -> repo.Where:
+    filter = dict(filter)
+    for given_id, table, column in (
+        (filter.get("pricelist_id"), "pricelists", "pricelist_tag"),
+        (filter.get("carrier_id"), "carriers", "carrier_tag"),
+    ):
+        if given_id is not None and filter.get(column) is None:
+            found = await _tag_of(connection, table, column, given_id)
+            filter[column] = found[1] if found else "\x00no such record"
+    return repo.base_filter(RATES, filter)
+
+
+crud(RATES, "PricelistRates", where=where, prepare=prepare)
+
+
+async def _id_of(info, table: str, column: str, rate: dict):
+    if rate.get("id") is None or rate.get(column) is None:
+        return None
+    async with reading(info) as connection:
+        found = await connection.fetchval(
+            f"SELECT id FROM {table} WHERE tenant = $1 AND {column} = $2", rate["tenant"], rate[column]
+        )
+    return None if found is None else str(found)
+
+
+@pricelist_rate.field("pricelist_id")
+async def resolve_pricelist_id(rate, info):
+    return await _id_of(info, "pricelists", "pricelist_tag", rate)
+
+
+@pricelist_rate.field("carrier_id")
+async def resolve_carrier_id(rate, info):
+    return await _id_of(info, "carriers", "carrier_tag", rate)
+
+
+bindables = [pricelist_rate]
