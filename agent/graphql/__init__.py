@@ -44,11 +44,27 @@ from . import (  # noqa: F401 - each module binds its resolvers on import
     sellers,
     transactions,
 )
+from ..store.management import ManagementError
 from .agent import AGENT_FIELDS
 from .common import mutation, query
 from .security import agent_networks, client_allowed, refuse_unsafe_exposure, token_ok
 
 log = logging.getLogger(__name__)
+ERRORS_LOGGER = "agent.graphql.errors"
+
+
+class _ClientErrors(logging.Filter):
+    """Keeps resolver crashes in the log, drops what is the client's doing (syntax, validation, refusals)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, GraphQLError):
+            original = error.original_error
+            return original is not None and not isinstance(original, (ManagementError, ValueError, TypeError))
+        return True
+
+
+logging.getLogger(ERRORS_LOGGER).addFilter(_ClientErrors())
 
 SDL = files(__package__).joinpath("schema.graphql").read_text()
 schema = make_executable_schema(
@@ -227,7 +243,7 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
                 query_document=document,
                 context_value={"request": request},
                 validation_rules=[limit_rule(settings.graphql_max_depth, settings.graphql_max_fields)],
-                logger=__name__,
+                logger=ERRORS_LOGGER,
             )
     except TimeoutError:
         return _failure(f"Query took longer than {settings.graphql_timeout:g} s and was stopped")
