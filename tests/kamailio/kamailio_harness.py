@@ -217,9 +217,11 @@ class Carrier:
     """A SIPp UAS playing a carrier (answer, busy or 503) on UDP or TCP."""
 
     def __init__(self, workdir: Path, scenario: str = "uas.xml", transport: str = "UDP",
-                 port: int | None = None):
+                 port: int | None = None, calls: int | None = None):
+        """`calls`: exit after that many calls (SIPp -m), which also flushes its log."""
         self.workdir = workdir
         self.scenario = scenario
+        self.calls = calls
         self.transport = transport.upper()
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
@@ -237,7 +239,8 @@ class Carrier:
             ["sipp", "-sf", str(SCENARIOS / self.scenario), "-i", "127.0.0.1", "-p", str(self.port),
              "-t", transport, "-nostdin", "-max_socket", "2048", "-trace_err",
              "-error_file", str(self.workdir / f"{name}.errors"),
-             "-trace_logs", "-log_file", str(self.workdir / f"{name}.log")],
+             "-trace_logs", "-log_file", str(self.workdir / f"{name}.log"),
+             *(["-m", str(self.calls)] if self.calls else [])],
             cwd=self.workdir, stdout=self.stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -245,6 +248,18 @@ class Carrier:
         if self.process.poll() is not None:
             raise SetupError(f"SIPp carrier on {self.port} exited: {(self.workdir / f'{name}.out').read_text()}")
         return self
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"carrier-{self.transport.lower()}-{self.port}.log"
+
+    def wait(self, timeout: float) -> bool:
+        """True when the carrier exited (after its `calls` calls) within `timeout` seconds."""
+        try:
+            self.process.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
 
     def stop(self) -> None:
         _stop(self.process, 5.0)
