@@ -182,7 +182,9 @@ def rig(tmp_path_factory, postgres_server):
         catalog_file = base / "catalog.json"
         catalog_file.write_text(json.dumps(build_catalog(ports)))
         run_cli("import", "catalog", str(catalog_file), redis_url=redis.url, database_url=database_url)
-        agent = AgentProcess(redis.url, database_url, base, authorization_ttl=60, call_grace=5).start()
+        # a generous Redis timeout: the machine may be busy with other work while these tests run
+        agent = AgentProcess(redis.url, database_url, base, authorization_ttl=60, call_grace=5,
+                             redis_timeout=2.0).start()
         sip_port = free_port()
         kamailio = Kamailio(
             base / "kamailio",
