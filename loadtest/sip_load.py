@@ -54,11 +54,13 @@ def catalog(carrier_port: int) -> dict:
 
 
 class Agent:
-    def __init__(self, workdir: Path, redis_url: str, database_url: str):
+    def __init__(self, workdir: Path, redis_url: str, database_url: str, workers: int | None = None):
         self.port = free_port()
         self.env = {**os.environ, "RATING_HOST": "127.0.0.1", "RATING_PORT": str(self.port),
                     "RATING_REDIS_URL": redis_url, "RATING_DATABASE_URL": database_url,
                     "RATING_LOG_LEVEL": "WARNING"}
+        if workers is not None:
+            self.env["RATING_WORKERS"] = str(workers)
         self.log_path = workdir / "agent.log"
         self.process: subprocess.Popen | None = None
 
@@ -75,7 +77,8 @@ class Agent:
     def start(self, timeout: float = 30.0) -> "Agent":
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=self.env,
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -97,6 +100,26 @@ class Agent:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, group: bool = False) -> float:
+    """CPU time (user + system) used so far by a process, or by every process of its group."""
+    total = 0
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()] if group else [pid]
+    for candidate in pids:
+        try:
+            with open(f"/proc/{candidate}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15
+        if group and int(fields[2]) != pid:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
 def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace) -> dict:
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shm-mb", type=int, default=256, help="Kamailio shared memory in MB (default 256)")
     parser.add_argument("--children", type=int, default=4, help="Kamailio UDP workers (default 4)")
     parser.add_argument("--http-workers", type=int, default=4, help="http_async_client workers (default 4)")
+    parser.add_argument("--agent-workers", type=int, default=None,
+                        help="agent worker processes (default: the agent's own default, one per core)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with all logs")
     args = parser.parse_args(argv)
     if args.calls <= 0 or args.rate <= 0:
@@ -158,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         redis = RedisServer(workdir / "redis").start()
         postgres = PostgresServer(workdir / "postgres").start()
         carrier = Carrier(workdir / "carrier", "uas.xml", "UDP").start()
-        agent = Agent(workdir, redis.url, postgres.url)
+        agent = Agent(workdir, redis.url, postgres.url, args.agent_workers)
         catalog_file = workdir / "catalog.json"
         catalog_file.write_text(json.dumps(catalog(carrier.port)))
         agent.cli("import", "catalog", str(catalog_file))
@@ -175,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             kamailio = Kamailio(workdir / f"kamailio-{mode}", defines=defines, shm_mb=args.shm_mb).start()
             try:
                 print(f"{mode}: {args.calls} calls at {args.rate:g}/s, {args.hold_ms} ms each ...", flush=True)
+                kamailio_cpu = cpu_seconds(kamailio.process.pid, group=True)
+                agent_cpu = cpu_seconds(agent.process.pid, group=True)
                 results[mode] = run_load(workdir / f"kamailio-{mode}", kamailio.port, args)
+                calls = max(results[mode]["created"], 1)
+                results[mode]["kamailio_ms"] = 1000 * (cpu_seconds(kamailio.process.pid, group=True) - kamailio_cpu) / calls
+                results[mode]["agent_ms"] = 1000 * (cpu_seconds(agent.process.pid, group=True) - agent_cpu) / calls
             finally:
                 kamailio.stop()
             if agent.process is None or agent.process.poll() is not None:
@@ -196,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'mode':<8} {'answered/s':>10} {'answered':>9} {'failed':>7} {'unfinished':>10} "
-          f"{'retrans':>8} {'seconds':>8}")
+          f"{'retrans':>8} {'seconds':>8} {'kamailio CPU ms/call':>21} {'agent CPU ms/call':>18}")
     for mode, r in results.items():
         print(f"{mode:<8} {r['calls_per_s']:>10.1f} {r['answered']:>9} {r['failed']:>7} {r['unfinished']:>10} "
-              f"{r['retransmissions']:>8} {r['seconds']:>8}")
+              f"{r['retransmissions']:>8} {r['seconds']:>8} {r['kamailio_ms']:>21.2f} {r['agent_ms']:>18.2f}")
     relay, rating = results["relay"], results["rating"]
     ratio = rating["calls_per_s"] / relay["calls_per_s"] if relay["calls_per_s"] else float("nan")
     print(f"ratio rating/relay (answered calls/s): {ratio:.3f}")
