@@ -51,19 +51,41 @@ def _import_catalog(settings: Settings, path: str) -> None:
 
 
 def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
+    import os
+
+    from tqdm import tqdm
+
     from .store.importer import csv_rates, import_rates, open_text
 
-    show = sys.stderr.isatty() and not args.quiet
+    size = os.path.getsize(args.file) if args.file != "-" else None
+    bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="reading deck",
+               disable=args.quiet, file=sys.stderr, mininterval=0.25)
+
+    def counted(handle):
+        """The deck's lines, moving the bar every few thousand lines (characters ~ bytes for decks)."""
+        pending = 0
+        for number, line in enumerate(handle, 1):
+            pending += len(line)
+            if number % 4096 == 0:
+                bar.update(pending)
+                pending = 0
+            yield line
+        bar.update(pending)
 
     def progress(lines: int) -> None:
-        if show:
-            print(f"\r{lines:,} rows read", end="", file=sys.stderr, flush=True)
+        bar.set_postfix_str(f"{lines:,} rows", refresh=False)
 
-    with open_text(args.file) as handle:
-        rows = csv_rates(handle, args.tenant, args.pricelist, args.carrier, progress)
-        result = asyncio.run(_with_database(settings, lambda c: import_rates(c, rows, args.replace)))
-    if show:
-        print(file=sys.stderr)
+    try:
+        with open_text(args.file) as handle:
+            rows = csv_rates(counted(handle), args.tenant, args.pricelist, args.carrier, progress)
+
+            async def work(connection):
+                result = await import_rates(connection, rows, args.replace)
+                return result
+
+            result = asyncio.run(_with_database(settings, work))
+    finally:
+        bar.close()
     print(f"rates={result.rows} removed={result.replaced}")
 
 
@@ -130,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
+        from .graphql.security import exposure_problem
         from .serve import serve
+
+        problem = exposure_problem(settings)
+        if problem:
+            print(f"configuration error: {problem}", file=sys.stderr)
+            return 2
 
         return serve(settings)
     elif args.command == "migrate":

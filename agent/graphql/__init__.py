@@ -263,4 +263,4 @@ def setup(app: web.Application) -> None:
     app.add_routes(routes)
     app.add_routes(deck_routes)
     app.middlewares.append(agent_networks)
-    app.on_startup.append(refuse_unsafe_exposure)
+    app.on_startup.insert(0, refuse_unsafe_exposure)
