@@ -190,9 +190,10 @@ class CallResult:
     phrase: str | None = None
     bye: int | None = None  # status of the caller's BYE
     cut_off: bool = False  # the network sent the caller a BYE
+    reinvited: bool = False  # a re-INVITE of the caller got its 200
 
 
-RESULT_LINE = re.compile(r"^(RESULT|BYE|CUTOFF|NOCUTOFF) (\S+)(?: (\d+))?(?: (.*))?$")
+RESULT_LINE = re.compile(r"^(RESULT|BYE|CUTOFF|NOCUTOFF|REINVITED) (\S+)(?: (\d+))?(?: (.*))?$")
 
 
 def parse_results(log_text: str) -> dict[str, CallResult]:
@@ -210,6 +211,8 @@ def parse_results(log_text: str) -> dict[str, CallResult]:
             result.bye = int(code)
         elif kind == "CUTOFF":
             result.cut_off = True
+        elif kind == "REINVITED":
+            result.reinvited = True
     return results
 
 

@@ -72,7 +72,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
     def carrier(tag: str, protocol: str) -> dict:
         return {"carrier_tag": tag, "host": "127.0.0.1", "port": ports[tag], "protocol": protocol, "active": True}
 
-    pricelists = ["k-main", "k-refuse", "k-fo", "k-cut", "k-busy", "k-conc"]
+    pricelists = ["k-main", "k-refuse", "k-fo", "k-cut", "k-reinv", "k-busy", "k-conc"]
     return {
         "carriers": [
             carrier("k-answer", "UDP"), carrier("k-answer-tcp", "TCP"), carrier("k-answer-cut", "UDP"),
@@ -89,6 +89,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
             _rate("k-fo", "k-tls", "3903", rate=3),
             _rate("k-fo", "k-answer-tcp", "3903", rate=4),
             _rate("k-cut", "k-answer-cut", "3904", rate=1),
+            _rate("k-reinv", "k-answer", "3907", rate=1),
             _rate("k-busy", "k-busy", "3905", rate=1),
             _rate("k-conc", "k-answer", "3906", rate=1),
         ],
@@ -100,6 +101,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
             _account("k-broke", "k-refuse", balance=0),
             _account("k-fo", "k-fo"),
             _account("k-cut", "k-cut", balance=CUTOFF_SECONDS),
+            _account("k-reinv", "k-reinv", balance=CUTOFF_SECONDS),
             _account("k-busy", "k-busy"),
             _account("k-conc", "k-conc", max_concurrent_transactions=3),
         ],
@@ -279,6 +281,20 @@ def test_prepaid_call_is_cut_off_when_the_balance_runs_out(rig):
     assert CUTOFF_SECONDS <= record["duration"] <= CUTOFF_SECONDS + 1, record
     assert state.balance(rig.redis_url, "k-cut") >= 0
     assert state.reserved(rig.redis_url, "k-cut") == 0
+
+
+def test_reinvite_does_not_push_the_cut_off_back(rig):
+    run = rig.call("39070000001", "k-reinv", scenario="uac_cutoff_reinvite.xml", timeout=40)
+
+    (result,) = run.results.values()
+    assert result.code == 200, (result, run.output)
+    assert result.reinvited, f"the re-INVITE (2.5 s into the call) was not answered: {run.output}"
+    assert result.cut_off, f"Kamailio never sent the caller a BYE: {run.output}"
+    # a timer restarted by the re-INVITE would cut at 2.5 + 3 s
+    assert run.elapsed < CUTOFF_SECONDS + 1.5, run.elapsed
+    record = rig.ended_record(result.call_id, "k-reinv")
+    assert CUTOFF_SECONDS <= record["duration"] <= CUTOFF_SECONDS + 1, record
+    assert state.balance(rig.redis_url, "k-reinv") >= 0
 
 
 def test_rejected_call_is_not_charged_and_releases_its_reservation(rig):
