@@ -310,15 +310,20 @@ def test_rejected_call_is_not_charged_and_releases_its_reservation(rig):
     assert record is None or not record.get("fee"), record
 
 
-@pytest.mark.parametrize("failure", ["refused", "hung"])
+@pytest.mark.parametrize("failure", ["refused", "hung", "error"])
 def test_agent_down_gives_500_rating_not_available(rig, failure):
     """refused: nothing listens at the agent URL; hung: the agent process is frozen (SIGSTOP), so
-    the HTTP request times out (RATING_AGENT_TIMEOUT), which must not turn into tm's 408."""
-    agent = None
+    the HTTP request times out (RATING_AGENT_TIMEOUT), which must not turn into tm's 408;
+    error: the agent's Redis is gone, so the agent answers an HTTP error (503)."""
+    agent = redis = None
     if failure == "refused":
         agent_url = f"http://127.0.0.1:{free_port()}"
-    else:
+    elif failure == "hung":
         agent = AgentProcess(rig.redis_url, rig.database_url, rig.workdir).start()
+        agent_url = agent.url
+    else:
+        redis = RedisServer(rig.workdir / "redis-doomed").start()
+        agent = AgentProcess(redis.url, rig.database_url, rig.workdir, redis_timeout=0.3).start()
         agent_url = agent.url
     kamailio = Kamailio(
         rig.workdir / f"kamailio-agent-{failure}",
@@ -327,17 +332,24 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
     )
     try:
         kamailio.start()
-        if agent:
+        if failure == "hung":
             agent.process.send_signal(signal.SIGSTOP)
+        elif failure == "error":
+            redis.stop()
         run = run_callers(rig.workdir / f"callers-agent-{failure}", kamailio.port, "39010000002", "k-ok")
     finally:
         kamailio.stop()
         if agent:
-            agent.process.send_signal(signal.SIGCONT)
+            if failure == "hung":
+                agent.process.send_signal(signal.SIGCONT)
             agent.stop()
+        if redis:
+            redis.stop()
 
     (result,) = run.results.values()
     assert (result.code, result.phrase) == (500, "Rating is not available"), run.output
+    if failure == "error":
+        assert "agent answered HTTP 5" in kamailio.log(), "the agent did not answer an HTTP error"
 
 
 def test_concurrent_calls_beyond_the_account_limit_are_refused(rig):
