@@ -144,11 +144,15 @@ async def import_rates(
             replaced = int(status.split()[-1])
         columns = ", ".join(RATE_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in RATE_COLUMNS[4:])
+        # Sorting the deck in memory (not on disk), and rows that did not change are not rewritten.
+        await connection.execute("SET LOCAL work_mem = '128MB'")
         await connection.execute(
             f"INSERT INTO pricelist_rates ({columns})"
             f" SELECT DISTINCT ON (tenant, pricelist_tag, prefix, carrier_tag) {columns} FROM rate_deck"
             " ORDER BY tenant, pricelist_tag, prefix, carrier_tag, line DESC"
             f" ON CONFLICT (tenant, pricelist_tag, prefix, carrier_tag) DO UPDATE SET {updates}"
+            f" WHERE ({', '.join(f'pricelist_rates.{c}' for c in RATE_COLUMNS[4:])})"
+            f" IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in RATE_COLUMNS[4:])})"
         )
         await notify_catalog_changed(connection, "rates")
     return DeckResult(count, replaced)
