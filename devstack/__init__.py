@@ -7,6 +7,7 @@ and run as the `postgres` system user.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -48,11 +49,26 @@ def _pg_tool(name: str) -> str:
     raise FileNotFoundError(f"PostgreSQL tool {name!r} not found; install postgresql")
 
 
-def _as_postgres_user() -> tuple[list[str], pwd.struct_passwd | None]:
-    if os.geteuid() != 0:
-        return [], None
-    user = pwd.getpwnam("postgres")
-    return ["runuser", "-u", "postgres", "--"], user
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(signum: int = signal.SIGTERM, user: pwd.struct_passwd | None = None):
+    """A preexec function: the child gets `signum` when its parent dies (no servers left behind when a
+    test run is killed), and runs as `user` when given (PostgreSQL refuses to run as root)."""
+
+    def prepare() -> None:
+        if user is not None:
+            os.setgid(user.pw_gid)
+            os.initgroups(user.pw_name, user.pw_gid)
+            os.setuid(user.pw_uid)
+        # After the credential change, which would clear it.
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+    return prepare
+
+
+def _postgres_user() -> pwd.struct_passwd | None:
+    return pwd.getpwnam("postgres") if os.geteuid() == 0 else None
 
 
 def _make_traversable(directory: Path) -> None:
@@ -91,6 +107,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(),
         )
         wait_for_port(self.port)
         return self
@@ -108,26 +125,32 @@ class RedisServer:
 
 @dataclass
 class PostgresServer:
-    """A PostgreSQL cluster in `directory`, trust authentication on 127.0.0.1, database `rating`."""
+    """A PostgreSQL cluster in `directory`, trust authentication on 127.0.0.1, database `rating`.
+
+    `postgres` runs as a direct child (not daemonized by pg_ctl), so it stops with its parent.
+    """
 
     directory: Path
     port: int = field(default_factory=free_port)
     database: str = "rating"
+    process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        prefix, _ = _as_postgres_user()
-        done = subprocess.run([*prefix, *argv], capture_output=True, text=True, cwd="/")
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, cwd="/",
+            preexec_fn=_die_with_parent(user=_postgres_user()),
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr or done.stdout}")
         return done
 
     def start(self) -> "PostgresServer":
         data = self.directory / "pgdata"
-        prefix, user = _as_postgres_user()
+        user = _postgres_user()
         self.directory.mkdir(parents=True, exist_ok=True)
         if user is not None:
             os.chown(self.directory, user.pw_uid, user.pw_gid)
@@ -137,13 +160,19 @@ class PostgresServer:
                 _pg_tool("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                 "-E", "UTF8", "--no-sync",
             )
-        self._run(
-            _pg_tool("pg_ctl"), "-D", str(data), "-l", str(self.directory / "postgres.log"),
-            "-w", "-t", "60", "start",
-            "-o", f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.directory}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+        log = open(self.directory / "postgres.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                _pg_tool("postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1",
+                "-c", f"port={self.port}", "-c", f"unix_socket_directories={self.directory}",
+                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, cwd="/",
+            preexec_fn=_die_with_parent(signal.SIGQUIT, user),
         )
-        wait_for_port(self.port)
+        log.close()
+        self._wait_ready()
         exists = self._run(
             _pg_tool("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
             f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
@@ -155,7 +184,24 @@ class PostgresServer:
             )
         return self
 
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited: {(self.directory / 'postgres.log').read_text()[-2000:]}")
+            done = self._run(_pg_tool("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), check=False)
+            if done.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"PostgreSQL not ready on port {self.port}")
+
     def stop(self, mode: str = "fast") -> None:
-        data = self.directory / "pgdata"
-        if (data / "postmaster.pid").exists():
-            self._run(_pg_tool("pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop", check=False)
+        """`fast` (SIGINT) or `immediate` (SIGQUIT), as pg_ctl's modes."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT if mode == "immediate" else signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
