@@ -119,6 +119,7 @@ async def import_rates(
         )
         await connection.execute("ALTER TABLE rate_deck DROP COLUMN id")
         await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
+        await connection.execute("ANALYZE rate_deck")  # the planner's estimates of the deck's size
         count = await connection.fetchval("SELECT count(*) FROM rate_deck")
         missing = await connection.fetchrow(
             "SELECT d.pricelist_tag, d.carrier_tag, d.tenant,"
@@ -134,6 +135,9 @@ async def import_rates(
             raise ImportError_(f"{what} not found in tenant {missing['tenant']}!")
         replaced = 0
         if replace:
+            # The rates just written may have no statistics yet: a nested-loop anti-join would compare every
+            # stored rate with every deck row (minutes for large decks); a hash anti-join is linear.
+            await connection.execute("SET LOCAL enable_nestloop = off")
             status = await connection.execute(
                 "DELETE FROM pricelist_rates r USING (SELECT DISTINCT tenant, pricelist_tag, carrier_tag"
                 " FROM rate_deck) d WHERE r.tenant = d.tenant AND r.pricelist_tag = d.pricelist_tag"
@@ -142,6 +146,7 @@ async def import_rates(
                 " AND n.carrier_tag = r.carrier_tag AND n.prefix = r.prefix)"
             )
             replaced = int(status.split()[-1])
+            await connection.execute("SET LOCAL enable_nestloop = on")
         columns = ", ".join(RATE_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in RATE_COLUMNS[4:])
         # Sorting the deck in memory (not on disk), and rows that did not change are not rewritten.
