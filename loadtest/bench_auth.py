@@ -90,6 +90,20 @@ def versions() -> str:
     return ", ".join(found)
 
 
+def git_revision(folder: Path) -> str:
+    """The checkout's commit (and whether files differ from it), for knowing what was measured."""
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--", "agent", "cache"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"{folder} (not a git checkout)"
+    if not head:
+        return f"{folder} (not a git checkout)"
+    return f"commit {head}" + (" with local changes in agent/ or cache/" if dirty else "")
+
+
 # ----------------------------------------------------------------------------------------- processes
 
 def _stop_process(process: subprocess.Popen | None, timeout: float = 15.0) -> None:
@@ -182,6 +196,16 @@ def _machine_busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(_children(current))
+    return found
 
 
 class CpuMeter:
@@ -326,7 +350,7 @@ def profile_agent(pid: int, out_dir: Path, url: str, accounts: Path, destination
     raw = out_dir / "agent.collapsed.txt"
     recorder = subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--duration", str(duration), "--rate", "200", "--format", "raw",
-         "--output", str(raw)],
+         "--output", str(raw), "--subprocesses"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
@@ -454,6 +478,10 @@ def _typical(runs: list[WrkResult]) -> WrkResult:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _processes(workers: int) -> str:
+    return "1 process" if workers == 1 else f"{workers or 'one per core'} worker processes"
+
+
 def _per_request(run: WrkResult, group: str) -> float:
     """CPU microseconds a process group spent per request served (less sensitive to a busy machine)."""
     return run.cpu.get(group, 0.0) / run.rps * 1e6 if run.rps else 0.0
@@ -470,6 +498,7 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
     lines = [
         f"Machine: {machine_description()}",
         f"Software: {versions()}",
+        f"Agent: {git_revision(args.agent_root)}, RATING_WORKERS={args.workers}",
         f"Load: `wrk -t{args.threads} -c{args.connections} -d{args.duration}s --timeout 5s`"
         f" (loadtest/wrk/authorization.lua), {rounds} round(s) echo then agent after one {args.warmup}s"
         f" warm-up each; POST /v1/authorization with a unique transaction_tag per request, a random account"
@@ -486,7 +515,7 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
         "|---|---:|---:|---:|---:|---:|",
         f"| echo: aiohttp + uvloop + orjson, fixed answer | {echo.rps:,.0f} | {echo.p50_ms:.2f} |"
         f" {echo.p99_ms:.2f} | {echo.errors + echo.non_2xx} | 1.00 |",
-        f"| agent: 1 process (rating, 1 FCALL, outbox writer) | {agent.rps:,.0f} | {agent.p50_ms:.2f} |"
+        f"| agent: {_processes(args.workers)} (rating, 1 FCALL, outbox writer) | {agent.rps:,.0f} | {agent.p50_ms:.2f} |"
         f" {agent.p99_ms:.2f} | {agent.errors + agent.non_2xx} | {ratio:.2f} |",
         "",
         f"Median round shown; ratio = median of the per-round ratios. Errors = socket errors + non-2xx.",
@@ -530,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="seconds of each warm-up run (max 60)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measured runs per server, alternating echo and agent (max 10); medians reported")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the agent's RATING_WORKERS (default 1: one process, as the echo)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sample", type=int, default=1000, help="authorizations sent to check the answers")
@@ -557,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     workdir = Path(tempfile.mkdtemp(prefix="bench-auth-"))
     stops: list[Callable[[], None]] = []
     status = 0
@@ -581,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
 
         agent = HttpServer("agent", [sys.executable, "-m", "agent", "serve"], workdir / "agent.log", env={
             "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url, "RATING_DATABASE_URL": postgres.url,
-            "RATING_RECORD_RETENTION": "120", "RATING_LOG_LEVEL": "WARNING",
+            "RATING_RECORD_RETENTION": "120", "RATING_LOG_LEVEL": "WARNING", "RATING_WORKERS": str(args.workers),
             "RATING_AUTHORIZATION_TTL": str(args.authorization_ttl),
             **dict(item.split("=", 1) for item in args.agent_env),
         }, cwd=args.agent_root)
@@ -608,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(1, args.rounds + 1):
             for name, server in servers.items():
                 meter = CpuMeter({
-                    "server": lambda s=server: [s.process.pid],
+                    "server": lambda s=server: process_tree(s.process.pid),
                     "redis": lambda: [redis.process.pid] if redis.process else [],
                     "postgres": lambda: postgres_pids(postgres),
                 })

@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     workdir = Path(tempfile.mkdtemp(prefix="bench-table-"))
     postgres = PostgresServer(workdir / "postgres")
     status = 0
