@@ -152,15 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
-        from .graphql.security import exposure_problem
-        from .serve import serve
+        from .serve import metrics_directory, serve
 
-        problem = exposure_problem(settings)
-        if problem:
-            print(f"configuration error: {problem}", file=sys.stderr)
-            return 2
+        with metrics_directory():
+            from .graphql.security import exposure_problem
 
-        return serve(settings)
+            problem = exposure_problem(settings)
+            if problem:
+                print(f"configuration error: {problem}", file=sys.stderr)
+                return 2
+            return serve(settings)
     elif args.command == "migrate":
         from .store.database import migrate
 

@@ -20,13 +20,13 @@ from .http.responses import json_errors
 from . import metrics
 from .keys import CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
 from .store.database import create_pool, migrate
-from .store.writer import OutboxWriter
-from .transaction import Transactions, now_ms
+from .housekeeping import expire_calls, final_drain, outbox_writer
+from .transaction import Transactions
 
 log = logging.getLogger(__name__)
 
 
-async def _until_ready(what: str, attempt, pause: float = 1.0):
+async def until_ready(what: str, attempt, pause: float = 1.0):
     """Retries `attempt` until it succeeds: a service started before its databases waits for them."""
     while True:
         try:
@@ -72,7 +72,7 @@ def _observe_reload(catalog, seconds: float, delay: float | None) -> None:
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = cache.connect(settings.redis_url, settings.redis_timeout)
-    await _until_ready("Redis", lambda: cache.load_library(client))
+    await until_ready("Redis", lambda: cache.load_library(client))
     app[REDIS] = client
     app[PIPELINE] = AutoPipeline(client, settings.redis_timeout, on_batch=_observe_batch)
     app[LIVE_STATE] = metrics.LiveState(client)
@@ -87,7 +87,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await _until_ready("PostgreSQL", lambda: create_pool(settings.database_url))
+    pool = await until_ready("PostgreSQL", lambda: create_pool(settings.database_url))
     async with pool.acquire() as connection:
         await migrate(connection)
     app[DATABASE] = pool
@@ -98,61 +98,37 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     keeper = CatalogKeeper(app[SETTINGS].database_url, app[DATABASE], app[REDIS])
     keeper.on_reload = _observe_reload
-    await _until_ready("the catalog", keeper.start)
+    await until_ready("the catalog", keeper.start)
     app[CATALOG] = keeper
     app[TRANSACTIONS] = Transactions(app[SETTINGS], app[PIPELINE], keeper.get)
     async with _background("catalog-listener", keeper.run()):
         yield
 
 
-async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+async def housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The outbox writer and call expiry, in this process (when no housekeeping process runs them)."""
     pool = app[DATABASE]
 
     async def current_pool():
         return pool
 
-    settings = app[SETTINGS]
-    # Its own client: a blocking stream read must not trip the hot path's short timeout.
-    client = cache.connect(settings.redis_url, timeout=5.0)
-    writer = OutboxWriter(client, current_pool, settings.outbox_batch, on_written=metrics.OUTBOX_WRITTEN.inc,
-                          claim_idle=settings.outbox_claim_idle)
+    writer, client = outbox_writer(app[SETTINGS], current_pool)
     app[WRITER] = writer
     async with _background("outbox-writer", writer.run()):
-        yield
-    # A last pass so a clean shutdown leaves nothing of this process pending.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.drain_once(), timeout=5)
+        async with _background("call-expiry", expire_calls(app[PIPELINE].call, app[SETTINGS])):
+            yield
+    await final_drain(writer, timeout=5)
     await client.aclose()
 
 
-async def expire_calls(app: web.Application) -> None:
-    """Releases reservations never begun and ends calls that outlived their units (lost ends)."""
-    settings = app[SETTINGS]
-    while True:
-        await asyncio.sleep(settings.reaper_interval)
-        try:
-            while True:
-                done = await app[PIPELINE].call(*cache.fcall(
-                    "rating_expire", (cache.DEADLINES, cache.OUTBOX), (now_ms(), settings.record_retention, 200)
-                ))
-                if int(done) < 200:
-                    break
-        except UNAVAILABLE as exc:
-            log.warning("expiry: Redis unavailable (%s)", exc)
-        except Exception:  # noqa: BLE001
-            log.exception("expiry: unexpected failure")
-
-
-async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with _background("call-expiry", expire_calls(app)):
-        yield
-
-
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, housekeeping: bool = True) -> web.Application:
+    """The service; `housekeeping=False` when a housekeeping process writes the outbox and expires calls."""
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
     graphql.setup(app)
-    app.cleanup_ctx.extend([redis_ctx, database_ctx, catalog_ctx, writer_ctx, reaper_ctx])
+    app.cleanup_ctx.extend([redis_ctx, database_ctx, catalog_ctx])
+    if housekeeping:
+        app.cleanup_ctx.append(housekeeping_ctx)
     return app

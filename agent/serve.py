@@ -1,33 +1,40 @@
-"""Serving: one process, or a supervisor and N worker processes sharing the port (SO_REUSEPORT).
+"""Serving: a supervisor, N HTTP worker processes sharing the port (SO_REUSEPORT) and one housekeeper.
 
-Each worker has its own event loop, Redis and PostgreSQL connections, catalog copy, outbox consumer and
-expiry task; they share Redis and PostgreSQL. The kernel spreads new connections over the workers. The
-supervisor restarts a worker that dies, and on SIGTERM or SIGINT asks every worker to finish its in-flight
-requests, flush its outbox and exit. Metrics of all workers are added up through prometheus-client's
-multi-process directory, which the supervisor creates and removes.
+Each worker has its own event loop, Redis and PostgreSQL connections and catalog copy, and does nothing
+but answer requests. The housekeeper carries the outbox to PostgreSQL and ends overdue calls, so that
+work never delays an answer. The kernel spreads new connections over the workers. The supervisor
+restarts a process that dies; on SIGTERM or SIGINT it stops the workers first (each finishes its
+in-flight requests), then the housekeeper, which writes the whole outbox before exiting. Metrics of all
+processes are added up through prometheus-client's multi-process directory, which the supervisor creates
+and removes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
+from typing import Callable, Iterator
 
 from .config import Settings
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
 
 
 def worker_count(settings: Settings) -> int:
     return settings.workers or os.cpu_count() or 1
 
 
-def run_worker(settings: Settings, reuse_port: bool) -> None:
-    """One event loop serving the app until SIGTERM/SIGINT, then a graceful shutdown."""
+def run_worker(settings: Settings, reuse_port: bool = True) -> None:
+    """One event loop serving requests until SIGTERM/SIGINT, then a graceful shutdown."""
     import uvloop
     from aiohttp import web
 
@@ -35,69 +42,107 @@ def run_worker(settings: Settings, reuse_port: bool) -> None:
 
     uvloop.install()
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, reuse_port=reuse_port,
-        access_log=None, print=lambda text: log.info(text.strip()), shutdown_timeout=10,
-        handle_signals=True,
+        create_app(settings, housekeeping=False), host=settings.host, port=settings.port,
+        reuse_port=reuse_port, access_log=None, print=lambda text: log.info(text.strip()),
+        shutdown_timeout=10, handle_signals=True,
     )
 
 
-def _child(settings: Settings) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into one SIGTERM
-    run_worker(settings, reuse_port=True)
+def _child(target: Callable[[Settings], None], settings: Settings) -> None:
+    # Stop (gracefully) if the supervisor dies; Ctrl-C reaches the supervisor, which forwards one SIGTERM.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(settings)
+
+
+def _housekeeper(settings: Settings) -> None:
+    from .housekeeping import run_housekeeper
+
+    run_housekeeper(settings)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("fork")
+        self.workers: dict[str, multiprocessing.Process] = {}
+        self.targets: dict[str, Callable[[Settings], None]] = {}
+        self.stopping = False
+
+    def start(self, name: str, target: Callable[[Settings], None]) -> None:
+        process = self.context.Process(target=_child, args=(target, self.settings), name=f"rating-{name}")
+        process.start()
+        self.workers[name] = process
+        self.targets[name] = target
+        log.info("%s started (pid %d)", name, process.pid)
+
+    def _signal(self, names: list[str]) -> None:
+        for name in names:
+            process = self.workers.get(name)
+            if process is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    def _wait(self, names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for name in names:
+            process = self.workers.get(name)
+            if process is None:
+                continue
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("%s did not stop in time; killing it", name)
+                process.kill()
+                process.join()
+            _mark_dead(process.pid)
+            del self.workers[name]
+
+    def stop(self, signum, _frame) -> None:
+        if not self.stopping:
+            log.info("stopping (signal %d)", signum)
+        self.stopping = True
+
+    def run(self, count: int) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        http = [f"worker-{slot}" for slot in range(count)]
+        for name in http:
+            self.start(name, run_worker)
+        self.start("housekeeper", _housekeeper)
+        try:
+            while not self.stopping:
+                time.sleep(0.2)
+                for name, process in list(self.workers.items()):
+                    if not process.is_alive() and not self.stopping:
+                        log.error("%s (pid %d) exited with %s; restarting", name, process.pid, process.exitcode)
+                        _mark_dead(process.pid)
+                        self.start(name, self.targets[name])
+        finally:
+            self._signal(http)
+            self._wait(http, timeout=20)
+            self._signal(["housekeeper"])
+            self._wait(["housekeeper"], timeout=30)
+        return 0
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[str]:
+    """The multi-process metrics folder; enter it before anything imports prometheus_client."""
+    if "prometheus_client" in sys.modules:
+        log.warning("prometheus_client imported before the metrics folder was set: metrics will be per process")
+    own = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="rating-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield directory
+    finally:
+        if own:
+            shutil.rmtree(directory, ignore_errors=True)
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def serve(settings: Settings) -> int:
-    count = worker_count(settings)
-    if count == 1:
-        run_worker(settings, reuse_port=False)
-        return 0
-    own_directory = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="rating-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # before any worker imports prometheus_client
-    context = multiprocessing.get_context("fork")
-    workers: dict[int, multiprocessing.Process] = {}
-    stopping = False
-
-    def start(slot: int) -> None:
-        process = context.Process(target=_child, args=(settings,), name=f"rating-worker-{slot}")
-        process.start()
-        workers[slot] = process
-        log.info("worker %d started (pid %d)", slot, process.pid)
-
-    def stop(signum, _frame) -> None:
-        nonlocal stopping
-        if not stopping:
-            log.info("stopping %d workers (signal %d)", len(workers), signum)
-        stopping = True
-        for process in workers.values():
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        for slot in range(count):
-            start(slot)
-        while True:
-            time.sleep(0.2)
-            for slot, process in list(workers.items()):
-                if process.is_alive():
-                    continue
-                _mark_dead(process.pid)
-                if stopping:
-                    del workers[slot]
-                else:
-                    log.error("worker %d (pid %d) exited with %s; restarting", slot, process.pid, process.exitcode)
-                    start(slot)
-            if stopping and not workers:
-                return 0
-    finally:
-        for process in workers.values():
-            process.join(20)
-            if process.is_alive():
-                process.kill()
-        if own_directory:
-            shutil.rmtree(directory, ignore_errors=True)
+    """Runs the supervisor until SIGTERM/SIGINT; call inside `metrics_directory()`."""
+    return Supervisor(settings).run(worker_count(settings))
 
 
 def _mark_dead(pid: int) -> None:

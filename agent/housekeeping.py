@@ -1,0 +1,103 @@
+"""Housekeeping: carrying the outbox to PostgreSQL and ending calls whose end never came.
+
+With `serve`, one housekeeping process per host does this beside the HTTP workers, so their event loops
+only answer requests; the supervisor stops it after the workers, and it writes the whole outbox before
+exiting. An app created on its own (tests, embedding) runs the same tasks in its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, Awaitable, Callable
+
+import cache
+from cache import UNAVAILABLE
+
+from . import metrics
+from .config import Settings
+from .store.database import create_pool
+from .store.writer import OutboxWriter
+from .transaction import now_ms
+
+log = logging.getLogger(__name__)
+EXPIRE_BATCH = 50  # calls per FCALL: short scripts keep Redis responsive for the requests
+
+
+async def expire_calls(call: Callable[..., Awaitable[Any]], settings: Settings) -> None:
+    """Releases reservations never begun and ends calls that outlived their units plus the grace period."""
+    while True:
+        await asyncio.sleep(settings.reaper_interval)
+        try:
+            while True:
+                done = await call(*cache.fcall(
+                    "rating_expire", (cache.DEADLINES, cache.OUTBOX),
+                    (now_ms(), settings.record_retention, EXPIRE_BATCH),
+                ))
+                if int(done) < EXPIRE_BATCH:
+                    break
+                await asyncio.sleep(0)
+        except UNAVAILABLE as exc:
+            log.warning("expiry: Redis unavailable (%s)", exc)
+        except Exception:  # noqa: BLE001 - the task must outlive any single failure
+            log.exception("expiry: unexpected failure")
+
+
+def outbox_writer(settings: Settings, pool_factory) -> tuple[OutboxWriter, Any]:
+    """A writer with its own Redis client: a blocking stream read must not trip the hot path's timeout."""
+    client = cache.connect(settings.redis_url, timeout=5.0)
+    writer = OutboxWriter(client, pool_factory, settings.outbox_batch, on_written=metrics.OUTBOX_WRITTEN.inc,
+                          claim_idle=settings.outbox_claim_idle)
+    return writer, client
+
+
+async def final_drain(writer: OutboxWriter, timeout: float) -> None:
+    """A last pass so a clean shutdown leaves nothing of this process pending."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.drain_once(), timeout=timeout)
+
+
+async def housekeep(settings: Settings, stop: asyncio.Event) -> None:
+    from .app import until_ready
+
+    pool = None
+
+    async def pool_factory():
+        nonlocal pool
+        if pool is None:
+            pool = await create_pool(settings.database_url, max_size=2)
+        return pool
+
+    redis = cache.connect(settings.redis_url, max(settings.redis_timeout, 2.0))
+    await until_ready("Redis", lambda: cache.load_library(redis))
+    writer, writer_client = outbox_writer(settings, pool_factory)
+    tasks = [
+        asyncio.create_task(writer.run(), name="outbox-writer"),
+        asyncio.create_task(expire_calls(redis.execute_command, settings), name="call-expiry"),
+    ]
+    await stop.wait()
+    for task in tasks:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+    await final_drain(writer, timeout=15)
+    await writer_client.aclose()
+    await redis.aclose()
+    if pool is not None:
+        await pool.close()
+
+
+def run_housekeeper(settings: Settings) -> None:
+    """Process entry point: runs until SIGTERM or SIGINT, then writes what is left of the outbox."""
+    import uvloop
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await housekeep(settings, stop)
+
+    uvloop.run(main())
