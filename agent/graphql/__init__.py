@@ -12,6 +12,7 @@ are open.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from importlib.resources import files
 from typing import Any
@@ -94,6 +95,7 @@ def _failure(message: str, status: int = 400) -> web.Response:
 
 # --- limits ------------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=8)
 def limit_rule(max_depth: int, max_fields: int) -> type[ValidationRule]:
     """A validation rule bounding the depth and the number of fields of each operation, fragments expanded."""
 
@@ -243,6 +245,8 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
                 query_document=document,
                 context_value={"request": request},
                 validation_rules=[limit_rule(settings.graphql_max_depth, settings.graphql_max_fields)],
+                # A query in the URL can come from any web page (no CORS preflight): no mutations that way.
+                require_query="query" in request.query or request.method == "GET",
                 logger=ERRORS_LOGGER,
             )
     except TimeoutError:

@@ -59,6 +59,8 @@ async def test_transport(gql):
     client = api.client
     reply = await client.get("/graphql", params={"query": "{ version }"})
     assert reply.status == 200 and await reply.json() == {"data": {"version": 1}}
+    reply = await client.get("/graphql", params={"query": 'mutation { deleteCarrier(carrier_tag:"c") { id } }'})
+    assert reply.status == 400 and "mutation" in (await reply.json())["errors"][0]["message"].lower()
     reply = await client.post("/graphql", data="{ version }", headers={"Content-Type": "application/graphql"})
     assert await reply.json() == {"data": {"version": 1}}
     reply = await client.post("/graphql", data="query={ version }", headers={"Content-Type": "text/plain"})
