@@ -1,13 +1,12 @@
 """Redis: the live state of balances and calls, changed only through the `rating` function library.
 
 Every HTTP request costs one FCALL. Calls made by concurrent requests during one event-loop tick are sent
-together as one pipeline (auto-pipelining), which roughly doubles throughput over one round trip each.
+together in one write (auto-pipelining), which roughly doubles throughput over one round trip each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from importlib.resources import files
 from typing import Any, Sequence
 
@@ -17,6 +16,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import PipelinedConnection
 
 LIBRARY = files(__package__).joinpath("rating.lua").read_text()
 DEADLINES = "rating:deadlines"
@@ -57,59 +58,17 @@ async def load_library(client: aioredis.Redis) -> None:
 
 
 class AutoPipeline:
-    """Sends the commands issued during one event-loop tick as one pipeline, without a transaction."""
+    """The hot path's client: commands of one event-loop tick go to Redis in one write (see connection.py)."""
 
-    def __init__(self, client: aioredis.Redis, timeout: float, on_batch=None) -> None:
-        self.client = client
-        self.timeout = timeout
-        self.on_batch = on_batch  # called with (seconds, commands) after each batch
-        self._pending: list[tuple[tuple, asyncio.Future]] = []
-        self._tasks: set[asyncio.Task] = set()
-
-    def submit(self, *command: Any) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((command, future))
-        return future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout):
-                pipe = self.client.pipeline(transaction=False)
-                for command, _ in batch:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must learn the failure
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if self.on_batch is not None:
-            self.on_batch(time.perf_counter() - started, len(batch))
-        for (_, future), result in zip(batch, results):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None) -> None:
+        self.client = client  # redis-py, for loading the library
+        self.connection = PipelinedConnection(url, timeout, on_batch)
 
     async def call(self, *command: Any) -> Any:
-        """Runs one command in the next batch; reloads the library once if Redis lost it."""
+        """Runs one command; reloads the library once if Redis lost it, retries once if the link broke."""
         for attempt in (1, 2):
             try:
-                return await self.submit(*command)
+                return await self.connection.call(*command)
             except ResponseError as exc:
                 if "Function not found" not in str(exc) or attempt == 2:
                     raise
@@ -121,8 +80,7 @@ class AutoPipeline:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.connection.close()
 
 
 def fcall(function: str, keys: Sequence[str], args: Sequence[Any]) -> tuple:

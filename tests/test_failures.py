@@ -67,8 +67,9 @@ def _call(agent: AgentProcess, tag: str, account: str) -> None:
     status, answer = http_post(agent.url + "/v1/authorization",
                                {"transaction_tag": tag, "account_tag": account, "destination": "39"})
     assert status == 200 and answer["authorized"], answer
-    for step in ("begin", "end"):
-        status, answer = http_post(agent.url + f"/v1/{step}_transaction", {"transaction_tag": tag})
+    for step, stamp in (("begin", "2030-01-01T10:00:00Z"), ("end", "2030-01-01T10:00:01Z")):
+        status, answer = http_post(agent.url + f"/v1/{step}_transaction",
+                                   {"transaction_tag": tag, f"timestamp_{step}": stamp})
         assert status == 200 and answer["ok"], (step, answer)
 
 
