@@ -28,6 +28,7 @@ from graphql import (
     GraphQLError,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     ValidationRule,
     parse,
 )
@@ -165,6 +166,13 @@ def root_fields(document, operation_name: str | None) -> set[str]:
     return names
 
 
+def _has_mutation(document, operation_name) -> bool:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if isinstance(operation_name, str):
+        operations = [d for d in operations if d.name is not None and d.name.value == operation_name] or operations
+    return any(d.operation == OperationType.MUTATION for d in operations)
+
+
 # --- the endpoint ------------------------------------------------------------------------------------------------
 
 class BadRequest(Exception):
@@ -228,6 +236,9 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
     except RecursionError:
         return _failure("Query is too deeply nested")
 
+    if ("query" in request.query or request.method == "GET") and _has_mutation(document, operation_name):
+        # A query in the URL can come from any web page without a CORS preflight: no writes that way.
+        return _failure("Mutations cannot be sent in the URL: POST them as JSON or application/graphql")
     fields = root_fields(document, operation_name if isinstance(operation_name, str) else None)
     authorized = token_ok(request, settings)
     if fields - AGENT_FIELDS - OPEN_FIELDS and not authorized:
@@ -245,8 +256,6 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
                 query_document=document,
                 context_value={"request": request},
                 validation_rules=[limit_rule(settings.graphql_max_depth, settings.graphql_max_fields)],
-                # A query in the URL can come from any web page (no CORS preflight): no mutations that way.
-                require_query="query" in request.query or request.method == "GET",
                 logger=ERRORS_LOGGER,
             )
     except TimeoutError:

@@ -28,7 +28,7 @@ from ..store import management as repo
 from ..store.management import ACCOUNTS, ManagementError
 from ..store.records import decode_call
 from ..transaction import now_ms
-from .common import app_of, crud, mutation, pipeline_of, query, reading, redis_of
+from .common import app_of, crud, mutation, query, reading, redis_of
 
 account = ObjectType("Account")
 linked_account = ObjectType("LinkedAccount")
@@ -96,7 +96,7 @@ async def open_calls(redis, tenant: str, account_tag: str) -> list[dict]:
 async def live_balance(info, record: dict) -> int | None:
     if record.get("tenant") is None:
         return record.get("balance")
-    value = await pipeline_of(info).call("HGET", account_key(record["tenant"], record["account_tag"]), "balance")
+    value = await redis_of(info).hget(account_key(record["tenant"], record["account_tag"]), "balance")
     return record.get("balance") if value is None else int(value)
 
 
