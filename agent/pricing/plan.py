@@ -15,7 +15,7 @@ from .account import Account
 from .carrier import Carrier
 from .catalog import Catalog
 from .rate import Rate
-from .routing import destination_rate, least_cost_routing
+from .routing import destination_rate, route
 
 
 class Reason(str, Enum):
@@ -51,9 +51,10 @@ class Plan:
     refused_tag: str | None = None
 
 
-def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | None, at: datetime):
+def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | None, at: datetime,
+          main_rate: Rate | None = None):
     """[main] + its linked accounts (one level, unknown tags ignored), or a refusal."""
-    parties = [Party(main, inbound, True, None if inbound else destination_rate(catalog, main, destination, at))]
+    parties = [Party(main, inbound, True, main_rate)]
     seen = {main.account_tag}
     for tag in main.linked_accounts:
         if tag in seen:
@@ -88,13 +89,14 @@ def plan_call(
             return Plan(refusal=Reason.NOT_FOUND, refused_tag=account_tag)
         if not account.active:
             return Plan(refusal=Reason.NOT_ACTIVE, refused_tag=account_tag)
-        outbound, failed_tag = _side(catalog, account, False, destination, at)
+        rate, routes = route(catalog, account, destination, at)
+        outbound, failed_tag = _side(catalog, account, False, destination, at, rate)
         if failed_tag is not None:
             return Plan(refusal=outbound, refused_tag=failed_tag)
-        if outbound[0].rate is None:
+        if rate is None:
             return Plan(refusal=Reason.UNREACHEABLE_DESTINATION, refused_tag=account_tag)
         parties.extend(outbound)
-        carriers = tuple(least_cost_routing(catalog, account, destination, at))
+        carriers = tuple(routes)
     if destination_account_tag:
         callee = catalog.account(tenant, destination_account_tag)
         if callee is None:

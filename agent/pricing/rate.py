@@ -48,6 +48,12 @@ class Rate:
         """What a second costs at this rate, the measure least-cost routing compares."""
         return Fraction(self.rate, self.increment)
 
+    def order_key(self) -> tuple:
+        """Total order of rates competing for one prefix: cheapest per second, lower connect fee, then
+        pricelist and carrier tags, the prefix as written and the tariff, so no choice depends on load order."""
+        return (self.price_per_second(), self.connect_fee, self.pricelist_tag, self.carrier_tag or "",
+                self.prefix, self.interval_start, self.rate_increment)
+
     def snapshot(self) -> dict:
         """The rate as stored with a call (Canyan's `destination_rate`)."""
         return {

@@ -43,52 +43,58 @@ def _eligible(catalog: Catalog, account: Account, rate: Rate, at: datetime) -> C
     return carrier
 
 
-def _tie_key(rate: Rate) -> tuple:
-    """Total order of competing rates: cheapest, then tags, then the prefix as written and the tariff."""
-    return (*_cost_key(rate), rate.pricelist_tag, rate.carrier_tag or "", rate.prefix,
-            rate.interval_start, rate.rate_increment)
+def _forced(catalog: Catalog, account: Account) -> list[Carrier]:
+    seen: set[str] = set()
+    forced = []
+    for tag in account.carrier_tags_override:
+        carrier = catalog.carrier(account.tenant, tag)
+        if carrier is not None and carrier.active and tag not in seen:
+            seen.add(tag)
+            forced.append(carrier)
+    return forced
+
+
+def route(
+    catalog: Catalog, account: Account, destination: str | None, at: datetime, carriers: bool = True
+) -> tuple[Rate | None, list[Carrier]]:
+    """The rate pricing the call and its carriers, cheapest first, in one pass over the matches.
+
+    The table keeps each prefix's rates best first, so the first usable rate met is the price and the
+    first usable rate met per carrier is that carrier's offer.
+    """
+    if not destination:
+        return None, _forced(catalog, account) if carriers and account.carrier_tags_override else []
+    price: Rate | None = None
+    offers: dict[str, tuple[Rate, int, Carrier]] = {}
+    routing = carriers and not account.carrier_tags_override
+    for specificity, rates in catalog.table(account.tenant).matches(destination):
+        for rate in rates:
+            carrier = _eligible(catalog, account, rate, at)
+            if carrier is None:
+                continue
+            if price is None:
+                price = rate
+                if not routing:
+                    break
+            if carrier.carrier_tag not in offers:
+                offers[carrier.carrier_tag] = (rate, specificity, carrier)
+        if price is not None and not routing:
+            break
+    if not carriers:
+        return price, []
+    if account.carrier_tags_override:
+        return price, _forced(catalog, account)
+    ordered = sorted(offers.values(), key=lambda item: (*_cost_key(item[0]), -item[1], item[2].carrier_tag))
+    return price, [carrier for _, _, carrier in ordered]
 
 
 def destination_rate(catalog: Catalog, account: Account, destination: str | None, at: datetime) -> Rate | None:
     """The rate that prices a call from `account` to `destination`, or None (unreachable)."""
-    if not destination:
-        return None
-    for _, rates in catalog.table(account.tenant).matches(destination):
-        best: Rate | None = None
-        for rate in rates:
-            if _eligible(catalog, account, rate, at) is not None:
-                if best is None or _tie_key(rate) < _tie_key(best):
-                    best = rate
-        if best is not None:
-            return best
-    return None
+    return route(catalog, account, destination, at, carriers=False)[0]
 
 
 def least_cost_routing(
     catalog: Catalog, account: Account, destination: str | None, at: datetime
 ) -> list[Carrier]:
     """The carriers for this call, cheapest first."""
-    if account.carrier_tags_override:
-        seen: set[str] = set()
-        forced = []
-        for tag in account.carrier_tags_override:
-            carrier = catalog.carrier(account.tenant, tag)
-            if carrier is not None and carrier.active and tag not in seen:
-                seen.add(tag)
-                forced.append(carrier)
-        return forced
-    if not destination:
-        return []
-    best: dict[str, tuple[Rate, int, Carrier]] = {}
-    for specificity, rates in catalog.table(account.tenant).matches(destination):
-        for rate in rates:
-            carrier = _eligible(catalog, account, rate, at)
-            if carrier is None:
-                continue
-            known = best.get(carrier.carrier_tag)
-            if known is None or (known[1] == specificity and _tie_key(rate) < _tie_key(known[0])):
-                best[carrier.carrier_tag] = (rate, specificity, carrier)
-    ordered = sorted(
-        best.values(), key=lambda item: (*_cost_key(item[0]), -item[1], item[2].carrier_tag)
-    )
-    return [carrier for _, _, carrier in ordered]
+    return route(catalog, account, destination, at)[1]

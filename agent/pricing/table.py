@@ -38,13 +38,17 @@ class RateTable:
         self.size += 1
 
     def freeze(self) -> "RateTable":
-        """Computes the probe lengths; call once after the last `add`."""
+        """Orders each prefix's rates best first and computes the probe lengths; call after the last `add`."""
+        for index in (self.numbers, self.raw):
+            for key, rates in index.items():
+                if len(rates) > 1:
+                    index[key] = tuple(sorted(rates, key=Rate.order_key))
         self.number_lengths = tuple(sorted({len(k) for k in self.numbers}, reverse=True))
         self.raw_lengths = tuple(sorted({len(k) for k in self.raw}, reverse=True))
         return self
 
     def matches(self, destination: str) -> Iterator[tuple[int, tuple[Rate, ...]]]:
-        """(specificity, rates) of every matching prefix, most specific first."""
+        """(specificity, rates) of every matching prefix, most specific first, each group best rate first."""
         number = number_of(destination)
         found: list[tuple[int, tuple[Rate, ...]]] = []
         numbers = self.numbers
@@ -69,5 +73,8 @@ def _merge_equal_specificity(found: list[tuple[int, tuple[Rate, ...]]]) -> list[
     """Raw and number prefixes of the same specificity compete as one group, most specific first."""
     merged: dict[int, tuple[Rate, ...]] = {}
     for specificity, rates in found:
-        merged[specificity] = merged.get(specificity, ()) + rates
+        if specificity in merged:
+            merged[specificity] = tuple(sorted(merged[specificity] + rates, key=Rate.order_key))
+        else:
+            merged[specificity] = rates
     return sorted(merged.items(), key=lambda item: -item[0])

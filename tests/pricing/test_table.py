@@ -72,8 +72,20 @@ def test_bare_digit_prefixes_match_sip_uris():
 
 def test_spellings_of_one_number_prefix_are_grouped_together():
     tbl = table("39", "+39", "sip:39", "tel:+39")
-    assert matched(tbl, "39040") == [(2, ["39", "+39", "sip:39", "tel:+39"])]
+    [(specificity, prefixes)] = matched(tbl, "39040")
+    assert specificity == 2 and sorted(prefixes) == sorted(["39", "+39", "sip:39", "tel:+39"])
     assert tbl.size == 4
+
+
+def test_each_group_lists_its_rates_best_first_whatever_the_load_order():
+    from agent.pricing.rate import Rate
+    from agent.pricing.table import RateTable
+
+    rates = [Rate("t", "p", f"c{i}", "39", rate=price, rate_increment=increment)
+             for i, (price, increment) in enumerate([(5, 1), (60, 60), (2, 1), (120, 60)])]
+    for ordering in (rates, rates[::-1]):
+        [(_, group)] = list(RateTable.build(ordering).matches("39040"))
+        assert [r.carrier_tag for r in group] == ["c1", "c2", "c3", "c0"]
 
 
 def test_raw_uri_prefixes_match_the_raw_destination():
