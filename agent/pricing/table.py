@@ -31,7 +31,10 @@ class RateTable:
         return table.freeze()
 
     def add(self, rate: Rate) -> None:
-        is_raw, key, _ = prefix_key(rate.prefix)
+        if rate.prefix.isdigit():  # the common case, without parsing: the prefix is its own key
+            is_raw, key = False, rate.prefix
+        else:
+            is_raw, key, _ = prefix_key(rate.prefix)
         index = self.raw if is_raw else self.numbers
         existing = index.get(key)
         index[key] = (rate,) if existing is None else (*existing, rate)
