@@ -57,6 +57,8 @@ async def deck_rows(stream, tenant: str, pricelist: str, carrier: str | None):
                 fields = next(reader)
             except StopIteration:
                 return
+            except csv.Error as exc:  # e.g. a quoted field with a line break (not supported in streamed decks)
+                raise ImportError_(f"line {reader.line_num}: {exc}") from None
             if not fields:
                 continue
             if header is None:
