@@ -74,13 +74,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = cache.connect(settings.redis_url, settings.redis_timeout)
     await until_ready("Redis", lambda: cache.load_library(client))
     app[REDIS] = client
-    app[PIPELINE] = AutoPipeline(client, settings.redis_timeout, on_batch=_observe_batch)
+    app[PIPELINE] = AutoPipeline(settings.redis_url, client, settings.redis_timeout, on_batch=_observe_batch)
     app[LIVE_STATE] = metrics.LiveState(client)
-    if not metrics.MULTIPROCESS:
-        metrics.REGISTRY.register(app[LIVE_STATE])
     yield
-    if not metrics.MULTIPROCESS:
-        metrics.REGISTRY.unregister(app[LIVE_STATE])
     await app[PIPELINE].close()
     await client.aclose()
 

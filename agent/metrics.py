@@ -87,15 +87,17 @@ class LiveState:
 
 
 def exposition(live: LiveState) -> bytes:
-    """The metrics text: this process's registry, or every worker's files in multi-process mode."""
+    """The metrics text: this process's registry, or every worker's files in multi-process mode, then the
+    service-wide state of this app's Redis."""
+    own = CollectorRegistry()
+    own.register(live)
     if not MULTIPROCESS:
-        return generate_latest(REGISTRY)
+        return generate_latest(REGISTRY) + generate_latest(own)
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    registry.register(live)
-    return generate_latest(registry)
+    return generate_latest(registry) + generate_latest(own)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
