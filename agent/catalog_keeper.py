@@ -7,6 +7,7 @@ re-established and followed by a full reload, since announcements made meanwhile
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -56,13 +57,23 @@ class CatalogKeeper:
     async def reload(self) -> Catalog:
         changed_at, self._oldest_change = self._oldest_change, None
         self._version += 1
-        catalog, seconds = await load_catalog(self.pool, self._version)
+        # Millions of new objects would trigger collection after collection of the young generations, each
+        # a pause of the event loop: collect nothing while loading, then move the survivors, the catalog
+        # included, out of the collector's way (they hold no reference cycles; refcounting frees them).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            catalog, seconds = await load_catalog(self.pool, self._version)
+        finally:
+            if collecting:
+                gc.enable()
         previous = self.current if self.loaded.is_set() else None
         try:
             await seed_balances(self.redis, catalog, previous)
         except UNAVAILABLE as exc:
             log.warning("catalog: could not seed balances in Redis (%s); will retry on next load", exc)
         self.current = catalog
+        gc.freeze()
         self.last_load_seconds = seconds
         self.loaded.set()
         self.on_reload(catalog, seconds, None if changed_at is None else time.time() - changed_at)
