@@ -16,7 +16,7 @@ test-fast: install
 	$(PYTHON) -m pytest -m "not kamailio" -x
 
 bench: install
-	$(PYTHON) loadtest/bench_auth.py
+	$(PYTHON) loadtest/bench.py
 
 bench-table: install
 	$(PYTHON) loadtest/bench_table.py
