@@ -73,6 +73,27 @@ class AgentProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"agent not ready: {self.log_path.read_text()[-3000:]}")
 
+    def pids(self) -> list[int]:
+        """The supervisor and every process under it (workers, housekeeper)."""
+        found, queue = [], [self.process.pid] if self.process else []
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                    queue.extend(int(child) for child in handle.read().split())
+            except OSError:
+                pass
+        return found
+
+    def signal_all(self, signum: int) -> None:
+        """Signals the whole agent, e.g. SIGSTOP to freeze it (the supervisor alone serves nothing)."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

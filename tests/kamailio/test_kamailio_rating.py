@@ -333,7 +333,7 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
     try:
         kamailio.start()
         if failure == "hung":
-            agent.process.send_signal(signal.SIGSTOP)
+            agent.signal_all(signal.SIGSTOP)
         elif failure == "error":
             redis.stop()
         run = run_callers(rig.workdir / f"callers-agent-{failure}", kamailio.port, "39010000002", "k-ok")
@@ -341,7 +341,7 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
         kamailio.stop()
         if agent:
             if failure == "hung":
-                agent.process.send_signal(signal.SIGCONT)
+                agent.signal_all(signal.SIGCONT)
             agent.stop()
         if redis:
             redis.stop()
