@@ -14,7 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,18 @@ def _postgres_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam("postgres") if os.geteuid() == 0 else None
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float = 15.0, signum: int = signal.SIGTERM) -> None:
+    """Asks a child to stop, waits `timeout` seconds, then kills it."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _make_traversable(directory: Path) -> None:
     """Let the postgres user reach its data folder (temporary folders are private to root)."""
     for folder in [directory, *directory.resolve().parents]:
@@ -113,13 +127,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
         self.process = None
 
 
@@ -197,11 +205,83 @@ class PostgresServer:
 
     def stop(self, mode: str = "fast") -> None:
         """`fast` (SIGINT) or `immediate` (SIGQUIT), as pg_ctl's modes."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT if mode == "immediate" else signal.SIGINT)
+        stop_process(self.process, 30, signal.SIGQUIT if mode == "immediate" else signal.SIGINT)
+        self.process = None
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class AgentProcess:
+    """`python -m agent serve` as a child process on a free port, ready once `/ready` answers 200."""
+
+    def __init__(self, redis_url: str, database_url: str, log_dir: Path, **settings) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "RATING_HOST": "127.0.0.1",
+            "RATING_PORT": str(self.port),
+            "RATING_REDIS_URL": redis_url,
+            "RATING_DATABASE_URL": database_url,
+            "RATING_WORKERS": "1",
+            **{f"RATING_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.log_path = Path(log_dir) / f"agent-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Runs `python -m agent ARGV...` with this agent's settings; raises on failure."""
+        done = subprocess.run([sys.executable, "-m", "agent", *argv], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"agent {' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def start(self, timeout: float = 30.0) -> "AgentProcess":
+        with open(self.log_path, "ab") as log:
+            # Its own process group (so its whole tree can be measured or signalled), stopped with us.
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_die_with_parent(),
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agent exited: {self.log_path.read_text()[-3000:]}")
             try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                with urllib.request.urlopen(self.url + "/ready", timeout=0.5) as reply:
+                    if reply.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"agent not ready: {self.log_path.read_text()[-3000:]}")
+
+    def pids(self) -> list[int]:
+        """The supervisor and every process under it (workers, housekeeper)."""
+        found, queue = [], [self.process.pid] if self.process else []
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                    queue.extend(int(child) for child in handle.read().split())
+            except OSError:
+                pass
+        return found
+
+    def signal_all(self, signum: int) -> None:
+        """Signals the whole agent, e.g. SIGSTOP to freeze it (the supervisor alone serves nothing)."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        stop_process(self.process, 30)
         self.process = None

@@ -17,19 +17,16 @@ import argparse
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-from devstack import PostgresServer, RedisServer, free_port  # noqa: E402
+from devstack import AgentProcess, PostgresServer, RedisServer  # noqa: E402
 
 
 def _auth_run(workers: int, duration: int) -> dict:
@@ -71,18 +68,9 @@ def _locust_run(workers: int, users: int, seconds: int) -> dict:
                          ["import", "catalog", str(base / "broke.json")]):
                 subprocess.run([sys.executable, "-m", "agent", *argv], env=env, cwd=ROOT, check=True,
                                capture_output=True, timeout=600)
-            port = free_port()
-            agent = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT,
-                                     env={**env, "RATING_PORT": str(port), "RATING_WORKERS": str(workers)})
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(url + "/ready", timeout=1) as reply:
-                        if reply.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.2)
+            agent = AgentProcess(redis_server.url, postgres.url, base, workers=workers,
+                                 log_level="WARNING").start(timeout=120)
+            url = agent.url
             command = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
                        "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url,
                        "--csv", str(base / "run"), "--only-summary", "--stop-timeout", "5"]
@@ -103,8 +91,7 @@ def _locust_run(workers: int, users: int, seconds: int) -> dict:
             }
         finally:
             if agent is not None:
-                agent.terminate()
-                agent.wait(60)
+                agent.stop()
             postgres.stop()
             redis_server.stop()
 

@@ -25,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "kamailio")]
 
-from devstack import PostgresServer, RedisServer  # noqa: E402
+from devstack import AgentProcess, PostgresServer, RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
     Carrier, Kamailio, SetupError, ensure_kamailio, free_port, read_stats,
 )
@@ -51,55 +50,6 @@ def catalog(carrier_port: int) -> dict:
         "accounts": [{"account_tag": ACCOUNT, "type": "PREPAID", "balance": 10**12,
                       "max_concurrent_transactions": 100_000, "pricelist_tags": ["load"], "active": True}],
     }
-
-
-class Agent:
-    def __init__(self, workdir: Path, redis_url: str, database_url: str, workers: int | None = None):
-        self.port = free_port()
-        self.env = {**os.environ, "RATING_HOST": "127.0.0.1", "RATING_PORT": str(self.port),
-                    "RATING_REDIS_URL": redis_url, "RATING_DATABASE_URL": database_url,
-                    "RATING_LOG_LEVEL": "WARNING"}
-        if workers is not None:
-            self.env["RATING_WORKERS"] = str(workers)
-        self.log_path = workdir / "agent.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def cli(self, *argv: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "agent", *argv], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise SetupError(f"agent {' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
-
-    def start(self, timeout: float = 30.0) -> "Agent":
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=self.env,
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SetupError(f"agent exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/status", timeout=0.5) as reply:
-                    if reply.status == 204:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        raise SetupError(f"agent not ready: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -172,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ensure_kamailio()
-    except SetupError as exc:
+    except (SetupError, RuntimeError, TimeoutError) as exc:
         print(f"cannot run: {exc}", file=sys.stderr)
         return 2
 
@@ -183,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         redis = RedisServer(workdir / "redis").start()
         postgres = PostgresServer(workdir / "postgres").start()
         carrier = Carrier(workdir / "carrier", "uas.xml", "UDP").start()
-        agent = Agent(workdir, redis.url, postgres.url, args.agent_workers)
+        agent = AgentProcess(redis.url, postgres.url, workdir, log_level="WARNING",
+                             workers=args.agent_workers if args.agent_workers is not None else 0)
         catalog_file = workdir / "catalog.json"
         catalog_file.write_text(json.dumps(catalog(carrier.port)))
         agent.cli("import", "catalog", str(catalog_file))
@@ -210,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 kamailio.stop()
             if agent.process is None or agent.process.poll() is not None:
                 raise SetupError(f"the agent exited during the {mode} run: {agent.log_path.read_text()[-3000:]}")
-    except SetupError as exc:
+    except (SetupError, RuntimeError, TimeoutError) as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     finally:

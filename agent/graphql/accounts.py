@@ -12,12 +12,9 @@ the agent's rollback.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from ariadne import ObjectType
 
 import cache
