@@ -128,7 +128,9 @@ local function release(doc)
     party.rv = 0
     redis.call('HINCRBY', party.k, 'n', -1)
     redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', -1)
-    redis.call('SREM', party.o, doc.ck)
+    if party.o and doc.ck then  -- calls stored by versions without the open-call index have neither
+      redis.call('SREM', party.o, doc.ck)
+    end
   end
 end
 
@@ -372,9 +374,14 @@ local function expire(keys, args)
   local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, tonumber(args[3]))
   local done = 0
   for _, key in ipairs(due) do
-    local doc = load(key)
-    if doc and (doc.st == 'authorized' or doc.st == 'begun') then
-      finish_call(key, doc, deadlines, outbox, tonumber(args[2]), now, now, true)
+    local ok, doc = pcall(load, key)
+    if ok and doc and (doc.st == 'authorized' or doc.st == 'begun') then
+      local finished, err = pcall(finish_call, key, doc, deadlines, outbox, tonumber(args[2]), now, now, true)
+      if not finished then
+        -- never retry a call that cannot be finished every second forever: leave it for an operator
+        redis.log(redis.LOG_WARNING, 'rating: cannot expire ' .. key .. ': ' .. tostring(err))
+        redis.call('ZREM', deadlines, key)
+      end
       done = done + 1
     else
       redis.call('ZREM', deadlines, key)
