@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,10 +14,11 @@ class Carrier:
     protocol: str = "UDP"
     active: bool = True
 
-    @property
-    def address(self) -> str:
-        """`PROTOCOL:host:port` (Canyan's format); `PROTOCOL:host` when the port is unset."""
+    address: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # `PROTOCOL:host:port` (Canyan's format), `PROTOCOL:host` when the port is unset; computed once,
+        # since every authorization prints its carriers.
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        if self.port is None:
-            return f"{self.protocol}:{host}"
-        return f"{self.protocol}:{host}:{self.port}"
+        text = f"{self.protocol}:{host}" if self.port is None else f"{self.protocol}:{host}:{self.port}"
+        object.__setattr__(self, "address", text)

@@ -16,17 +16,13 @@ is active and is allowed by the account's `carrier_tags` (none listed: all carri
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from fractions import Fraction
 
 from .account import Account
 from .carrier import Carrier
 from .catalog import Catalog
 from .rate import Rate
-
-
-def _cost_key(rate: Rate) -> tuple[Fraction, int]:
-    return rate.price_per_second(), rate.connect_fee
 
 
 def _eligible(catalog: Catalog, account: Account, rate: Rate, at: datetime) -> Carrier | None:
@@ -84,7 +80,10 @@ def route(
         return price, []
     if account.carrier_tags_override:
         return price, _forced(catalog, account)
-    ordered = sorted(offers.values(), key=lambda item: (*_cost_key(item[0]), -item[1], item[2].carrier_tag))
+    # Prices per second compared exactly as integers over a common denominator (no Fraction per request).
+    scale = math.lcm(*(rate.increment for rate, _, _ in offers.values())) if offers else 1
+    ordered = sorted(offers.values(), key=lambda item: (
+        item[0].rate * (scale // item[0].increment), item[0].connect_fee, -item[1], item[2].carrier_tag))
     return price, [carrier for _, _, carrier in ordered]
 
 
