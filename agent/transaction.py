@@ -57,9 +57,12 @@ def party_json(party: Party) -> dict:
     }
 
 
-def meta_json(request: dict[str, Any]) -> bytes:
-    keys = ("account_tag", "destination_account_tag", "source", "source_ip", "destination", "carrier_ip", "tags")
-    return orjson.dumps({key: request.get(key) for key in keys})
+_META = ("account_tag", "destination_account_tag", "source", "source_ip", "destination", "carrier_ip", "tags")
+
+
+def meta_json(request: dict[str, Any], *extra: str) -> bytes:
+    """The request fields stored with a call (and `extra` ones), as the Redis library keeps them."""
+    return orjson.dumps({key: request.get(key) for key in (*_META, *extra)})
 
 
 def _echo(request: dict[str, Any]) -> dict[str, Any]:
@@ -168,13 +171,10 @@ class Transactions:
         if plan.refusal is not None or not plan.parties:
             return {"ok": False, **_echo(request)}
         auth = request["timestamp_auth"]
-        meta = orjson.loads(meta_json(request))
-        meta["authorized"] = request["authorized"]
-        meta["unauthorized_reason"] = request["unauthorized_reason"]
         reply = await self.redis.call(*fcall(
             "rating_record", (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX),
             (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
-             orjson.dumps([party_json(p) for p in plan.parties]), orjson.dumps(meta),
+             orjson.dumps([party_json(p) for p in plan.parties]), meta_json(request, "authorized", "unauthorized_reason"),
              "" if auth is None else to_ms(auth), begin, end),
         ))
         return {"ok": Outcome.of(reply).ok, **_echo(request)}

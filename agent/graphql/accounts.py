@@ -231,9 +231,7 @@ async def check(connection, values: dict, old: dict | None) -> None:
     tenant = values.get("tenant") or (old or {}).get("tenant") or "default"
     tag = values.get("account_tag") or (old or {}).get("account_tag")
     customer = values.get("customer_tag")
-    if customer is not None and await connection.fetchval(
-        "SELECT 1 FROM customers WHERE tenant = $1 AND customer_tag = $2", tenant, customer
-    ) is None:
+    if customer is not None and not await repo.tag_exists(connection, "customers", "customer_tag", tenant, customer):
         raise ManagementError(f"Customer with tag = {customer} not found in tenant {tenant}!")
     linked = values.get("linked_accounts")
     if linked:
@@ -314,9 +312,7 @@ async def resolve_account_transaction(_, info, account_tag, transaction_tag, ten
 
 async def _account_exists(info, tenant: str, account_tag: str) -> bool:
     async with reading(info) as connection:
-        return await connection.fetchval(
-            "SELECT 1 FROM accounts WHERE tenant = $1 AND account_tag = $2", tenant, account_tag
-        ) is not None
+        return await repo.tag_exists(connection, "accounts", "account_tag", tenant, account_tag)
 
 
 @mutation.field("beginAccountTransaction")

@@ -17,6 +17,18 @@ query = QueryType()
 mutation = ObjectType("Mutations")
 
 
+def related(object_type: ObjectType, field: str, entity: Entity) -> None:
+    """Resolves `field` to the record of `entity` the parent names by that entity's key (e.g. its
+    `customer_tag`), in the parent's tenant; null when the parent names none."""
+
+    @object_type.field(field)
+    async def resolve(record, info):
+        if not all(record.get(name) for name in entity.key):
+            return None
+        async with reading(info) as connection:
+            return await repo.fetch_by_key(connection, entity, record["tenant"], record)
+
+
 def app_of(info) -> web.Application:
     return info.context["request"].app
 

@@ -6,7 +6,7 @@ from ariadne import ObjectType
 
 from ..store import management as repo
 from ..store.management import INVOICES, ManagementError
-from .common import crud, reading
+from .common import crud, related
 
 invoice = ObjectType("Invoice")
 
@@ -14,9 +14,7 @@ invoice = ObjectType("Invoice")
 async def check(connection, values: dict, old: dict | None) -> None:
     tenant = values.get("tenant") or (old or {}).get("tenant") or "default"
     customer = values.get("customer_tag")
-    if customer is not None and await connection.fetchval(
-        "SELECT 1 FROM customers WHERE tenant = $1 AND customer_tag = $2", tenant, customer
-    ) is None:
+    if customer is not None and not await repo.tag_exists(connection, "customers", "customer_tag", tenant, customer):
         raise ManagementError(f"Customer with id = {customer} not found in tenant {tenant}!")
     if old is None and values.get("invoice_date") is None:
         values.pop("invoice_date", None)  # the table's default: today
@@ -39,12 +37,7 @@ async def before_delete(info, connection, record: dict) -> None:
 crud(INVOICES, "Invoices", check=check, before_delete=before_delete)
 
 
-@invoice.field("customer")
-async def resolve_customer(record, info):
-    if not record.get("customer_tag"):
-        return None
-    async with reading(info) as connection:
-        return await repo.fetch_by_key(connection, repo.CUSTOMERS, record["tenant"], record)
+related(invoice, "customer", repo.CUSTOMERS)
 
 
 bindables = [invoice]

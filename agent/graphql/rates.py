@@ -46,9 +46,7 @@ async def prepare(connection, args: dict) -> dict:
         tag = args.get(column) if column in args else (existing or {}).get(column)
         if tag is None:
             continue
-        if await connection.fetchval(
-            f"SELECT 1 FROM {table} WHERE tenant = $1 AND {column} = $2", tenant, tag
-        ) is None:
+        if not await repo.tag_exists(connection, table, column, tenant, tag):
             raise ManagementError(f"{label} with id = {given_id} and tag = {tag} not found in tenant {tenant}!")
     return args
 

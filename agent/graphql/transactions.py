@@ -15,7 +15,7 @@ from ..store import management as repo
 from ..store.management import TRANSACTIONS, ManagementError
 from ..store.records import read_records
 from ..store.writer import catch_up
-from .common import app_of, crud, query, reading, redis_of
+from .common import app_of, crud, query, reading, redis_of, related
 
 transaction = ObjectType("Transaction")
 
@@ -28,14 +28,10 @@ async def where(info, connection, filter: dict) -> repo.Where:
 async def check(connection, values: dict, old: dict | None) -> None:
     tenant = values.get("tenant") or (old or {}).get("tenant") or "default"
     account_tag = values.get("account_tag")
-    if account_tag is not None and await connection.fetchval(
-        "SELECT 1 FROM accounts WHERE tenant = $1 AND account_tag = $2", tenant, account_tag
-    ) is None:
+    if account_tag is not None and not await repo.tag_exists(connection, "accounts", "account_tag", tenant, account_tag):
         raise ManagementError(f"Account with id = {account_tag} not found in tenant {tenant}!")
     number = values.get("invoice_number")
-    if number is not None and await connection.fetchval(
-        "SELECT 1 FROM invoices WHERE tenant = $1 AND invoice_number = $2", tenant, number
-    ) is None:
+    if number is not None and not await repo.tag_exists(connection, "invoices", "invoice_number", tenant, number):
         raise ManagementError(f"Invoice with number = {number} not found in tenant {tenant}!")
     if values.get("tags") is not None and None in values["tags"]:
         raise ManagementError("tags cannot contain null")
@@ -83,20 +79,8 @@ async def resolve_destination_rate(record, info):
     return {**rate, "tenant": record["tenant"], "id": None} if isinstance(rate, dict) else None
 
 
-@transaction.field("account")
-async def resolve_account(record, info):
-    if not record.get("account_tag"):
-        return None
-    async with reading(info) as connection:
-        return await repo.fetch_by_key(connection, repo.ACCOUNTS, record["tenant"], record)
-
-
-@transaction.field("invoice")
-async def resolve_invoice(record, info):
-    if not record.get("invoice_number"):
-        return None
-    async with reading(info) as connection:
-        return await repo.fetch_by_key(connection, repo.INVOICES, record["tenant"], record)
+related(transaction, "account", repo.ACCOUNTS)
+related(transaction, "invoice", repo.INVOICES)
 
 
 bindables = [transaction]

@@ -108,6 +108,13 @@ TRANSACTIONS = Entity(
 )
 
 
+async def tag_exists(connection, table: str, column: str, tenant: str, value: Any) -> bool:
+    """Whether `table` holds a row of `tenant` whose `column` is `value` (a referential check)."""
+    return await connection.fetchval(
+        f"SELECT 1 FROM {table} WHERE tenant = $1 AND {column} = $2", tenant, value
+    ) is not None
+
+
 def quoted(column: str) -> str:
     return f'"{column}"'
 
