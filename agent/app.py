@@ -54,11 +54,6 @@ async def _background(name: str, coroutine) -> AsyncIterator[None]:
             await task
 
 
-def _observe_batch(seconds: float, commands: int) -> None:
-    metrics.REDIS_ROUND_TRIP.observe(seconds)
-    metrics.REDIS_BATCH.observe(commands)
-
-
 def _observe_reload(catalog, seconds: float, delay: float | None) -> None:
     metrics.CATALOG_RELOADS.inc()
     metrics.CATALOG_LOAD_SECONDS.set(seconds)
@@ -69,12 +64,17 @@ def _observe_reload(catalog, seconds: float, delay: float | None) -> None:
         metrics.CATALOG_DELAY.set(delay)
 
 
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with _background("metrics-flush", metrics.flush_periodically()):
+        yield
+
+
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = cache.connect(settings.redis_url, settings.redis_timeout)
     await until_ready("Redis", lambda: cache.load_library(client))
     app[REDIS] = client
-    app[PIPELINE] = AutoPipeline(settings.redis_url, client, settings.redis_timeout, on_batch=_observe_batch)
+    app[PIPELINE] = AutoPipeline(settings.redis_url, client, settings.redis_timeout, on_batch=metrics.ENDPOINTS.redis_batch_done)
     app[LIVE_STATE] = metrics.LiveState(client)
     yield
     await app[PIPELINE].close()
@@ -124,7 +124,7 @@ def create_app(settings: Settings, housekeeping: bool = True) -> web.Application
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
     graphql.setup(app)
-    app.cleanup_ctx.extend([redis_ctx, database_ctx, catalog_ctx])
+    app.cleanup_ctx.extend([metrics_ctx, redis_ctx, database_ctx, catalog_ctx])
     if housekeeping:
         app.cleanup_ctx.append(housekeeping_ctx)
     return app

@@ -198,6 +198,18 @@ def _machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICK
 
 
+def named(pids: list[int], prefix: str) -> list[int]:
+    """The processes among `pids` whose command name (what `top` shows) starts with `prefix`."""
+    found = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().startswith(prefix):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (a supervisor and its workers)."""
     found, todo = [], [pid]
@@ -520,17 +532,20 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
         "",
         f"Median round shown; ratio = median of the per-round ratios. Errors = socket errors + non-2xx.",
         "",
-        "| round | echo req/s | agent req/s | ratio | CPU µs/request echo / agent / redis |"
-        " CPU (cores) echo run: echo / machine | CPU agent run: agent / redis / PostgreSQL / wrk / machine |",
+        "| round | echo req/s | agent req/s | ratio | CPU µs/request echo / agent (workers + housekeeper) / redis |"
+        " CPU (cores) echo run: echo / machine | CPU agent run: agent (workers + housekeeper) / redis / PostgreSQL"
+        " / wrk / machine |",
         "|---:|---:|---:|---:|---|---|---|",
     ]
     for n, (e, a) in enumerate(zip(runs["echo"], runs["agent"]), 1):
         ec, ac = e.cpu, a.cpu
         lines.append(
             f"| {n} | {e.rps:,.0f} | {a.rps:,.0f} | {a.rps / e.rps if e.rps else 0:.2f} |"
-            f" {_per_request(e, 'server'):.0f} / {_per_request(a, 'server'):.0f} / {_per_request(a, 'redis'):.0f} |"
+            f" {_per_request(e, 'server'):.0f} / {_per_request(a, 'server'):.0f} ({_per_request(a, 'workers'):.0f}"
+            f" + {_per_request(a, 'housekeeper'):.0f}) / {_per_request(a, 'redis'):.0f} |"
             f" {ec.get('server', 0):.2f} / {ec.get('machine', 0):.2f} |"
-            f" {ac.get('server', 0):.2f} / {ac.get('redis', 0):.2f} / {ac.get('postgres', 0):.2f} /"
+            f" {ac.get('server', 0):.2f} ({ac.get('workers', 0):.2f} + {ac.get('housekeeper', 0):.2f}) /"
+            f" {ac.get('redis', 0):.2f} / {ac.get('postgres', 0):.2f} /"
             f" {ac.get('wrk', 0):.2f} / {ac.get('machine', 0):.2f} |"
         )
     refusals = ", ".join(f"{k}: {v}" for k, v in sample.most_common() if k != "authorized")
@@ -641,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, server in servers.items():
                 meter = CpuMeter({
                     "server": lambda s=server: process_tree(s.process.pid),
+                    "workers": lambda s=server: named(process_tree(s.process.pid), "rating-worker"),
+                    "housekeeper": lambda s=server: named(process_tree(s.process.pid), "rating-keeper"),
                     "redis": lambda: [redis.process.pid] if redis.process else [],
                     "postgres": lambda: postgres_pids(postgres),
                 })

@@ -9,6 +9,7 @@ import time
 import aiohttp
 import pytest
 
+from agent.metrics import FLUSH_INTERVAL
 from tests.conftest import ROOT, AgentProcess, run_cli
 from tests.test_transaction import catalog, prepaid
 
@@ -64,6 +65,7 @@ async def test_metrics_count_exactly_what_was_done(loaded, tmp_path, workers):
     try:
         await asyncio.sleep(0.5)  # every worker up
         await _scripted_calls(agent.url)
+        await asyncio.sleep(FLUSH_INTERVAL + 0.5)  # other workers' counts reach the shared files
         async with aiohttp.ClientSession() as session:
             async with session.get(agent.url + "/metrics") as reply:
                 assert reply.status == 200

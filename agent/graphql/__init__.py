@@ -49,7 +49,8 @@ from . import (  # noqa: F401 - each module binds its resolvers on import
 from ..store.management import ManagementError
 from .agent import AGENT_FIELDS
 from .common import mutation, query
-from .security import agent_networks, client_allowed, refuse_unsafe_exposure, token_ok
+from ..http.access import client_allowed
+from .security import refuse_unsafe_exposure, token_ok
 
 log = logging.getLogger(__name__)
 ERRORS_LOGGER = "agent.graphql.errors"
@@ -270,10 +271,9 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """Adds `/graphql`, the deck upload endpoint, the client-network middleware and the exposure check."""
+    """Adds `/graphql`, the deck upload endpoint and the exposure check."""
     from .decks import routes as deck_routes
 
     app.add_routes(routes)
     app.add_routes(deck_routes)
-    app.middlewares.append(agent_networks)
     app.on_startup.insert(0, refuse_unsafe_exposure)

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from cache import UNAVAILABLE
 
-from ..keys import TRANSACTIONS
+from ..keys import SETTINGS, TRANSACTIONS
+from .access import client_allowed
 from ..metrics import ENDPOINTS
 from ..transaction import Conflict
 from .responses import detail, json_response
@@ -18,20 +19,23 @@ from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Unparsable,
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+FORBIDDEN_DETAIL = "Forbidden: this client may not use the agent endpoints"
 UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cannot be reached"
 
 
 def _endpoint(path: str, fields, operation: str) -> None:
     async def answer(request: web.Request) -> web.Response:
+        app = request.app
+        if not client_allowed(request, app[SETTINGS]):
+            return detail(FORBIDDEN_DETAIL, 403)
         try:
             values = validate(parse_body(await request.read()), fields)
         except Unparsable as exc:
             return detail(str(exc), 400)
         except ValidationFailed as exc:
             return detail(exc.errors, 422)
-        transactions = request.app[TRANSACTIONS]
         try:
-            result = await getattr(transactions, operation)(values)
+            result = await getattr(app[TRANSACTIONS], operation)(values)
         except Conflict as exc:
             return detail(str(exc), 409)
         except UNAVAILABLE as exc:

@@ -25,20 +25,6 @@ from .catalog import Catalog
 from .rate import Rate
 
 
-def _eligible(catalog: Catalog, account: Account, rate: Rate, at: datetime) -> Carrier | None:
-    """The rate's carrier if the rate may be used for this account at `at`, else None."""
-    if account.pricelist_tags and rate.pricelist_tag not in account.pricelist_tags:
-        return None
-    if account.carrier_tags and rate.carrier_tag not in account.carrier_tags:
-        return None
-    if not rate.effective_at(at):
-        return None
-    carrier = catalog.carrier(account.tenant, rate.carrier_tag)
-    if carrier is None or not carrier.active:
-        return None
-    return carrier
-
-
 def _forced(catalog: Catalog, account: Account) -> list[Carrier]:
     seen: set[str] = set()
     forced = []
@@ -63,10 +49,18 @@ def route(
     price: Rate | None = None
     offers: dict[str, tuple[Rate, int, Carrier]] = {}
     routing = carriers and not account.carrier_tags_override
-    for specificity, rates in catalog.table(account.tenant).matches(destination):
+    # Eligibility (module docstring) checked inline: this loop runs for every rate of every matching prefix.
+    pricelists, allowed, tenant, known = account.pricelist_tags, account.carrier_tags, account.tenant, catalog.carriers
+    for specificity, rates in catalog.table(tenant).matches(destination):
         for rate in rates:
-            carrier = _eligible(catalog, account, rate, at)
-            if carrier is None:
+            if pricelists and rate.pricelist_tag not in pricelists:
+                continue
+            if allowed and rate.carrier_tag not in allowed:
+                continue
+            if (rate.datetime_start is not None or rate.datetime_end is not None) and not rate.effective_at(at):
+                continue
+            carrier = known.get((tenant, rate.carrier_tag))
+            if carrier is None or not carrier.active:
                 continue
             if price is None:
                 price = rate
