@@ -23,7 +23,7 @@ from cache import account_key, call_key, open_calls_key
 from ..keys import CATALOG, TRANSACTIONS
 from ..store import management as repo
 from ..store.management import ACCOUNTS, ManagementError
-from ..store.records import decode_call
+from ..store.records import decode_call, party_details
 from ..transaction import now_ms
 from .common import app_of, crud, mutation, query, reading, redis_of
 
@@ -40,12 +40,12 @@ def _moment(ms: Any) -> datetime | None:
 
 def account_transaction(doc: dict, meta: dict, account_tag: str) -> dict | None:
     """The running-transaction view of one account's side of a call held in Redis."""
-    parties = [p for p in doc.get("p") or [] if p.get("a") == account_tag]
-    if not parties:
+    found = [(i, p) for i, p in enumerate(doc.get("p") or []) if p.get("a") == account_tag]
+    if not found:
         return None
-    party = parties[0]
+    index, party = found[0]
     state = doc.get("st")
-    rate = party.get("rate")
+    rate, party_tags = party_details(party, meta, index)
     tags = list(meta.get("tags") or [])
     return {
         "transaction_tag": doc.get("tt"),
@@ -54,8 +54,8 @@ def account_transaction(doc: dict, meta: dict, account_tag: str) -> dict | None:
         "source_ip": meta.get("source_ip"),
         "destination": meta.get("destination"),
         "carrier_ip": meta.get("carrier_ip"),
-        "tags": tags + [t for t in party.get("tg") or [] if t not in tags],
-        "destination_rate": {**rate, "tenant": doc.get("tn")} if isinstance(rate, dict) else None,
+        "tags": tags + [t for t in party_tags if t not in tags],
+        "destination_rate": {**rate, "tenant": doc.get("tn")} if rate is not None else None,
         "in_progress": state == "begun",
         "inbound": bool(party.get("i")),
         "primary": bool(party.get("pr")),

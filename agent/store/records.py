@@ -34,6 +34,16 @@ def _list(value: Any) -> list:
     return list(value) if isinstance(value, list) else []
 
 
+def party_details(party: dict, meta: dict, index: int) -> tuple[dict | None, list]:
+    """(rate snapshot, account tags) of the call's `index`-th party: kept in `meta` (`pm`) since the
+    parties sent to Redis carry only what the Redis library reads; older calls kept them in the party."""
+    details = meta.get("pm")
+    source = details[index] if isinstance(details, list) and index < len(details) else party
+    source = source if isinstance(source, dict) else {}
+    rate = source.get("rate")
+    return (rate if isinstance(rate, dict) else None), _list(source.get("tg"))
+
+
 def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
     """One record per account taking part in the call (an early refusal: per tag of the request)."""
     state = doc.get("st")
@@ -53,8 +63,8 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
         reason = doc.get("rs") or None
     request_tags = _list(meta.get("tags"))
     rows = []
-    for party in parties:
-        rate = party.get("rate")
+    for index, party in enumerate(parties):
+        rate, party_tags = party_details(party, meta, index) if doc.get("p") else (None, [])
         rows.append({
             "tenant": doc.get("tn"),
             "transaction_tag": doc.get("tt"),
@@ -64,10 +74,10 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
             "source_ip": meta.get("source_ip"),
             "destination": meta.get("destination"),
             "carrier_ip": meta.get("carrier_ip"),
-            "tags": request_tags + [t for t in _list(party.get("tg")) if t not in request_tags],
+            "tags": request_tags + [t for t in party_tags if t not in request_tags],
             "authorized": authorized,
             "unauthorized_reason": reason,
-            "destination_rate": rate if isinstance(rate, dict) else None,
+            "destination_rate": rate,
             "timestamp_auth": _moment(doc.get("ta")),
             "timestamp_begin": _moment(doc.get("tb")),
             "timestamp_end": _moment(doc.get("te")),
