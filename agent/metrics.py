@@ -62,17 +62,19 @@ class LiveState:
         self.snapshot: dict[str, float] = {}
 
     async def refresh(self) -> None:
-        from cache import OUTBOX
+        from cache import DEADLINES, OUTBOX
 
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall("rating:stats")
+        pipe.zcard(DEADLINES)
         pipe.xlen(OUTBOX)
         pipe.xrange(OUTBOX, count=1)
-        stats, backlog, oldest = await pipe.execute()
+        stats, open_calls, backlog, oldest = await pipe.execute()
         lag = 0.0
         if oldest:
             lag = max(0.0, time.time() - int(oldest[0][0].split("-")[0]) / 1000)
-        self.snapshot = {**{k: float(v) for k, v in stats.items()}, "backlog": backlog, "lag": lag}
+        self.snapshot = {**{k: float(v) for k, v in stats.items()}, "open": open_calls, "backlog": backlog,
+                         "lag": lag}
 
     def collect(self):
         s = self.snapshot

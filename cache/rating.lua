@@ -9,8 +9,9 @@ Keys
   call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM every change PostgreSQL must learn: e=txn (a call's state) or e=ledger (a balance move)
-  stats    HASH  service-wide totals for metrics: open (authorized or running calls), running, reserved
-                 (amount held), charges and charged (count and amount charged), refunded (amount)
+  stats    HASH  service-wide totals for metrics: running (begun calls), reserved (amount held), charges
+                 and charged (count and amount charged), refunded (amount). Open calls (authorized or
+                 running) are the members of `deadlines`: every open call has exactly one deadline.
 
 A call moves authorized -> begun -> ended, or ends as refused, rolledback, cancelled (ended before it
 began), expired (never began) or recorded (a one-shot record). Repeating any step answers as the first
@@ -86,7 +87,8 @@ local function load(key)
 end
 
 -- Stores the call and tells the outbox; finished calls are kept `retention` seconds for retries and reads.
-local function save(key, doc, outbox, retention, meta)
+-- `fresh`: the key did not exist, so it has no expiry to remove.
+local function save(key, doc, outbox, retention, meta, fresh)
   local encoded = cjson.encode(doc)
   if meta then
     redis.call('HSET', key, 'doc', encoded, 'meta', meta)
@@ -96,7 +98,7 @@ local function save(key, doc, outbox, retention, meta)
   end
   if FINAL[doc.st] then
     redis.call('EXPIRE', key, retention)
-  else
+  elseif not fresh then
     redis.call('PERSIST', key)
   end
   redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
@@ -116,7 +118,6 @@ end
 
 -- Gives back what an open call holds: its reservation and its place in the concurrency counters.
 local function release(doc)
-  redis.call('HINCRBY', STATS, 'open', -1)
   if doc.st == 'begun' then
     redis.call('HINCRBY', STATS, 'running', -1)
   end
@@ -168,8 +169,11 @@ local function decide(parties, reason, refused_tag, share, cap)
   local units = cap
   local balance = 0
   for index, party in ipairs(parties) do
-    redis.call('HSETNX', party.k, 'balance', party.s)
     local held = redis.call('HMGET', party.k, 'balance', 'reserved', 'n', 'ni', 'no')
+    if not held[1] then  -- first call of the account: its balance starts from the catalog's
+      redis.call('HSETNX', party.k, 'balance', party.s)
+      held[1] = party.s
+    end
     local available = num(held[1]) - num(held[2])
     if index == 1 then
       balance = available
@@ -209,6 +213,7 @@ local function authorize(keys, args)
   local now, ttl, share, cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local beginning, retention, grace, at = args[5] == '1', tonumber(args[6]), tonumber(args[13]), tonumber(args[14])
   local doc = load(key)
+  local stored = doc
   if doc and (not REUSABLE[doc.st] or args[9] == '') then
     if not beginning then
       return reply(not REUSABLE[doc.st], doc)
@@ -248,12 +253,11 @@ local function authorize(keys, args)
     redis.call('SADD', party.o, key)
   end
   redis.call('ZADD', deadlines, now + ttl, key)
-  redis.call('HINCRBY', STATS, 'open', 1)
   local ok = true
   if beginning then
     ok = begin_call(doc, key, deadlines, at, grace)
   end
-  save(key, doc, outbox, retention, args[10])
+  save(key, doc, outbox, retention, args[10], stored == nil)
   return reply(ok, doc)
 end
 

@@ -57,3 +57,18 @@ async def test_the_flush_task_flushes_once_more_when_stopped():
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert _sample("rating_requests_total", endpoint="tally-stop", status="503") == before + 1
+
+
+async def test_open_calls_are_the_calls_holding_a_deadline(agent, stack):
+    from agent.keys import LIVE_STATE
+    from tests.test_transaction import catalog, post, prepaid
+
+    client = await agent(catalog(prepaid("a", 10**6)))
+    for tag in ("o1", "o2", "o3"):
+        await post(client, "authorization", transaction_tag=tag, account_tag="a", destination="39")
+    await post(client, "begin", transaction_tag="o1")
+    await post(client, "end", transaction_tag="o1")
+    await post(client, "rollback", transaction_tag="o2")
+    live = client.app[LIVE_STATE]
+    await live.refresh()
+    assert live.snapshot["open"] == 1
