@@ -8,7 +8,9 @@ Keys
   open     SET   the call keys an account holds open (authorized or running), for listing them
   call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
-  outbox   STREAM every change PostgreSQL must learn: e=txn (a call's state) or e=ledger (a balance move)
+  outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or e=ledger (a balance move).
+                 Open calls (authorized, begun) live here only; a reader that must list them writes their
+                 current state itself (agent/store/writer.py catch_up), versioned by cm/cu below.
   stats    HASH  service-wide totals for metrics: running (begun calls), reserved (amount held), charges
                  and charged (count and amount charged), refunded (amount). Open calls (authorized or
                  running) are the members of `deadlines`: every open call has exactly one deadline.
@@ -86,22 +88,29 @@ local function load(key)
   return cjson.decode(raw)
 end
 
--- Stores the call and tells the outbox; finished calls are kept `retention` seconds for retries and reads.
--- `fresh`: the key did not exist, so it has no expiry to remove.
+-- Stores the call. A final state goes to the outbox and is kept `retention` seconds for retries and reads;
+-- an open state stays in Redis only, stamped with Redis' clock (cm = ms, cu = µs within it) so that its
+-- version sorts below the outbox id of any later change of the call. `fresh`: the key did not exist.
 local function save(key, doc, outbox, retention, meta, fresh)
+  local final = FINAL[doc.st]
+  if not final then
+    local now = redis.call('TIME')
+    doc.cm = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    doc.cu = tonumber(now[2]) % 1000
+  end
   local encoded = cjson.encode(doc)
   if meta then
     redis.call('HSET', key, 'doc', encoded, 'meta', meta)
   else
     redis.call('HSET', key, 'doc', encoded)
-    meta = redis.call('HGET', key, 'meta') or '{}'
   end
-  if FINAL[doc.st] then
+  if final then
     redis.call('EXPIRE', key, retention)
+    meta = meta or redis.call('HGET', key, 'meta') or '{}'
+    redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
   elseif not fresh then
     redis.call('PERSIST', key)
   end
-  redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
 end
 
 local function ledger(outbox, doc, party, kind, amount, balance, at)

@@ -463,6 +463,7 @@ def redis_info(url: str) -> dict:
         stats = client.info("commandstats").get("cmdstat_fcall", {})
         return {
             "outbox_backlog": client.xlen("rating:outbox"),
+            "open_calls": client.zcard("rating:deadlines"),
             "used_memory_mb": client.info("memory").get("used_memory", 0) / 2**20,
             "keys": client.dbsize(),
             "fcall_usec": float(stats.get("usec_per_call", 0.0)),
@@ -470,6 +471,23 @@ def redis_info(url: str) -> dict:
         }
     finally:
         client.close()
+
+
+def redis_batches(url: str) -> dict:
+    """Commands per pipelined Redis batch and the batch round trip, averaged since the agent started."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("rating_redis_batch_commands_sum", "rating_redis_batch_commands_count",
+                    "rating_redis_round_trip_seconds_sum"):
+            found[name] = float(value)
+    batches = found.get("rating_redis_batch_commands_count", 0.0)
+    return {
+        "commands_per_batch": found.get("rating_redis_batch_commands_sum", 0.0) / batches if batches else 0.0,
+        "round_trip_ms": 1000 * found.get("rating_redis_round_trip_seconds_sum", 0.0) / batches if batches else 0.0,
+    }
 
 
 def postgres_query(server: PostgresServer, sql: str) -> str:
@@ -559,7 +577,10 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
         f" **{100 * authorized / total if total else 0:.1f}% authorized**" + (f" ({refusals})" if refusals else ""),
         f"Redis: FCALL {after['fcall_usec']:.0f} us per call on average (server side, {after['fcall_calls']:,}"
         f" calls), {after['used_memory_mb']:.0f} MB in {after['keys']:,} keys, outbox backlog"
-        f" {after['outbox_backlog']:,}; PostgreSQL: {records} call records written by the outbox writer.",
+        f" {after['outbox_backlog']:,}, {after['open_calls']:,} open calls (they reach the outbox when they end);"
+        f" PostgreSQL: {records} call records written by the outbox writer.",
+        f"Agent to Redis: {after['commands_per_batch']:.1f} commands per pipelined write on average, each batch"
+        f" answered in {after['round_trip_ms']:.2f} ms (since the agent started).",
     ]
     return "\n".join(lines)
 
@@ -678,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         sample = sample_authorizations(agent.url, gen.accounts, gen.destinations, args.sample, f"{run_id}s")
         time.sleep(2.0)  # let the outbox writer catch up
         after = redis_info(redis.url)
+        time.sleep(1.5)  # every worker's metrics flushed
+        after.update(redis_batches(agent.url))
         records = postgres_query(postgres, "SELECT count(*) FROM transactions")
         print(report(args, gen, imports, runs, sample, after, records, agent_ready), flush=True)
 

@@ -2,7 +2,8 @@
 
 `Transaction(tenant, transaction_tag, account_tag)` reads the call's state in Redis first (the truth right
 after the agent answered), PostgreSQL otherwise. `allTransactions`/`_allTransactionsMeta` first write what the
-outbox holds at that moment (`catch_up`), then query PostgreSQL, so every answered call is listed.
+outbox holds at that moment and the open calls' current states (`catch_up`), then query PostgreSQL, so every
+answered call is listed, open or finished.
 Records written through the create/update/upsert mutations live in PostgreSQL only (state `manual`).
 """
 
@@ -21,7 +22,7 @@ transaction = ObjectType("Transaction")
 
 
 async def where(info, connection, filter: dict) -> repo.Where:
-    await catch_up(redis_of(info), connection)
+    await catch_up(redis_of(info), connection, tenant=(filter or {}).get("tenant"))
     return repo.base_filter(TRANSACTIONS, filter)
 
 
@@ -65,7 +66,7 @@ async def resolve_id(record, info):
             )
             if found is not None or attempt == 2:
                 break
-            await catch_up(redis_of(info), connection)
+            await catch_up(redis_of(info), connection, tenant=record["tenant"])
     return None if found is None else str(found)
 
 

@@ -24,6 +24,12 @@ def stream_version(entry_id: str) -> int:
     return int(ms) * 1_000_000 + int(seq or 0)
 
 
+def open_version(doc: dict) -> int:
+    """The version of an open call's state (authorized, begun): from the Redis clock reading the library
+    stamps it with, just below any outbox id (`ms-seq`) Redis can give a later change of the call."""
+    return int(doc.get("cm") or 0) * 1_000_000 - 1000 + int(doc.get("cu") or 0)
+
+
 def _moment(ms: Any) -> datetime | None:
     if ms is None or isinstance(ms, (dict, list)):
         return None

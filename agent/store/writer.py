@@ -1,5 +1,10 @@
 """The outbox writer: carries call records and ledger entries from the Redis stream into PostgreSQL.
 
+A call reaches the outbox once, in its final state (ended, refused, cancelled, expired, rolled back,
+recorded): one row per party written once, instead of an insert at authorization and updates at begin
+and end. Open calls live in Redis, where every single-call read looks first; a reader that lists records
+writes the open calls' current states itself (`catch_up`).
+
 Each agent process runs one consumer of a shared consumer group. A batch is written in one PostgreSQL
 transaction and only then acknowledged and deleted from the stream, so a crash or an unreachable database
 loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
@@ -19,9 +24,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from cache import OUTBOX, OUTBOX_GROUP, UNAVAILABLE
+from cache import DEADLINES, OUTBOX, OUTBOX_GROUP, UNAVAILABLE, call_key
 
-from .records import COLUMNS, decode_call, is_removed, records_of, stream_version
+from .records import COLUMNS, decode_call, is_removed, open_version, records_of, stream_version
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,9 @@ async def ensure_group(client: aioredis.Redis) -> None:
             raise
 
 
-async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, dict]]) -> None:
-    """Writes one batch of outbox entries in one transaction."""
+async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, dict]],
+                      open_calls: list[tuple[int, dict, dict]] = ()) -> None:
+    """Writes one batch of outbox entries (and, for readers, open calls' current states) in one transaction."""
     latest: dict[tuple[str, str], tuple[int, dict, dict]] = {}
     ledger_rows = []
     balances: dict[tuple[str, str], tuple[int, int]] = {}
@@ -85,6 +91,10 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
         elif fields.get("e") == "txn":
             doc, meta = decode_call(fields)
             latest[(doc.get("tn"), doc.get("tt"))] = (version, doc, meta)
+    for version, doc, meta in open_calls:
+        key = (doc.get("tn"), doc.get("tt"))
+        if key not in latest or latest[key][0] < version:
+            latest[key] = (version, doc, meta)
     upserts, deletes = [], []
     for (tenant, tag), (version, doc, meta) in latest.items():
         if is_removed(doc):
@@ -109,15 +119,38 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
             await connection.execute(_MERGE)
 
 
-async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit: int = 10_000) -> int:
-    """Writes what the outbox holds right now, for a reader that must see every answered call.
+async def open_calls(redis: aioredis.Redis, tenant: str | None = None) -> list[tuple[int, dict, dict]]:
+    """(version, doc, meta) of every open call (of `tenant`), read from Redis: the members of the deadlines."""
+    keys = await redis.zrange(DEADLINES, 0, -1)
+    if tenant is not None:
+        prefix = call_key(tenant, "")
+        keys = [key for key in keys if key.startswith(prefix)]
+    found = []
+    for start in range(0, len(keys), 1000):
+        pipe = redis.pipeline(transaction=False)
+        for key in keys[start:start + 1000]:
+            pipe.hgetall(key)
+        for fields in await pipe.execute():
+            if fields:
+                doc, meta = decode_call(fields)
+                if doc.get("st") in ("authorized", "begun"):
+                    found.append((open_version(doc), doc, meta))
+    return found
 
-    The entries stay in the stream for the writer, which writes them again harmlessly. Returns the count.
+
+async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit: int = 10_000,
+                   tenant: str | None = None) -> int:
+    """Writes what a reader must see and PostgreSQL may not hold yet: the outbox as it is now, and the
+    current state of the open calls (of `tenant`), which only reach the outbox when they end.
+
+    The outbox entries stay in the stream for the writer, which writes them again harmlessly; an open
+    call's row is replaced by its final state later (a higher version). Returns the count written.
     """
     entries = [entry for entry in await redis.xrange(OUTBOX, count=limit) if entry[1]]
-    if entries:
-        await write_batch(connection, entries)
-    return len(entries)
+    current = await open_calls(redis, tenant)
+    if entries or current:
+        await write_batch(connection, entries, current)
+    return len(entries) + len(current)
 
 
 class OutboxWriter:

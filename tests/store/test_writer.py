@@ -1,0 +1,86 @@
+"""The outbox carries a call once, in its final state; readers that list records write open calls themselves."""
+
+from agent.store.records import open_version, stream_version
+from agent.store.writer import catch_up
+from tests.test_transaction import at, catalog, post, prepaid
+
+
+async def _rows(stack, tag: str) -> list[dict]:
+    rows = await stack.database.fetch(
+        "SELECT account_tag, state, authorized, timestamp_auth, timestamp_begin, fee, version FROM transactions"
+        " WHERE transaction_tag = $1 ORDER BY account_tag", tag)
+    return [dict(row) for row in rows]
+
+
+async def _added(stack) -> int:
+    """Entries ever added to the outbox (the writer deletes what it has written)."""
+    return (await stack.redis.xinfo_stream("rating:outbox"))["entries-added"]
+
+
+async def test_an_open_call_adds_nothing_to_the_outbox_and_its_end_adds_one_final_entry(agent, stack):
+    client = await agent(catalog(prepaid("a", 10**6)))
+    await post(client, "authorization", transaction_tag="warm", account_tag="a", destination="39")
+    before = await _added(stack)
+    await post(client, "authorization", transaction_tag="once", account_tag="a", destination="39")
+    await post(client, "begin", transaction_tag="once", timestamp_begin=at(0))
+    assert await _added(stack) == before
+    await post(client, "end", transaction_tag="once", timestamp_end=at(3))
+    assert await _added(stack) == before + 2  # the call record and the charge in the ledger
+    await catch_up(stack.redis, stack.database)
+    [row] = await _rows(stack, "once")
+    assert (row["state"], row["authorized"], row["fee"]) == ("ended", True, 3)
+    assert row["timestamp_auth"] is not None
+
+
+async def test_a_refusal_is_final_and_goes_to_the_outbox_at_once(agent, stack):
+    client = await agent(catalog(prepaid("a", 0)))
+    await post(client, "authorization", transaction_tag="warm", account_tag="a", destination="39")
+    before = await _added(stack)
+    answer = await post(client, "authorization", transaction_tag="no", account_tag="a", destination="39")
+    assert answer["unauthorized_reason"] == "BALANCE_INSUFFICIENT"
+    assert await _added(stack) == before + 1
+
+
+async def test_catch_up_writes_open_calls_as_they_are_and_the_final_state_replaces_them(agent, stack):
+    client = await agent(catalog(prepaid("a", 1000)))
+    await post(client, "authorization", transaction_tag="live", account_tag="a", destination="39",
+               timestamp_auth=at(-2))
+    await catch_up(stack.redis, stack.database)
+    [authorized] = await _rows(stack, "live")
+    assert (authorized["state"], authorized["authorized"], authorized["timestamp_begin"]) == ("authorized", True, None)
+
+    await post(client, "begin", transaction_tag="live", timestamp_begin=at(0))
+    await catch_up(stack.redis, stack.database)
+    [begun] = await _rows(stack, "live")
+    assert begun["state"] == "begun" and begun["version"] > authorized["version"]
+    assert begun["timestamp_auth"] == authorized["timestamp_auth"]
+
+    await post(client, "end", transaction_tag="live", timestamp_end=at(10))
+    await catch_up(stack.redis, stack.database)
+    [ended] = await _rows(stack, "live")
+    assert (ended["state"], ended["fee"]) == ("ended", 10) and ended["version"] > begun["version"]
+    assert ended["timestamp_auth"] == authorized["timestamp_auth"]
+
+    await catch_up(stack.redis, stack.database)  # nothing moves backwards
+    assert await _rows(stack, "live") == [ended]
+
+
+async def test_catch_up_for_one_tenant_leaves_the_open_calls_of_others(agent, stack):
+    document = catalog(prepaid("a", 1000))
+    other = catalog(prepaid("a", 1000))
+    for section in ("carriers", "pricelists", "rates", "accounts"):
+        for item in other[section]:
+            item["tenant"] = "acme"
+    await stack.load(other)
+    client = await agent(document)
+    await post(client, "authorization", transaction_tag="d", account_tag="a", destination="39")
+    await post(client, "authorization", tenant="acme", transaction_tag="x", account_tag="a", destination="39")
+    await catch_up(stack.redis, stack.database, tenant="acme")
+    assert await stack.database.fetchval("SELECT array_agg(transaction_tag) FROM transactions") == ["x"]
+
+
+def test_an_open_state_sorts_below_any_outbox_id_of_the_same_or_a_later_millisecond():
+    doc = {"cm": 1_800_000_000_123, "cu": 999}
+    assert open_version(doc) < stream_version("1800000000123-0")
+    assert open_version(doc) > stream_version("1800000000122-5000")
+    assert open_version({"cm": 1_800_000_000_123, "cu": 1}) < open_version(doc)
