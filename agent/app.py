@@ -74,7 +74,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = cache.connect(settings.redis_url, settings.redis_timeout)
     await until_ready("Redis", lambda: cache.load_library(client))
     app[REDIS] = client
-    app[PIPELINE] = AutoPipeline(settings.redis_url, client, settings.redis_timeout, on_batch=metrics.ENDPOINTS.redis_batch_done)
+    app[PIPELINE] = AutoPipeline(settings.redis_url, client, settings.redis_timeout,
+                                  on_batch=metrics.ENDPOINTS.redis_batch_done, batch=settings.redis_batch)
     app[LIVE_STATE] = metrics.LiveState(client)
     yield
     await app[PIPELINE].close()

@@ -28,6 +28,9 @@ class Settings:
     redis_timeout: float = _setting(
         0.5, "seconds a Redis command may take before the request fails with 503"
     )
+    redis_batch: int = _setting(
+        8, "Redis commands of concurrent requests sent in one write at most (1 = no batching)"
+    )
     authorization_ttl: int = _setting(
         120, "seconds an authorization's reservation is held if the call never begins"
     )
@@ -66,6 +69,8 @@ class Settings:
             raise ValueError("workers must not be negative")
         if self.max_units <= 0:
             raise ValueError("max_units must be positive")
+        if self.redis_batch < 1:
+            raise ValueError("redis_batch must be at least 1")
         for name in ("authorization_ttl", "call_grace", "record_retention", "outbox_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -1,7 +1,7 @@
 """Redis: the live state of balances and calls, changed only through the `rating` function library.
 
-Every HTTP request costs one FCALL. Calls made by concurrent requests during one event-loop tick are sent
-together in one write (auto-pipelining), which roughly doubles throughput over one round trip each.
+Every HTTP request costs one FCALL. Calls made by concurrent requests are sent together, a few per write
+(auto-pipelining), which roughly doubles throughput over one round trip each.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ async def load_library(client: aioredis.Redis) -> None:
 class AutoPipeline:
     """The hot path's client: commands of one event-loop tick go to Redis in one write (see connection.py)."""
 
-    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None) -> None:
+    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None, batch: int = 8) -> None:
         self.client = client  # redis-py, for loading the library
-        self.connection = PipelinedConnection(url, timeout, on_batch)
+        self.connection = PipelinedConnection(url, timeout, on_batch, batch)
 
     async def call(self, *command: Any) -> Any:
         """Runs one command; reloads the library once if Redis lost it, retries once if the link broke."""

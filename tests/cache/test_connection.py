@@ -13,7 +13,7 @@ from cache.connection import PipelinedConnection
 
 async def test_concurrent_commands_get_their_own_replies_in_few_writes(redis_server):
     batches = []
-    connection = PipelinedConnection(redis_server.url, 1.0, on_batch=lambda s, n: batches.append(n))
+    connection = PipelinedConnection(redis_server.url, 1.0, on_batch=lambda s, n: batches.append(n), batch=1000)
     try:
         replies = await asyncio.gather(*(connection.call("ECHO", f"m{i}") for i in range(500)))
         assert replies == [f"m{i}" for i in range(500)]
@@ -46,4 +46,15 @@ async def test_a_stalled_redis_fails_waiting_callers_within_the_timeout_then_rec
         assert await connection.call("PING") == "PONG"
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
+        await connection.close()
+
+
+async def test_a_write_goes_out_once_batch_commands_wait(redis_server):
+    batches = []
+    connection = PipelinedConnection(redis_server.url, 1.0, on_batch=lambda s, n: batches.append(n), batch=8)
+    try:
+        replies = await asyncio.gather(*(connection.call("ECHO", f"m{i}") for i in range(20)))
+        assert replies == [f"m{i}" for i in range(20)]
+        assert batches == [8, 8, 4]  # two full writes, then the rest at the end of the tick
+    finally:
         await connection.close()
