@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -161,10 +161,15 @@ class PipelinedConnection:
         self._protocol = protocol
         return protocol
 
-    async def call(self, *command: Any) -> Any:
+    def call(self, *command: Any) -> Awaitable[Any]:
+        """The reply, to await; a plain future while connected (no coroutine frame per command)."""
         protocol = self._protocol
-        if protocol is None or not protocol.usable:
-            protocol = await self._ready()
+        if protocol is not None and protocol.usable:
+            return protocol.send(hiredis.pack_command(command))
+        return self._call_connecting(command)
+
+    async def _call_connecting(self, command: tuple) -> Any:
+        protocol = await self._ready()
         return await protocol.send(hiredis.pack_command(command))
 
     async def close(self) -> None:

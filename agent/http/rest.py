@@ -24,30 +24,28 @@ UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cann
 
 
 def _endpoint(path: str, fields, operation: str) -> None:
-    async def answer(request: web.Request) -> web.Response:
-        app = request.app
-        if not client_allowed(request, app[SETTINGS]):
-            return detail(FORBIDDEN_DETAIL, 403)
-        try:
-            values = validate(parse_body(await request.read()), fields)
-        except Unparsable as exc:
-            return detail(str(exc), 400)
-        except ValidationFailed as exc:
-            return detail(exc.errors, 422)
-        try:
-            result = await getattr(app[TRANSACTIONS], operation)(values)
-        except Conflict as exc:
-            return detail(str(exc), 409)
-        except UNAVAILABLE as exc:
-            log.warning("%s: Redis unavailable: %r", path, exc)
-            return detail(UNAVAILABLE_DETAIL, 503)
-        if operation == "authorization":
-            ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
-        return json_response(result)
-
     async def handler(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        response = await answer(request)
+        app = request.app
+        if not client_allowed(request, app[SETTINGS]):
+            response = detail(FORBIDDEN_DETAIL, 403)
+        else:
+            try:
+                values = validate(parse_body(await request.read()), fields)
+                result = await getattr(app[TRANSACTIONS], operation)(values)
+            except Unparsable as exc:
+                response = detail(str(exc), 400)
+            except ValidationFailed as exc:
+                response = detail(exc.errors, 422)
+            except Conflict as exc:
+                response = detail(str(exc), 409)
+            except UNAVAILABLE as exc:
+                log.warning("%s: Redis unavailable: %r", path, exc)
+                response = detail(UNAVAILABLE_DETAIL, 503)
+            else:
+                if operation == "authorization":
+                    ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
+                response = json_response(result)
         ENDPOINTS.observe(operation, response.status, time.perf_counter() - started)
         return response
 

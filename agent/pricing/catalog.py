@@ -21,6 +21,8 @@ class Catalog:
     carriers: dict[tuple[str, str], Carrier] = field(default_factory=dict)
     tables: dict[str, RateTable] = field(default_factory=dict)
     version: int = 0
+    # Routing results of this snapshot by (routing profile, longest matching prefix): see routing.route.
+    routes: dict = field(default_factory=dict, compare=False, repr=False)
 
     def account(self, tenant: str, tag: str | None) -> Account | None:
         if not tag:

@@ -36,29 +36,47 @@ def _forced(catalog: Catalog, account: Account) -> list[Carrier]:
     return forced
 
 
+_ROUTES_LIMIT = 200_000  # remembered routing results per catalog snapshot
+
+
 def route(
     catalog: Catalog, account: Account, destination: str | None, at: datetime, carriers: bool = True
-) -> tuple[Rate | None, list[Carrier]]:
+) -> tuple[Rate | None, tuple[Carrier, ...]]:
     """The rate pricing the call and its carriers, cheapest first, in one pass over the matches.
 
     The table keeps each prefix's rates best first, so the first usable rate met is the price and the
-    first usable rate met per carrier is that carrier's offer.
+    first usable rate met per carrier is that carrier's offer. The result depends only on the account's
+    routing profile (tenant, pricelists, carrier filter and override) and on the destination's longest
+    matching prefix, so the snapshot remembers it per pair, unless a rate met has effective dates.
     """
     if not destination:
-        return None, _forced(catalog, account) if carriers and account.carrier_tags_override else []
+        return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
+    tenant = account.tenant
+    table = catalog.table(tenant)
+    longest = table.longest(destination)
+    key = None
+    if longest is not None:
+        key = (tenant, id(longest), account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
+               carriers)
+        found = catalog.routes.get(key)
+        if found is not None:
+            return found
     price: Rate | None = None
     offers: dict[str, tuple[Rate, int, Carrier]] = {}
     routing = carriers and not account.carrier_tags_override
+    dated = False
     # Eligibility (module docstring) checked inline: this loop runs for every rate of every matching prefix.
-    pricelists, allowed, tenant, known = account.pricelist_tags, account.carrier_tags, account.tenant, catalog.carriers
-    for specificity, rates in catalog.table(tenant).matches(destination):
+    pricelists, allowed, known = account.pricelist_tags, account.carrier_tags, catalog.carriers
+    for specificity, rates in table.matches(destination):
         for rate in rates:
             if pricelists and rate.pricelist_tag not in pricelists:
                 continue
             if allowed and rate.carrier_tag not in allowed:
                 continue
-            if (rate.datetime_start is not None or rate.datetime_end is not None) and not rate.effective_at(at):
-                continue
+            if rate.datetime_start is not None or rate.datetime_end is not None:
+                dated = True
+                if not rate.effective_at(at):
+                    continue
             carrier = known.get((tenant, rate.carrier_tag))
             if carrier is None or not carrier.active:
                 continue
@@ -71,14 +89,20 @@ def route(
         if price is not None and not routing:
             break
     if not carriers:
-        return price, []
-    if account.carrier_tags_override:
-        return price, _forced(catalog, account)
-    # Prices per second compared exactly as integers over a common denominator (no Fraction per request).
-    scale = math.lcm(*(rate.increment for rate, _, _ in offers.values())) if offers else 1
-    ordered = sorted(offers.values(), key=lambda item: (
-        item[0].rate * (scale // item[0].increment), item[0].connect_fee, -item[1], item[2].carrier_tag))
-    return price, [carrier for _, _, carrier in ordered]
+        result: tuple[Rate | None, tuple[Carrier, ...]] = (price, ())
+    elif account.carrier_tags_override:
+        result = (price, tuple(_forced(catalog, account)))
+    else:
+        # Prices per second compared exactly as integers over a common denominator (no Fraction per request).
+        scale = math.lcm(*(rate.increment for rate, _, _ in offers.values())) if offers else 1
+        ordered = sorted(offers.values(), key=lambda item: (
+            item[0].rate * (scale // item[0].increment), item[0].connect_fee, -item[1], item[2].carrier_tag))
+        result = (price, tuple(carrier for _, _, carrier in ordered))
+    if key is not None and not dated:
+        if len(catalog.routes) >= _ROUTES_LIMIT:
+            catalog.routes.clear()
+        catalog.routes[key] = result
+    return result
 
 
 def destination_rate(catalog: Catalog, account: Account, destination: str | None, at: datetime) -> Rate | None:
@@ -90,4 +114,4 @@ def least_cost_routing(
     catalog: Catalog, account: Account, destination: str | None, at: datetime
 ) -> list[Carrier]:
     """The carriers for this call, cheapest first."""
-    return route(catalog, account, destination, at)[1]
+    return list(route(catalog, account, destination, at)[1])

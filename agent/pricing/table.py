@@ -50,6 +50,24 @@ class RateTable:
         self.raw_lengths = tuple(sorted({len(k) for k in self.raw}, reverse=True))
         return self
 
+    def longest(self, destination: str) -> tuple[Rate, ...] | None:
+        """The rates of the longest matching number prefix, when that alone decides every match.
+
+        Every prefix matching a number is a prefix of its longest match, so numbers sharing the longest
+        match share all their matches. Tables with raw (URI) prefixes also match on the raw string: None.
+        """
+        if self.raw_lengths:
+            return None
+        number = number_of(destination)
+        length = len(number)
+        numbers = self.numbers
+        for size in self.number_lengths:
+            if size <= length:
+                rates = numbers.get(number[:size])
+                if rates is not None:
+                    return rates
+        return None
+
     def matches(self, destination: str) -> Iterator[tuple[int, tuple[Rate, ...]]]:
         """(specificity, rates) of every matching prefix, most specific first, each group best rate first."""
         number = number_of(destination)

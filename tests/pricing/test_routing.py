@@ -387,3 +387,43 @@ def test_routing_offers_only_active_allowed_carriers_and_the_priced_carrier_is_a
     if priced is not None:
         assert priced.carrier_tag in routed
         assert priced.pricelist_tag in (acc.pricelist_tags or PRICELISTS)
+
+
+# --- remembered routing results -----------------------------------------------------------------------------------
+
+def test_numbers_sharing_their_longest_prefix_share_one_remembered_result():
+    cat = catalog([r("39", "c1", 2), r("3904", "c2", 1), r("3904", "c1", 3), r("44", "c3")])
+    acc = account()
+    first = lcr(cat, acc, "sip:39040111@example.com")
+    assert first == ["c2", "c1"] and len(cat.routes) == 1
+    assert lcr(cat, acc, "390409999") == first and len(cat.routes) == 1
+    assert lcr(cat, acc, "3905") == ["c1"] and len(cat.routes) == 2
+    assert lcr(cat, account("b", carrier_tags=("c1",)), "39040") == ["c1"]  # another profile, its own result
+    assert price(cat, acc, "39041") == ("3904", "c2", "pl")
+
+
+def test_results_that_depend_on_effective_dates_are_not_remembered():
+    cat = catalog([r("39", "late", 1, datetime_start=NOW + timedelta(seconds=1)), r("39", "always", 5)])
+    acc = account()
+    assert lcr(cat, acc, at=NOW) == ["always"]
+    assert lcr(cat, acc, at=NOW + timedelta(seconds=1)) == ["late", "always"]
+    assert lcr(cat, acc, at=NOW) == ["always"] and not cat.routes
+
+
+def test_tables_with_uri_prefixes_are_not_remembered_by_number():
+    cat = catalog([r("39", "c1"), r("sip:alice@", "c2")])
+    assert lcr(cat, account(), "sip:alice@example.com") == ["c2"]
+    assert lcr(cat, account(), "39040") == ["c1"] and not cat.routes
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["3", "39", "390", "3904", "44"]), st.sampled_from(["c1", "c2", "c3"]),
+                          st.integers(0, 5), st.integers(1, 3)), min_size=1, max_size=12),
+       st.lists(st.sampled_from(["39040", "3904", "390", "3", "44", "4", "5"]), min_size=1, max_size=8))
+def test_remembered_results_equal_freshly_computed_ones(rows, numbers):
+    rates = [r(prefix, c, price, increment=inc) for prefix, c, price, inc in rows]
+    remembered = catalog(rates)
+    for number in numbers:
+        fresh = catalog(rates)
+        assert lcr(remembered, account(), number) == lcr(fresh, account(), number)
+        assert price(remembered, account(), number) == price(fresh, account(), number)
