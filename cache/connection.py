@@ -121,6 +121,7 @@ class PipelinedConnection:
     def __init__(self, url: str, timeout: float, on_batch: Callable[[float, int], None] | None = None,
                  batch: int = 8) -> None:
         options = parse_url(url)
+        self.path = options.get("path")  # unix:///run/redis.sock: a Unix socket instead of TCP
         self.host = options.get("host", "127.0.0.1")
         self.port = int(options.get("port", 6379))
         self.password = options.get("password")
@@ -136,16 +137,19 @@ class PipelinedConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self.timeout, self.on_batch, self.batch), self.host, self.port
-                )
+                factory = lambda: _Protocol(self.timeout, self.on_batch, self.batch)  # noqa: E731
+                if self.path:
+                    _, protocol = await loop.create_unix_connection(factory, self.path)
+                else:
+                    _, protocol = await loop.create_connection(factory, self.host, self.port)
                 if self.password:
                     credentials = (self.username, self.password) if self.username else (self.password,)
                     await protocol.send(hiredis.pack_command(("AUTH", *credentials)))
                 if self.db:
                     await protocol.send(hiredis.pack_command(("SELECT", self.db)))
         except (OSError, asyncio.TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from None
+            where = self.path or f"{self.host}:{self.port}"
+            raise RedisConnectionError(f"cannot connect to Redis at {where}: {exc}") from None
         return protocol
 
     async def _ready(self) -> _Protocol:

@@ -105,6 +105,15 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def socket_url(self) -> str:
+        """The same server over its Unix socket: cheaper than TCP for an agent on the same host."""
+        return f"unix://{self.socket}?db=0"
+
     def start(self) -> "RedisServer":
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
@@ -112,6 +121,8 @@ class RedisServer:
                 shutil.which("redis-server") or "redis-server",
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
+                "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700",
                 "--dir", str(self.directory),
                 "--appendonly", "yes",
                 "--appendfsync", "everysec",

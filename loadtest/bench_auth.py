@@ -528,7 +528,8 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
     lines = [
         f"Machine: {machine_description()}",
         f"Software: {versions()}",
-        f"Agent: {git_revision(args.agent_root)}, RATING_WORKERS={args.workers}",
+        f"Agent: {git_revision(args.agent_root)}, RATING_WORKERS={args.workers}, Redis over"
+        f" {'TCP (127.0.0.1)' if args.redis_tcp else 'its Unix socket'}",
         f"Load: `wrk -t{args.threads} -c{args.connections} -d{args.duration}s --timeout 5s`"
         f" (loadtest/wrk/authorization.lua), {rounds} round(s) echo then agent after one {args.warmup}s"
         f" warm-up each; POST /v1/authorization with a unique transaction_tag per request, a random account"
@@ -610,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run `python -m agent` from this checkout (A/B against a branch); default: this one")
     parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra environment variable for the agent (repeatable)")
+    parser.add_argument("--redis-tcp", action="store_true",
+                        help="agent to Redis over TCP on 127.0.0.1 instead of the Unix socket (same host)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -648,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"rates: {out} ({imports['rates']:.1f}s)")
 
         agent = HttpServer("agent", [sys.executable, "-m", "agent", "serve"], workdir / "agent.log", env={
-            "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url, "RATING_DATABASE_URL": postgres.url,
+            "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url if args.redis_tcp else redis.socket_url, "RATING_DATABASE_URL": postgres.url,
             "RATING_RECORD_RETENTION": "120", "RATING_LOG_LEVEL": "WARNING", "RATING_WORKERS": str(args.workers),
             "RATING_AUTHORIZATION_TTL": str(args.authorization_ttl),
             **dict(item.split("=", 1) for item in args.agent_env),

@@ -58,3 +58,13 @@ async def test_a_write_goes_out_once_batch_commands_wait(redis_server):
         assert batches == [8, 8, 4]  # two full writes, then the rest at the end of the tick
     finally:
         await connection.close()
+
+
+async def test_a_unix_socket_url_connects_over_the_socket(redis_server):
+    connection = PipelinedConnection(redis_server.socket_url, 1.0)
+    try:
+        assert await connection.call("CLIENT", "INFO") != ""
+        info = await connection.call("CLIENT", "INFO")
+        assert "laddr=" in info and "127.0.0.1" not in info.split("laddr=")[1].split()[0]
+    finally:
+        await connection.close()
