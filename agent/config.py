@@ -29,7 +29,7 @@ class Settings:
         0.5, "seconds a Redis command may take before the request fails with 503"
     )
     redis_batch: int = _setting(
-        8, "Redis commands of concurrent requests sent in one write at most (1 = no batching)"
+        12, "Redis commands of concurrent requests sent in one write at most (1 = no batching)"
     )
     authorization_ttl: int = _setting(
         120, "seconds an authorization's reservation is held if the call never begins"

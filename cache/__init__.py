@@ -60,7 +60,7 @@ async def load_library(client: aioredis.Redis) -> None:
 class AutoPipeline:
     """The hot path's client: commands of one event-loop tick go to Redis in one write (see connection.py)."""
 
-    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None, batch: int = 8) -> None:
+    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None, batch: int = 12) -> None:
         self.client = client  # redis-py, for loading the library
         self.connection = PipelinedConnection(url, timeout, on_batch, batch)
 
