@@ -7,8 +7,8 @@ answers in order on a connection). A write goes out as soon as `batch` commands 
 of the tick: when many requests arrive at once, Redis then works on the first ones while the worker still
 prices the next, instead of the two taking turns (measured with 32 concurrent clients: about 1.4x the
 throughput of one write per tick at 8 to 16 commands per write; 24 and more fall back into taking turns).
-A watchdog aborts the connection when the oldest reply is overdue, failing every waiting caller at once, so a stalled Redis costs at most `timeout`. The next
-command reconnects. Everything else (the outbox writer, administration) uses redis-py.
+A watchdog aborts the connection when the oldest reply is overdue, failing every waiting caller at once,
+so a stalled Redis costs at most `timeout`. The next command reconnects. Everything else (the outbox writer, administration) uses redis-py.
 """
 
 from __future__ import annotations
