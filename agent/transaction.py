@@ -7,9 +7,8 @@ function call, and answers with Canyan's response fields. Shared by the REST and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import orjson
 
@@ -106,8 +105,7 @@ def _echo(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What Redis answered: ok, the call's state, refusal reason and tag, units, caller's balance."""
 
     ok: bool

@@ -7,9 +7,9 @@ running calls (limits, units, reservations) is settled atomically in Redis from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import NamedTuple
 
 from .account import Account
 from .carrier import Carrier
@@ -28,9 +28,10 @@ class Reason(str, Enum):
     BALANCE_INSUFFICIENT = "BALANCE_INSUFFICIENT"
 
 
-@dataclass(frozen=True, slots=True)
-class Party:
-    """One account charged or counted for a call: the caller, the callee, or one of their linked accounts."""
+class Party(NamedTuple):
+    """One account charged or counted for a call: the caller, the callee, or one of their linked accounts.
+
+    Plans are made per request: a named tuple is immutable and cheaper to build than a frozen dataclass."""
 
     account: Account
     inbound: bool
@@ -43,8 +44,7 @@ class Party:
         return not self.inbound and self.account.spends_balance
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     parties: tuple[Party, ...] = ()
     carriers: tuple[Carrier, ...] = ()
     refusal: Reason | None = None
