@@ -16,7 +16,7 @@ from .catalog_keeper import CatalogKeeper
 from .config import Settings
 from . import graphql
 from .http import health, rest
-from .http.responses import json_errors
+from .http.responses import add_unrouted
 from . import metrics
 from .keys import CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
 from .store.database import create_pool, migrate
@@ -120,11 +120,12 @@ async def housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, housekeeping: bool = True) -> web.Application:
     """The service; `housekeeping=False` when a housekeeping process writes the outbox and expires calls."""
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application()
     app[SETTINGS] = settings
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
     graphql.setup(app)
+    add_unrouted(app)
     app.cleanup_ctx.extend([metrics_ctx, redis_ctx, database_ctx, catalog_ctx])
     if housekeeping:
         app.cleanup_ctx.append(housekeeping_ctx)

@@ -20,12 +20,27 @@ def detail(message: Any, status: int) -> web.Response:
     return json_response({"detail": message}, status)
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler):
-    """Routing errors as `{"detail": ...}` JSON, as FastAPI answers them."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status in (404, 405) and exc.content_type != "application/json":
-            return detail(exc.reason, exc.status)
-        raise
+UNROUTED = "unrouted"
+
+
+async def unrouted(request: web.Request) -> web.Response:
+    """What no route takes, as FastAPI answers it: 405 with `Allow` when the path exists for other methods,
+    404 otherwise, both with a JSON `detail`.
+
+    A catch-all route (registered last, see `add_unrouted`) instead of a middleware: a middleware wraps
+    every request, and cost the call endpoints about a seventh of their time.
+    """
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name != UNROUTED:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        return web.Response(body=orjson.dumps({"detail": "Method Not Allowed"}), status=405,
+                            headers={**_JSON, "Allow": ",".join(sorted(allowed))})
+    return detail("Not Found", 404)
+
+
+def add_unrouted(app: web.Application) -> None:
+    """Call after every other route is added."""
+    app.router.add_route("*", "/{tail:.*}", unrouted, name=UNROUTED)

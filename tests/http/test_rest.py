@@ -137,3 +137,13 @@ async def test_kamailio_style_all_string_request_is_rated(client):
     })
     body = await reply.json()
     assert body["authorized"] is True and body["max_available_units"] == 300
+
+
+async def test_other_methods_of_existing_paths_answer_405_with_allow(client):
+    reply = await client.put("/status")
+    assert reply.status == 405 and "GET" in reply.headers["Allow"]
+    assert await reply.json() == {"detail": "Method Not Allowed"}
+    reply = await client.get("/management/pricelists/p1/rates")
+    assert reply.status == 405 and reply.headers["Allow"] == "POST"
+    reply = await client.delete("/nowhere/at/all")
+    assert reply.status == 404 and await reply.json() == {"detail": "Not Found"}
