@@ -32,7 +32,8 @@ MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
-REQUESTS = Counter("rating_requests_total", "HTTP requests answered", ["endpoint", "status"])
+REQUESTS = Counter("rating_requests_total", "Call requests answered (REST, GraphQL call mutations)",
+                   ["endpoint", "status"])
 LATENCY = Histogram("rating_request_duration_seconds", "HTTP request latency", ["endpoint"],
                     buckets=_LATENCY_BUCKETS)
 AUTHORIZATIONS = Counter("rating_authorizations_total", "Authorization answers", ["outcome", "reason"])

@@ -72,3 +72,21 @@ async def test_open_calls_are_the_calls_holding_a_deadline(agent, stack):
     live = client.app[LIVE_STATE]
     await live.refresh()
     assert live.snapshot["open"] == 1
+
+
+async def test_graphql_call_mutations_are_counted_beside_the_rest_endpoints(agent, stack):
+    from tests.test_transaction import catalog, prepaid
+
+    client = await agent(catalog(prepaid("a", 10**6)))
+    before = {
+        "requests": _sample("rating_requests_total", endpoint="graphql_authorization", status="200"),
+        "authorized": _sample("rating_authorizations_total", outcome="authorized", reason=""),
+    }
+    reply = await client.post("/graphql", json={"query": 'mutation { authorization(transaction_tag:"g1",'
+                                                         ' account_tag:"a", destination:"39") { authorized } }'})
+    assert (await reply.json())["data"] == {"authorization": {"authorized": True}}
+    from agent.metrics import ENDPOINTS
+
+    ENDPOINTS.flush()
+    assert _sample("rating_requests_total", endpoint="graphql_authorization", status="200") == before["requests"] + 1
+    assert _sample("rating_authorizations_total", outcome="authorized", reason="") == before["authorized"] + 1

@@ -7,6 +7,7 @@ calls the shared `Transactions` object. Unlike the original, `authorization` tak
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cache import UNAVAILABLE
@@ -14,6 +15,7 @@ from cache import UNAVAILABLE
 from ..http.rest import UNAVAILABLE_DETAIL
 from ..http.validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field
 from ..keys import TRANSACTIONS
+from ..metrics import ENDPOINTS
 from ..store.management import ManagementError
 from ..transaction import Conflict
 from .common import app_of, mutation, query
@@ -41,14 +43,25 @@ def request_of(fields: tuple[Field, ...], args: dict[str, Any]) -> dict[str, Any
 
 
 def _operation(name: str, fields: tuple[Field, ...], operation: str) -> None:
+    endpoint = f"graphql_{operation}"  # counted beside the REST endpoints, with the status REST would answer
+
     async def resolve(_, info, **args):
+        started = time.perf_counter()
         request = request_of(fields, args)
+        status = 200
         try:
-            return await getattr(app_of(info)[TRANSACTIONS], operation)(request)
+            result = await getattr(app_of(info)[TRANSACTIONS], operation)(request)
         except Conflict as exc:
+            status = 409
             raise ManagementError(str(exc)) from None
         except UNAVAILABLE:
+            status = 503
             raise ManagementError(UNAVAILABLE_DETAIL) from None
+        finally:
+            ENDPOINTS.observe(endpoint, status, time.perf_counter() - started)
+        if operation == "authorization":
+            ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
+        return result
 
     mutation.set_field(name, resolve)
 
