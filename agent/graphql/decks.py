@@ -25,6 +25,7 @@ from .security import token_ok
 
 routes = web.RouteTableDef()
 _TRUE = {"1", "true", "yes", "on"}
+_HELD_LINES = 1000  # a quoted field spanning more lines than this is a stray quote: stop waiting for its end
 
 
 class _Lines:
@@ -57,7 +58,7 @@ async def deck_rows(stream, tenant: str, pricelist: str, carrier: str | None):
                 fields = next(reader)
             except StopIteration:
                 return
-            except csv.Error as exc:  # e.g. a quoted field with a line break (not supported in streamed decks)
+            except csv.Error as exc:
                 raise ImportError_(f"line {reader.line_num}: {exc}") from None
             if not fields:
                 continue
@@ -74,15 +75,30 @@ async def deck_rows(stream, tenant: str, pricelist: str, carrier: str | None):
                 raise ImportError_(f"line {reader.line_num}: {exc}") from None
             yield (*row, reader.line_num)
 
+    held: list[str] = []  # the lines of a record whose quoted field goes on past the last line received
+    quotes = 0
+
+    def release(parts: list[str]) -> None:
+        """Hands complete records to the reader: a line ends one only if it closes every quote opened."""
+        nonlocal quotes
+        for part in parts:
+            held.append(part + "\n")
+            quotes += part.count('"')
+            if quotes % 2 == 0 or len(held) >= _HELD_LINES:
+                lines.buffer.extend(held)
+                held.clear()
+                quotes = 0
+
     async for chunk in stream.iter_chunked(1 << 16):
         parts = (pending + decoder.decode(chunk)).split("\n")
         pending = parts.pop()
-        lines.buffer.extend(part + "\n" for part in parts)
+        release(parts)
         for row in rows():
             yield row
     tail = pending + decoder.decode(b"", final=True)
     if tail.strip():
-        lines.buffer.append(tail + "\n")
+        held.append(tail + "\n")
+    lines.buffer.extend(held)
     for row in rows():
         yield row
     if header is None:
