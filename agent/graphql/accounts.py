@@ -250,7 +250,38 @@ async def check(connection, values: dict, old: dict | None) -> None:
             raise ManagementError(f"{name} cannot contain null")
 
 
+def _renamed(values: dict, old: dict | None) -> tuple[str, str] | None:
+    """The account's former (tenant, tag) when this write gives it another one."""
+    if old is None:
+        return None
+    before = (old["tenant"], old["account_tag"])
+    after = (values.get("tenant") or before[0], values.get("account_tag") or before[1])
+    return before if after != before else None
+
+
+async def check_rename(info, values: dict, old: dict | None) -> None:
+    """A renamed account takes its live state (balance, counters) along, which its open calls name by key:
+    renaming is refused while it has calls authorized or running."""
+    former = _renamed(values, old)
+    if former is not None and int(await redis_of(info).hget(account_key(*former), "n") or 0) > 0:
+        raise ManagementError(f"Account {former[1]} has calls in progress: rename it once they have ended")
+
+
+async def _move_live_state(redis, former: tuple[str, str], tenant: str, tag: str) -> None:
+    source, target = account_key(*former), account_key(tenant, tag)
+    async with redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(source)
+        if not await pipe.exists(source):
+            return
+        pipe.multi()
+        pipe.rename(source, target)
+        await pipe.execute()
+
+
 async def after_write(info, args: dict, record: dict, old: dict | None) -> dict:
+    former = _renamed(record, old)
+    if former is not None:
+        await _move_live_state(redis_of(info), former, record["tenant"], record["account_tag"])
     if args.get("balance") is not None:
         await move(info, record["tenant"], record["account_tag"], "set", args["balance"], record["balance"], "api")
     return record
@@ -267,7 +298,7 @@ async def prepare(connection, args: dict) -> dict:
 
 
 crud(ACCOUNTS, "Accounts", where=where, check=check, after_write=after_write, after_delete=after_delete,
-     prepare=prepare)
+     prepare=prepare, live_check=check_rename)
 
 
 # --- balance mutations ---------------------------------------------------------------------------------------------

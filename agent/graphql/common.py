@@ -69,6 +69,7 @@ def crud(
     prepare: Callable[[Any, dict], Awaitable[dict]] | None = None,
     check: Callable[[Any, dict, dict | None], Awaitable[None]] | None = None,
     after_write: Callable[[Any, dict, dict, dict | None], Awaitable[dict]] | None = None,
+    live_check: Callable[[Any, dict, dict | None], Awaitable[None]] | None = None,
     before_delete: Callable[[Any, Any, dict], Awaitable[None]] | None = None,
     after_delete: Callable[[Any, dict], Awaitable[None]] | None = None,
 ) -> None:
@@ -95,7 +96,11 @@ def crud(
     async def resolve_write(_, info, **args):
         async with writing(info, entity) as connection:
             given = args if prepare is None else await prepare(connection, args)
-            bound = None if check is None else (lambda values, old: check(connection, values, old))
+            async def bound(values: dict, old: dict | None) -> None:
+                if check is not None:
+                    await check(connection, values, old)
+                if live_check is not None:  # what Redis must allow (the live state), inside the write
+                    await live_check(info, values, old)
             record, old = await repo.upsert(connection, entity, given, bound)
         if after_write is not None:
             record = await after_write(info, args, record, old)

@@ -155,3 +155,24 @@ async def test_lcr_and_destination_rate(gql):
     assert data == {"Account": {"destination_rate": {"prefix": "39", "rate": 1, "tenant": "default"},
                                 "least_cost_routing": [{"carrier_tag": "c1"}]},
                     "leastCostRouting": [{"carrier_tag": "c1"}]}
+
+
+async def test_a_renamed_account_keeps_its_live_balance_and_is_not_renamed_with_calls_open(gql, stack):
+    api = await gql()
+    made = (await api(CATALOG))["createAccount"]["id"]
+    await wait_catalog(api.client, lambda c: c.account("default", "a") is not None and c.rate_count == 1)
+    call = ('mutation {{ authorization(transaction_tag:"{tag}", account_tag:"{account}", destination:"39")'
+            ' {{ authorized balance }} }}')
+    assert (await api(call.format(tag="r1", account="a")))["authorization"]["authorized"]
+    _, errors = await api.error(f'mutation {{ updateAccount(id:"{made}", account_tag:"renamed") {{ id }} }}')
+    assert errors == ["Account a has calls in progress: rename it once they have ended"]
+    await api('mutation { beginTransaction(transaction_tag:"r1", timestamp_begin:"2030-01-01T10:00:00Z") { ok } }')
+    await api('mutation { endTransaction(transaction_tag:"r1", timestamp_end:"2030-01-01T10:00:07Z") { ok } }')
+    assert await stack.balance("a") == 993
+
+    data = await api(f'mutation {{ updateAccount(id:"{made}", account_tag:"renamed") {{ account_tag balance }} }}')
+    assert data["updateAccount"] == {"account_tag": "renamed", "balance": 993}
+    assert not await stack.redis.exists("rating:a:7:default:a")
+    await wait_catalog(api.client, lambda c: c.account("default", "renamed") is not None)
+    answer = (await api(call.format(tag="r2", account="renamed")))["authorization"]
+    assert answer == {"authorized": True, "balance": 993}
