@@ -27,7 +27,7 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
 
 import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
-from devstack import RedisServer  # noqa: E402
+from devstack import RedisServer, wait_for_port  # noqa: E402
 from kamailio_harness import (  # noqa: E402
     Carrier, Kamailio, SetupError, ensure_kamailio, free_port, run_callers,
 )
@@ -350,6 +350,51 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
     assert (result.code, result.phrase) == (500, "Rating is not available"), run.output
     if failure == "error":
         assert "agent answered HTTP 5" in kamailio.log(), "the agent did not answer an HTTP error"
+
+
+_GARBAGE_AGENT = """
+import http.server, sys
+
+class Garbage(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<html>not the agent</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Garbage).serve_forever()
+"""
+
+
+def test_an_answer_that_is_not_an_authorization_gives_480(rig):
+    """Something else answers at the agent's URL with 200 and a body that is not an authorization."""
+    import subprocess
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", _GARBAGE_AGENT, str(port)])
+    kamailio = Kamailio(
+        rig.workdir / "kamailio-agent-garbage",
+        defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"http://127.0.0.1:{port}"', "RATING_AGENT_TIMEOUT": 1000,
+                 "TM_FR_TIMER": 1000},
+    )
+    try:
+        wait_for_port(port)
+        kamailio.start()
+        run = run_callers(rig.workdir / "callers-agent-garbage", kamailio.port, "39010000002", "k-ok")
+    finally:
+        kamailio.stop()
+        server.terminate()
+        server.wait(5)
+
+    (result,) = run.results.values()
+    assert (result.code, result.phrase) == (480, "Temporarily Unavailable"), run.output
+    assert "unusable authorization answer" in kamailio.log()
 
 
 def test_concurrent_calls_beyond_the_account_limit_are_refused(rig):
