@@ -176,3 +176,23 @@ async def test_a_renamed_account_keeps_its_live_balance_and_is_not_renamed_with_
     await wait_catalog(api.client, lambda c: c.account("default", "renamed") is not None)
     answer = (await api(call.format(tag="r2", account="renamed")))["authorization"]
     assert answer == {"authorized": True, "balance": 993}
+
+
+async def test_open_calls_are_listed_with_the_finished_ones(gql, stack):
+    api = await gql()
+    await api(CATALOG)
+    await wait_catalog(api.client, lambda c: c.account("default", "a") is not None and c.rate_count == 1)
+    call = 'mutation {{ authorization(transaction_tag:"{}", account_tag:"a", destination:"39") {{ authorized }} }}'
+    await api(call.format("done"))  # each call may reserve the whole balance: one at a time
+    await api('mutation { beginTransaction(transaction_tag:"done", timestamp_begin:"2030-01-01T10:00:00Z") { ok } }')
+    await api('mutation { endTransaction(transaction_tag:"done", timestamp_end:"2030-01-01T10:00:04Z") { ok } }')
+    assert (await api(call.format("open")))["authorization"]["authorized"]
+    query = """{ allTransactions(filter:{account_tag:"a"}, sortField:"transaction_tag") {
+                   transaction_tag authorized timestamp_auth timestamp_end fee } }"""
+    rows = {row["transaction_tag"]: row for row in (await api(query))["allTransactions"]}
+    assert set(rows) == {"open", "done"}
+    assert rows["open"]["authorized"] and rows["open"]["timestamp_auth"] and rows["open"]["fee"] is None
+    assert rows["done"]["fee"] == 4 and rows["done"]["timestamp_end"] == "2030-01-01T10:00:04"
+    await api('mutation { rollbackTransaction(transaction_tag:"open") { ok } }')
+    rows = {row["transaction_tag"]: row for row in (await api(query))["allTransactions"]}
+    assert rows["open"]["fee"] is None and rows["done"]["fee"] == 4
