@@ -13,6 +13,8 @@ When prefixes of both kinds match, the one with more characters after its scheme
 
 from __future__ import annotations
 
+import re
+
 SCHEMES = ("sips:", "sip:", "tel:")
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.() ")
 
@@ -26,8 +28,21 @@ def scheme_length(text: str) -> int:
     return 0
 
 
+# The common shapes, `39040123`, `+39040123`, `sip:39040123@host;params`, `tel:+39040123;phone-context=...`,
+# read in one step; anything else (separators, letters, other schemes) takes the general path below.
+_PLAIN_NUMBER = re.compile(r"(?:[sS][iI][pP][sS]?:|[tT][eE][lL]:)?\+?([0-9]+)(?:[@;]|\Z)")
+
+
 def number_of(destination: str) -> str:
     """The dialled number (or user) of a destination URI or bare number."""
+    plain = _PLAIN_NUMBER.match(destination)
+    if plain is not None:
+        return plain.group(1)
+    return read_number(destination)
+
+
+def read_number(destination: str) -> str:
+    """`number_of` for any destination (the general path, which the common shapes skip)."""
     text = destination.strip()
     text = text[scheme_length(text):]
     user = text.split("@", 1)[0].split(";", 1)[0]

@@ -55,6 +55,8 @@ def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | Non
           main_rate: Rate | None = None):
     """[main] + its linked accounts (one level, unknown tags ignored), or a refusal."""
     parties = [Party(main, inbound, True, main_rate)]
+    if not main.linked_accounts:
+        return parties, None
     seen = {main.account_tag}
     for tag in main.linked_accounts:
         if tag in seen:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.pricing.destination import number_of, prefix_key, scheme_length
+from agent.pricing.destination import number_of, prefix_key, read_number, scheme_length
 
 
 @pytest.mark.parametrize(
@@ -106,3 +106,10 @@ def test_number_of_is_idempotent(destination):
     once = number_of(destination)
     if once.isdigit():
         assert number_of(once) == once
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["3", "9", "0", "+", "sip:", "SIPS:", "tel:", "@", ";", "-", " ", ":", "a", "٣", "."]),
+                max_size=12).map("".join))
+def test_the_fast_reading_of_common_shapes_agrees_with_the_general_one(destination):
+    assert number_of(destination) == read_number(destination)
