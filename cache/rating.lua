@@ -9,8 +9,8 @@ Keys
   call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or e=ledger (a balance move).
-                 Open calls (authorized, begun) live here only; a reader that must list them writes their
-                 current state itself (agent/store/writer.py catch_up), versioned by cm/cu below.
+                 An open call (authorized, begun) is only in its call hash; a reader that must list it
+                 writes its current state itself (agent/store/writer.py catch_up), versioned by cm/cu.
   stats    HASH  service-wide totals for metrics: running (begun calls), reserved (amount held), charges
                  and charged (count and amount charged), refunded (amount). Open calls (authorized or
                  running) are the members of `deadlines`: every open call has exactly one deadline.

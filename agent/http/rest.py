@@ -10,9 +10,9 @@ from aiohttp import web
 from cache import UNAVAILABLE
 
 from ..keys import SETTINGS, TRANSACTIONS
-from .access import client_allowed
 from ..metrics import ENDPOINTS
 from ..transaction import Conflict
+from .access import client_allowed
 from .responses import detail, json_response
 from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Unparsable, ValidationFailed, parse_body, validate
 
