@@ -84,3 +84,19 @@ def test_an_open_state_sorts_below_any_outbox_id_of_the_same_or_a_later_millisec
     assert open_version(doc) < stream_version("1800000000123-0")
     assert open_version(doc) > stream_version("1800000000122-5000")
     assert open_version({"cm": 1_800_000_000_123, "cu": 1}) < open_version(doc)
+
+
+async def test_a_listing_writes_only_the_open_calls_that_changed_since_the_last_one(agent, stack):
+    import asyncio
+
+    client = await agent(catalog(prepaid("a", 10**6)))
+    for tag in ("c1", "c2"):
+        await post(client, "authorization", transaction_tag=tag, account_tag="a", destination="39")
+    for _ in range(200):  # the agent's own writer empties the outbox (the balance set by the import)
+        if await stack.redis.xlen("rating:outbox") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await catch_up(stack.redis, stack.database) == 2
+    assert await catch_up(stack.redis, stack.database) == 0
+    await post(client, "begin", transaction_tag="c1", timestamp_begin=at(0))
+    assert await catch_up(stack.redis, stack.database) == 1
