@@ -56,9 +56,13 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent(signum: int = signal.SIGTERM, user: pwd.struct_passwd | None = None):
     """A preexec function: the child gets `signum` when its parent dies (no servers left behind when a
-    test run is killed), and runs as `user` when given (PostgreSQL refuses to run as root)."""
+    test run is killed), and runs as `user` when given (PostgreSQL refuses to run as root). It gets a
+    process group of its own, so a terminal's Ctrl-C reaches only its parent, which stops the agent first
+    and the servers after it (the agent writes its outbox to them on the way out)."""
 
     def prepare() -> None:
+        if os.getpgid(0) != os.getpid():  # not already leading a group (start_new_session does that)
+            os.setpgid(0, 0)
         if user is not None:
             os.setgid(user.pw_gid)
             os.initgroups(user.pw_name, user.pw_gid)
