@@ -542,14 +542,14 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
         lines.append(f"Agent under test: `{args.agent_root}` with {' '.join(args.agent_env) or 'no extra variables'}")
     lines += [
         "",
-        f"| server | requests/s | p50 ms | p99 ms | errors | ratio to echo |",
+        "| server | requests/s | p50 ms | p99 ms | errors | ratio to echo |",
         "|---|---:|---:|---:|---:|---:|",
         f"| echo: aiohttp + uvloop + orjson, fixed answer | {echo.rps:,.0f} | {echo.p50_ms:.2f} |"
         f" {echo.p99_ms:.2f} | {echo.errors + echo.non_2xx} | 1.00 |",
         f"| agent: {_processes(args.workers)} (rating, 1 FCALL, outbox writer) | {agent.rps:,.0f} | {agent.p50_ms:.2f} |"
         f" {agent.p99_ms:.2f} | {agent.errors + agent.non_2xx} | {ratio:.2f} |",
         "",
-        f"Median round shown; ratio = median of the per-round ratios. Errors = socket errors + non-2xx.",
+        "Median round shown; ratio = median of the per-round ratios. Errors = socket errors + non-2xx.",
         "",
         "| round | echo req/s | agent req/s | ratio | CPU µs/request echo / agent (workers + housekeeper) / redis |"
         " CPU (cores) echo run: echo / machine | CPU agent run: agent (workers + housekeeper) / redis / PostgreSQL"
