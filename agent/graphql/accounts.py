@@ -13,7 +13,6 @@ the agent's rollback.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
 
 from ariadne import ObjectType
 
@@ -23,19 +22,13 @@ from cache import account_key, call_key, open_calls_key
 from ..keys import CATALOG, TRANSACTIONS
 from ..store import management as repo
 from ..store.management import ACCOUNTS, ManagementError
-from ..store.records import decode_call, party_details
+from ..store.records import decode_call, moment, party_details
 from ..transaction import now_ms
 from .common import app_of, crud, mutation, query, reading, redis_of
 
 account = ObjectType("Account")
 linked_account = ObjectType("LinkedAccount")
 LONG_RUNNING_MS = 3 * 3600 * 1000
-
-
-def _moment(ms: Any) -> datetime | None:
-    if ms is None or isinstance(ms, (dict, list)):
-        return None
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
 
 
 def account_transaction(doc: dict, meta: dict, account_tag: str) -> dict | None:
@@ -59,8 +52,8 @@ def account_transaction(doc: dict, meta: dict, account_tag: str) -> dict | None:
         "in_progress": state == "begun",
         "inbound": bool(party.get("i")),
         "primary": bool(party.get("pr")),
-        "timestamp_begin": _moment(doc.get("tb")),
-        "timestamp_end": _moment(doc.get("te")),
+        "timestamp_begin": moment(doc.get("tb")),
+        "timestamp_end": moment(doc.get("te")),
         "state": state,
     }
 

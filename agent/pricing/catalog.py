@@ -7,9 +7,11 @@ consistent catalog, old or new, never a mix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .account import Account
 from .carrier import Carrier
+from .rate import Rate
 from .table import RateTable
 
 EMPTY_TABLE = RateTable().freeze()
@@ -23,6 +25,21 @@ class Catalog:
     version: int = 0
     # Routing results of this snapshot by (routing profile, longest matching prefix): see routing.route.
     routes: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, accounts: Iterable[Account] = (), carriers: Iterable[Carrier] = (), rates: Iterable[Rate] = (),
+           version: int = 0) -> "Catalog":
+        """A snapshot from its parts, rates grouped into one table per tenant (the store's loader does the
+        same while streaming rows)."""
+        tables: dict[str, RateTable] = {}
+        for rate in rates:
+            tables.setdefault(rate.tenant, RateTable()).add(rate)
+        return cls(
+            accounts={(a.tenant, a.account_tag): a for a in accounts},
+            carriers={(c.tenant, c.carrier_tag): c for c in carriers},
+            tables={tenant: table.freeze() for tenant, table in tables.items()},
+            version=version,
+        )
 
     def account(self, tenant: str, tag: str | None) -> Account | None:
         if not tag:

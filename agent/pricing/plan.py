@@ -72,6 +72,16 @@ def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | Non
     return parties, None
 
 
+def _usable(catalog: Catalog, tenant: str, tag: str) -> Account | Plan:
+    """The account named by a request, or the refusal when it is unknown or inactive."""
+    account = catalog.account(tenant, tag)
+    if account is None:
+        return Plan(refusal=Reason.NOT_FOUND, refused_tag=tag)
+    if not account.active:
+        return Plan(refusal=Reason.NOT_ACTIVE, refused_tag=tag)
+    return account
+
+
 def plan_call(
     catalog: Catalog,
     tenant: str,
@@ -86,11 +96,9 @@ def plan_call(
     parties: list[Party] = []
     carriers: tuple[Carrier, ...] = ()
     if account_tag:
-        account = catalog.account(tenant, account_tag)
-        if account is None:
-            return Plan(refusal=Reason.NOT_FOUND, refused_tag=account_tag)
-        if not account.active:
-            return Plan(refusal=Reason.NOT_ACTIVE, refused_tag=account_tag)
+        account = _usable(catalog, tenant, account_tag)
+        if isinstance(account, Plan):
+            return account
         rate, routes = route(catalog, account, destination, at)
         outbound, failed_tag = _side(catalog, account, False, destination, at, rate)
         if failed_tag is not None:
@@ -100,11 +108,9 @@ def plan_call(
         parties.extend(outbound)
         carriers = tuple(routes)
     if destination_account_tag:
-        callee = catalog.account(tenant, destination_account_tag)
-        if callee is None:
-            return Plan(refusal=Reason.NOT_FOUND, refused_tag=destination_account_tag)
-        if not callee.active:
-            return Plan(refusal=Reason.NOT_ACTIVE, refused_tag=destination_account_tag)
+        callee = _usable(catalog, tenant, destination_account_tag)
+        if isinstance(callee, Plan):
+            return callee
         inbound, failed_tag = _side(catalog, callee, True, destination, at)
         if failed_tag is not None:
             return Plan(refusal=inbound, refused_tag=failed_tag)

@@ -30,7 +30,8 @@ def open_version(doc: dict) -> int:
     return int(doc.get("cm") or 0) * 1_000_000 - 1000 + int(doc.get("cu") or 0)
 
 
-def _moment(ms: Any) -> datetime | None:
+def moment(ms: Any) -> datetime | None:
+    """A stored instant (milliseconds since the epoch) as an aware datetime."""
     if ms is None or isinstance(ms, (dict, list)):
         return None
     return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
@@ -84,9 +85,9 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
             "authorized": authorized,
             "unauthorized_reason": reason,
             "destination_rate": rate,
-            "timestamp_auth": _moment(doc.get("ta")),
-            "timestamp_begin": _moment(doc.get("tb")),
-            "timestamp_end": _moment(doc.get("te")),
+            "timestamp_auth": moment(doc.get("ta")),
+            "timestamp_begin": moment(doc.get("tb")),
+            "timestamp_end": moment(doc.get("te")),
             "primary": bool(party.get("pr")),
             "inbound": bool(party.get("i")),
             "duration": doc.get("d") if state in ("ended", "recorded") else None,

@@ -119,7 +119,7 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
             await connection.execute(_MERGE)
 
 
-async def open_calls(redis: aioredis.Redis, tenant: str | None = None) -> list[tuple[int, dict, dict]]:
+async def open_call_states(redis: aioredis.Redis, tenant: str | None = None) -> list[tuple[int, dict, dict]]:
     """(version, doc, meta) of every open call (of `tenant`), read from Redis: the members of the deadlines."""
     keys = await redis.zrange(DEADLINES, 0, -1)
     if tenant is not None:
@@ -160,7 +160,7 @@ async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit:
     call's row is replaced by its final state later (a higher version). Returns the count written.
     """
     entries = [entry for entry in await redis.xrange(OUTBOX, count=limit) if entry[1]]
-    current = await _changed(connection, await open_calls(redis, tenant))
+    current = await _changed(connection, await open_call_states(redis, tenant))
     if entries or current:
         await write_batch(connection, entries, current)
     return len(entries) + len(current)

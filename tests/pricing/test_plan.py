@@ -11,7 +11,6 @@ from agent.pricing.carrier import Carrier
 from agent.pricing.catalog import Catalog
 from agent.pricing.plan import Plan, Reason, plan_call
 from agent.pricing.rate import Rate
-from agent.pricing.table import RateTable
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 DEST = "sip:39040123456@anotherdomain.com:5060"
@@ -31,14 +30,7 @@ def catalog(*accounts: Account, rates=None, carriers=None) -> Catalog:
         rates = [rate("39", "c1", 2, "pl"), rate("3904", "c2", 5, "special")]
     if carriers is None:
         carriers = [Carrier(x.tenant, x.carrier_tag, f"h-{x.carrier_tag}", 5060) for x in rates]
-    tables: dict[str, RateTable] = {}
-    for x in rates:
-        tables.setdefault(x.tenant, RateTable()).add(x)
-    return Catalog(
-        accounts={(a.tenant, a.account_tag): a for a in accounts},
-        carriers={(c.tenant, c.carrier_tag): c for c in carriers},
-        tables={tenant: tbl.freeze() for tenant, tbl in tables.items()},
-    )
+    return Catalog.of(accounts, carriers, rates)
 
 
 def plan(cat, account_tag=None, destination_account_tag=None, destination=DEST, tenant=T) -> Plan:

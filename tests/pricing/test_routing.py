@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,7 +13,6 @@ from agent.pricing.carrier import Carrier
 from agent.pricing.catalog import Catalog
 from agent.pricing.rate import Rate
 from agent.pricing.routing import destination_rate, least_cost_routing
-from agent.pricing.table import RateTable
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 DEST = "sip:39040123456@anotherdomain.com:5060"
@@ -32,14 +30,7 @@ def catalog(rates, accounts=(), carriers=None) -> Catalog:
     """Rates grouped into per-tenant tables; every carrier a rate names exists and is active unless given."""
     if carriers is None:
         carriers = [carrier(x.carrier_tag, x.tenant) for x in rates if x.carrier_tag]
-    tables: dict[str, RateTable] = {}
-    for x in rates:
-        tables.setdefault(x.tenant, RateTable()).add(x)
-    return Catalog(
-        accounts={(a.tenant, a.account_tag): a for a in accounts},
-        carriers={(c.tenant, c.carrier_tag): c for c in carriers},
-        tables={tenant: tbl.freeze() for tenant, tbl in tables.items()},
-    )
+    return Catalog.of(accounts, carriers, rates)
 
 
 def account(tag="a", tenant="t", **fields) -> Account:
