@@ -7,6 +7,7 @@ and run as the `postgres` system user.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -15,10 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -300,3 +303,35 @@ class AgentProcess:
     def stop(self) -> None:
         stop_process(self.process, 30)
         self.process = None
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool = False) -> Iterator[tuple[Path, list[Callable[[], None]]]]:
+    """A temporary folder for a load script and the list of stops of what it starts there.
+
+    SIGTERM and Ctrl-C raise KeyboardInterrupt (also in a script started in the background). On the way out
+    every stop runs, last first, with Ctrl-C ignored so that a second one cannot leave a server behind; then
+    the folder is removed unless `keep`.
+    """
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    stops: list[Callable[[], None]] = []
+    try:
+        yield folder, stops
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for stop in reversed(stops):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - stop the others anyway
+                print(f"[bench] stop failed: {exc}", file=sys.stderr)
+        if keep:
+            print(f"[bench] kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

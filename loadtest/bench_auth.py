@@ -26,11 +26,9 @@ import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -42,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from devstack import PostgresServer, RedisServer, free_port  # noqa: E402
+from devstack import PostgresServer, RedisServer, free_port, scratch, stop_process  # noqa: E402
 
 import generate  # noqa: E402
 
@@ -106,17 +104,6 @@ def git_revision(folder: Path) -> str:
 
 # ----------------------------------------------------------------------------------------- processes
 
-def _stop_process(process: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 @dataclass
 class HttpServer:
     """A child HTTP server on a free port, ready when GET /status answers 204."""
@@ -159,7 +146,7 @@ class HttpServer:
             return ""
 
     def stop(self) -> None:
-        _stop_process(self.process)
+        stop_process(self.process)
         self.process = None
         if hasattr(self, "_log"):
             self._log.close()
@@ -373,7 +360,7 @@ def profile_agent(pid: int, out_dir: Path, url: str, accounts: Path, destination
         except subprocess.TimeoutExpired:
             pass
     finally:
-        _stop_process(recorder, 10)
+        stop_process(recorder, 10)
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote nothing: {recorder.stderr.read().decode(errors='replace')}")
     return result, summarize_collapsed(raw, top)
@@ -546,7 +533,7 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
         "|---|---:|---:|---:|---:|---:|",
         f"| echo: aiohttp + uvloop + orjson, fixed answer | {echo.rps:,.0f} | {echo.p50_ms:.2f} |"
         f" {echo.p99_ms:.2f} | {echo.errors + echo.non_2xx} | 1.00 |",
-        f"| agent: {_processes(args.workers)} (rating, 1 FCALL, outbox writer) | {agent.rps:,.0f} | {agent.p50_ms:.2f} |"
+        f"| agent: {_processes(args.workers)} (rating, one FCALL each) | {agent.rps:,.0f} | {agent.p50_ms:.2f} |"
         f" {agent.p99_ms:.2f} | {agent.errors + agent.non_2xx} | {ratio:.2f} |",
         "",
         "Median round shown; ratio = median of the per-round ratios. Errors = socket errors + non-2xx.",
@@ -623,115 +610,98 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
-    workdir = Path(tempfile.mkdtemp(prefix="bench-auth-"))
-    stops: list[Callable[[], None]] = []
     status = 0
     try:
-        log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
-        log(f"working in {workdir}")
-        redis = RedisServer(workdir / "redis")
-        stops.append(redis.stop)
-        redis.start()
-        postgres = PostgresServer(workdir / "postgres")
-        stops.append(lambda: postgres.stop("immediate"))
-        postgres.start()
-        log(f"redis on {redis.port}, PostgreSQL on {postgres.port}; generating the catalog")
-        gen = generate.generate(workdir / "data", args.prefixes, args.accounts, args.carriers,
-                                destination_count=args.destinations, seed=args.seed)
-        log(f"{gen.prefixes:,} prefixes / {gen.rate_rows:,} rows generated in {gen.seconds:.1f}s; importing")
-        imports = {}
-        out, imports["catalog"] = run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
-        log(f"catalog: {out} ({imports['catalog']:.1f}s)")
-        out, imports["rates"] = run_cli(redis.url, postgres.url, "import", "rates", str(gen.deck), "--quiet")
-        log(f"rates: {out} ({imports['rates']:.1f}s)")
+        with scratch("bench-auth-", args.keep) as (workdir, stops):
+            log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
+            log(f"working in {workdir}")
+            redis = RedisServer(workdir / "redis")
+            stops.append(redis.stop)
+            redis.start()
+            postgres = PostgresServer(workdir / "postgres")
+            stops.append(lambda: postgres.stop("immediate"))
+            postgres.start()
+            log(f"redis on {redis.port}, PostgreSQL on {postgres.port}; generating the catalog")
+            gen = generate.generate(workdir / "data", args.prefixes, args.accounts, args.carriers,
+                                    destination_count=args.destinations, seed=args.seed)
+            log(f"{gen.prefixes:,} prefixes / {gen.rate_rows:,} rows generated in {gen.seconds:.1f}s; importing")
+            imports = {}
+            out, imports["catalog"] = run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
+            log(f"catalog: {out} ({imports['catalog']:.1f}s)")
+            out, imports["rates"] = run_cli(redis.url, postgres.url, "import", "rates", str(gen.deck), "--quiet")
+            log(f"rates: {out} ({imports['rates']:.1f}s)")
 
-        agent = HttpServer("agent", [sys.executable, "-m", "agent", "serve"], workdir / "agent.log", env={
-            "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url if args.redis_tcp else redis.socket_url, "RATING_DATABASE_URL": postgres.url,
-            "RATING_RECORD_RETENTION": "120", "RATING_LOG_LEVEL": "WARNING", "RATING_WORKERS": str(args.workers),
-            "RATING_AUTHORIZATION_TTL": str(args.authorization_ttl),
-            **dict(item.split("=", 1) for item in args.agent_env),
-        }, cwd=args.agent_root)
-        agent.env["RATING_PORT"] = str(agent.port)
-        stops.append(agent.stop)
-        started = time.perf_counter()
-        agent.start()
-        agent_ready = time.perf_counter() - started
-        echo = HttpServer("echo", [sys.executable, str(HERE / "echo.py"), "--port", "{port}"],
-                          workdir / "echo.log")
-        stops.append(echo.stop)
-        echo.start()
-        log(f"agent (pid {agent.process.pid}) ready in {agent_ready:.1f}s on {agent.port}, "
-            f"echo on {echo.port}")
+            agent = HttpServer("agent", [sys.executable, "-m", "agent", "serve"], workdir / "agent.log", env={
+                "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url if args.redis_tcp else redis.socket_url,
+                "RATING_DATABASE_URL": postgres.url,
+                "RATING_RECORD_RETENTION": "120", "RATING_LOG_LEVEL": "WARNING", "RATING_WORKERS": str(args.workers),
+                "RATING_AUTHORIZATION_TTL": str(args.authorization_ttl),
+                **dict(item.split("=", 1) for item in args.agent_env),
+            }, cwd=args.agent_root)
+            agent.env["RATING_PORT"] = str(agent.port)
+            stops.append(agent.stop)
+            started = time.perf_counter()
+            agent.start()
+            agent_ready = time.perf_counter() - started
+            echo = HttpServer("echo", [sys.executable, str(HERE / "echo.py"), "--port", "{port}"],
+                              workdir / "echo.log")
+            stops.append(echo.stop)
+            echo.start()
+            log(f"agent (pid {agent.process.pid}) ready in {agent_ready:.1f}s on {agent.port}, "
+                f"echo on {echo.port}")
 
-        servers = {"echo": echo, "agent": agent}
-        run_id = f"b{int(time.time())}"
-        if args.warmup:
-            for name, server in servers.items():
-                log(f"{name}: warm-up {args.warmup}s")
-                run_wrk(server.url, gen.accounts, gen.destinations, f"{run_id}w{name}", args.warmup,
-                        args.connections, args.threads)
-        runs: dict[str, list[WrkResult]] = {name: [] for name in servers}
-        for round_number in range(1, args.rounds + 1):
-            for name, server in servers.items():
-                meter = CpuMeter({
-                    "server": lambda s=server: process_tree(s.process.pid),
-                    "workers": lambda s=server: named(process_tree(s.process.pid), "rating-worker"),
-                    "housekeeper": lambda s=server: named(process_tree(s.process.pid), "rating-keeper"),
-                    "redis": lambda: [redis.process.pid] if redis.process else [],
-                    "postgres": lambda: postgres_pids(postgres),
-                })
-                children_before = os.times()
-                result = run_wrk(server.url, gen.accounts, gen.destinations, f"{run_id}r{round_number}{name}",
-                                 args.duration, args.connections, args.threads, meter)
-                children_after = os.times()
-                result.cpu["wrk"] = ((children_after.children_user + children_after.children_system)
-                                     - (children_before.children_user + children_before.children_system)
-                                     ) / meter.seconds
-                runs[name].append(result)
-                log(f"round {round_number} {name}: {result.rps:,.0f} requests/s, p50 {result.p50_ms:.2f} ms,"
-                    f" p99 {result.p99_ms:.2f} ms, machine busy {result.cpu.get('machine', 0):.2f} cores")
-                if agent.process.poll() is not None:
-                    raise RuntimeError(f"the agent died:\n{agent.log_tail()}")
+            servers = {"echo": echo, "agent": agent}
+            run_id = f"b{int(time.time())}"
+            if args.warmup:
+                for name, server in servers.items():
+                    log(f"{name}: warm-up {args.warmup}s")
+                    run_wrk(server.url, gen.accounts, gen.destinations, f"{run_id}w{name}", args.warmup,
+                            args.connections, args.threads)
+            runs: dict[str, list[WrkResult]] = {name: [] for name in servers}
+            for round_number in range(1, args.rounds + 1):
+                for name, server in servers.items():
+                    meter = CpuMeter({
+                        "server": lambda s=server: process_tree(s.process.pid),
+                        "workers": lambda s=server: named(process_tree(s.process.pid), "rating-worker"),
+                        "housekeeper": lambda s=server: named(process_tree(s.process.pid), "rating-keeper"),
+                        "redis": lambda: [redis.process.pid] if redis.process else [],
+                        "postgres": lambda: postgres_pids(postgres),
+                    })
+                    children_before = os.times()
+                    result = run_wrk(server.url, gen.accounts, gen.destinations, f"{run_id}r{round_number}{name}",
+                                     args.duration, args.connections, args.threads, meter)
+                    children_after = os.times()
+                    result.cpu["wrk"] = ((children_after.children_user + children_after.children_system)
+                                         - (children_before.children_user + children_before.children_system)
+                                         ) / meter.seconds
+                    runs[name].append(result)
+                    log(f"round {round_number} {name}: {result.rps:,.0f} requests/s, p50 {result.p50_ms:.2f} ms,"
+                        f" p99 {result.p99_ms:.2f} ms, machine busy {result.cpu.get('machine', 0):.2f} cores")
+                    if agent.process.poll() is not None:
+                        raise RuntimeError(f"the agent died:\n{agent.log_tail()}")
 
-        log(f"sampling {args.sample} authorizations")
-        sample = sample_authorizations(agent.url, gen.accounts, gen.destinations, args.sample, f"{run_id}s")
-        time.sleep(2.0)  # let the outbox writer catch up
-        after = redis_info(redis.url)
-        time.sleep(1.5)  # every worker's metrics flushed
-        after.update(redis_batches(agent.url))
-        records = postgres_query(postgres, "SELECT count(*) FROM transactions")
-        print(report(args, gen, imports, runs, sample, after, records, agent_ready), flush=True)
+            log(f"sampling {args.sample} authorizations")
+            sample = sample_authorizations(agent.url, gen.accounts, gen.destinations, args.sample, f"{run_id}s")
+            time.sleep(2.0)  # let the outbox writer catch up
+            after = redis_info(redis.url)
+            time.sleep(1.5)  # every worker's metrics flushed
+            after.update(redis_batches(agent.url))
+            records = postgres_query(postgres, "SELECT count(*) FROM transactions")
+            print(report(args, gen, imports, runs, sample, after, records, agent_ready), flush=True)
 
-        if args.profile:
-            log(f"profiling the agent for {args.duration}s with py-spy into {args.profile}")
-            profiled, summary = profile_agent(agent.process.pid, args.profile, agent.url, gen.accounts,
-                                              gen.destinations, f"{run_id}p", args.duration,
-                                              args.connections, args.threads)
-            print(f"\nProfile run (py-spy attached, 200 samples/s): {profiled.rps:,.0f} requests/s\n")
-            print(summary, flush=True)
-        agent_log = agent.log_tail()
-        if agent_log.strip():
-            print(f"\n[bench] agent log (tail):\n{agent_log[-1500:]}", file=sys.stderr)
+            if args.profile:
+                log(f"profiling the agent for {args.duration}s with py-spy into {args.profile}")
+                profiled, summary = profile_agent(agent.process.pid, args.profile, agent.url, gen.accounts,
+                                                  gen.destinations, f"{run_id}p", args.duration,
+                                                  args.connections, args.threads)
+                print(f"\nProfile run (py-spy attached, 200 samples/s): {profiled.rps:,.0f} requests/s\n")
+                print(summary, flush=True)
+            agent_log = agent.log_tail()
+            if agent_log.strip():
+                print(f"\n[bench] agent log (tail):\n{agent_log[-1500:]}", file=sys.stderr)
     except KeyboardInterrupt:
         print("\n[bench] interrupted; stopping everything", file=sys.stderr)
         status = 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave servers behind
-        for stop in reversed(stops):
-            try:
-                stop()
-            except Exception as exc:  # noqa: BLE001 - stop the others anyway
-                print(f"[bench] stop failed: {exc}", file=sys.stderr)
-        if args.keep:
-            print(f"[bench] kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     return status
 
 

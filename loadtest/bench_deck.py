@@ -24,18 +24,18 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devstack import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
+from devstack import (  # noqa: E402
+    PostgresServer, RedisServer, free_port, scratch, stop_process, wait_for_port,
+)
 
 TOKEN = "bench-token"
 
@@ -148,90 +148,80 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-deck-"))
-    redis = postgres = agent = None
     try:
-        redis = RedisServer(folder / "redis").start()
-        postgres = PostgresServer(folder / "postgres").start()
-        env = {**os.environ, "RATING_REDIS_URL": redis.url, "RATING_DATABASE_URL": postgres.url,
-               "RATING_LOG_LEVEL": "WARNING"}
-        cli = [sys.executable, "-m", "agent"]
-        catalog = folder / "catalog.json"
-        import json
+        with scratch("bench-deck-", args.keep) as (folder, stops):
+            redis = RedisServer(folder / "redis")
+            stops.append(redis.stop)
+            redis.start()
+            postgres = PostgresServer(folder / "postgres")
+            stops.append(postgres.stop)
+            postgres.start()
+            env = {**os.environ, "RATING_REDIS_URL": redis.url, "RATING_DATABASE_URL": postgres.url,
+                   "RATING_LOG_LEVEL": "WARNING"}
+            cli = [sys.executable, "-m", "agent"]
+            catalog = folder / "catalog.json"
+            import json
 
-        catalog.write_text(json.dumps(catalog_document(100)))
-        subprocess.run([*cli, "import", "catalog", str(catalog)], cwd=ROOT, env=env, check=True, timeout=120)
-        first, second = folder / "deck1.csv", folder / "deck2.csv"
-        destinations = write_deck(first, args.rows, 2, seed=1)
-        write_deck(second, args.rows, 3, seed=1)  # same prefixes, other price
-        started = time.perf_counter()
-        subprocess.run([*cli, "import", "rates", str(first), "--pricelist", "p1", "--carrier", "c1", "--quiet"],
-                       cwd=ROOT, env=env, check=True, timeout=args.timeout)
-        cli_seconds = time.perf_counter() - started
+            catalog.write_text(json.dumps(catalog_document(100)))
+            subprocess.run([*cli, "import", "catalog", str(catalog)], cwd=ROOT, env=env, check=True, timeout=120)
+            first, second = folder / "deck1.csv", folder / "deck2.csv"
+            destinations = write_deck(first, args.rows, 2, seed=1)
+            write_deck(second, args.rows, 3, seed=1)  # same prefixes, other price
+            started = time.perf_counter()
+            subprocess.run([*cli, "import", "rates", str(first), "--pricelist", "p1", "--carrier", "c1", "--quiet"],
+                           cwd=ROOT, env=env, check=True, timeout=args.timeout)
+            cli_seconds = time.perf_counter() - started
 
-        port = free_port()
-        agent = subprocess.Popen(
-            [*cli, "serve"], cwd=ROOT, start_new_session=True,
-            env={**env, "RATING_PORT": str(port), "RATING_WORKERS": str(args.workers),
-                 "RATING_MANAGEMENT_TOKEN": TOKEN, "RATING_RECORD_RETENTION": "120"},
-            stdout=(folder / "agent.log").open("wb"), stderr=subprocess.STDOUT,
-        )
-        wait_for_port(port, timeout=args.timeout)
-        url = f"http://127.0.0.1:{port}"
-        import urllib.request
+            port = free_port()
+            agent = subprocess.Popen(
+                [*cli, "serve"], cwd=ROOT, start_new_session=True,
+                env={**env, "RATING_PORT": str(port), "RATING_WORKERS": str(args.workers),
+                     "RATING_MANAGEMENT_TOKEN": TOKEN, "RATING_RECORD_RETENTION": "120"},
+                stdout=(folder / "agent.log").open("wb"), stderr=subprocess.STDOUT,
+            )
+            stops.append(lambda: stop_process(agent, 20))
+            wait_for_port(port, timeout=args.timeout)
+            url = f"http://127.0.0.1:{port}"
+            import urllib.request
 
-        deadline = time.monotonic() + args.timeout
-        while True:  # the port opens before the first catalog is in memory: wait for a rated answer
-            request = urllib.request.Request(url + "/v1/authorization", method="POST", data=json.dumps({
-                "transaction_tag": "warm", "account_tag": "a0", "destination": destinations[0]}).encode())
-            try:
-                with urllib.request.urlopen(request, timeout=5) as reply:
-                    if json.loads(reply.read()).get("authorized"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("agent not ready")
-            time.sleep(0.5)
-
-        result = asyncio.run(run_load(url, destinations, args, second))
-        before, during = result["before"], result["during"]
-        print(f"\n### {args.rows:,}-rate deck, agent with {args.workers} worker(s), {args.concurrency} requests in flight\n")
-        print("| measure | value |\n|---|---|")
-        print(f"| CLI import of the first deck (`import rates`, new rows) | {cli_seconds:.1f} s |")
-        print(f"| HTTP import of the second deck (answer; server-side {result['server_seconds']} s) |"
-              f" {result['import_seconds']:.1f} s |")
-        print(f"| import + activation (upload start → first authorization on the new deck) |"
-              f" {result['activate_seconds']:.1f} s |")
-        for name, values in (("before", before), ("during import + activation", during)):
-            if values:
-                print(f"| authorizations {name}: count, p50 / p99 / max | {len(values)},"
-                      f" {percentile(values, .5) * 1000:.1f} / {percentile(values, .99) * 1000:.1f} /"
-                      f" {max(values) * 1000:.1f} ms |")
-        rate = len(during) / result["activate_seconds"] if result["activate_seconds"] else 0
-        print(f"| authorizations/s during | {rate:.0f} (before: {len(before) / args.baseline:.0f}) |")
-        print(f"| failed or timed-out authorizations | {result['errors']} |")
-        if during:
-            print(f"\nmean during: {statistics.mean(during) * 1000:.1f} ms")
-        return 0
-    finally:
-        if agent is not None and agent.poll() is None:
-            agent.terminate()
-            try:
-                agent.wait(20)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-        for server in (postgres, redis):
-            if server is not None:
+            deadline = time.monotonic() + args.timeout
+            while True:  # the port opens before the first catalog is in memory: wait for a rated answer
+                request = urllib.request.Request(url + "/v1/authorization", method="POST", data=json.dumps({
+                    "transaction_tag": "warm", "account_tag": "a0", "destination": destinations[0]}).encode())
                 try:
-                    server.stop()
-                except Exception as exc:  # noqa: BLE001
-                    print(f"stopping {type(server).__name__}: {exc}", file=sys.stderr)
-        if args.keep:
-            print(f"kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+                    with urllib.request.urlopen(request, timeout=5) as reply:
+                        if json.loads(reply.read()).get("authorized"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("agent not ready")
+                time.sleep(0.5)
+
+            result = asyncio.run(run_load(url, destinations, args, second))
+            before, during = result["before"], result["during"]
+            print(f"\n### {args.rows:,}-rate deck, agent with {args.workers} worker(s),"
+                  f" {args.concurrency} requests in flight\n")
+            print("| measure | value |\n|---|---|")
+            print(f"| CLI import of the first deck (`import rates`, new rows) | {cli_seconds:.1f} s |")
+            print(f"| HTTP import of the second deck (answer; server-side {result['server_seconds']} s) |"
+                  f" {result['import_seconds']:.1f} s |")
+            print(f"| import + activation (upload start → first authorization on the new deck) |"
+                  f" {result['activate_seconds']:.1f} s |")
+            for name, values in (("before", before), ("during import + activation", during)):
+                if values:
+                    print(f"| authorizations {name}: count, p50 / p99 / max | {len(values)},"
+                          f" {percentile(values, .5) * 1000:.1f} / {percentile(values, .99) * 1000:.1f} /"
+                          f" {max(values) * 1000:.1f} ms |")
+            rate = len(during) / result["activate_seconds"] if result["activate_seconds"] else 0
+            print(f"| authorizations/s during | {rate:.0f} (before: {len(before) / args.baseline:.0f}) |")
+            print(f"| failed or timed-out authorizations | {result['errors']} |")
+            if during:
+                print(f"\nmean during: {statistics.mean(during) * 1000:.1f} ms")
+            return 0
+    except KeyboardInterrupt:
+        print("\n[bench] interrupted; stopping everything", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,11 +23,8 @@ import argparse
 import asyncio
 import gc
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -242,52 +239,37 @@ def main(argv: list[str] | None = None) -> int:
 
     import generate
     from bench_auth import machine_description, run_cli
-    from devstack import PostgresServer
+    from devstack import PostgresServer, scratch
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
-    workdir = Path(tempfile.mkdtemp(prefix="bench-table-"))
-    postgres = PostgresServer(workdir / "postgres")
     status = 0
     log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        log(f"working in {workdir}")
-        postgres.start()
-        log(f"PostgreSQL on {postgres.port}; generating {args.prefixes:,} prefixes")
-        gen = generate.generate(workdir / "data", args.prefixes, account_count=100, carrier_count=args.carriers,
-                                destination_count=args.lookups, seed=args.seed, balances=False)
-        log(f"{gen.rate_rows:,} rows in {gen.seconds:.1f}s ({gen.deck.stat().st_size / 2**20:.0f} MB); importing")
-        no_redis = "redis://127.0.0.1:1/0"  # a catalog without balances never touches Redis
-        imports = {}
-        out, imports["catalog"] = run_cli(no_redis, postgres.url, "import", "catalog", str(gen.catalog))
-        log(f"catalog: {out} ({imports['catalog']:.1f}s)")
-        out, imports["rates"] = run_cli(no_redis, postgres.url, "import", "rates", str(gen.deck), "--quiet")
-        log(f"rates: {out} ({imports['rates']:.1f}s); loading in a fresh process")
-        plain = _fresh_process(postgres.url, gen.destinations, args.lookups, False, 1800)
-        log(f"load {plain['load_seconds']:.1f}s, lookups done")
-        traced = None
-        if not args.no_tracemalloc:
-            log("loading again under tracemalloc")
-            traced = _fresh_process(postgres.url, gen.destinations, args.lookups, True, 3600)
-        print(f"Machine: {machine_description()}\n")
-        print(report(gen.prefixes, gen.rate_rows, gen.seconds, imports, plain, traced), flush=True)
+        with scratch("bench-table-", args.keep) as (workdir, stops):
+            log(f"working in {workdir}")
+            postgres = PostgresServer(workdir / "postgres")
+            stops.append(lambda: postgres.stop("immediate"))
+            postgres.start()
+            log(f"PostgreSQL on {postgres.port}; generating {args.prefixes:,} prefixes")
+            gen = generate.generate(workdir / "data", args.prefixes, account_count=100, carrier_count=args.carriers,
+                                    destination_count=args.lookups, seed=args.seed, balances=False)
+            log(f"{gen.rate_rows:,} rows in {gen.seconds:.1f}s ({gen.deck.stat().st_size / 2**20:.0f} MB); importing")
+            no_redis = "redis://127.0.0.1:1/0"  # a catalog without balances never touches Redis
+            imports = {}
+            out, imports["catalog"] = run_cli(no_redis, postgres.url, "import", "catalog", str(gen.catalog))
+            log(f"catalog: {out} ({imports['catalog']:.1f}s)")
+            out, imports["rates"] = run_cli(no_redis, postgres.url, "import", "rates", str(gen.deck), "--quiet")
+            log(f"rates: {out} ({imports['rates']:.1f}s); loading in a fresh process")
+            plain = _fresh_process(postgres.url, gen.destinations, args.lookups, False, 1800)
+            log(f"load {plain['load_seconds']:.1f}s, lookups done")
+            traced = None
+            if not args.no_tracemalloc:
+                log("loading again under tracemalloc")
+                traced = _fresh_process(postgres.url, gen.destinations, args.lookups, True, 3600)
+            print(f"Machine: {machine_description()}\n")
+            print(report(gen.prefixes, gen.rate_rows, gen.seconds, imports, plain, traced), flush=True)
     except KeyboardInterrupt:
         print("\n[bench] interrupted; stopping everything", file=sys.stderr)
         status = 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            postgres.stop("immediate")
-        except Exception as exc:  # noqa: BLE001
-            print(f"[bench] stop failed: {exc}", file=sys.stderr)
-        if args.keep:
-            print(f"[bench] kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     return status
 
 
