@@ -80,25 +80,57 @@ local function duration_of(begin_ms, end_ms)
   return math.ceil((end_ms - begin_ms) / 1000)
 end
 
+-- An integer as Redis and JSON want it: Lua formats numbers as floats (`%.17g`, `1e+12`), slowly.
+local function int(value)
+  return string.format('%d', value)
+end
+
 local function load(key)
   local raw = redis.call('HGET', key, 'doc')
   if not raw then
     return nil
   end
-  return cjson.decode(raw)
+  local doc = cjson.decode(raw)
+  if type(doc.rv) == 'table' and type(doc.p) == 'table' then  -- a new call's reservations (see encode_new)
+    for index, party in ipairs(doc.p) do
+      party.rv = tonumber(doc.rv[index]) or 0
+    end
+  end
+  doc.rv = nil
+  return doc
+end
+
+-- The document of a call new in this authorization, written as text around the parties exactly as the
+-- agent sent them (their reservations beside them, in `rv`; `load` puts them back): encoding the whole
+-- table with cjson, which formats every number as a float, was a quarter of an authorization's cost.
+local function encode_new(doc, parties, reserved)
+  local parts = {'{"st":', cjson.encode(doc.st), ',"tn":', cjson.encode(doc.tn), ',"tt":', cjson.encode(doc.tt),
+    ',"ck":', cjson.encode(doc.ck), ',"ta":', int(doc.ta), ',"rs":', cjson.encode(doc.rs), ',"rt":',
+    cjson.encode(doc.rt), ',"bal":', int(doc.bal), ',"u":', int(doc.u), ',"rv":[', table.concat(reserved, ','), ']'}
+  if doc.tb then
+    parts[#parts + 1] = ',"tb":' .. int(doc.tb)
+  end
+  if doc.cm then
+    parts[#parts + 1] = ',"cm":' .. int(doc.cm) .. ',"cu":' .. int(doc.cu)
+  end
+  parts[#parts + 1] = ',"p":'
+  parts[#parts + 1] = parties
+  parts[#parts + 1] = '}'
+  return table.concat(parts)
 end
 
 -- Stores the call. A final state goes to the outbox and is kept `retention` seconds for retries and reads;
 -- an open state stays in Redis only, stamped with Redis' clock (cm = ms, cu = µs within it) so that its
 -- version sorts below the outbox id of any later change of the call. `fresh`: the key did not exist.
-local function save(key, doc, outbox, retention, meta, fresh)
+-- `encoded`: the document already as text (encode_new), written as it is.
+local function save(key, doc, outbox, retention, meta, fresh, encode)
   local final = FINAL[doc.st]
   if not final then
     local now = redis.call('TIME')
     doc.cm = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
     doc.cu = tonumber(now[2]) % 1000
   end
-  local encoded = cjson.encode(doc)
+  local encoded = encode and encode(doc) or cjson.encode(doc)
   if meta then
     redis.call('HSET', key, 'doc', encoded, 'meta', meta)
   else
@@ -166,8 +198,8 @@ local function begin_call(doc, key, deadlines, begin_ms, grace)
   if doc.st == 'authorized' then
     doc.st = 'begun'
     doc.tb = begin_ms
-    redis.call('HINCRBY', STATS, 'running', 1)
-    redis.call('ZADD', deadlines, begin_ms + doc.u * 1000 + grace, key)
+    redis.call('HINCRBY', STATS, 'running', '1')
+    redis.call('ZADD', deadlines, int(begin_ms + doc.u * 1000 + grace), key)
     return true
   end
   return doc.st == 'begun' or doc.st == 'ended'
@@ -240,33 +272,45 @@ local function authorize(keys, args)
   local parties = cjson.decode(args[9])
   local reason, refused_tag, units, balance = decide(parties, args[11], args[12], share, cap)
   doc = {tn = args[7], tt = args[8], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
+  local reserved = {}
+  local function encode(state)
+    return encode_new(state, args[9], reserved)
+  end
   if reason ~= '' then
     doc.st = 'refused'
     doc.u = 0
-    save(key, doc, outbox, retention, args[10])
+    for index = 1, #parties do
+      reserved[index] = '0'
+    end
+    save(key, doc, outbox, retention, args[10], stored == nil, encode)
     return reply(false, doc)
   end
   doc.st = 'authorized'
   doc.u = units
-  for _, party in ipairs(parties) do
+  local total = 0
+  for index, party in ipairs(parties) do
     party.rv = 0
     if party.c == 1 then
       party.rv = fee(party.r, units)
-      if party.rv ~= 0 then
-        redis.call('HINCRBY', party.k, 'reserved', party.rv)
-        redis.call('HINCRBY', STATS, 'reserved', party.rv)
-      end
     end
-    redis.call('HINCRBY', party.k, 'n', 1)
-    redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', 1)
+    reserved[index] = int(party.rv)
+    if party.rv ~= 0 then
+      redis.call('HINCRBY', party.k, 'reserved', reserved[index])
+      total = total + party.rv
+    end
+    redis.call('HINCRBY', party.k, 'n', '1')
+    redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', '1')
     redis.call('SADD', party.o, key)
   end
-  redis.call('ZADD', deadlines, now + ttl, key)
+  if total ~= 0 then
+    redis.call('HINCRBY', STATS, 'reserved', int(total))
+  end
+  redis.call('ZADD', deadlines, int(now + ttl), key)
   local ok = true
   if beginning then
     ok = begin_call(doc, key, deadlines, at, grace)
   end
-  save(key, doc, outbox, retention, args[10], stored == nil)
+  save(key, doc, outbox, retention, args[10], stored == nil, encode)
   return reply(ok, doc)
 end
 
