@@ -11,6 +11,7 @@ and removes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -36,18 +37,34 @@ def worker_count(settings: Settings) -> int:
 
 
 def run_worker(settings: Settings, reuse_port: bool = True) -> None:
-    """One event loop serving requests until SIGTERM/SIGINT, then a graceful shutdown."""
+    """One event loop serving requests until SIGTERM (or SIGINT, unless ignored), then a graceful shutdown."""
     import uvloop
+
+    uvloop.run(serve_http(settings, reuse_port))
+
+
+async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
+    """The application behind the front door (http/front.py) on the configured address, until a signal."""
     from aiohttp import web
 
     from .app import create_app
+    from .http import front
 
-    uvloop.install()
-    web.run_app(
-        create_app(settings, housekeeping=False), host=settings.host, port=settings.port,
-        reuse_port=reuse_port, access_log=None, print=lambda text: log.info(text.strip()),
-        shutdown_timeout=10, handle_signals=True,
-    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # workers leave Ctrl-C to the supervisor
+            loop.add_signal_handler(signum, stop.set)
+    app = create_app(settings, housekeeping=False)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    try:
+        front.install(runner.server, app)
+        await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
+        log.info("serving on http://%s:%d", settings.host, settings.port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def set_process_name(name: str) -> None:

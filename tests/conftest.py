@@ -101,6 +101,7 @@ async def agent(stack):
 
     from agent.app import create_app
     from agent.config import Settings
+    from agent.http import front
 
     clients = []
 
@@ -110,6 +111,7 @@ async def agent(stack):
         app = create_app(Settings(redis_url=stack.redis_url, database_url=stack.database_url, **settings))
         client = TestClient(TestServer(app))
         await client.start_server()
+        front.install(client.server.runner.server, app)  # served as `python -m agent serve` serves it
         clients.append(client)
         return client
 

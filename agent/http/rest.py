@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from cache import UNAVAILABLE
 
+from ..config import Settings
 from ..keys import SETTINGS, TRANSACTIONS
 from ..metrics import ENDPOINTS
-from ..transaction import Conflict
+from ..transaction import Conflict, Transactions
 from .access import client_allowed
 from .responses import detail, json_response
-from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Unparsable, ValidationFailed, parse_body, validate
+from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field, Unparsable, ValidationFailed, parse_body, validate
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -22,41 +24,67 @@ routes = web.RouteTableDef()
 FORBIDDEN_DETAIL = "Forbidden: this client may not use the agent endpoints"
 UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cannot be reached"
 
+# path -> (request fields, Transactions method)
+ENDPOINTS_BY_PATH: dict[str, tuple[tuple[Field, ...], str]] = {
+    "/v1/authorization": (AUTHORIZATION, "authorization"),
+    "/v1/begin_transaction": (BEGIN, "begin"),
+    "/v1/end_transaction": (END, "end"),
+    "/v1/rollback_transaction": (ROLLBACK, "rollback"),
+    "/v1/record_transaction": (RECORD, "record"),
+}
 
-def _endpoint(path: str, fields, operation: str) -> None:
-    async def handler(request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        app = request.app
-        if not client_allowed(request, app[SETTINGS]):
-            response = detail(FORBIDDEN_DETAIL, 403)
+Endpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+async def answer(request: web.BaseRequest, settings: Settings, operate: Callable[[dict], Awaitable[dict[str, Any]]],
+                 fields: tuple[Field, ...], operation: str) -> web.Response:
+    """One call operation: the request validated, performed, answered and counted."""
+    started = time.perf_counter()
+    if not client_allowed(request, settings):
+        response = detail(FORBIDDEN_DETAIL, 403)
+    else:
+        try:
+            result = await operate(validate(parse_body(await request.read()), fields))
+        except Unparsable as exc:
+            response = detail(str(exc), 400)
+        except ValidationFailed as exc:
+            response = detail(exc.errors, 422)
+        except Conflict as exc:
+            response = detail(str(exc), 409)
+        except UNAVAILABLE as exc:
+            log.warning("%s: Redis unavailable: %r", request.path, exc)
+            response = detail(UNAVAILABLE_DETAIL, 503)
         else:
-            try:
-                values = validate(parse_body(await request.read()), fields)
-                result = await getattr(app[TRANSACTIONS], operation)(values)
-            except Unparsable as exc:
-                response = detail(str(exc), 400)
-            except ValidationFailed as exc:
-                response = detail(exc.errors, 422)
-            except Conflict as exc:
-                response = detail(str(exc), 409)
-            except UNAVAILABLE as exc:
-                log.warning("%s: Redis unavailable: %r", path, exc)
-                response = detail(UNAVAILABLE_DETAIL, 503)
-            else:
-                if operation == "authorization":
-                    ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
-                response = json_response(result)
-        ENDPOINTS.observe(operation, response.status, time.perf_counter() - started)
-        return response
+            if operation == "authorization":
+                ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
+            response = json_response(result)
+    ENDPOINTS.observe(operation, response.status, time.perf_counter() - started)
+    return response
+
+
+def _bound(settings: Settings, transactions: Transactions, fields: tuple[Field, ...], operation: str) -> Endpoint:
+    operate = getattr(transactions, operation)
+
+    def endpoint(request: web.BaseRequest) -> Awaitable[web.Response]:
+        return answer(request, settings, operate, fields, operation)
+
+    return endpoint
+
+
+def direct(app: web.Application) -> dict[str, Endpoint]:
+    """The endpoints by path, bound to the state of `app` (started), for the front door (front.py)."""
+    return {path: _bound(app[SETTINGS], app[TRANSACTIONS], fields, operation)
+            for path, (fields, operation) in ENDPOINTS_BY_PATH.items()}
+
+
+def _route(path: str, fields: tuple[Field, ...], operation: str) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        app = request.app
+        return await answer(request, app[SETTINGS], getattr(app[TRANSACTIONS], operation), fields, operation)
 
     handler.__name__ = operation
     routes.post(path)(handler)
 
 
-_endpoint("/v1/authorization", AUTHORIZATION, "authorization")
-_endpoint("/v1/begin_transaction", BEGIN, "begin")
-_endpoint("/v1/end_transaction", END, "end")
-_endpoint("/v1/rollback_transaction", ROLLBACK, "rollback")
-_endpoint("/v1/record_transaction", RECORD, "record")
-
-
+for _path, (_fields, _operation) in ENDPOINTS_BY_PATH.items():
+    _route(_path, _fields, _operation)
