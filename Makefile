@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Everything else is optional.
 PYTHON ?= python3
 
-.PHONY: install run test test-fast bench bench-table clean
+.PHONY: install run test test-fast bench bench-table bench-instructions clean
 
 install:
 	@./devstack/install.sh
@@ -20,6 +20,10 @@ bench: install
 
 bench-table: install
 	$(PYTHON) loadtest/bench_table.py
+
+bench-instructions: install
+	command -v valgrind >/dev/null || apt-get install -y valgrind
+	$(PYTHON) loadtest/bench_instructions.py
 
 clean:
 	rm -rf .data .pytest_cache .hypothesis

@@ -1,0 +1,113 @@
+"""CPU instructions per authorization of one HTTP worker against the echo, counted by valgrind: no noise.
+
+    python loadtest/bench_instructions.py [--prefixes 100000] [--accounts 1000] [--duration 10]
+                                          [--agent-root DIR] [--agent-env NAME=VALUE] [--keep]
+
+On this shared machine requests per second move by a tenth from one round to the next, more than most
+changes are worth. Instructions do not: `valgrind --tool=callgrind` counts the ones a process executes,
+the same for the same code and load whatever else runs. In a temporary folder this starts Redis and
+PostgreSQL, imports the same catalog as bench_auth.py, then runs the echo and ONE agent worker (no
+supervisor, no housekeeper) under callgrind with counting off; after a warm-up it counts during a wrk
+run of each and prints instructions per request and their ratio (echo / agent: the throughput ratio the
+agent would reach if both ran at the same instructions per second). Kernel work (socket reads and
+writes) and Redis' own work are not in the counts; the agent is about 30 times slower under valgrind,
+so its Redis batches are larger than at full speed. Needs valgrind (apt-get install valgrind) and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from devstack import PostgresServer, RedisServer, scratch  # noqa: E402
+
+import generate  # noqa: E402
+from bench_auth import ROOT, HttpServer, run_cli, run_wrk  # noqa: E402
+
+WORKER = ("from agent.config import Settings; from agent.serve import run_worker; "
+          "run_worker(Settings.load(), reuse_port=False)")
+
+
+def callgrind(out: Path, *argv: str) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv]
+
+
+def count(server: HttpServer, out: Path, accounts: Path, destinations: Path, run_id: str, seconds: int,
+          connections: int) -> tuple[int, int]:
+    """(requests answered, instructions executed) during one wrk run with counting on."""
+    pid = str(server.process.pid)
+    subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=True, timeout=60)
+    result = run_wrk(server.url, accounts, destinations, run_id, seconds, connections, 1)
+    subprocess.run(["callgrind_control", "-i", "off", pid], capture_output=True, check=True, timeout=60)
+    subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True, timeout=120)
+    totals = [int(line.split()[1]) for dump in out.parent.glob(out.name + "*")
+              for line in dump.read_text(errors="replace").splitlines() if line.startswith("totals:")]
+    return result.requests, max(totals, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prefixes", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each counted run (max 60)")
+    parser.add_argument("--warmup", type=int, default=20, help="seconds of each uncounted run first (max 120)")
+    parser.add_argument("--destinations", type=int, default=2_000,
+                        help="distinct destinations (few enough that the warm-up fills the routing memo)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--agent-root", type=Path, default=ROOT, help="the checkout whose agent is measured")
+    parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, callgrind files)")
+    args = parser.parse_args(argv)
+    seconds = max(1, min(args.duration, 60))
+    with scratch("bench-instructions-", args.keep) as (workdir, stops):
+        log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
+        redis = RedisServer(workdir / "redis")
+        stops.append(redis.stop)
+        redis.start()
+        postgres = PostgresServer(workdir / "postgres")
+        stops.append(lambda: postgres.stop("immediate"))
+        postgres.start()
+        gen = generate.generate(workdir / "data", args.prefixes, args.accounts, destination_count=args.destinations)
+        run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
+        run_cli(redis.url, postgres.url, "import", "rates", str(gen.deck), "--quiet")
+        log(f"{gen.prefixes:,} prefixes imported; starting both servers under valgrind (a few minutes)")
+        python = str(Path(sys.executable).resolve())  # the interpreter itself, not a wrapper script
+        outputs = {"echo": workdir / "echo.callgrind", "agent": workdir / "agent.callgrind"}
+        echo = HttpServer("echo", callgrind(outputs["echo"], python, str(HERE / "echo.py"), "--port", "{port}"),
+                          workdir / "echo.log")
+        agent = HttpServer("agent", callgrind(outputs["agent"], python, "-c", WORKER), workdir / "agent.log", env={
+            "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.socket_url, "RATING_DATABASE_URL": postgres.url,
+            "RATING_RECORD_RETENTION": "120", "RATING_LOG_LEVEL": "WARNING", "RATING_AUTHORIZATION_TTL": "3600",
+            **dict(item.split("=", 1) for item in args.agent_env),
+        }, cwd=args.agent_root)
+        agent.env["RATING_PORT"] = str(agent.port)
+        for server in (echo, agent):
+            stops.append(server.stop)
+            started = time.perf_counter()
+            server.start(timeout=1200)
+            log(f"{server.name} ready under valgrind in {time.perf_counter() - started:.0f}s")
+        per_request = {}
+        run_id = f"i{int(time.time())}"
+        for name, server in (("echo", echo), ("agent", agent)):
+            run_wrk(server.url, gen.accounts, gen.destinations, f"{run_id}w{name}", max(1, min(args.warmup, 120)),
+                    args.connections, 1)
+            requests, instructions = count(server, outputs[name], gen.accounts, gen.destinations,
+                                           f"{run_id}{name}", seconds, args.connections)
+            per_request[name] = instructions / max(requests, 1)
+            log(f"{name}: {requests:,} requests, {instructions:,} instructions")
+        print("| server | instructions per request |\n|---|---:|")
+        for name, value in per_request.items():
+            print(f"| {name} | {value:,.0f} |")
+        print(f"\nratio echo / agent: {per_request['echo'] / per_request['agent']:.3f} "
+              f"(agent at {args.agent_root})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
