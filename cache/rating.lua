@@ -122,7 +122,7 @@ end
 -- Stores the call. A final state goes to the outbox and is kept `retention` seconds for retries and reads;
 -- an open state stays in Redis only, stamped with Redis' clock (cm = ms, cu = µs within it) so that its
 -- version sorts below the outbox id of any later change of the call. `fresh`: the key did not exist.
--- `encoded`: the document already as text (encode_new), written as it is.
+-- `encode`: how the document becomes text (encode_new for a new call; cjson.encode by default).
 local function save(key, doc, outbox, retention, meta, fresh, encode)
   local final = FINAL[doc.st]
   if not final then
