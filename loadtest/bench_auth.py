@@ -434,6 +434,29 @@ def run_cli(redis_url: str, database_url: str, *argv: str, timeout: float = 1800
     return done.stdout.strip(), seconds
 
 
+def start_stack(workdir: Path, stops: list[Callable[[], None]], log: Callable[[str], None], prefixes: int,
+                accounts: int, carriers: int = 10, destinations: int = 10_000, seed: int = 1,
+                ) -> tuple[RedisServer, PostgresServer, generate.Generated, dict[str, float]]:
+    """Redis and PostgreSQL in `workdir` (their stops added to `stops`) holding a generated catalog, imported
+    with the agent's CLI; also the seconds each import took."""
+    redis = RedisServer(workdir / "redis")
+    stops.append(redis.stop)
+    redis.start()
+    postgres = PostgresServer(workdir / "postgres")
+    stops.append(lambda: postgres.stop("immediate"))
+    postgres.start()
+    log(f"redis on {redis.port}, PostgreSQL on {postgres.port}; generating the catalog")
+    gen = generate.generate(workdir / "data", prefixes, accounts, carriers, destination_count=destinations,
+                            seed=seed)
+    log(f"{gen.prefixes:,} prefixes / {gen.rate_rows:,} rows generated in {gen.seconds:.1f}s; importing")
+    imports = {}
+    out, imports["catalog"] = run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
+    log(f"catalog: {out} ({imports['catalog']:.1f}s)")
+    out, imports["rates"] = run_cli(redis.url, postgres.url, "import", "rates", str(gen.deck), "--quiet")
+    log(f"rates: {out} ({imports['rates']:.1f}s)")
+    return redis, postgres, gen, imports
+
+
 def postgres_pids(server: PostgresServer) -> list[int]:
     try:
         main = int((server.directory / "pgdata" / "postmaster.pid").read_text().split()[0])
@@ -615,21 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         with scratch("bench-auth-", args.keep) as (workdir, stops):
             log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
             log(f"working in {workdir}")
-            redis = RedisServer(workdir / "redis")
-            stops.append(redis.stop)
-            redis.start()
-            postgres = PostgresServer(workdir / "postgres")
-            stops.append(lambda: postgres.stop("immediate"))
-            postgres.start()
-            log(f"redis on {redis.port}, PostgreSQL on {postgres.port}; generating the catalog")
-            gen = generate.generate(workdir / "data", args.prefixes, args.accounts, args.carriers,
-                                    destination_count=args.destinations, seed=args.seed)
-            log(f"{gen.prefixes:,} prefixes / {gen.rate_rows:,} rows generated in {gen.seconds:.1f}s; importing")
-            imports = {}
-            out, imports["catalog"] = run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
-            log(f"catalog: {out} ({imports['catalog']:.1f}s)")
-            out, imports["rates"] = run_cli(redis.url, postgres.url, "import", "rates", str(gen.deck), "--quiet")
-            log(f"rates: {out} ({imports['rates']:.1f}s)")
+            redis, postgres, gen, imports = start_stack(workdir, stops, log, args.prefixes, args.accounts,
+                                                        args.carriers, args.destinations, args.seed)
 
             agent = HttpServer("agent", [sys.executable, "-m", "agent", "serve"], workdir / "agent.log", env={
                 "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url if args.redis_tcp else redis.socket_url,

@@ -25,10 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from devstack import PostgresServer, RedisServer, scratch  # noqa: E402
+from devstack import scratch  # noqa: E402
 
-import generate  # noqa: E402
-from bench_auth import ROOT, HttpServer, run_cli, run_wrk  # noqa: E402
+from bench_auth import ROOT, HttpServer, run_wrk, start_stack  # noqa: E402
 
 WORKER = ("from agent.config import Settings; from agent.serve import run_worker; "
           "run_worker(Settings.load(), reuse_port=False)")
@@ -67,16 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = max(1, min(args.duration, 60))
     with scratch("bench-instructions-", args.keep) as (workdir, stops):
         log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
-        redis = RedisServer(workdir / "redis")
-        stops.append(redis.stop)
-        redis.start()
-        postgres = PostgresServer(workdir / "postgres")
-        stops.append(lambda: postgres.stop("immediate"))
-        postgres.start()
-        gen = generate.generate(workdir / "data", args.prefixes, args.accounts, destination_count=args.destinations)
-        run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
-        run_cli(redis.url, postgres.url, "import", "rates", str(gen.deck), "--quiet")
-        log(f"{gen.prefixes:,} prefixes imported; starting both servers under valgrind (a few minutes)")
+        redis, postgres, gen, _ = start_stack(workdir, stops, log, args.prefixes, args.accounts,
+                                              destinations=args.destinations)
+        log("starting both servers under valgrind")
         python = str(Path(sys.executable).resolve())  # the interpreter itself, not a wrapper script
         outputs = {"echo": workdir / "echo.callgrind", "agent": workdir / "agent.callgrind"}
         echo = HttpServer("echo", callgrind(outputs["echo"], python, str(HERE / "echo.py"), "--port", "{port}"),
