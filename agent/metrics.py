@@ -81,7 +81,6 @@ class LiveState:
         s = self.snapshot
         yield GaugeMetricFamily("rating_calls_open", "Calls authorized or running", value=s.get("open", 0))
         yield GaugeMetricFamily("rating_calls_in_progress", "Calls begun and not ended", value=s.get("running", 0))
-        yield GaugeMetricFamily("rating_reserved_amount", "Balance held by open calls", value=s.get("reserved", 0))
         yield CounterMetricFamily("rating_charges", "Charges made", value=s.get("charges", 0))
         yield CounterMetricFamily("rating_charged_amount", "Amount charged", value=s.get("charged", 0))
         yield CounterMetricFamily("rating_refunded_amount", "Amount refunded", value=s.get("refunded", 0))

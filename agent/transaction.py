@@ -50,22 +50,29 @@ class Fragments:
 
     def __init__(self, catalog: Catalog | None) -> None:
         self.catalog = catalog
-        self._accounts: dict[int, tuple[bytes, bytes]] = {}
+        self._accounts: tuple[dict[int, tuple[bytes, bytes]], ...] = ({}, {})  # outbound, inbound
         self._rates: dict[int, tuple[bytes, bytes]] = {}
 
-    def _account(self, account) -> tuple[bytes, bytes]:
-        found = self._accounts.get(id(account))
+    def _account(self, account, inbound: bool) -> tuple[bytes, bytes]:
+        """The account as a party in one direction: `o` is its open-call set in that direction, `ox` the
+        other direction's, which only a total limit needs."""
+        accounts = self._accounts[inbound]
+        found = accounts.get(id(account))
         if found is None:
-            found = self._accounts[id(account)] = (orjson.dumps({
-                "k": account_key(account.tenant, account.account_tag),
-                "o": open_calls_key(account.tenant, account.account_tag),
-                "a": account.account_tag,
+            tenant, tag = account.tenant, account.account_tag
+            party = {
+                "k": account_key(tenant, tag),
+                "o": open_calls_key(tenant, tag, inbound),
+                "a": tag,
                 "cr": account.credit,
                 "mt": _limit(account.max_concurrent_transactions),
                 "mi": _limit(account.max_inbound_transactions),
                 "mo": _limit(account.max_outbound_transactions),
                 "s": account.balance,
-            })[:-1], orjson.dumps(list(account.tags)))
+            }
+            if account.max_concurrent_transactions is not None:
+                party["ox"] = open_calls_key(tenant, tag, not inbound)
+            found = accounts[id(account)] = (orjson.dumps(party)[:-1], orjson.dumps(list(account.tags)))
         return found
 
     def _rate(self, rate) -> tuple[bytes, bytes]:
@@ -82,7 +89,7 @@ class Fragments:
         """(the parties as the Redis library reads them, their rate snapshots and tags for the records)."""
         lua, details = [], []
         for party in parties:
-            account, tags = self._account(party.account)
+            account, tags = self._account(party.account, party.inbound)
             tariff, snapshot = self._rate(party.rate)
             lua.append(b'%s,"i":%d,"pr":%d,"c":%d,"r":%s}' % (
                 account, party.inbound, party.primary, party.spends_balance, tariff))

@@ -32,9 +32,15 @@ def account_key(tenant: str, account_tag: str) -> str:
     return f"rating:a:{len(tenant)}:{tenant}:{account_tag}"
 
 
-def open_calls_key(tenant: str, account_tag: str) -> str:
-    """The set of call keys an account holds open (authorized or running)."""
-    return f"rating:o:{len(tenant)}:{tenant}:{account_tag}"
+def open_calls_key(tenant: str, account_tag: str, inbound: bool) -> str:
+    """The set of call keys an account holds open (authorized or running) in one direction: the sizes of
+    the two sets are the counts its concurrency limits apply to."""
+    return f"rating:{'oi' if inbound else 'oo'}:{len(tenant)}:{tenant}:{account_tag}"
+
+
+def open_calls_keys(tenant: str, account_tag: str) -> tuple[str, str]:
+    """Both open-call sets of an account: (inbound, outbound)."""
+    return open_calls_key(tenant, account_tag, True), open_calls_key(tenant, account_tag, False)
 
 
 def call_key(tenant: str, transaction_tag: str) -> str:

@@ -4,16 +4,23 @@
 Live call state, changed atomically: one FCALL per HTTP request.
 
 Keys
-  account  HASH  balance, reserved (held by open calls), n / ni / no (open calls: all, inbound, outbound)
-  open     SET   the call keys an account holds open (authorized or running), for listing them
-  call     HASH  doc (this library's JSON state of the call), meta (the request fields, opaque JSON)
+  account  HASH  balance, reserved (held by open calls)
+  open     SET   the call keys an account holds open (authorized or running), one set per direction
+                 (inbound, outbound): their sizes are what the concurrency limits count
+  call     HASH  an open call (authorized, begun): its state in fields (st tn tt ta u bal rv p tb ts tu),
+                 p being the parties as the agent sent them and ts/tu Redis' clock (TIME) when it was
+                 last written; a final call: doc (this library's JSON state of the call). Both: meta (the
+                 request fields, opaque JSON)
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or e=ledger (a balance move).
                  An open call (authorized, begun) is only in its call hash; a reader that must list it
                  writes its current state itself (agent/store/writer.py catch_up), versioned by cm/cu.
-  stats    HASH  service-wide totals for metrics: running (begun calls), reserved (amount held), charges
-                 and charged (count and amount charged), refunded (amount). Open calls (authorized or
-                 running) are the members of `deadlines`: every open call has exactly one deadline.
+  stats    HASH  service-wide totals for metrics: running (begun calls), charges and charged (count and
+                 amount charged), refunded (amount). Open calls (authorized or running) are the members
+                 of `deadlines`: every open call has exactly one deadline.
+
+An authorization is the hot path: it reads the call and the parties' accounts and writes only what it
+must (reservation, open-call set, deadline, call fields). Every write also costs Redis an AOF append.
 
 A call moves authorized -> begun -> ended, or ends as refused, rolledback, cancelled (ended before it
 began), expired (never began) or recorded (a one-shot record). Repeating any step answers as the first
@@ -85,24 +92,50 @@ local function int(value)
   return string.format('%d', value)
 end
 
+-- A call's state as a table and its meta text, from either form of its hash (see Keys); nil if none.
+-- `doc.fields` marks the open-call form.
 local function load(key)
-  local raw = redis.call('HGET', key, 'doc')
-  if not raw then
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then
     return nil
   end
-  local doc = cjson.decode(raw)
-  if type(doc.rv) == 'table' and type(doc.p) == 'table' then  -- a new call's reservations (see encode_new)
+  local hash = {}
+  for index = 1, #flat, 2 do
+    hash[flat[index]] = flat[index + 1]
+  end
+  local doc
+  if hash.doc then
+    doc = cjson.decode(hash.doc)
+  else
+    local reserved = {}
+    for amount in string.gmatch(hash.rv or '', '[^,]+') do
+      reserved[#reserved + 1] = amount
+    end
+    doc = {st = hash.st, tn = hash.tn, tt = hash.tt, ck = key, ta = tonumber(hash.ta), u = num(hash.u),
+           bal = num(hash.bal), rs = '', rt = '', tb = tonumber(hash.tb), p = cjson.decode(hash.p or '[]'),
+           rv = reserved, fields = true}
+  end
+  if type(doc.rv) == 'table' and type(doc.p) == 'table' then  -- reservations kept beside the parties
     for index, party in ipairs(doc.p) do
       party.rv = tonumber(doc.rv[index]) or 0
     end
   end
   doc.rv = nil
-  return doc
+  return doc, hash.meta
 end
 
--- The document of a call new in this authorization, written as text around the parties exactly as the
--- agent sent them (their reservations beside them, in `rv`; `load` puts them back): encoding the whole
--- table with cjson, which formats every number as a float, was a quarter of an authorization's cost.
+-- An open call's state is versioned by Redis' clock when it was written (ts, tu: TIME as it answers, kept
+-- as text), which sorts below the outbox id of any later change of the call (agent/store/records.py).
+
+-- Writes what a begin changes in an open call of the field form.
+local function save_begun(key, doc)
+  local now = redis.call('TIME')
+  redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', now[1], 'tu', now[2])
+end
+
+-- The document of a call refused in this authorization, written as text around the parties exactly as the
+-- agent sent them (their reservations beside them, in `rv`; `load` puts them back): cjson formats every
+-- number as a float, slowly.
 local function encode_new(doc, parties, reserved)
   local parts = {'{"st":', cjson.encode(doc.st), ',"tn":', cjson.encode(doc.tn), ',"tt":', cjson.encode(doc.tt),
     ',"ck":', cjson.encode(doc.ck), ',"ta":', int(doc.ta), ',"rs":', cjson.encode(doc.rs), ',"rt":',
@@ -119,30 +152,26 @@ local function encode_new(doc, parties, reserved)
   return table.concat(parts)
 end
 
--- Stores the call. A final state goes to the outbox and is kept `retention` seconds for retries and reads;
--- an open state stays in Redis only, stamped with Redis' clock (cm = ms, cu = µs within it) so that its
--- version sorts below the outbox id of any later change of the call. `fresh`: the key did not exist.
--- `encode`: how the document becomes text (encode_new for a new call; cjson.encode by default).
-local function save(key, doc, outbox, retention, meta, fresh, encode)
-  local final = FINAL[doc.st]
-  if not final then
+-- Stores a call in a final state as a document (replacing the hash), sends it to the outbox and keeps it
+-- `retention` seconds for retries and reads. `meta`: the call's meta text. `encode`: how the document
+-- becomes text (encode_new for a call refused at once; cjson.encode by default). An open call stored as a
+-- document (by versions before the field form) is written back the same way, its version in cm (ms) and
+-- cu (µs within it).
+local function save(key, doc, outbox, retention, meta, encode)
+  doc.fields = nil
+  if not FINAL[doc.st] then
     local now = redis.call('TIME')
     doc.cm = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
     doc.cu = tonumber(now[2]) % 1000
+    redis.call('HSET', key, 'doc', cjson.encode(doc))
+    return
   end
   local encoded = encode and encode(doc) or cjson.encode(doc)
-  if meta then
-    redis.call('HSET', key, 'doc', encoded, 'meta', meta)
-  else
-    redis.call('HSET', key, 'doc', encoded)
-  end
-  if final then
-    redis.call('EXPIRE', key, retention)
-    meta = meta or redis.call('HGET', key, 'meta') or '{}'
-    redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
-  elseif not fresh then
-    redis.call('PERSIST', key)
-  end
+  meta = meta or '{}'
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'doc', encoded, 'meta', meta)
+  redis.call('EXPIRE', key, retention)
+  redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
 end
 
 local function ledger(outbox, doc, party, kind, amount, balance, at)
@@ -157,20 +186,17 @@ local function parties_of(doc)
   return doc.p
 end
 
--- Gives back what an open call holds: its reservation and its place in the concurrency counters.
+-- Gives back what an open call holds: its reservation and its place among the account's open calls.
 local function release(doc)
   if doc.st == 'begun' then
     redis.call('HINCRBY', STATS, 'running', -1)
   end
   for _, party in ipairs(parties_of(doc)) do
     if num(party.rv) ~= 0 then
-      redis.call('HINCRBY', party.k, 'reserved', -party.rv)
-      redis.call('HINCRBY', STATS, 'reserved', -party.rv)
+      redis.call('HINCRBY', party.k, 'reserved', int(-party.rv))
     end
     party.rv = 0
-    redis.call('HINCRBY', party.k, 'n', -1)
-    redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', -1)
-    if party.o and doc.ck then  -- calls stored by versions without the open-call index have neither
+    if party.o and doc.ck then
       redis.call('SREM', party.o, doc.ck)
     end
   end
@@ -210,7 +236,7 @@ local function decide(parties, reason, refused_tag, share, cap)
   local units = cap
   local balance = 0
   for index, party in ipairs(parties) do
-    local held = redis.call('HMGET', party.k, 'balance', 'reserved', 'n', 'ni', 'no')
+    local held = redis.call('HMGET', party.k, 'balance', 'reserved')
     if not held[1] then  -- first call of the account: its balance starts from the catalog's
       redis.call('HSETNX', party.k, 'balance', party.s)
       held[1] = party.s
@@ -220,12 +246,17 @@ local function decide(parties, reason, refused_tag, share, cap)
       balance = available
     end
     if reason == '' then
-      if party.mt >= 0 and num(held[3]) >= party.mt then
+      -- open calls are counted only under a limit: `o` holds the party's calls in its direction, `ox`
+      -- (sent with a total limit) those in the other one
+      local limit = party.i == 1 and party.mi or party.mo
+      local own = 0
+      if party.mt >= 0 or limit >= 0 then
+        own = redis.call('SCARD', party.o)
+      end
+      if party.mt >= 0 and own + (party.ox and redis.call('SCARD', party.ox) or 0) >= party.mt then
         reason = 'TOO_MANY_RUNNING_TRANSACTIONS'
-      elseif party.i == 1 and party.mi >= 0 and num(held[4]) >= party.mi then
-        reason = 'TOO_MANY_RUNNING_INBOUND_TRANSACTIONS'
-      elseif party.i == 0 and party.mo >= 0 and num(held[5]) >= party.mo then
-        reason = 'TOO_MANY_RUNNING_OUTBOUND_TRANSACTIONS'
+      elseif limit >= 0 and own >= limit then
+        reason = party.i == 1 and 'TOO_MANY_RUNNING_INBOUND_TRANSACTIONS' or 'TOO_MANY_RUNNING_OUTBOUND_TRANSACTIONS'
       elseif party.c == 1 then
         local granted = 0
         if type(party.r) == 'table' then
@@ -253,7 +284,7 @@ local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
   local now, ttl, share, cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local beginning, retention, grace, at = args[5] == '1', tonumber(args[6]), tonumber(args[13]), tonumber(args[14])
-  local doc = load(key)
+  local doc, meta = load(key)
   local stored = doc
   if doc and (not REUSABLE[doc.st] or args[9] == '') then
     if not beginning then
@@ -262,7 +293,11 @@ local function authorize(keys, args)
     local was = doc.st
     local ok = begin_call(doc, key, deadlines, at, grace)
     if doc.st ~= was then
-      save(key, doc, outbox, retention)
+      if doc.fields then
+        save_begun(key, doc)
+      else
+        save(key, doc, outbox, retention, meta)
+      end
     end
     return reply(ok, doc)
   end
@@ -273,21 +308,20 @@ local function authorize(keys, args)
   local reason, refused_tag, units, balance = decide(parties, args[11], args[12], share, cap)
   doc = {tn = args[7], tt = args[8], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
   local reserved = {}
-  local function encode(state)
-    return encode_new(state, args[9], reserved)
-  end
   if reason ~= '' then
     doc.st = 'refused'
     doc.u = 0
     for index = 1, #parties do
       reserved[index] = '0'
     end
-    save(key, doc, outbox, retention, args[10], stored == nil, encode)
+    local function encode(state)
+      return encode_new(state, args[9], reserved)
+    end
+    save(key, doc, outbox, retention, args[10], encode)
     return reply(false, doc)
   end
   doc.st = 'authorized'
   doc.u = units
-  local total = 0
   for index, party in ipairs(parties) do
     party.rv = 0
     if party.c == 1 then
@@ -296,27 +330,27 @@ local function authorize(keys, args)
     reserved[index] = int(party.rv)
     if party.rv ~= 0 then
       redis.call('HINCRBY', party.k, 'reserved', reserved[index])
-      total = total + party.rv
     end
-    redis.call('HINCRBY', party.k, 'n', '1')
-    redis.call('HINCRBY', party.k, party.i == 1 and 'ni' or 'no', '1')
     redis.call('SADD', party.o, key)
-  end
-  if total ~= 0 then
-    redis.call('HINCRBY', STATS, 'reserved', int(total))
   end
   redis.call('ZADD', deadlines, int(now + ttl), key)
   local ok = true
   if beginning then
     ok = begin_call(doc, key, deadlines, at, grace)
   end
-  save(key, doc, outbox, retention, args[10], stored == nil, encode)
+  if stored then  -- an earlier call's final document, expiring
+    redis.call('DEL', key)
+  end
+  local now = redis.call('TIME')
+  redis.call('HSET', key, 'st', doc.st, 'tn', args[7], 'tt', args[8], 'ta', args[14], 'u', int(units),
+    'bal', int(balance), 'rv', table.concat(reserved, ','), 'p', args[9], 'meta', args[10], 'ts', now[1],
+    'tu', now[2], 'tb', beginning and args[14] or '')
   return reply(ok, doc)
 end
 
 -- Ends a begun call at end_ms (capped at its granted units) and charges it. `expire` is the agent's own
 -- end for a call whose end never came, or the release of a reservation that never began.
-local function finish_call(key, doc, deadlines, outbox, retention, end_ms, now, expiring)
+local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms, now, expiring)
   if doc.st == 'begun' then
     local limit = doc.tb + doc.u * 1000
     if expiring or end_ms > limit then
@@ -341,27 +375,28 @@ local function finish_call(key, doc, deadlines, outbox, retention, end_ms, now, 
     return false
   end
   redis.call('ZREM', deadlines, key)
-  save(key, doc, outbox, retention)
+  save(key, doc, outbox, retention, meta)
   return doc.st == 'ended'
 end
 
 -- KEYS call, deadlines, outbox; ARGV now_ms, end_ms, retention_s
 local function finish(keys, args)
-  local doc = load(keys[1])
+  local doc, meta = load(keys[1])
   if not doc then
     return {0, 'missing', '', '', 0, 0}
   end
   if doc.st == 'ended' then
     return reply(true, doc)
   end
-  local ok = finish_call(keys[1], doc, keys[2], keys[3], tonumber(args[3]), tonumber(args[2]), tonumber(args[1]), false)
+  local ok = finish_call(keys[1], doc, meta, keys[2], keys[3], tonumber(args[3]), tonumber(args[2]),
+    tonumber(args[1]), false)
   return reply(ok, doc)
 end
 
 -- KEYS call, deadlines, outbox; ARGV now_ms, retention_s
 local function rollback(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
-  local doc = load(key)
+  local doc, meta = load(key)
   if not doc then
     return {0, 'missing', '', '', 0, 0}
   end
@@ -384,7 +419,7 @@ local function rollback(keys, args)
   end
   doc.st = 'rolledback'
   redis.call('ZREM', deadlines, key)
-  save(key, doc, outbox, tonumber(args[2]))
+  save(key, doc, outbox, tonumber(args[2]), meta)
   return reply(true, doc)
 end
 
@@ -431,9 +466,9 @@ local function expire(keys, args)
   local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, tonumber(args[3]))
   local done = 0
   for _, key in ipairs(due) do
-    local ok, doc = pcall(load, key)
+    local ok, doc, meta = pcall(load, key)
     if ok and doc and (doc.st == 'authorized' or doc.st == 'begun') then
-      local finished, err = pcall(finish_call, key, doc, deadlines, outbox, tonumber(args[2]), now, now, true)
+      local finished, err = pcall(finish_call, key, doc, meta, deadlines, outbox, tonumber(args[2]), now, now, true)
       if not finished then
         -- never retry a call that cannot be finished every second forever: leave it for an operator
         redis.log(redis.LOG_WARNING, 'rating: cannot expire ' .. key .. ': ' .. tostring(err))

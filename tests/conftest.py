@@ -69,10 +69,12 @@ class Stack:
         return int(await self.redis.hget(account_key(tenant, account_tag), "balance") or 0)
 
     async def account_state(self, account_tag: str, tenant: str = "default") -> dict[str, int]:
-        from cache import account_key
+        """The account's live hash (balance, reserved) and its open calls: n (all), ni / no (by direction)."""
+        from cache import account_key, open_calls_keys
 
         raw = await self.redis.hgetall(account_key(tenant, account_tag))
-        return {k: int(v) for k, v in raw.items()}
+        inbound, outbound = [await self.redis.scard(key) for key in open_calls_keys(tenant, account_tag)]
+        return {**{k: int(v) for k, v in raw.items()}, "n": inbound + outbound, "ni": inbound, "no": outbound}
 
 
 @pytest.fixture

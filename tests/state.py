@@ -12,7 +12,7 @@ import redis
 import redis.asyncio as aioredis
 
 from agent.store.records import read_records
-from cache import account_key
+from cache import account_key, open_calls_keys
 
 
 def _hash_int(redis_url: str, account_tag: str, tenant: str, field: str) -> int:
@@ -35,7 +35,11 @@ def reserved(redis_url: str, account_tag: str, tenant: str = "default") -> int:
 
 def open_calls(redis_url: str, account_tag: str, tenant: str = "default") -> int:
     """How many calls of the account are authorized or running."""
-    return _hash_int(redis_url, account_tag, tenant, "n")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return sum(client.scard(key) for key in open_calls_keys(tenant, account_tag))
+    finally:
+        client.close()
 
 
 async def call_record_async(

@@ -50,6 +50,10 @@ def prepaid(tag: str, balance: int = 1000, **extra) -> dict:
     return {"account_tag": tag, "type": "PREPAID", "balance": balance, "pricelist_tags": ["p1"], **extra}
 
 
+def postpaid(tag: str, **extra) -> dict:
+    return {"account_tag": tag, "type": "POSTPAID", "pricelist_tags": ["p1"], **extra}
+
+
 # --- the tutorial (spec section 4, REST form) ---------------------------------------------------------------------
 
 async def test_tutorial_flow_authorize_begin_end_record_rollback(agent, stack, tutorial):
@@ -157,12 +161,12 @@ async def test_end_charges_the_real_fee_and_releases_the_rest(agent, stack):
 
     client = await agent(catalog(prepaid("a", 1000)))
     await post(client, "authorization", transaction_tag="c", account_tag="a", destination="39")
-    assert await stack.redis.smembers(open_calls_key("default", "a")) == {call_key("default", "c")}
+    assert await stack.redis.smembers(open_calls_key("default", "a", False)) == {call_key("default", "c")}
     await post(client, "begin", transaction_tag="c", account_tag="a", destination="39", timestamp_begin=at(0))
     assert (await post(client, "end", transaction_tag="c", timestamp_end=at(61.2)))["ok"] is True
     state = await stack.account_state("a")
     assert (state["balance"], state["reserved"], state["n"]) == (1000 - 62, 0, 0)
-    assert await stack.redis.smembers(open_calls_key("default", "a")) == set()
+    assert await stack.redis.smembers(open_calls_key("default", "a", False)) == set()
 
 
 async def test_end_after_the_granted_units_charges_only_the_granted_units(agent, stack):
@@ -224,6 +228,69 @@ async def test_an_authorized_tag_cannot_be_recorded_over_a_running_call(agent):
     await post(client, "authorization", transaction_tag="c", account_tag="a", destination="39")
     await post(client, "begin", transaction_tag="c", account_tag="a")
     assert (await post(client, "record", transaction_tag="c", account_tag="a", destination="39"))["ok"] is False
+
+
+async def test_total_limit_counts_open_calls_in_both_directions_until_they_end(agent, stack):
+    client = await agent(catalog(postpaid("x", max_concurrent_transactions=2), postpaid("y")))
+    assert (await post(client, "authorization", transaction_tag="out", account_tag="x", destination="39"))["authorized"]
+    assert (await post(client, "authorization", transaction_tag="in", account_tag="y", destination="39",
+                       destination_account_tag="x"))["authorized_destination"]
+    assert ((await stack.account_state("x"))["ni"], (await stack.account_state("x"))["no"]) == (1, 1)
+    third = await post(client, "authorization", transaction_tag="third", account_tag="x", destination="39")
+    assert third["unauthorized_reason"] == "TOO_MANY_RUNNING_TRANSACTIONS"
+    assert (await post(client, "rollback", transaction_tag="in"))["ok"] is True
+    assert (await post(client, "authorization", transaction_tag="fourth", account_tag="x", destination="39"))["authorized"]
+
+
+async def test_direction_limits_count_only_their_direction(agent):
+    client = await agent(catalog(postpaid("x", max_inbound_transactions=1, max_outbound_transactions=1), postpaid("y")))
+    assert (await post(client, "authorization", transaction_tag="in1", account_tag="y", destination="39",
+                       destination_account_tag="x"))["authorized_destination"]
+    assert (await post(client, "authorization", transaction_tag="out1", account_tag="x", destination="39"))["authorized"]
+    refused = await post(client, "authorization", transaction_tag="in2", account_tag="y", destination="39",
+                         destination_account_tag="x")
+    assert (refused["unauthorized_reason"], refused["unauthorized_account_tag"]) == (
+        "TOO_MANY_RUNNING_INBOUND_TRANSACTIONS", "x")
+    refused = await post(client, "authorization", transaction_tag="out2", account_tag="x", destination="39")
+    assert refused["unauthorized_reason"] == "TOO_MANY_RUNNING_OUTBOUND_TRANSACTIONS"
+
+
+async def test_a_call_stored_as_a_document_by_an_earlier_version_is_begun_and_ended(agent, stack):
+    """Calls opened before the field form (cache/rating.lua) still finish after an upgrade."""
+    import orjson
+
+    from cache import DEADLINES, account_key, call_key
+
+    client = await agent(catalog(prepaid("a", 1000)))
+    key, account = call_key("default", "old"), account_key("default", "a")
+    party = {"k": account, "o": "rating:o:7:default:a", "a": "a", "cr": 0, "mt": -1, "mi": -1, "mo": -1,
+             "s": 1000, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 0]}
+    doc = {"st": "authorized", "tn": "default", "tt": "old", "ck": key, "ta": 1, "rs": "", "rt": "", "bal": 1000,
+           "u": 100, "rv": [100], "cm": 1, "cu": 0, "p": [party]}
+    await stack.redis.hset(account, mapping={"balance": 1000, "reserved": 100})
+    await stack.redis.hset(key, mapping={"doc": orjson.dumps(doc).decode(), "meta": '{"account_tag":"a"}'})
+    await stack.redis.sadd("rating:o:7:default:a", key)
+    await stack.redis.zadd(DEADLINES, {key: 2**40})
+    assert (await post(client, "begin", transaction_tag="old", timestamp_begin=at(0)))["ok"] is True
+    assert (await post(client, "end", transaction_tag="old", timestamp_end=at(30)))["ok"] is True
+    state = await stack.account_state("a")
+    assert (state["balance"], state["reserved"]) == (970, 0)
+    assert await stack.redis.smembers("rating:o:7:default:a") == set()
+    assert (await records(stack, client, "old"))["a"]["fee"] == 30
+
+
+async def test_a_tag_reused_after_a_refusal_is_stored_afresh(agent, stack):
+    from agent.store.records import decode_call
+    from cache import call_key
+
+    client = await agent(catalog(prepaid("a", 1000), prepaid("zero", 0)))
+    assert (await post(client, "authorization", transaction_tag="t", account_tag="zero", destination="39"))[
+        "unauthorized_reason"] == "BALANCE_INSUFFICIENT"
+    assert (await post(client, "authorization", transaction_tag="t", account_tag="a", destination="39"))["authorized"]
+    fields = await stack.redis.hgetall(call_key("default", "t"))
+    assert "doc" not in fields and await stack.redis.ttl(call_key("default", "t")) == -1
+    doc, meta = decode_call(fields)
+    assert (doc["st"], doc["p"][0]["a"], doc["p"][0]["rv"], meta["account_tag"]) == ("authorized", "a", 1000, "a")
 
 
 # --- state restore, implicit authorization --------------------------------------------------------------------------

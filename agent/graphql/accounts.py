@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from ariadne import ObjectType
 
 import cache
-from cache import account_key, call_key, open_calls_key
+from cache import account_key, call_key, open_calls_keys
 
 from ..keys import CATALOG, TRANSACTIONS
 from ..store import management as repo
@@ -66,18 +66,26 @@ async def read_call(redis, tenant: str, transaction_tag: str, account_tag: str) 
     return account_transaction(doc, meta, account_tag)
 
 
+async def open_call_count(redis, tenant: str, account_tag: str) -> int:
+    """How many calls the account holds open (authorized or running), in both directions."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in open_calls_keys(tenant, account_tag):
+            pipe.scard(key)
+        return sum(await pipe.execute())
+
+
 async def open_calls(redis, tenant: str, account_tag: str) -> list[dict]:
-    keys = sorted(await redis.smembers(open_calls_key(tenant, account_tag)))
+    keys = sorted(await redis.sunion(open_calls_keys(tenant, account_tag)))
     if not keys:
         return []
     pipe = redis.pipeline(transaction=False)
     for key in keys:
-        pipe.hmget(key, "doc", "meta")
+        pipe.hgetall(key)
     entries = []
-    for doc_text, meta_text in await pipe.execute():
-        if not doc_text:
+    for fields in await pipe.execute():
+        if not fields:
             continue
-        entry = account_transaction(*decode_call({"doc": doc_text, "meta": meta_text}), account_tag)
+        entry = account_transaction(*decode_call(fields), account_tag)
         if entry is not None:
             entries.append(entry)
     return entries
@@ -198,8 +206,10 @@ async def where(info, connection, filter: dict) -> repo.Where:
     rows = await connection.fetch(f"SELECT tenant, account_tag FROM accounts{base.sql()}", *base.params)
     pipe = redis_of(info).pipeline(transaction=False)
     for row in rows:
-        pipe.hget(account_key(row["tenant"], row["account_tag"]), "n")
-    counts = await pipe.execute() if rows else []
+        for key in open_calls_keys(row["tenant"], row["account_tag"]):
+            pipe.scard(key)
+    sizes = await pipe.execute() if rows else []
+    counts = [a + b for a, b in zip(sizes[::2], sizes[1::2])]
     keep = []
     cutoff = now_ms() - LONG_RUNNING_MS
     for row, count in zip(rows, counts):
@@ -253,10 +263,10 @@ def _renamed(values: dict, old: dict | None) -> tuple[str, str] | None:
 
 
 async def check_rename(info, values: dict, old: dict | None) -> None:
-    """A renamed account takes its live state (balance, counters) along, which its open calls name by key:
+    """A renamed account takes its live state (balance, reservations) along, which its open calls name by key:
     renaming is refused while it has calls authorized or running."""
     former = _renamed(values, old)
-    if former is not None and int(await redis_of(info).hget(account_key(*former), "n") or 0) > 0:
+    if former is not None and await open_call_count(redis_of(info), *former) > 0:
         raise ManagementError(f"Account {former[1]} has calls in progress: rename it once they have ended")
 
 

@@ -98,10 +98,27 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
     return rows
 
 
+_INTEGERS = ("ta", "u", "bal", "tb")
+
+
 def decode_call(fields: dict[str, str]) -> tuple[dict, dict]:
-    """(doc, meta) from a call hash or an outbox entry."""
-    doc = orjson.loads(fields.get("doc") or "{}")
+    """(doc, meta) from a call hash or an outbox entry: a document (a final call), or an open call's
+    fields (cache/rating.lua, Keys), read into the same document."""
     meta = orjson.loads(fields.get("meta") or "{}")
+    if "doc" in fields or "st" not in fields:
+        return orjson.loads(fields.get("doc") or "{}"), meta
+    doc: dict[str, Any] = {"st": fields["st"], "tn": fields.get("tn"), "tt": fields.get("tt"), "rs": "", "rt": ""}
+    for name in _INTEGERS:
+        if fields.get(name):
+            doc[name] = int(fields[name])
+    if fields.get("ts"):  # Redis' TIME when the state was written: seconds, microseconds
+        seconds, micros = int(fields["ts"]), int(fields.get("tu") or 0)
+        doc["cm"], doc["cu"] = seconds * 1000 + micros // 1000, micros % 1000
+    parties = orjson.loads(fields.get("p") or "[]")
+    for party, reserved in zip(parties, (fields.get("rv") or "").split(",")):
+        if isinstance(party, dict) and reserved:
+            party["rv"] = int(reserved)
+    doc["p"] = parties
     return doc, meta
 
 
