@@ -31,6 +31,15 @@ def to_ms(moment: datetime | None) -> int:
     return now_ms() if moment is None else int(moment.timestamp() * 1000)
 
 
+def _moment(at: int) -> datetime:
+    return datetime.fromtimestamp(at / 1000, tz=timezone.utc)
+
+
+# The time given to the planner when no rate of the tenant has effective dates: it is never compared
+# then, and building a timezone-aware datetime per request cost about 4,600 instructions (1.3%).
+_UNDATED = datetime.fromtimestamp(0, tz=timezone.utc)
+
+
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -128,6 +137,14 @@ class Outcome(NamedTuple):
         return cls(bool(int(ok)), state, reason, tag, int(units), int(balance))
 
 
+def _settled(reply: list, request: dict[str, Any]) -> Outcome:
+    """The outcome of an authorization or a begin; a call already recorded is a conflict."""
+    outcome = Outcome.of(reply)
+    if outcome.state == "recorded":
+        raise Conflict(f"transaction_tag {request['transaction_tag']!r} belongs to a recorded call")
+    return outcome
+
+
 class Transactions:
     def __init__(self, settings: Settings, redis: AutoPipeline, catalog: Callable[[], Catalog]) -> None:
         self.settings = settings
@@ -137,18 +154,20 @@ class Transactions:
 
     def _plan(self, request: dict[str, Any], at: int) -> tuple[Plan, Fragments]:
         """The call's plan, and the JSON pieces of the snapshot it was planned from."""
-        moment = datetime.fromtimestamp(at / 1000, tz=timezone.utc)
         catalog = self.catalog()
         if self._fragments.catalog is not catalog:
             self._fragments = Fragments(catalog)
+        tenant = request["tenant"]
         plan = plan_call(
-            catalog, request["tenant"], request["account_tag"],
-            request["destination_account_tag"], request.get("destination"), moment,
+            catalog, tenant, request["account_tag"], request["destination_account_tag"],
+            request.get("destination"), _moment(at) if catalog.table(tenant).dated else _UNDATED,
         )
         return plan, self._fragments
 
-    async def _authorize(self, request: dict[str, Any], at: int, begin: bool,
-                         planned: tuple[Plan, Fragments] | None) -> Outcome:
+    def _authorize(self, request: dict[str, Any], at: int, begin: bool,
+                   planned: tuple[Plan, Fragments] | None) -> tuple:
+        """The FCALL settling an authorization or a begin, for the caller to await: one coroutine fewer
+        between the request and Redis' reply."""
         s = self.settings
         tenant, tag = request["tenant"], request["transaction_tag"]
         if planned is None:
@@ -158,34 +177,36 @@ class Transactions:
             parties, details = fragments.parties(plan.parties)
             reason = plan.refusal.value if plan.refusal else ""
             refused = plan.refused_tag or ""
-        reply = await self.redis.call(*fcall(
+        return fcall(
             "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX),
             (now_ms(), s.authorization_ttl * 1000, s.reservation_share, s.max_units, int(begin),
              s.record_retention, tenant, tag, parties, meta_json(request, details), reason, refused,
              s.call_grace * 1000, at),
-        ))
-        outcome = Outcome.of(reply)
-        if outcome.state == "recorded":
-            raise Conflict(f"transaction_tag {tag!r} belongs to a recorded call")
-        return outcome
+        )
 
     async def authorization(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Canyan's answer, written out whole for each outcome (cheaper than merging `_echo` and choosing
+        every field by condition; the keys stay in Canyan's order)."""
         at = to_ms(request["timestamp_auth"])
         planned = self._plan(request, at)
-        plan = planned[0]
-        outcome = await self._authorize(request, at, begin=False, planned=planned)
-        has_account = bool(request["account_tag"])
-        has_callee = bool(request["destination_account_tag"])
-        authorized = outcome.ok and outcome.units > 0
+        outcome = _settled(await self.redis.call(*self._authorize(request, at, False, planned)), request)
+        account_tag, callee = request["account_tag"], request["destination_account_tag"]
+        if outcome.ok and outcome.units > 0:
+            return {
+                "tenant": request["tenant"], "transaction_tag": request["transaction_tag"],
+                "account_tag": account_tag, "destination_account_tag": callee,
+                "authorized": bool(account_tag or callee), "authorized_destination": bool(callee),
+                "unauthorized_account_tag": None, "unauthorized_reason": None,
+                "max_available_units": outcome.units, "balance": outcome.balance,
+                "carriers": [c.address for c in planned[0].carriers],
+            }
         return {
-            **_echo(request),
-            "authorized": authorized and (has_account or has_callee),
-            "authorized_destination": authorized and has_callee,
-            "unauthorized_account_tag": None if authorized else (outcome.refused_tag or None),
-            "unauthorized_reason": None if authorized else (outcome.reason or "BALANCE_INSUFFICIENT"),
-            "max_available_units": outcome.units if authorized else 0,
-            "balance": outcome.balance,
-            "carriers": [c.address for c in plan.carriers] if authorized else [],
+            "tenant": request["tenant"], "transaction_tag": request["transaction_tag"],
+            "account_tag": account_tag, "destination_account_tag": callee,
+            "authorized": False, "authorized_destination": False,
+            "unauthorized_account_tag": outcome.refused_tag or None,
+            "unauthorized_reason": outcome.reason or "BALANCE_INSUFFICIENT",
+            "max_available_units": 0, "balance": outcome.balance, "carriers": [],
         }
 
     async def begin(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +214,7 @@ class Transactions:
         planned = None
         if request["account_tag"] or request["destination_account_tag"]:
             planned = self._plan(request, at)
-        outcome = await self._authorize(request, at, begin=True, planned=planned)
+        outcome = _settled(await self.redis.call(*self._authorize(request, at, True, planned)), request)
         return {"ok": outcome.ok, **_echo(request)}
 
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:

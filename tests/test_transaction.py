@@ -390,3 +390,25 @@ async def test_records_reach_postgresql_through_the_outbox(agent, stack):
     assert dict(row) == {"state": "ended", "fee": 5, "duration": 5}
     assert ledger == -5
     assert await stack.database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") == 995
+
+
+def test_planning_reads_the_call_time_when_the_tenant_has_dated_rates():
+    """Undated tables are planned without the call's datetime (transaction._UNDATED); dated ones with it."""
+    from datetime import datetime, timezone
+
+    from agent.config import Settings
+    from agent.pricing.account import Account
+    from agent.pricing.carrier import Carrier
+    from agent.pricing.catalog import Catalog
+    from agent.pricing.plan import Reason
+    from agent.pricing.rate import Rate
+    from agent.transaction import Transactions
+
+    start = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    snapshot = Catalog.of([Account("t", "a")], [Carrier("t", "c1", "10.0.0.1")],
+                          [Rate("t", "p1", "c1", "39", rate=1, datetime_start=start)])
+    transactions = Transactions(Settings.load(), None, lambda: snapshot)
+    request = {"tenant": "t", "account_tag": "a", "destination_account_tag": None, "destination": "3906"}
+    before = int(start.timestamp() * 1000) - 1
+    assert transactions._plan(request, before)[0].refusal is Reason.UNREACHEABLE_DESTINATION
+    assert transactions._plan(request, before + 1)[0].parties[0].rate.prefix == "39"

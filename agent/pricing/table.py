@@ -22,6 +22,7 @@ class RateTable:
     number_lengths: tuple[int, ...] = ()
     raw_lengths: tuple[int, ...] = ()
     size: int = 0
+    dated: bool = False  # some rate has effective dates: only then does a call's time matter
 
     @classmethod
     def build(cls, rates: Iterable[Rate]) -> "RateTable":
@@ -39,6 +40,8 @@ class RateTable:
         existing = index.get(key)
         index[key] = (rate,) if existing is None else (*existing, rate)
         self.size += 1
+        if rate.datetime_start is not None or rate.datetime_end is not None:
+            self.dated = True
 
     def freeze(self) -> "RateTable":
         """Orders each prefix's rates best first and computes the probe lengths; call after the last `add`."""

@@ -174,3 +174,13 @@ def test_matches_lists_every_matching_prefix_once_by_decreasing_length(prefixes,
     expected = sorted((p for p in prefixes if number.startswith(p)), key=len, reverse=True)
     assert [rates[0].prefix for _, rates in tbl.matches(number)] == expected
     assert [spec for spec, _ in tbl.matches(number)] == [len(p) for p in expected]
+
+
+def test_a_table_is_dated_only_when_some_rate_has_effective_dates():
+    """Transactions skip building the call's datetime for undated tables: the flag must see every rate."""
+    from datetime import datetime, timezone
+
+    start = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    assert not table("39", "sip:alice@").dated
+    assert RateTable.build([rate("39"), rate("390", datetime_start=start)]).dated
+    assert RateTable.build([rate("sip:bob@", datetime_end=start)]).dated
