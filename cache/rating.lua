@@ -14,7 +14,8 @@ Keys
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or e=ledger (a balance move).
                  An open call (authorized, begun) is only in its call hash; a reader that must list it
-                 writes its current state itself (agent/store/writer.py catch_up), versioned by cm/cu.
+                 writes its current state itself (agent/store/writer.py catch_up), versioned by Redis'
+                 clock when the state was written (ts/tu; cm/cu in documents).
   stats    HASH  service-wide totals for metrics: running (begun calls), charges and charged (count and
                  amount charged), refunded (amount). Open calls (authorized or running) are the members
                  of `deadlines`: every open call has exactly one deadline.
@@ -129,8 +130,8 @@ end
 
 -- Writes what a begin changes in an open call of the field form.
 local function save_begun(key, doc)
-  local now = redis.call('TIME')
-  redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', now[1], 'tu', now[2])
+  local clock = redis.call('TIME')
+  redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', clock[1], 'tu', clock[2])
 end
 
 -- The document of a call refused in this authorization, written as text around the parties exactly as the
@@ -341,10 +342,10 @@ local function authorize(keys, args)
   if stored then  -- an earlier call's final document, expiring
     redis.call('DEL', key)
   end
-  local now = redis.call('TIME')
+  local clock = redis.call('TIME')
   redis.call('HSET', key, 'st', doc.st, 'tn', args[7], 'tt', args[8], 'ta', args[14], 'u', int(units),
-    'bal', int(balance), 'rv', table.concat(reserved, ','), 'p', args[9], 'meta', args[10], 'ts', now[1],
-    'tu', now[2], 'tb', beginning and args[14] or '')
+    'bal', int(balance), 'rv', table.concat(reserved, ','), 'p', args[9], 'meta', args[10], 'ts', clock[1],
+    'tu', clock[2], 'tb', beginning and args[14] or '')
   return reply(ok, doc)
 end
 
