@@ -151,6 +151,9 @@ class Transactions:
         self.redis = redis
         self.catalog = catalog
         self._fragments = Fragments(None)
+        # what the Redis library needs of the settings, as the one argument it reads them from
+        self._limits = (f"{settings.authorization_ttl * 1000},{settings.reservation_share},{settings.max_units},"
+                        f"{settings.record_retention},{settings.call_grace * 1000}")
 
     def _plan(self, request: dict[str, Any], at: int) -> tuple[Plan, Fragments]:
         """The call's plan, and the JSON pieces of the snapshot it was planned from."""
@@ -168,7 +171,6 @@ class Transactions:
                    planned: tuple[Plan, Fragments] | None) -> tuple:
         """The FCALL settling an authorization or a begin, for the caller to await: one coroutine fewer
         between the request and Redis' reply."""
-        s = self.settings
         tenant, tag = request["tenant"], request["transaction_tag"]
         if planned is None:
             parties, details, reason, refused = "", b"[]", "", ""
@@ -179,9 +181,8 @@ class Transactions:
             refused = plan.refused_tag or ""
         return fcall(
             "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX),
-            (now_ms(), s.authorization_ttl * 1000, s.reservation_share, s.max_units, int(begin),
-             s.record_retention, tenant, tag, parties, meta_json(request, details), reason, refused,
-             s.call_grace * 1000, at),
+            (now_ms(), self._limits, int(begin), tenant, tag, parties, meta_json(request, details), reason,
+             refused, at),
         )
 
     async def authorization(self, request: dict[str, Any]) -> dict[str, Any]:

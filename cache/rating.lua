@@ -277,17 +277,42 @@ local function decide(parties, reason, refused_tag, share, cap)
   return reason, refused_tag, units, balance
 end
 
+-- An agent's settings as it sends them with every authorization ("ttl_ms,share_pct,cap,retention_s,
+-- grace_ms"), converted once per distinct text: five number conversions per call cost more than passing
+-- the other arguments. Agents differ in their settings only by configuration, so few texts are ever seen.
+local settings_seen, settings_count = {}, 0
+
+local function settings_of(text)
+  local found = settings_seen[text]
+  if found then
+    return found
+  end
+  local ttl, share, cap, retention, grace = string.match(text, '^(%d+),(%d+),(%d+),(%d+),(%d+)$')
+  if not grace then
+    error('rating: settings must be five integers separated by commas, got ' .. text)
+  end
+  if settings_count >= 64 then
+    settings_seen, settings_count = {}, 0
+  end
+  found = {ttl = tonumber(ttl), share = tonumber(share), cap = tonumber(cap), retention = tonumber(retention),
+           grace = tonumber(grace)}
+  settings_seen[text] = found
+  settings_count = settings_count + 1
+  return found
+end
+
 -- KEYS call, deadlines, outbox
--- ARGV now_ms, ttl_ms, share_pct, cap, begin(0/1), retention_s, tenant, transaction_tag, parties_json
---      ('' when the agent could not plan: a begin with only the transaction tag), meta_json,
---      refusal reason ('' if none), refused tag, grace_ms, at_ms (authorization or begin time)
+-- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
+--      agent could not plan: a begin with only the transaction tag), meta_json, refusal reason ('' if
+--      none), refused tag, at_ms (authorization or begin time)
 local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
-  local now, ttl, share, cap = tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
-  local beginning, retention, grace, at = args[5] == '1', tonumber(args[6]), tonumber(args[13]), tonumber(args[14])
+  local settings = settings_of(args[2])
+  local now, ttl, share, cap = tonumber(args[1]), settings.ttl, settings.share, settings.cap
+  local beginning, retention, grace, at = args[3] == '1', settings.retention, settings.grace, tonumber(args[10])
   local doc, meta = load(key)
   local stored = doc
-  if doc and (not REUSABLE[doc.st] or args[9] == '') then
+  if doc and (not REUSABLE[doc.st] or args[6] == '') then
     if not beginning then
       return reply(not REUSABLE[doc.st], doc)
     end
@@ -302,12 +327,12 @@ local function authorize(keys, args)
     end
     return reply(ok, doc)
   end
-  if args[9] == '' then
+  if args[6] == '' then
     return {0, 'missing', '', '', 0, 0}
   end
-  local parties = cjson.decode(args[9])
-  local reason, refused_tag, units, balance = decide(parties, args[11], args[12], share, cap)
-  doc = {tn = args[7], tt = args[8], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
+  local parties = cjson.decode(args[6])
+  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap)
+  doc = {tn = args[4], tt = args[5], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
   local reserved = {}
   if reason ~= '' then
     doc.st = 'refused'
@@ -316,9 +341,9 @@ local function authorize(keys, args)
       reserved[index] = '0'
     end
     local function encode(state)
-      return encode_new(state, args[9], reserved)
+      return encode_new(state, args[6], reserved)
     end
-    save(key, doc, outbox, retention, args[10], encode)
+    save(key, doc, outbox, retention, args[7], encode)
     return reply(false, doc)
   end
   doc.st = 'authorized'
@@ -343,9 +368,9 @@ local function authorize(keys, args)
     redis.call('DEL', key)
   end
   local clock = redis.call('TIME')
-  redis.call('HSET', key, 'st', doc.st, 'tn', args[7], 'tt', args[8], 'ta', args[14], 'u', int(units),
-    'bal', int(balance), 'rv', table.concat(reserved, ','), 'p', args[9], 'meta', args[10], 'ts', clock[1],
-    'tu', clock[2], 'tb', beginning and args[14] or '')
+  redis.call('HSET', key, 'st', doc.st, 'tn', args[4], 'tt', args[5], 'ta', args[10], 'u', int(units),
+    'bal', int(balance), 'rv', table.concat(reserved, ','), 'p', args[6], 'meta', args[7], 'ts', clock[1],
+    'tu', clock[2], 'tb', beginning and args[10] or '')
   return reply(ok, doc)
 end
 

@@ -293,6 +293,17 @@ async def test_a_tag_reused_after_a_refusal_is_stored_afresh(agent, stack):
     assert (doc["st"], doc["p"][0]["a"], doc["p"][0]["rv"], meta["account_tag"]) == ("authorized", "a", 1000, "a")
 
 
+async def test_agents_with_different_settings_on_one_redis_each_apply_their_own(agent, stack):
+    """The library reads an agent's settings from the text it sends with each authorization."""
+    document = catalog(postpaid("a"))
+    short, long = await agent(document, max_units=60), await agent(max_units=600)
+    for _ in range(2):  # the second round is served from the library's remembered settings
+        assert (await post(short, "authorization", transaction_tag="s", account_tag="a", destination="39"))[
+            "max_available_units"] == 60
+        assert (await post(long, "authorization", transaction_tag="l", account_tag="a", destination="39"))[
+            "max_available_units"] == 600
+
+
 # --- state restore, implicit authorization --------------------------------------------------------------------------
 
 async def test_tag_only_begin_and_end_restore_both_sides_from_the_authorization(agent, stack):

@@ -1,5 +1,6 @@
 """The Redis function library prices exactly like the Python kernel (the formulas exist twice)."""
 
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,3 +39,11 @@ def test_lua_fee_and_units_equal_the_kernel(redis_server, connect_fee, rate, inc
     usable = available * share // 100
     assert lua_fee == fee(tariff, duration)
     assert lua_units == max_units(tariff, usable, cap)
+
+
+def test_malformed_settings_are_refused_by_the_library(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
+    with pytest.raises(redis.ResponseError, match="settings must be five integers"):
+        client.execute_command("FCALL", "rating_authorize", 3, "rating:c:1:t:x", cache.DEADLINES, cache.OUTBOX,
+                               1, "3600000,100", 0, "t", "x", "[]", "{}", "", "", 1)
