@@ -134,28 +134,17 @@ local function save_begun(key, doc)
   redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', clock[1], 'tu', clock[2])
 end
 
--- The document of a call refused in this authorization, written as text around the parties exactly as the
--- agent sent them (their reservations beside them, in `rv`; `load` puts them back): cjson formats every
--- number as a float, slowly.
-local function encode_new(doc, parties, reserved)
-  local parts = {'{"st":', cjson.encode(doc.st), ',"tn":', cjson.encode(doc.tn), ',"tt":', cjson.encode(doc.tt),
-    ',"ck":', cjson.encode(doc.ck), ',"ta":', int(doc.ta), ',"rs":', cjson.encode(doc.rs), ',"rt":',
-    cjson.encode(doc.rt), ',"bal":', int(doc.bal), ',"u":', int(doc.u), ',"rv":[', table.concat(reserved, ','), ']'}
-  if doc.tb then
-    parts[#parts + 1] = ',"tb":' .. int(doc.tb)
-  end
-  if doc.cm then
-    parts[#parts + 1] = ',"cm":' .. int(doc.cm) .. ',"cu":' .. int(doc.cu)
-  end
-  parts[#parts + 1] = ',"p":'
-  parts[#parts + 1] = parties
-  parts[#parts + 1] = '}'
-  return table.concat(parts)
+-- The document of a call refused in this authorization (nothing reserved, never begun), written as text
+-- around the parties exactly as the agent sent them: cjson formats every number as a float, slowly.
+local function encode_refused(doc, parties)
+  return table.concat({'{"st":', cjson.encode(doc.st), ',"tn":', cjson.encode(doc.tn), ',"tt":',
+    cjson.encode(doc.tt), ',"ck":', cjson.encode(doc.ck), ',"ta":', int(doc.ta), ',"rs":', cjson.encode(doc.rs),
+    ',"rt":', cjson.encode(doc.rt), ',"bal":', int(doc.bal), ',"u":0,"p":', parties, '}'})
 end
 
 -- Stores a call in a final state as a document (replacing the hash), sends it to the outbox and keeps it
 -- `retention` seconds for retries and reads. `meta`: the call's meta text. `encode`: how the document
--- becomes text (encode_new for a call refused at once; cjson.encode by default). An open call stored as a
+-- becomes text (encode_refused for a call refused at once; cjson.encode by default). An open call stored as a
 -- document (by versions before the field form) is written back the same way, its version in cm (ms) and
 -- cu (µs within it).
 local function save(key, doc, outbox, retention, meta, encode)
@@ -333,19 +322,13 @@ local function authorize(keys, args)
   local parties = cjson.decode(args[6])
   local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap)
   doc = {tn = args[4], tt = args[5], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
-  local reserved = {}
   if reason ~= '' then
     doc.st = 'refused'
     doc.u = 0
-    for index = 1, #parties do
-      reserved[index] = '0'
-    end
-    local function encode(state)
-      return encode_new(state, args[6], reserved)
-    end
-    save(key, doc, outbox, retention, args[7], encode)
+    save(key, doc, outbox, retention, args[7], function(state) return encode_refused(state, args[6]) end)
     return reply(false, doc)
   end
+  local reserved = {}
   doc.st = 'authorized'
   doc.u = units
   for index, party in ipairs(parties) do
