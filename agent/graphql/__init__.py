@@ -2,8 +2,9 @@
 
 The schema is the checked-in SDL file `schema.graphql`; each resolver module binds one domain entity.
 Envelope: success is HTTP 200 `{"data": ...}` without an `errors` key; any error is HTTP 400 with `errors`
-(and whatever `data` was produced). Requests are bounded before execution: body size, token count, depth
-and field count (fragments expanded), and an execution timeout. Access: management fields need
+(and whatever `data` was produced). Requests are bounded: body size and token count at parse; depth, fields,
+expanded size and same-name field pairs (fragments expanded) on the parsed document, before validation, whose
+cost is not linear (`limits.py`); an execution timeout. Access: management fields need
 `Authorization: Bearer <token>` when a token is configured; the agent's call mutations follow the same
 client-network rule as the REST endpoints (a valid token also admits them); `version` and introspection
 are open.
@@ -12,7 +13,6 @@ are open.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from importlib.resources import files
 from typing import Any
@@ -29,7 +29,6 @@ from graphql import (
     InlineFragmentNode,
     OperationDefinitionNode,
     OperationType,
-    ValidationRule,
     parse,
 )
 
@@ -49,6 +48,7 @@ from . import (  # noqa: F401 - each module binds its resolvers on import
 from ..store.management import ManagementError
 from .agent import AGENT_FIELDS
 from .common import mutation, query
+from .limits import check_limits
 from ..http.access import client_allowed
 from .security import refuse_unsafe_exposure, token_ok
 
@@ -95,54 +95,6 @@ def _failure(message: str, status: int = 400) -> web.Response:
     return _envelope({"data": None, "errors": [{"message": message}]}, status)
 
 
-# --- limits ------------------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=8)
-def limit_rule(max_depth: int, max_fields: int) -> type[ValidationRule]:
-    """A validation rule bounding the depth and the number of fields of each operation, fragments expanded."""
-
-    class QueryLimits(ValidationRule):
-        def enter_document(self, node, *_args):
-            fragments = {d.name.value: d for d in node.definitions if isinstance(d, FragmentDefinitionNode)}
-            memo: dict[str, tuple[int, int]] = {}
-
-            def measure(selection_set, visiting: frozenset) -> tuple[int, int]:
-                depth, count = 0, 0
-                for selection in selection_set.selections if selection_set else ():
-                    if isinstance(selection, FieldNode):
-                        inner = measure(selection.selection_set, visiting) if selection.selection_set else (0, 0)
-                        depth, count = max(depth, 1 + inner[0]), count + 1 + inner[1]
-                    elif isinstance(selection, InlineFragmentNode):
-                        inner = measure(selection.selection_set, visiting)
-                        depth, count = max(depth, inner[0]), count + inner[1]
-                    elif isinstance(selection, FragmentSpreadNode):
-                        name = selection.name.value
-                        if name in visiting or name not in fragments:
-                            continue  # cycles and unknown fragments are reported by the standard rules
-                        if name not in memo:
-                            memo[name] = measure(fragments[name].selection_set, visiting | {name})
-                        depth, count = max(depth, memo[name][0]), count + memo[name][1]
-                    if count > max_fields:
-                        return depth, count
-                return depth, count
-
-            for definition in node.definitions:
-                if isinstance(definition, OperationDefinitionNode):
-                    depth, count = measure(definition.selection_set, frozenset())
-                    if depth > max_depth:
-                        self.report_error(GraphQLError(
-                            f"Query is too deep: {depth} levels, at most {max_depth} allowed.", definition
-                        ))
-                    elif count > max_fields:
-                        self.report_error(GraphQLError(
-                            f"Query is too large: more than {max_fields} fields, at most {max_fields} allowed.",
-                            definition,
-                        ))
-            return False  # nothing else to visit
-
-    return QueryLimits
-
-
 def root_fields(document, operation_name: str | None) -> set[str]:
     """Top-level field names of the operation that will run (of every operation when it is ambiguous)."""
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
@@ -150,20 +102,22 @@ def root_fields(document, operation_name: str | None) -> set[str]:
     if operation_name is not None:
         operations = [d for d in operations if d.name is not None and d.name.value == operation_name] or operations
     names: set[str] = set()
+    seen: set[str] = set()  # a fragment adds the same names wherever it is spread: walk each one once
 
-    def collect(selection_set, seen: frozenset) -> None:
+    def collect(selection_set) -> None:
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
                 names.add(selection.name.value)
             elif isinstance(selection, InlineFragmentNode):
-                collect(selection.selection_set, seen)
+                collect(selection.selection_set)
             elif isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
                 if name in fragments and name not in seen:
-                    collect(fragments[name].selection_set, seen | {name})
+                    seen.add(name)
+                    collect(fragments[name].selection_set)
 
     for operation in operations:
-        collect(operation.selection_set, frozenset())
+        collect(operation.selection_set)
     return names
 
 
@@ -236,6 +190,11 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
         return _envelope({"data": None, "errors": [exc.formatted]}, 400)
     except RecursionError:
         return _failure("Query is too deeply nested")
+    try:
+        # Before validation (not linear in the document, see limits.py) and before root_fields walks it.
+        check_limits(document, settings.graphql_max_depth, settings.graphql_max_fields, settings.graphql_max_tokens)
+    except GraphQLError as exc:
+        return _envelope({"data": None, "errors": [exc.formatted]}, 400)
 
     if ("query" in request.query or request.method == "GET") and _has_mutation(document, operation_name):
         # A query in the URL can come from any web page without a CORS preflight: no writes that way.
@@ -256,7 +215,6 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
                 {"query": text, "variables": variables, "operationName": operation_name},
                 query_document=document,
                 context_value={"request": request},
-                validation_rules=[limit_rule(settings.graphql_max_depth, settings.graphql_max_fields)],
                 logger=ERRORS_LOGGER,
             )
     except TimeoutError:

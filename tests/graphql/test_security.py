@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
+from graphql import GraphQLError, parse
+
 from agent.config import Settings
+from agent.graphql.limits import check_limits
 from agent.graphql.security import exposure_problem
 
 CALL = 'mutation { authorization(transaction_tag:"x", account_tag:"nobody", destination:"39") { authorized } }'
@@ -108,3 +114,123 @@ async def test_hostile_queries_are_refused_before_execution(gql):
     assert any("Cannot spread fragment" in e for e in errors)
     reply = await api.client.post("/graphql", json={"query": "{ version }", "pad": "x" * 300_000})
     assert reply.status == 413
+
+
+# --- cost limits, checked on the parsed document before graphql-core validates it -------------------------------
+
+ALIASES_5000 = "{ " + " ".join(f"a{i}: __typename" for i in range(5000)) + " }"
+LIMITS = {"max_depth": 15, "max_fields": 2000, "max_expanded": 20000}  # the settings' defaults
+
+
+def _refusal(text: str, **limits) -> str:
+    """The message check_limits raises for `text` (it must raise)."""
+    document = parse(text)
+    with pytest.raises(GraphQLError) as refused:
+        check_limits(document, **{**LIMITS, **limits})
+    return refused.value.message
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """The documents ariadne hands to graphql-core's `validate`, recorded as it is called."""
+    module = importlib.import_module("ariadne.graphql")  # the module, not the `graphql` function ariadne exports
+    seen: list = []
+    original = module.validate
+
+    def recording(schema, document, *args, **kwargs):
+        seen.append(document)
+        return original(schema, document, *args, **kwargs)
+
+    monkeypatch.setattr(module, "validate", recording)
+    return seen
+
+
+def test_a_5000_alias_typename_document_is_refused_by_the_pre_check():
+    assert _refusal(ALIASES_5000).startswith("Query is too large: more than 2000 fields (aliases included)")
+
+
+async def test_a_5000_alias_typename_document_never_reaches_validation(gql, validations):
+    api = await gql()
+    status, body = await api.raw(ALIASES_5000)
+    assert status == 400 and body["data"] is None
+    assert body["errors"][0]["message"].startswith("Query is too large: more than 2000 fields")
+    assert validations == []
+    assert await api("{ version }") == {"version": 1}
+    assert len(validations) == 1  # the recorder sees what ariadne validates
+
+
+async def test_same_name_fields_within_the_field_limit_are_refused_before_validation(gql, validations):
+    # 2,000 fields are allowed, but 2,000 `__typename` are ~2 million pairs for OverlappingFieldsCanBeMergedRule
+    message = _refusal("{ " + "__typename " * 2000 + "}")
+    assert message.startswith("Query is too large: more than 2000 pairs of fields share a response name")
+    assert "'__typename' is selected 2000 times" in message
+    nested = "{ " + ('__type(name: "Account") { ' + "name " * 44 + "} ") * 44 + "}"  # 44 x 44 `name` at one path
+    assert "'name' is selected 1936 times" in _refusal(nested)
+    api = await gql()
+    _, errors = await api.error("{ " + "__typename " * 2000 + "}")
+    assert errors[0].startswith("Query is too large") and validations == []
+    assert await api("{ " + "__typename " * 3 + "}") == {"__typename": "Query"}  # a few repeats merge as usual
+
+
+def test_exponential_fragment_nesting_is_refused_without_expanding():
+    # F40 expands to 2^40 fields (or spreads): measured from the memoized sizes of F0..F39, never walked
+    levels = " ".join(f"fragment F{i} on Query {{ ...F{i - 1} ...F{i - 1} }}" for i in range(1, 41))
+    assert _refusal("{ ...F40 } fragment F0 on Query { __typename } " + levels).startswith(
+        "Query is too large: more than 2000 fields"
+    )
+    # no field at all, only spreads (F0's fragment is unknown): bounded by the expanded size
+    assert _refusal("{ version ...F40 } fragment F0 on Query { ...Missing } " + levels).startswith(
+        "Query is too large: its fragments expand to more than 20000 selections"
+    )
+    # an unused fragment is validated too, so it is measured too
+    assert _refusal("{ version } fragment F0 on Query { __typename } " + levels).startswith("Query is too large")
+
+
+async def test_exponential_fragment_nesting_never_reaches_validation(gql, validations):
+    api = await gql()
+    levels = " ".join(f"fragment F{i} on Query {{ ...F{i - 1} ...F{i - 1} }}" for i in range(1, 41))
+    _, errors = await api.error("{ ...F40 } fragment F0 on Query { __typename } " + levels)
+    assert errors == ["Query is too large: more than 2000 fields (aliases included), at most 2000 allowed."]
+    assert validations == []
+
+
+async def test_limits_count_fragments_expanded(gql):
+    api = await gql(graphql_max_fields=10, graphql_max_depth=3)
+
+    def account_types(*aliases: str) -> str:
+        pieces = " ".join(f'{alias}: __type(name: "Account") {{ ...T }}' for alias in aliases)
+        return "{ " + pieces + " } fragment T on __Type { name kind description }"
+
+    account = {"name": "Account", "kind": "OBJECT", "description": None}
+    assert await api(account_types("a", "b")) == {"a": account, "b": account}
+    # 6 fields written, 12 selected: 3 x (__type + name kind description)
+    _, errors = await api.error(account_types("a", "b", "c"))
+    assert errors[0] == "Query is too large: more than 10 fields (aliases included), at most 10 allowed."
+    # depth through fragments: 1 level written in the operation, 3 in the fragment, 4 selected
+    deep = '{ __type(name: "Account") { ...D } } fragment D on __Type { fields { type { name } } }'
+    _, errors = await api.error(deep)
+    assert errors[0] == "Query is too deep: more than 3 levels, at most 3 allowed."
+
+
+async def test_a_normal_query_with_fragments_still_works(gql, validations):
+    api = await gql()
+    query = ('query Q { version ...V __type(name: "Account") { ...Named ... on __Type { name kind } } }'
+             " fragment V on Query { version } fragment Named on __Type { name }")
+    assert await api(query) == {"version": 1, "__type": {"name": "Account", "kind": "OBJECT"}}
+    assert len(validations) == 1
+    _, errors = await api.error("{ ...Missing }")  # what the pre-check leaves to validation is still reported
+    assert errors == ['Unknown fragment \'Missing\'.']
+
+
+def test_fragment_cycles_duplicates_and_too_many_fragments_are_refused_by_the_pre_check():
+    assert _refusal("{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }") == (
+        "Cannot spread fragment 'A' within itself."
+    )
+    assert _refusal("{ ...A } fragment A on Query { version } fragment A on Query { __typename }") == (
+        "There can be only one fragment named 'A'."
+    )
+    # OverlappingFieldsCanBeMergedRule compares fragments pairwise: 64 fragments are 2,016 pairs
+    many = "{ " + " ".join(f"...F{i}" for i in range(64)) + " } " + " ".join(
+        f"fragment F{i} on Query {{ a{i}: __typename }}" for i in range(64))
+    assert _refusal(many) == "Query is too large: 64 fragments make 2016 pairs to compare, at most 2000 allowed."
+    check_limits(parse(many), **{**LIMITS, "max_fields": 2016})  # the same document under a higher limit
