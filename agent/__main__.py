@@ -40,6 +40,43 @@ async def _apply_balances(settings: Settings, balances: list[tuple[str, str, int
         await client.aclose()
 
 
+async def _publish(settings: Settings, rebuilt) -> None:
+    """Builds the decks an import changed (here: this process serves nothing) and publishes the change."""
+    import cache
+    from .store import decks
+    from .store.database import create_pool
+
+    pool = await create_pool(settings.database_url, max_size=2)
+    client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+    try:
+        await cache.load_library(client)
+
+        async def build_here(_settings):
+            for info in await decks.ensure(pool, settings.decks):
+                print(f"deck of tenant {info.tenant!r}: {info.rates:,} rates, {info.bytes / 1e6:.1f} MB,"
+                      f" in {info.folder}", file=sys.stderr)
+
+        await decks.publish(settings, pool, client, rebuilt, build=build_here)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+def _build_decks(settings: Settings) -> None:
+    from .store import decks
+    from .store.database import create_pool
+
+    async def run():
+        pool = await create_pool(settings.database_url, max_size=2)
+        try:
+            for info in await decks.ensure(pool, settings.decks):
+                print(f"tenant={info.tenant} rates={info.rates} bytes={info.bytes} covers={info.covers}")
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
 def _import_catalog(settings: Settings, path: str) -> None:
     from .store.importer import import_catalog
 
@@ -47,6 +84,7 @@ def _import_catalog(settings: Settings, path: str) -> None:
         document = orjson.loads(handle.read())
     summary = asyncio.run(_with_database(settings, lambda c: import_catalog(c, document)))
     asyncio.run(_apply_balances(settings, summary.pop("balances")))
+    asyncio.run(_publish(settings, summary.pop("rebuild")))
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 
@@ -86,6 +124,7 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
             result = asyncio.run(_with_database(settings, work))
     finally:
         bar.close()
+    asyncio.run(_publish(settings, result.tenants))
     print(f"rates={result.rows} removed={result.replaced}")
 
 
@@ -112,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the HTTP API")
     commands.add_parser("migrate", help="bring the PostgreSQL schema up to date and exit")
+    commands.add_parser("build-decks", help="build the rate decks this host lacks (--deck-dir) and exit")
     load = commands.add_parser("import", help="load catalog data from files").add_subparsers(dest="kind", required=True)
     catalog = load.add_parser("catalog", help="a JSON document of carriers, pricelists, rates and accounts")
     catalog.add_argument("file")
@@ -167,6 +207,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         applied = asyncio.run(_with_database(settings, migrate))
         print("applied: " + (", ".join(applied) or "nothing"))
+    elif args.command == "build-decks":
+        _build_decks(settings)
     elif args.command == "import" and args.kind == "catalog":
         _import_catalog(settings, args.file)
     elif args.command == "import":

@@ -18,7 +18,8 @@ from . import graphql
 from .http import health, rest
 from .http.responses import add_unrouted
 from . import metrics
-from .keys import CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
+from .keys import BUILDS_DECKS, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
+from .store import decks
 from .store.database import create_pool, migrate
 from .housekeeping import expire_calls, final_drain, outbox_writer
 from .transaction import Transactions
@@ -93,17 +94,20 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
-    keeper = CatalogKeeper(app[SETTINGS].database_url, app[DATABASE], app[REDIS])
+    settings = app[SETTINGS]
+    if app[BUILDS_DECKS]:  # served on its own (tests, embedding): no supervisor built the decks first
+        await decks.ensure(app[DATABASE], settings.decks)
+    keeper = CatalogKeeper(settings.database_url, app[DATABASE], app[REDIS], settings.decks)
     keeper.on_reload = _observe_reload
     await until_ready("the catalog", keeper.start)
     app[CATALOG] = keeper
-    app[TRANSACTIONS] = Transactions(app[SETTINGS], app[PIPELINE], keeper.get)
+    app[TRANSACTIONS] = Transactions(settings, app[PIPELINE], keeper.get, keeper.catch_up)
     async with _background("catalog-listener", keeper.run()):
         yield
 
 
 async def housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The outbox writer and call expiry, in this process (when no housekeeping process runs them)."""
+    """The outbox writer, call expiry and deck builder, in this process (when no housekeeper runs them)."""
     pool = app[DATABASE]
 
     async def current_pool():
@@ -113,7 +117,8 @@ async def housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     app[WRITER] = writer
     async with _background("outbox-writer", writer.run()):
         async with _background("call-expiry", expire_calls(app[PIPELINE].call, app[SETTINGS])):
-            yield
+            async with _background("deck-builder", decks.follow(app[SETTINGS], pool, app[REDIS])):
+                yield
     await final_drain(writer, timeout=5)
     await client.aclose()
 
@@ -122,6 +127,7 @@ def create_app(settings: Settings, housekeeping: bool = True) -> web.Application
     """The service; `housekeeping=False` when a housekeeping process writes the outbox and expires calls."""
     app = web.Application()
     app[SETTINGS] = settings
+    app[BUILDS_DECKS] = housekeeping
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
     graphql.setup(app)

@@ -1,13 +1,14 @@
-"""Keeps this process's catalog snapshot current: loads it at start and again after every change.
+"""Keeps this process's catalog snapshot current: loads it once at start, then applies each change.
 
-Changes are announced on a PostgreSQL channel (LISTEN/NOTIFY). A lost listening connection is
-re-established and followed by a full reload, since announcements made meanwhile were missed.
+Changes are announced on a PostgreSQL channel (LISTEN/NOTIFY) and read from the change log
+(store/changes.py) from the last one applied, so a lost announcement or a lost listening connection costs
+nothing but time: the log is also polled every second, and every authorization learns from Redis whether a
+newer change was published (`catch_up`, awaited before the call is rated: read-your-writes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
@@ -17,10 +18,13 @@ import redis.asyncio as aioredis
 from cache import UNAVAILABLE, account_key
 
 from .pricing.catalog import Catalog
-from .store.catalog import load_catalog
+from .store import changes
+from .store.catalog import DeckMissing, apply_changes, load_catalog
 from .store.database import CATALOG_CHANNEL
 
 log = logging.getLogger(__name__)
+_POLL = 1.0  # seconds between looks at the change log when no announcement came
+_DECK_WAIT = 60.0  # seconds a stale worker waits for a deck another host activated to be built here
 
 
 async def seed_balances(client: aioredis.Redis, catalog: Catalog, previous: Catalog | None) -> None:
@@ -28,7 +32,7 @@ async def seed_balances(client: aioredis.Redis, catalog: Catalog, previous: Cata
     pipe = client.pipeline(transaction=False)
     count = 0
     for key, account in catalog.accounts.items():
-        if previous is not None and key in previous.accounts:
+        if previous is not None and previous.accounts.get(key) is not None:
             continue
         pipe.hsetnx(account_key(account.tenant, account.account_tag), "balance", account.balance)
         count += 1
@@ -38,58 +42,71 @@ async def seed_balances(client: aioredis.Redis, catalog: Catalog, previous: Cata
 
 
 class CatalogKeeper:
-    def __init__(self, database_url: str, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+    def __init__(self, database_url: str, pool: asyncpg.Pool, redis: aioredis.Redis, deck_dir: str) -> None:
         self.database_url = database_url
         self.pool = pool
         self.redis = redis
+        self.deck_dir = deck_dir
         self.current = Catalog()
         self.loaded = asyncio.Event()
         self.last_load_seconds = 0.0
         self._changed = asyncio.Event()
-        self._version = 0
+        self._lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
-        self._oldest_change: float | None = None
         self.on_reload = lambda catalog, seconds, delay: None
 
     def get(self) -> Catalog:
         return self.current
 
-    async def reload(self) -> Catalog:
-        changed_at, self._oldest_change = self._oldest_change, None
-        self._version += 1
-        # Millions of new objects would trigger collection after collection of the young generations, each
-        # a pause of the event loop: collect nothing while loading, then move the survivors, the catalog
-        # included, out of the collector's way (they hold no reference cycles; refcounting frees them).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            catalog, seconds = await load_catalog(self.pool, self._version)
-        finally:
-            if collecting:
-                gc.enable()
-        previous = self.current if self.loaded.is_set() else None
+    async def _seed(self, catalog: Catalog, previous: Catalog | None) -> None:
         try:
             await seed_balances(self.redis, catalog, previous)
         except UNAVAILABLE as exc:
             log.warning("catalog: could not seed balances in Redis (%s); will retry on next load", exc)
+
+    async def load(self) -> Catalog:
+        started = time.perf_counter()
+        catalog = await load_catalog(self.pool, self.deck_dir)
+        await self._seed(catalog, None)
         self.current = catalog
-        gc.freeze()
-        self.last_load_seconds = seconds
+        self.last_load_seconds = time.perf_counter() - started
         self.loaded.set()
-        self.on_reload(catalog, seconds, None if changed_at is None else time.time() - changed_at)
-        log.info(
-            "catalog v%d: %d accounts, %d carriers, %d rates loaded in %.2fs",
-            catalog.version, len(catalog.accounts), len(catalog.carriers), catalog.rate_count, seconds,
-        )
+        self.on_reload(catalog, self.last_load_seconds, None)
+        log.info("catalog v%d: %d accounts, %d carriers, %d rates loaded in %.2fs", catalog.version,
+                 len(catalog.accounts), len(catalog.carriers), catalog.rate_count, self.last_load_seconds)
         return catalog
 
-    def _announce(self, _connection, _pid, _channel, payload: str) -> None:
-        try:
-            changed_at = float(payload.split(" ", 1)[0])
-        except ValueError:
-            changed_at = time.time()
-        if self._oldest_change is None:
-            self._oldest_change = changed_at
+    async def catch_up(self, target: int = 0) -> Catalog:
+        """Applies the changes logged after the current version (at least up to `target`, when given)."""
+        deadline = time.monotonic() + _DECK_WAIT
+        while True:
+            async with self._lock:
+                catalog = self.current
+                if target and catalog.version >= target:
+                    return catalog
+                started = time.perf_counter()
+                try:
+                    async with self.pool.acquire() as connection:
+                        async with connection.transaction(isolation="repeatable_read", readonly=True):
+                            rows = await changes.since(connection, catalog.version)
+                            updated = await apply_changes(connection, catalog, rows, self.deck_dir)
+                except DeckMissing:
+                    if time.monotonic() > deadline:
+                        raise
+                    updated = None
+                if updated is not None:
+                    if updated is not catalog:
+                        await self._seed(updated, catalog)
+                        self.current = updated
+                        delay = None
+                        if rows:
+                            delay = max(0.0, time.time() - rows[-1].at.timestamp()) if rows[-1].at else None
+                        self.on_reload(updated, time.perf_counter() - started, delay)
+                    if not target or updated.version >= target:
+                        return updated
+            await asyncio.sleep(0.05)  # a deck activated elsewhere is still being built here
+
+    def _announce(self, _connection, _pid, _channel, _payload: str) -> None:
         self._changed.set()
 
     async def _listen(self) -> asyncpg.Connection:
@@ -100,31 +117,27 @@ class CatalogKeeper:
     async def start(self) -> None:
         """Listens first, then loads: a change committed in between is not missed."""
         self._listener = await self._listen()
-        await self.reload()
+        await self.load()
 
     async def run(self) -> None:
-        """Reloads after each announced change, and after each reconnection (announcements were missed)."""
+        """Applies changes when announced, and at least every second (announcements can be lost)."""
         listener = self._listener
         while True:
             try:
                 if listener is None or listener.is_closed():
                     listener = await self._listen()
-                    self._changed.set()
-                while not listener.is_closed():
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-                    except asyncio.TimeoutError:
-                        await listener.execute("SELECT 1")
-                        continue
-                    await asyncio.sleep(0.05)  # let a burst of announcements settle into one reload
-                    self._changed.clear()
-                    await self.reload()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=_POLL)
+                except asyncio.TimeoutError:
+                    pass
+                self._changed.clear()
+                await self.catch_up()
             except asyncio.CancelledError:
                 if listener is not None and not listener.is_closed():
                     await listener.close()
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
-                log.warning("catalog: listener lost (%s); reconnecting", exc)
+            except Exception as exc:  # noqa: BLE001 - keep following the log whatever happened
+                log.warning("catalog: could not follow the change log (%s); retrying", exc)
                 if listener is not None and not listener.is_closed():
                     listener.terminate()
                 listener = None

@@ -49,6 +49,10 @@ class Settings:
         30.0, "seconds after which outbox entries left unwritten by a dead agent are taken over"
     )
     reaper_interval: float = _setting(1.0, "seconds between scans for expired reservations")
+    deck_dir: str = _setting(
+        "", "folder of the built rate decks, shared by the processes of a host (rebuilt from PostgreSQL when"
+        " missing); empty: rating-agent-decks in the system's temporary folder"
+    )
     log_level: str = _setting("INFO", "logging level")
     management_token: str = _setting(
         "", "bearer token the management API (GraphQL management fields, deck upload) requires; empty: none"
@@ -74,6 +78,12 @@ class Settings:
         for name in ("authorization_ttl", "call_grace", "record_retention", "outbox_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+
+    @property
+    def decks(self) -> str:
+        import tempfile
+
+        return self.deck_dir or os.path.join(tempfile.gettempdir(), "rating-agent-decks")
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -1,4 +1,4 @@
-"""Housekeeping: carrying the outbox to PostgreSQL and ending calls whose end never came.
+"""Housekeeping: carrying the outbox to PostgreSQL, ending calls whose end never came, building decks.
 
 With `serve`, one housekeeping process per host does this beside the HTTP workers, so their event loops
 only answer requests; the supervisor stops it after the workers, and it writes the whole outbox before
@@ -18,6 +18,7 @@ from cache import UNAVAILABLE
 
 from . import metrics
 from .config import Settings
+from .store import decks
 from .store.database import create_pool
 from .store.writer import OutboxWriter
 from .transaction import now_ms
@@ -59,6 +60,12 @@ async def final_drain(writer: OutboxWriter, timeout: float) -> None:
         await asyncio.wait_for(writer.drain_once(), timeout=timeout)
 
 
+async def _follow_decks(settings: Settings, pool_factory, redis) -> None:
+    from .app import until_ready
+
+    await decks.follow(settings, await until_ready("PostgreSQL", pool_factory), redis)
+
+
 async def housekeep(settings: Settings, stop: asyncio.Event) -> None:
     from .app import until_ready
 
@@ -76,6 +83,7 @@ async def housekeep(settings: Settings, stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(writer.run(), name="outbox-writer"),
         asyncio.create_task(expire_calls(redis.execute_command, settings), name="call-expiry"),
+        asyncio.create_task(_follow_decks(settings, pool_factory, redis), name="deck-builder"),
     ]
     await stop.wait()
     for task in tasks:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .transaction import Transactions
 
 SETTINGS = web.AppKey("settings", Settings)
+BUILDS_DECKS = web.AppKey("builds_decks", bool)  # served on its own: builds missing decks at start
 REDIS = web.AppKey("redis", aioredis.Redis)
 PIPELINE = web.AppKey("pipeline", AutoPipeline)
 DATABASE = web.AppKey("database", asyncpg.Pool)

@@ -168,8 +168,31 @@ def metrics_directory() -> Iterator[str]:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+async def prepare(settings: Settings) -> None:
+    """Before any worker starts: the schema is current and every deck the workers will map is built here."""
+    import cache
+
+    from .app import until_ready
+    from .store import decks
+    from .store.database import create_pool, migrate
+
+    pool = await until_ready("PostgreSQL", lambda: create_pool(settings.database_url, max_size=2))
+    client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection)
+        built = await decks.ensure(pool, settings.decks)
+        if built:
+            await until_ready("Redis", lambda: cache.load_library(client))
+            await decks.publish(settings, pool, client)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
 def serve(settings: Settings) -> int:
     """Runs the supervisor until SIGTERM/SIGINT; call inside `metrics_directory()`."""
+    asyncio.run(prepare(settings))
     return Supervisor(settings).run(worker_count(settings))
 
 

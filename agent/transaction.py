@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import orjson
 
-from cache import DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key
+from cache import CATALOG, DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key
 
 from .config import Settings
 from .pricing.catalog import Catalog
@@ -21,6 +21,13 @@ from .pricing.plan import Party, Plan, plan_call
 
 class Conflict(Exception):
     """The request contradicts the call's state (a 409 for the client)."""
+
+
+class CatalogBehind(ConnectionError):
+    """This worker could not catch up with the published catalog (answered 503, like Redis unavailable)."""
+
+
+_STALE_TRIES = 3  # plans per request when the catalog keeps moving while the worker catches up
 
 
 def now_ms() -> int:
@@ -59,15 +66,15 @@ class Fragments:
 
     def __init__(self, catalog: Catalog | None) -> None:
         self.catalog = catalog
-        self._accounts: tuple[dict[int, tuple[bytes, bytes]], ...] = ({}, {})  # outbound, inbound
-        self._rates: dict[int, tuple[bytes, bytes]] = {}
+        self._accounts: tuple[dict[int, tuple], ...] = ({}, {})  # outbound, inbound
+        self._rates: dict[int, tuple] = {}
 
     def _account(self, account, inbound: bool) -> tuple[bytes, bytes]:
         """The account as a party in one direction: `o` is its open-call set in that direction, `ox` the
         other direction's, which only a total limit needs."""
         accounts = self._accounts[inbound]
         found = accounts.get(id(account))
-        if found is None:
+        if found is None or found[2] is not account:
             tenant, tag = account.tenant, account.account_tag
             party = {
                 "k": account_key(tenant, tag),
@@ -81,25 +88,26 @@ class Fragments:
             }
             if account.max_concurrent_transactions is not None:
                 party["ox"] = open_calls_key(tenant, tag, not inbound)
-            found = accounts[id(account)] = (orjson.dumps(party)[:-1], orjson.dumps(list(account.tags)))
+            # the account is kept with its pieces: its id cannot be reused by another object meanwhile
+            found = accounts[id(account)] = (orjson.dumps(party)[:-1], orjson.dumps(list(account.tags)), account)
         return found
 
     def _rate(self, rate) -> tuple[bytes, bytes]:
         if rate is None:
             return b"null", b"null"
         found = self._rates.get(id(rate))
-        if found is None:
+        if found is None or found[2] is not rate:
             if len(self._rates) >= _FRAGMENTS_LIMIT:
                 self._rates.clear()
-            found = self._rates[id(rate)] = (orjson.dumps(rate.tariff()), orjson.dumps(rate.snapshot()))
+            found = self._rates[id(rate)] = (orjson.dumps(rate.tariff()), orjson.dumps(rate.snapshot()), rate)
         return found
 
     def parties(self, parties: tuple[Party, ...]) -> tuple[bytes, bytes]:
         """(the parties as the Redis library reads them, their rate snapshots and tags for the records)."""
         lua, details = [], []
         for party in parties:
-            account, tags = self._account(party.account, party.inbound)
-            tariff, snapshot = self._rate(party.rate)
+            account, tags, _ = self._account(party.account, party.inbound)
+            tariff, snapshot = self._rate(party.rate)[:2]
             lua.append(b'%s,"i":%d,"pr":%d,"c":%d,"r":%s}' % (
                 account, party.inbound, party.primary, party.spends_balance, tariff))
             details.append(b'{"rate":%s,"tg":%s}' % (snapshot, tags))
@@ -146,10 +154,12 @@ def _settled(reply: list, request: dict[str, Any]) -> Outcome:
 
 
 class Transactions:
-    def __init__(self, settings: Settings, redis: AutoPipeline, catalog: Callable[[], Catalog]) -> None:
+    def __init__(self, settings: Settings, redis: AutoPipeline, catalog: Callable[[], Catalog],
+                 catch_up: Callable[[int], Awaitable[Catalog]]) -> None:
         self.settings = settings
         self.redis = redis
         self.catalog = catalog
+        self.catch_up = catch_up
         self._fragments = Fragments(None)
         # what the Redis library needs of the settings, as the one argument it reads them from
         self._limits = (f"{settings.authorization_ttl * 1000},{settings.reservation_share},{settings.max_units},"
@@ -180,17 +190,27 @@ class Transactions:
             reason = plan.refusal.value if plan.refusal else ""
             refused = plan.refused_tag or ""
         return fcall(
-            "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX),
+            "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG),
             (now_ms(), self._limits, int(begin), tenant, tag, parties, meta_json(request, details), reason,
-             refused, at),
+             refused, at, 0 if planned is None else planned[1].catalog.version),
         )
+
+    async def _settle(self, request: dict[str, Any], at: int, begin: bool, plan: bool) -> tuple[Outcome, Any]:
+        """Plans the call and settles it in Redis; a plan made on a catalog older than the published one is
+        refused by Redis before anything is written, and made again once this worker has caught up."""
+        for _ in range(_STALE_TRIES):
+            planned = self._plan(request, at) if plan else None
+            reply = await self.redis.call(*self._authorize(request, at, begin, planned))
+            if reply[1] != "stale":
+                return _settled(reply, request), planned
+            await self.catch_up(int(reply[5]))
+        raise CatalogBehind("the catalog changed faster than this worker could follow")
 
     async def authorization(self, request: dict[str, Any]) -> dict[str, Any]:
         """Canyan's answer, written out whole for each outcome (cheaper than merging `_echo` and choosing
         every field by condition; the keys stay in Canyan's order)."""
         at = to_ms(request["timestamp_auth"])
-        planned = self._plan(request, at)
-        outcome = _settled(await self.redis.call(*self._authorize(request, at, False, planned)), request)
+        outcome, planned = await self._settle(request, at, False, True)
         account_tag, callee = request["account_tag"], request["destination_account_tag"]
         if outcome.ok and outcome.units > 0:
             return {
@@ -212,10 +232,8 @@ class Transactions:
 
     async def begin(self, request: dict[str, Any]) -> dict[str, Any]:
         at = to_ms(request["timestamp_begin"])
-        planned = None
-        if request["account_tag"] or request["destination_account_tag"]:
-            planned = self._plan(request, at)
-        outcome = _settled(await self.redis.call(*self._authorize(request, at, True, planned)), request)
+        outcome, _ = await self._settle(request, at, True,
+                                        bool(request["account_tag"] or request["destination_account_tag"]))
         return {"ok": outcome.ok, **_echo(request)}
 
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -235,15 +253,20 @@ class Transactions:
     async def record(self, request: dict[str, Any]) -> dict[str, Any]:
         begin = to_ms(request["timestamp_begin"])
         end = to_ms(request["timestamp_end"]) if request["timestamp_end"] else max(begin, now_ms())
-        plan, fragments = self._plan(request, begin)
-        if plan.refusal is not None or not plan.parties:
-            return {"ok": False, **_echo(request)}
         auth = request["timestamp_auth"]
-        parties, details = fragments.parties(plan.parties)
-        reply = await self.redis.call(*fcall(
-            "rating_record", (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX),
-            (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
-             parties, meta_json(request, details, "authorized", "unauthorized_reason"),
-             "" if auth is None else to_ms(auth), begin, end),
-        ))
-        return {"ok": Outcome.of(reply).ok, **_echo(request)}
+        for _ in range(_STALE_TRIES):
+            plan, fragments = self._plan(request, begin)
+            if plan.refusal is not None or not plan.parties:
+                return {"ok": False, **_echo(request)}
+            parties, details = fragments.parties(plan.parties)
+            reply = await self.redis.call(*fcall(
+                "rating_record",
+                (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX, CATALOG),
+                (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
+                 parties, meta_json(request, details, "authorized", "unauthorized_reason"),
+                 "" if auth is None else to_ms(auth), begin, end, fragments.catalog.version),
+            ))
+            if reply[1] != "stale":
+                return {"ok": Outcome.of(reply).ok, **_echo(request)}
+            await self.catch_up(int(reply[5]))
+        raise CatalogBehind("the catalog changed faster than this worker could follow")

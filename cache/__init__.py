@@ -23,6 +23,7 @@ LIBRARY = files(__package__).joinpath("rating.lua").read_text()
 DEADLINES = "rating:deadlines"
 OUTBOX = "rating:outbox"
 OUTBOX_GROUP = "pg-writer"
+CATALOG = "rating:catalog"
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 
@@ -109,3 +110,8 @@ async def move_balance(
         (tenant, account_tag, mode, amount, at_ms, reference),
     ))
     return int(reply)
+
+
+async def publish_catalog(client: aioredis.Redis, version: int) -> int:
+    """Makes catalog change `version` (committed) the one every authorization must be planned on."""
+    return int(await client.execute_command(*fcall("rating_publish", (CATALOG,), (version,))))

@@ -16,6 +16,8 @@ Keys
                  An open call (authorized, begun) is only in its call hash; a reader that must list it
                  writes its current state itself (agent/store/writer.py catch_up), versioned by Redis'
                  clock when the state was written (ts/tu; cm/cu in documents).
+  catalog  STRING the newest catalog change published by a writer (agent/store/changes.py): a call planned
+                 on an older catalog is answered `stale` before anything is written, and re-planned
   stats    HASH  service-wide totals for metrics: running (begun calls), charges and charged (count and
                  amount charged), refunded (amount). Open calls (authorized or running) are the members
                  of `deadlines`: every open call has exactly one deadline.
@@ -290,10 +292,19 @@ local function settings_of(text)
   return found
 end
 
--- KEYS call, deadlines, outbox
+-- The reply to a call planned on a catalog older than the one published: nothing was done; the balance
+-- field carries the version to catch up with.
+local function stale(catalog_key, version)
+  local published = tonumber(redis.call('GET', catalog_key) or '0')
+  if published > tonumber(version) then
+    return {0, 'stale', '', '', 0, published}
+  end
+end
+
+-- KEYS call, deadlines, outbox, catalog
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
 --      agent could not plan: a begin with only the transaction tag), meta_json, refusal reason ('' if
---      none), refused tag, at_ms (authorization or begin time)
+--      none), refused tag, at_ms (authorization or begin time), catalog version planned on
 local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
   local settings = settings_of(args[2])
@@ -318,6 +329,10 @@ local function authorize(keys, args)
   end
   if args[6] == '' then
     return {0, 'missing', '', '', 0, 0}
+  end
+  local outdated = stale(keys[4], args[11])
+  if outdated then
+    return outdated
   end
   local parties = cjson.decode(args[6])
   local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap)
@@ -433,10 +448,14 @@ local function rollback(keys, args)
 end
 
 -- A one-shot call record, priced from its own begin and end and charged at once.
--- KEYS call, deadlines, outbox; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json, meta_json,
---      auth_ms ('' if none), begin_ms, end_ms
+-- KEYS call, deadlines, outbox, catalog; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
+--      meta_json, auth_ms ('' if none), begin_ms, end_ms, catalog version planned on
 local function record(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  local outdated = stale(keys[4], args[10])
+  if outdated then
+    return outdated
+  end
   local doc = load(key)
   if doc then
     if doc.st == 'recorded' then
@@ -517,7 +536,17 @@ local function price(keys, args)
   return {fee(tariff, tonumber(args[5])), max_units(tariff, share_of(tonumber(args[6]), tonumber(args[7])), tonumber(args[8]))}
 end
 
+-- KEYS catalog; ARGV version: publishes a committed catalog change (never moves back)
+local function publish(keys, args)
+  local version = tonumber(args[1])
+  if version > tonumber(redis.call('GET', keys[1]) or '0') then
+    redis.call('SET', keys[1], args[1])
+  end
+  return tonumber(redis.call('GET', keys[1]))
+end
+
 redis.register_function('rating_authorize', authorize)
+redis.register_function('rating_publish', publish)
 redis.register_function('rating_finish', finish)
 redis.register_function('rating_rollback', rollback)
 redis.register_function('rating_record', record)

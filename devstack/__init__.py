@@ -242,6 +242,7 @@ class AgentProcess:
             "RATING_REDIS_URL": redis_url,
             "RATING_DATABASE_URL": database_url,
             "RATING_WORKERS": "1",
+            "RATING_DECK_DIR": str(Path(log_dir) / "decks"),  # agents started with one log folder share a host
             **{f"RATING_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.log_path = Path(log_dir) / f"agent-{self.port}.log"

@@ -89,15 +89,20 @@ async def stack(redis_server, postgres_server):
     connection = await asyncpg.connect(postgres_server.url)
     await migrate(connection)
     await connection.execute(
-        "TRUNCATE carriers, pricelists, pricelist_rates, accounts, transactions, ledger CASCADE"
+        "TRUNCATE carriers, pricelists, pricelist_rates, accounts, transactions, ledger, catalog_changes CASCADE"
     )
     yield Stack(redis_server.url, postgres_server.url, client, connection)
     await connection.close()
     await client.aclose()
 
 
+@pytest.fixture(scope="session")
+def deck_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("decks"))
+
+
 @pytest.fixture
-async def agent(stack):
+async def agent(stack, deck_dir):
     """Starts the agent in-process (after loading `document`, if given) and returns a test client."""
     from aiohttp.test_utils import TestClient, TestServer
 
@@ -110,6 +115,7 @@ async def agent(stack):
     async def start(document: dict | None = None, **settings):
         if document is not None:
             await stack.load(document)
+        settings.setdefault("deck_dir", deck_dir)
         app = create_app(Settings(redis_url=stack.redis_url, database_url=stack.database_url, **settings))
         client = TestClient(TestServer(app))
         await client.start_server()

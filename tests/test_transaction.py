@@ -420,7 +420,7 @@ def test_planning_reads_the_call_time_when_the_tenant_has_dated_rates():
     start = datetime(2030, 1, 1, tzinfo=timezone.utc)
     snapshot = Catalog.of([Account("t", "a")], [Carrier("t", "c1", "10.0.0.1")],
                           [Rate("t", "p1", "c1", "39", rate=1, datetime_start=start)])
-    transactions = Transactions(Settings.load(), None, lambda: snapshot)
+    transactions = Transactions(Settings.load(), None, lambda: snapshot, None)
     request = {"tenant": "t", "account_tag": "a", "destination_account_tag": None, "destination": "3906"}
     before = int(start.timestamp() * 1000) - 1
     assert transactions._plan(request, before)[0].refusal is Reason.UNREACHEABLE_DESTINATION

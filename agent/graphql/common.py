@@ -8,9 +8,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from ariadne import ObjectType, QueryType
 from aiohttp import web
 
-from ..keys import DATABASE, PIPELINE, REDIS
+from ..keys import DATABASE, PIPELINE, REDIS, SETTINGS
+from ..store import changes, decks
 from ..store import management as repo
-from ..store.database import notify_catalog_changed
 from ..store.management import Entity, ManagementError
 
 query = QueryType()
@@ -52,14 +52,17 @@ async def reading(info) -> AsyncIterator[Any]:
 
 
 @contextlib.asynccontextmanager
-async def writing(info, entity: Entity | None = None, catalog: bool | None = None) -> AsyncIterator[Any]:
-    """A connection in a transaction; a catalog change is announced to every agent at commit."""
-    announce = entity.catalog if catalog is None and entity is not None else bool(catalog)
+async def writing(info) -> AsyncIterator[tuple[Any, changes.Recorder]]:
+    """A connection in a transaction and the recorder of the catalog changes it makes, which are logged at
+    commit and published once committed (a bulk change after its deck is built): when the mutation answers,
+    the next authorization anywhere is rated with it."""
+    recorder = changes.Recorder()
     async with pool_of(info).acquire() as connection:
         async with connection.transaction():
-            yield connection
-            if announce:
-                await notify_catalog_changed(connection, entity.table if entity else "catalog")
+            yield connection, recorder
+            seq = await recorder.write(connection)
+    if seq:
+        await decks.publish(app_of(info)[SETTINGS], pool_of(info), redis_of(info), recorder.bulk)
 
 
 def crud(
@@ -94,7 +97,7 @@ def crud(
             return {"count": await repo.count_rows(connection, entity, await build_where(info, connection, args))}
 
     async def resolve_write(_, info, **args):
-        async with writing(info, entity) as connection:
+        async with writing(info) as (connection, recorder):
             given = args if prepare is None else await prepare(connection, args)
             async def bound(values: dict, old: dict | None) -> None:
                 if check is not None:
@@ -102,18 +105,22 @@ def crud(
                 if live_check is not None:  # what Redis must allow (the live state), inside the write
                     await live_check(info, values, old)
             record, old = await repo.upsert(connection, entity, given, bound)
+            if entity.catalog:
+                changes.of_write(recorder, entity.table, record, old)
         if after_write is not None:
             record = await after_write(info, args, record, old)
         return record
 
     async def resolve_delete(_, info, **args):
-        async with writing(info, entity) as connection:
+        async with writing(info) as (connection, recorder):
             record = await repo.fetch_one(connection, entity, args)
             if record is None:
                 return None
             if before_delete is not None:
                 await before_delete(info, connection, record)
             await repo.delete(connection, entity, {"id": record["id"]})
+            if entity.catalog:
+                changes.of_write(recorder, entity.table, None, record)
         if after_delete is not None:
             await after_delete(info, record)
         return record

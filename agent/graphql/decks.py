@@ -2,8 +2,9 @@
 
 Query parameters: `carrier_tag` (for rows without one), `tenant` (default "default"), `replace` (true: the
 deck becomes the whole tariff of its pricelist/carrier pairs). Every row belongs to the pricelist and
-tenant of the URL. The body is parsed as it arrives and copied into PostgreSQL, merged in one transaction
-and announced at commit, so every agent switches from the old deck to the new one at once. Answers
+tenant of the URL. The body is parsed as it arrives and copied into PostgreSQL, merged in one transaction;
+then the tenant's deck is built (in a child process) and activated, and the answer comes once every agent
+rates with it; each call is rated entirely on the old deck or on the new one. Answers
 `{"rows", "removed", "seconds"}`; a bad row answers 422 naming its line, and nothing is changed.
 Needs the management token when one is configured.
 """
@@ -19,7 +20,8 @@ import asyncpg
 from aiohttp import web
 
 from ..http.responses import detail, json_response
-from ..keys import DATABASE, SETTINGS
+from ..keys import DATABASE, REDIS, SETTINGS
+from ..store import decks
 from ..store.importer import ImportError_, import_rates, rate_row
 from .security import token_ok
 
@@ -123,5 +125,6 @@ async def upload_deck(request: web.Request) -> web.Response:
         return detail(str(exc), 422)
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
         return detail(f"deck refused: {exc}", 422)
+    await decks.publish(request.app[SETTINGS], request.app[DATABASE], request.app[REDIS], result.tenants)
     return json_response({"rows": result.rows, "removed": result.replaced,
                           "seconds": round(time.perf_counter() - started, 3)})

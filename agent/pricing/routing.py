@@ -56,7 +56,7 @@ def route(
     longest = table.longest(destination)
     key = None
     if longest is not None:
-        key = (tenant, id(longest), account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
+        key = (tenant, longest[0], account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
                carriers)
         found = catalog.routes.get(key)
         if found is not None:

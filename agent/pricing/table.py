@@ -1,24 +1,78 @@
-"""The in-memory rate table of one tenant: longest-prefix lookup without a length limit.
+"""The rate table of one tenant: longest-prefix lookup without a length limit, in layers.
 
-Prefixes are kept in hash maps keyed by the prefix itself, with the set of prefix lengths that occur;
-a lookup probes each occurring length from the longest down. This finds what a character trie finds, with
-one hash probe per distinct prefix length instead of one node per character, and a fraction of a
-trie's memory in Python (one dict entry per prefix instead of one dict per character).
+A table answers two questions about its *keys* (normalized prefixes, see destination.prefix_key): which
+number keys a dialled number starts with, and which raw (URI) keys a raw destination starts with, each
+with the key's rates best first. Two kinds of layer answer them:
+
+* `RateTable`, hash maps keyed by the prefix itself with the set of prefix lengths that occur (one probe
+  per distinct length, longest first): small tables and the changes made since a deck was built;
+* `deck.Deck`, an immutable memory-mapped artifact shared by every process of a host: the bulk.
+
+`Layered` puts a change layer over a deck: a key of the upper layer replaces the same key below it, and an
+empty group there removes it. The lookups (`longest`, `matches`) are the same for every layer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 from .destination import number_of, prefix_key, scheme_length
 from .rate import Rate
 
+Group = tuple[Rate, ...]
+
+
+class Layer(Protocol):
+    size: int
+    dated: bool
+    has_raw: bool
+
+    def number_matches(self, number: str) -> list[tuple[str, Group]]:
+        """(key, rates) of every number key `number` starts with, longest first."""
+
+    def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
+        """(key, rates) of every raw key the raw destination starts with, longest first."""
+
+
+def key_of(prefix: str) -> tuple[bool, str]:
+    """(is_raw, key) of a rate prefix."""
+    if prefix.isdigit():  # the common case, without parsing: the prefix is its own key
+        return False, prefix
+    is_raw, key, _ = prefix_key(prefix)
+    return is_raw, key
+
+
+class Lookups:
+    """The longest-prefix lookups every layer shares, written once over `number_matches`/`raw_matches`."""
+
+    __slots__ = ()
+
+    def longest(self: Layer, destination: str) -> tuple[str, Group] | None:
+        """The longest matching number key and its rates, when that alone decides every match.
+
+        Every prefix matching a number is a prefix of its longest match, so numbers sharing the longest
+        match share all their matches. Tables with raw (URI) prefixes also match on the raw string: None.
+        """
+        if self.has_raw:
+            return None
+        found = self.number_matches(number_of(destination))
+        return found[0] if found else None
+
+    def matches(self: Layer, destination: str) -> Iterator[tuple[int, Group]]:
+        """(specificity, rates) of every matching prefix, most specific first, each group best rate first."""
+        found = [(len(key), rates) for key, rates in self.number_matches(number_of(destination))]
+        if self.has_raw:
+            raw = destination.strip()
+            found.extend((len(key) - scheme_length(key), rates) for key, rates in self.raw_matches(raw))
+            found = _merge_equal_specificity(found)
+        return iter(found)
+
 
 @dataclass(slots=True)
-class RateTable:
-    numbers: dict[str, tuple[Rate, ...]] = field(default_factory=dict)
-    raw: dict[str, tuple[Rate, ...]] = field(default_factory=dict)
+class RateTable(Lookups):
+    numbers: dict[str, Group] = field(default_factory=dict)
+    raw: dict[str, Group] = field(default_factory=dict)
     number_lengths: tuple[int, ...] = ()
     raw_lengths: tuple[int, ...] = ()
     size: int = 0
@@ -31,11 +85,12 @@ class RateTable:
             table.add(rate)
         return table.freeze()
 
+    @property
+    def has_raw(self) -> bool:
+        return bool(self.raw_lengths)
+
     def add(self, rate: Rate) -> None:
-        if rate.prefix.isdigit():  # the common case, without parsing: the prefix is its own key
-            is_raw, key = False, rate.prefix
-        else:
-            is_raw, key, _ = prefix_key(rate.prefix)
+        is_raw, key = key_of(rate.prefix)
         index = self.raw if is_raw else self.numbers
         existing = index.get(key)
         index[key] = (rate,) if existing is None else (*existing, rate)
@@ -43,8 +98,16 @@ class RateTable:
         if rate.datetime_start is not None or rate.datetime_end is not None:
             self.dated = True
 
+    def put(self, is_raw: bool, key: str, rates: Group) -> None:
+        """Sets a key's whole group (an empty group hides the key of a layer below); call `freeze` after."""
+        index = self.raw if is_raw else self.numbers
+        self.size += len(rates) - len(index.get(key, ()))
+        index[key] = rates
+        if any(r.datetime_start is not None or r.datetime_end is not None for r in rates):
+            self.dated = True
+
     def freeze(self) -> "RateTable":
-        """Orders each prefix's rates best first and computes the probe lengths; call after the last `add`."""
+        """Orders each prefix's rates best first and computes the probe lengths; call after the last change."""
         for index in (self.numbers, self.raw):
             for key, rates in index.items():
                 if len(rates) > 1:
@@ -53,49 +116,85 @@ class RateTable:
         self.raw_lengths = tuple(sorted({len(k) for k in self.raw}, reverse=True))
         return self
 
-    def longest(self, destination: str) -> tuple[Rate, ...] | None:
-        """The rates of the longest matching number prefix, when that alone decides every match.
+    def group(self, is_raw: bool, key: str) -> Group | None:
+        return (self.raw if is_raw else self.numbers).get(key)
 
-        Every prefix matching a number is a prefix of its longest match, so numbers sharing the longest
-        match share all their matches. Tables with raw (URI) prefixes also match on the raw string: None.
-        """
-        if self.raw_lengths:
-            return None
-        number = number_of(destination)
-        length = len(number)
-        numbers = self.numbers
-        for size in self.number_lengths:
-            if size <= length:
-                rates = numbers.get(number[:size])
-                if rates is not None:
-                    return rates
-        return None
-
-    def matches(self, destination: str) -> Iterator[tuple[int, tuple[Rate, ...]]]:
-        """(specificity, rates) of every matching prefix, most specific first, each group best rate first."""
-        number = number_of(destination)
-        found: list[tuple[int, tuple[Rate, ...]]] = []
+    def number_matches(self, number: str) -> list[tuple[str, Group]]:
         numbers = self.numbers
         length = len(number)
+        found = []
         for size in self.number_lengths:
             if size <= length:
-                rates = numbers.get(number[:size])
+                key = number[:size]
+                rates = numbers.get(key)
                 if rates is not None:
-                    found.append((size, rates))
-        if self.raw_lengths:
-            raw = destination.strip()
-            for size in self.raw_lengths:
-                if size <= len(raw):
-                    rates = self.raw.get(raw[:size])
-                    if rates is not None:
-                        found.append((size - scheme_length(raw[:size]), rates))
-            found = _merge_equal_specificity(found)
-        return iter(found)
+                    found.append((key, rates))
+        return found
+
+    def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
+        found = []
+        for size in self.raw_lengths:
+            if size <= len(raw):
+                key = raw[:size]
+                rates = self.raw.get(key)
+                if rates is not None:
+                    found.append((key, rates))
+        return found
+
+    def over(self, base: Layer, changes: dict[tuple[bool, str], Group]) -> "Layered":
+        """A copy of this layer with `changes` (key -> its whole new group, best first) put in, over `base`."""
+        upper = self.copy()
+        for (is_raw, key), rates in changes.items():
+            upper.put(is_raw, key, rates)
+        upper.number_lengths = tuple(sorted({len(k) for k in upper.numbers}, reverse=True))
+        upper.raw_lengths = tuple(sorted({len(k) for k in upper.raw}, reverse=True))
+        size = base.size + sum(len(group) - len(base.group(is_raw, key) or ()) for is_raw, index in
+                               ((False, upper.numbers), (True, upper.raw)) for key, group in index.items())
+        return Layered(base, upper, size)
+
+    def copy(self) -> "RateTable":
+        return RateTable(dict(self.numbers), dict(self.raw), self.number_lengths, self.raw_lengths, self.size,
+                         self.dated)
 
 
-def _merge_equal_specificity(found: list[tuple[int, tuple[Rate, ...]]]) -> list[tuple[int, tuple[Rate, ...]]]:
+@dataclass(frozen=True, slots=True)
+class Layered(Lookups):
+    """`upper` (the changes since `base` was built) over `base`; an empty group in `upper` removes the key."""
+
+    base: Layer
+    upper: RateTable
+    size: int  # rates visible through both layers
+
+    @property
+    def dated(self) -> bool:
+        return self.base.dated or self.upper.dated
+
+    @property
+    def has_raw(self) -> bool:
+        return self.base.has_raw or self.upper.has_raw
+
+    def group(self, is_raw: bool, key: str) -> Group | None:
+        found = self.upper.group(is_raw, key)
+        return self.base.group(is_raw, key) if found is None else found
+
+    def number_matches(self, number: str) -> list[tuple[str, Group]]:
+        return _overlaid(self.base.number_matches(number), self.upper.number_matches(number))
+
+    def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
+        return _overlaid(self.base.raw_matches(raw), self.upper.raw_matches(raw))
+
+
+def _overlaid(below: list[tuple[str, Group]], above: list[tuple[str, Group]]) -> list[tuple[str, Group]]:
+    if not above:
+        return below
+    merged = dict(below)
+    merged.update(above)
+    return sorted(((k, g) for k, g in merged.items() if g), key=lambda item: -len(item[0]))
+
+
+def _merge_equal_specificity(found: list[tuple[int, Group]]) -> list[tuple[int, Group]]:
     """Raw and number prefixes of the same specificity compete as one group, most specific first."""
-    merged: dict[int, tuple[Rate, ...]] = {}
+    merged: dict[int, Group] = {}
     for specificity, rates in found:
         if specificity in merged:
             merged[specificity] = tuple(sorted(merged[specificity] + rates, key=Rate.order_key))

@@ -1,24 +1,32 @@
-"""Reading the catalog snapshot the pricing kernel rates from.
+"""Reading the catalog snapshot the pricing kernel rates from, and moving it forward change by change.
 
-The read happens in one repeatable-read transaction (a consistent cut even while a deck is being
-imported) and yields to the event loop every few thousand rates, so requests keep being served while a
-large table is loaded.
+`load_catalog` reads accounts and carriers, maps each tenant's activated deck and lays over it the rate
+changes made since the deck was built, all in one repeatable-read transaction (a consistent cut).
+`apply_changes` turns a snapshot and the change-log rows after its version into the next snapshot, at a
+cost in proportion to the changes: re-read accounts, carriers and rates, a newly activated deck mapped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
 
 import asyncpg
 
 from ..pricing.account import Account, AccountType
 from ..pricing.carrier import Carrier
 from ..pricing.catalog import Catalog
+from ..pricing.deck import Deck
 from ..pricing.rate import Rate
-from ..pricing.table import RateTable
+from ..pricing.table import Layer, Layered, RateTable, key_of
+from . import changes, decks
+from .changes import Change
 
-_YIELD_EVERY = 5000
+
+class DeckMissing(RuntimeError):
+    """An activated deck this host has not built yet."""
 
 
 def account_from_row(row: asyncpg.Record) -> Account:
@@ -41,43 +49,117 @@ def account_from_row(row: asyncpg.Record) -> Account:
     )
 
 
-async def load_catalog(pool: asyncpg.Pool, version: int) -> tuple[Catalog, float]:
-    """The catalog as stored now, and the seconds it took to read and index it."""
-    started = time.perf_counter()
+def carrier_from_row(row: asyncpg.Record) -> Carrier:
+    return Carrier(row["tenant"], row["carrier_tag"], row["host"] or "", row["port"], row["protocol"], row["active"])
+
+
+_EMPTY = RateTable().freeze()
+
+
+def _identity(rate: Rate) -> tuple[str, str | None, str]:
+    return rate.pricelist_tag, rate.carrier_tag, rate.prefix
+
+
+async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[list]) -> Layered:
+    """`table` with the rates named by `identities` ([pricelist, carrier, prefix]) as they are stored now."""
+    wanted = {tuple(i) for i in identities}
+    if isinstance(table, Layered):
+        base, upper = table.base, table.upper
+    else:
+        base, upper = table, _EMPTY
+    groups: dict[tuple[bool, str], tuple[Rate, ...]] = {}
+    if wanted:
+        pricelists, carriers, prefixes = (list(column) for column in zip(*wanted))
+        fresh = await decks.read_rates(
+            connection, tenant,
+            " AND (pricelist_tag, carrier_tag, prefix) IN"
+            " (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))",
+            pricelists, carriers, prefixes)
+        added: dict[tuple[bool, str], list[Rate]] = {key_of(identity[2]): [] for identity in wanted}
+        for rate in fresh:
+            added.setdefault(key_of(rate.prefix), []).append(rate)
+        for (is_raw, key), rates in added.items():
+            current = upper.group(is_raw, key)
+            if current is None:
+                current = base.group(is_raw, key) or ()
+            kept = [r for r in current if _identity(r) not in wanted]
+            groups[(is_raw, key)] = tuple(sorted(kept + rates, key=Rate.order_key))
+    return upper.over(base, groups)
+
+
+async def _tenant_table(connection, folder: Path, tenant: str, covers: int | None) -> Layered:
+    """The tenant's deck covering at least `covers` (none: no deck yet) with the rate changes made since."""
+    base: Layer = _EMPTY
+    since = 0
+    if covers is not None:
+        path = decks.local_deck(folder, tenant, covers)
+        if path is None:
+            raise DeckMissing(f"the deck of tenant {tenant!r} covering change {covers} is not built on this host")
+        base = Deck(path)
+        since = base.covers
+    rows = await changes.since(connection, since, tenant, ("rate",))
+    return await _overlay(connection, base, tenant, (i for change in rows for i in change.subject))
+
+
+async def load_catalog(pool: asyncpg.Pool, root: str | os.PathLike) -> Catalog:
+    """The catalog as stored now (its version: the last change it contains)."""
     async with pool.acquire() as connection:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
-            accounts = {
-                (row["tenant"], row["account_tag"]): account_from_row(row)
-                for row in await connection.fetch("SELECT * FROM accounts")
-            }
-            carriers = {
-                (row["tenant"], row["carrier_tag"]): Carrier(
-                    row["tenant"], row["carrier_tag"], row["host"] or "", row["port"], row["protocol"], row["active"]
-                )
-                for row in await connection.fetch("SELECT * FROM carriers")
-            }
-            tables: dict[str, RateTable] = {}
-            shared: dict[str | None, str | None] = {}  # one string object per repeated tag or description
-            count = 0
-            cursor = connection.cursor(
-                "SELECT tenant, pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment,"
-                " interval_start, description, datetime_start, datetime_end"
-                " FROM pricelist_rates WHERE active",
-                prefetch=10_000,
-            )
-            async for row in cursor:
-                tenant, pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end = row
-                table = tables.get(tenant)
-                if table is None:
-                    table = tables[tenant] = RateTable()
-                table.add(Rate(
-                    shared.setdefault(tenant, tenant), shared.setdefault(pricelist, pricelist),
-                    shared.setdefault(carrier, carrier), prefix, connect_fee, rate, increment, free,
-                    shared.setdefault(text, text), start, end,
-                ))
-                count += 1
-                if count % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-    for table in tables.values():
-        table.freeze()
-    return Catalog(accounts, carriers, tables, version), time.perf_counter() - started
+            version = await changes.last_seq(connection)
+            folder = await decks.database_folder(connection, root)
+            accounts = {(r["tenant"], r["account_tag"]): account_from_row(r)
+                        for r in await connection.fetch("SELECT * FROM accounts")}
+            carriers = {(r["tenant"], r["carrier_tag"]): carrier_from_row(r)
+                        for r in await connection.fetch("SELECT * FROM carriers")}
+            active = await decks.activations(connection)
+            tenants = set(active) | {r["tenant"] for r in await connection.fetch(
+                "SELECT DISTINCT tenant FROM catalog_changes WHERE kind = 'rate'")}
+            tables = {t: await _tenant_table(connection, folder, t, active.get(t)) for t in tenants}
+    return Catalog(accounts, carriers, tables, version)
+
+
+async def apply_changes(connection: asyncpg.Connection, catalog: Catalog, rows: list[Change],
+                        root: str | os.PathLike) -> Catalog:
+    """The snapshot after `rows` (change-log rows following `catalog.version`, in order)."""
+    if not rows:
+        return catalog
+    accounts, carriers, tables = catalog.accounts, catalog.carriers, catalog.tables
+    folder = None
+    wanted: dict[str, dict[tuple[str, str], None]] = {"account": {}, "carrier": {}}
+    rates: dict[str, list] = {}
+    activated: dict[str, int] = {}
+    for change in rows:
+        if change.kind in wanted:
+            wanted[change.kind].update(((change.tenant, tag), None) for tag in change.subject)
+        elif change.kind == "rate":
+            rates.setdefault(change.tenant, []).extend(change.subject)
+        elif change.kind == "deck":
+            activated[change.tenant] = change.subject["covers"]
+            rates.pop(change.tenant, None)  # re-read with the deck below
+    if wanted["account"]:
+        accounts = dict(accounts)
+        tenants, tags = zip(*wanted["account"])
+        for key in wanted["account"]:
+            accounts.pop(key, None)
+        for row in await connection.fetch(
+                "SELECT * FROM accounts WHERE (tenant, account_tag) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                list(tenants), list(tags)):
+            accounts[(row["tenant"], row["account_tag"])] = account_from_row(row)
+    if wanted["carrier"]:
+        carriers = dict(carriers)
+        tenants, tags = zip(*wanted["carrier"])
+        for key in wanted["carrier"]:
+            carriers.pop(key, None)
+        for row in await connection.fetch(
+                "SELECT * FROM carriers WHERE (tenant, carrier_tag) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                list(tenants), list(tags)):
+            carriers[(row["tenant"], row["carrier_tag"])] = carrier_from_row(row)
+    if rates or activated:
+        tables = dict(tables)
+        if activated:
+            folder = await decks.database_folder(connection, root)
+        for tenant, covers in activated.items():
+            tables[tenant] = await _tenant_table(connection, folder, tenant, covers)
+        for tenant, identities in rates.items():
+            tables[tenant] = await _overlay(connection, tables.get(tenant, _EMPTY), tenant, identities)
+    return replace(catalog, accounts=accounts, carriers=carriers, tables=tables, version=rows[-1].seq, routes={})

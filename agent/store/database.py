@@ -7,7 +7,6 @@ under an advisory lock so that several agents starting together apply each one o
 from __future__ import annotations
 
 import logging
-import time
 from importlib.resources import files
 
 import asyncpg
@@ -55,8 +54,3 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
 
 async def create_pool(url: str, **kwargs) -> asyncpg.Pool:
     return await asyncpg.create_pool(url, min_size=1, max_size=kwargs.pop("max_size", 8), **kwargs)
-
-
-async def notify_catalog_changed(connection: asyncpg.Connection, what: str = "") -> None:
-    """Announces a catalog change (delivered at commit); the payload carries the change's wall-clock time."""
-    await connection.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, f"{time.time():.6f} {what}")

@@ -2,7 +2,7 @@
 
 Rate decks are streamed row by row into PostgreSQL with COPY and merged in one transaction, so a deck of
 millions of rows loads without being held in memory and running agents switch to it all at once (they
-reload on the notification sent at commit). Balances given in a catalog are set through Redis, like every
+switch when the deck built from it is activated, see store/decks.py). Balances given in a catalog are set through Redis, like every
 balance change, so the ledger records them.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import asyncpg
 
 from ..http.validation import as_datetime
-from .database import notify_catalog_changed
+from . import changes
 
 RATE_COLUMNS = (
     "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
@@ -102,10 +102,12 @@ def csv_rates(
 class DeckResult:
     rows: int
     replaced: int
+    tenants: set[str]  # whose decks must be built again
 
 
 async def import_rates(
-    connection: asyncpg.Connection, rows: Iterable[tuple], replace: bool = False
+    connection: asyncpg.Connection, rows: Iterable[tuple], replace: bool = False,
+    recorder: changes.Recorder | None = None,
 ) -> DeckResult:
     """Streams rows into a temporary table and merges them in one transaction (last duplicate wins).
 
@@ -159,8 +161,14 @@ async def import_rates(
             f" WHERE ({', '.join(f'pricelist_rates.{c}' for c in RATE_COLUMNS[4:])})"
             f" IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in RATE_COLUMNS[4:])})"
         )
-        await notify_catalog_changed(connection, "rates")
-    return DeckResult(count, replaced)
+        tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck")}
+        own = recorder is None
+        recorder = changes.Recorder() if own else recorder
+        for tenant in tenants:
+            recorder.add(tenant, "bulk")
+        if own:
+            await recorder.write(connection)
+    return DeckResult(count, replaced, tenants)
 
 
 _CARRIER = ("carrier_tag", "host", "port", "protocol", "active")
@@ -187,6 +195,7 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
     """
     default_tenant = document.get("tenant", "default")
     balances: list[tuple[str, str, int]] = []
+    recorder = changes.Recorder()
     async with connection.transaction():
         for item in document.get("carriers", []):
             protocol = (item.get("protocol") or "UDP").upper()
@@ -199,6 +208,7 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
                 item.get("tenant", default_tenant), item["carrier_tag"], item.get("host"),
                 item.get("port"), protocol, _bool(item.get("active")),
             )
+            recorder.add(item.get("tenant", default_tenant), "carrier", item["carrier_tag"])
         for item in document.get("pricelists", []):
             await connection.execute(
                 "INSERT INTO pricelists (tenant, pricelist_tag, name, currency) VALUES ($1, $2, $3, $4)"
@@ -211,7 +221,7 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
                 rows = [(*rate_row(r, default_tenant, None, None), n) for n, r in enumerate(rates)]
             except ValueError as exc:
                 raise ImportError_(f"rates: {exc}") from None
-            await import_rates(connection, rows)
+            await import_rates(connection, rows, recorder=recorder)
         for item in document.get("accounts", []):
             tenant = item.get("tenant", default_tenant)
             try:
@@ -241,13 +251,15 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
             )
             if balance is not None:
                 balances.append((tenant, item["account_tag"], balance))
-        await notify_catalog_changed(connection, "catalog")
+            recorder.add(tenant, "account", item["account_tag"])
+        await recorder.write(connection)
     return {
         "carriers": len(document.get("carriers", [])),
         "pricelists": len(document.get("pricelists", [])),
         "rates": len(rates),
         "accounts": len(document.get("accounts", [])),
         "balances": balances,
+        "rebuild": recorder.bulk,
     }
 
 

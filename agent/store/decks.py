@@ -1,0 +1,207 @@
+"""Building deck artifacts (pricing/deck.py) from PostgreSQL, finding them on disk, activating them.
+
+Decks live under `--deck-dir`, one folder per database (its system identifier and name, so agents of two
+databases never share a deck), then per tenant, then per version: the folder is named by the change-log
+position the deck covers. A deck is built after a bulk change (deck import, pricelist or carrier renamed
+or deleted) or when too many single-rate changes piled up over the current one, by whoever made the change
+or by `ensure` at start; it is activated by a `deck` change row naming what it covers, and every agent of
+the host then maps the newest local deck covering at least that much.
+
+Builds run outside the serving processes: in the supervisor before the workers start, in the CLI, or in
+a child process (`python -m agent build-decks`) started by the process that made the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import asyncpg
+
+import cache
+
+from ..config import Settings
+from ..pricing import deck
+from ..pricing.rate import Rate
+from . import changes
+
+log = logging.getLogger(__name__)
+COMPACT_AFTER = 10_000  # single-rate changes over a deck after which a fresh deck is built
+_BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
+
+
+async def database_folder(connection: asyncpg.Connection, root: str | os.PathLike) -> Path:
+    system, name = await connection.fetchrow(
+        "SELECT system_identifier, current_database() FROM pg_control_system()")
+    return Path(root) / f"{system}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+
+
+def tenant_folder(folder: Path, tenant: str) -> Path:
+    return folder / hashlib.sha1(tenant.encode()).hexdigest()[:16]
+
+
+def local_deck(folder: Path, tenant: str, covers: int) -> Path | None:
+    """The newest deck of `tenant` built here that covers at least `covers`."""
+    best = None
+    try:
+        for entry in tenant_folder(folder, tenant).iterdir():
+            if entry.name.isdigit() and int(entry.name) >= covers and (best is None or int(entry.name) > int(best.name)):
+                best = entry
+    except FileNotFoundError:
+        return None
+    return best
+
+
+def prune(folder: Path, tenant: str, keep_from: int) -> None:
+    """Removes the tenant's decks older than `keep_from` (the one active before the newest is kept, for a
+    process still switching; a process that maps a removed deck keeps reading it until it lets it go)."""
+    for entry in tenant_folder(folder, tenant).iterdir():
+        if entry.name.isdigit() and int(entry.name) < keep_from or entry.name.endswith(".partial") and \
+                entry.stat().st_mtime < time.time() - 3600:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+async def activations(connection: asyncpg.Connection) -> dict[str, int]:
+    """What the newest activated deck of each tenant covers."""
+    rows = await connection.fetch(
+        "SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
+        " WHERE kind = 'deck' GROUP BY tenant")
+    return {row["tenant"]: row["covers"] for row in rows}
+
+
+async def stale_tenants(connection: asyncpg.Connection) -> list[str]:
+    """Tenants whose rates changed in bulk since their deck, or by many single changes."""
+    rows = await connection.fetch(
+        "WITH decks AS (SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
+        "  WHERE kind = 'deck' GROUP BY tenant)"
+        " SELECT c.tenant FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
+        " WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0) GROUP BY c.tenant"
+        " HAVING bool_or(c.kind = 'bulk') OR count(*) > $1", COMPACT_AFTER)
+    return [row["tenant"] for row in rows]
+
+
+async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "", *params) -> list[Rate]:
+    """The tenant's active rates (optionally narrowed by `where`, with parameters from $2)."""
+    rates = []
+    shared: dict = {}  # one string object per repeated tag or description
+    async for row in connection.cursor(
+        "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
+        " description, datetime_start, datetime_end FROM pricelist_rates WHERE tenant = $1 AND active" + where,
+        tenant, *params, prefetch=20_000,
+    ):
+        pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end = row
+        rates.append(Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier),
+                          prefix, connect_fee, rate, increment, free, shared.setdefault(text, text), start, end))
+    return rates
+
+
+async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,
+                       activate: bool = True) -> deck.DeckInfo | None:
+    """Builds the tenant's deck as stored now and (by default) activates it; one build per tenant at a time,
+    and none when another builder did the work while this one waited for its turn (None)."""
+    lock = _BUILD_LOCK ^ int(hashlib.sha1(tenant.encode()).hexdigest()[:8], 16)
+    async with pool.acquire() as connection:
+        await connection.execute("SELECT pg_advisory_lock($1)", lock)
+        try:
+            if activate and tenant not in await stale_tenants(connection):
+                return None
+            if not activate:
+                covers = (await activations(connection)).get(tenant, 0)
+                if local_deck(await database_folder(connection, root), tenant, covers) is not None:
+                    return None
+            started = time.perf_counter()
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                covers = await changes.last_seq(connection)
+                folder = await database_folder(connection, root)
+                rates = await read_rates(connection, tenant)
+            read = time.perf_counter() - started
+            target = tenant_folder(folder, tenant) / str(covers)
+            if target.exists():
+                info = deck.DeckInfo(target, tenant, covers, 0, len(rates), 0)
+            else:
+                info = deck.build(target, tenant, rates, covers)
+            log.info("deck of tenant %r: %d rates read in %.1fs, built in %.1fs (%.1f MB), covers change %d",
+                     tenant, len(rates), read, time.perf_counter() - started - read, info.bytes / 1e6, covers)
+            del rates
+            if activate:
+                previous = (await activations(connection)).get(tenant, 0)
+                async with connection.transaction():
+                    await changes.record(connection, tenant, "deck", {"covers": covers})
+                prune(folder, tenant, previous)
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", lock)
+    return info
+
+
+async def lacking(pool: asyncpg.Pool, root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(tenants changed in bulk since their deck, tenants whose activated deck is not built on this host)."""
+    async with pool.acquire() as connection:
+        stale = await stale_tenants(connection)
+        active = await activations(connection)
+        folder = await database_folder(connection, root)
+    return stale, [t for t, covers in active.items() if t not in stale and local_deck(folder, t, covers) is None]
+
+
+async def ensure(pool: asyncpg.Pool, root: str | os.PathLike) -> list[deck.DeckInfo]:
+    """Builds what this host lacks: decks of tenants changed in bulk, and local copies of activated decks
+    built elsewhere. Returns what it built."""
+    stale, absent = await lacking(pool, root)
+    built = [await build_tenant(pool, root, tenant) for tenant in stale]
+    built += [await build_tenant(pool, root, tenant, activate=False) for tenant in absent]
+    return [info for info in built if info is not None]
+
+
+async def follow(settings: Settings, pool: asyncpg.Pool, redis, interval: float = 1.0) -> None:
+    """The host's deck builder (in the housekeeper): builds whatever `lacking` finds, in a child process,
+    and publishes it. Usually the writer of a bulk change has done so already; this catches a writer that
+    died before, and decks activated by another host."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            stale, absent = await lacking(pool, settings.decks)
+            if stale or absent:
+                await publish(settings, pool, redis, {*stale, *absent})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - try again at the next look
+            log.warning("decks: could not build (%s)", exc)
+
+
+async def build_elsewhere(settings: Settings) -> None:
+    """Runs `ensure` in a child process (`rating-agent build-decks`), so a serving event loop waits for the
+    build without doing it."""
+    environment = {**os.environ, "RATING_DATABASE_URL": settings.database_url, "RATING_DECK_DIR": settings.decks,
+                   "RATING_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "build-decks", env=environment,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, errors = await process.communicate()
+    except asyncio.CancelledError:
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"building the deck failed: {errors.decode(errors='replace')[-2000:]}")
+
+
+async def publish(settings: Settings, pool: asyncpg.Pool, redis, rebuilt: Iterable[str] = (),
+                  build=build_elsewhere) -> int:
+    """After a committed catalog change: builds the decks its bulk changes need, then publishes the change
+    log's position in Redis, from where every authorization learns it (read-your-writes)."""
+    if rebuilt:
+        await build(settings)
+    async with pool.acquire() as connection:
+        seq = await changes.last_seq(connection)
+    try:
+        return await cache.publish_catalog(redis, seq)
+    except cache.UNAVAILABLE as exc:  # committed all the same: agents find it in the log within a second
+        log.warning("catalog change %d not published (Redis: %s)", seq, exc)
+        return 0
