@@ -5,7 +5,7 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    RATING_HOST=0.0.0.0 RATING_PORT=8080
+    RATING_HOST=0.0.0.0 RATING_PORT=8080 RATING_DECK_DIR=/var/lib/rating-agent/decks
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -13,9 +13,12 @@ COPY agent ./agent
 COPY cache ./cache
 COPY devstack ./devstack
 RUN pip install --no-cache-dir . \
-    && useradd --system --no-create-home rating
+    && useradd --system --no-create-home rating \
+    && mkdir -p /var/lib/rating-agent/decks && chown rating /var/lib/rating-agent/decks
 COPY demo ./demo
 
+# Built decks (rebuilt from PostgreSQL when missing); a volume keeps them across restarts.
+VOLUME /var/lib/rating-agent/decks
 USER rating
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/status' % os.environ['RATING_PORT'])"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from enum import Enum
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +16,8 @@ from cache import UNAVAILABLE, AutoPipeline
 from .catalog_keeper import CatalogKeeper
 from .config import Settings
 from . import graphql
-from .http import health, rest
+from .graphql.security import refuse_unsafe_exposure
+from .http import forward, health, rest
 from .http.responses import add_unrouted
 from . import metrics
 from .keys import BUILDS_DECKS, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
@@ -123,16 +125,28 @@ async def housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
-def create_app(settings: Settings, housekeeping: bool = True) -> web.Application:
-    """The service; `housekeeping=False` when a housekeeping process writes the outbox and expires calls."""
+class Role(str, Enum):
+    """What one process of the service does (agent/serve.py starts one manager and N workers)."""
+
+    ALONE = "alone"  # everything in one process: tests, embedding
+    WORKER = "worker"  # the call endpoints; management passed through to the manager
+    MANAGER = "manager"  # GraphQL and deck uploads, off the loops that answer Kamailio
+
+
+def create_app(settings: Settings, role: Role = Role.ALONE, manager_socket: str = "") -> web.Application:
+    """The service in one of its roles; a worker reaches the manager on the Unix socket `manager_socket`."""
     app = web.Application()
     app[SETTINGS] = settings
-    app[BUILDS_DECKS] = housekeeping
+    app[BUILDS_DECKS] = role is Role.ALONE
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
-    graphql.setup(app)
+    if role is Role.WORKER:
+        forward.setup(app, manager_socket)
+        app.on_startup.insert(0, refuse_unsafe_exposure)
+    else:
+        graphql.setup(app)
     add_unrouted(app)
     app.cleanup_ctx.extend([metrics_ctx, redis_ctx, database_ctx, catalog_ctx])
-    if housekeeping:
+    if role is Role.ALONE:
         app.cleanup_ctx.append(housekeeping_ctx)
     return app

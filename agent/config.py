@@ -20,6 +20,10 @@ def _setting(default: Any, help: str) -> Any:
 class Settings:
     host: str = _setting("127.0.0.1", "address the HTTP server binds to")
     port: int = _setting(8080, "HTTP port")
+    management_port: int = _setting(
+        0, "a second port serving only the management API (GraphQL, deck uploads); 0: none (the HTTP port"
+        " passes them to the management process)"
+    )
     workers: int = _setting(0, "worker processes sharing the port; 0 means one per CPU core")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding balances and reservations")
     database_url: str = _setting(

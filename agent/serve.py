@@ -1,10 +1,14 @@
-"""Serving: a supervisor, N HTTP worker processes sharing the port (SO_REUSEPORT) and one housekeeper.
+"""Serving: a supervisor, N HTTP worker processes sharing the port (SO_REUSEPORT), one manager and one
+housekeeper.
 
-Each worker has its own event loop, Redis and PostgreSQL connections and catalog copy, and does nothing
-but answer requests. The housekeeper carries the outbox to PostgreSQL and ends overdue calls, so that
-work never delays an answer. The kernel spreads new connections over the workers. The supervisor
-restarts a process that dies; on SIGTERM or SIGINT it stops the workers first (each finishes its
-in-flight requests), then the housekeeper, which writes the whole outbox before exiting. Metrics of all
+Each worker has its own event loop, Redis and PostgreSQL connections and catalog snapshot (over the
+decks the host maps once), and only answers the call endpoints and probes; GraphQL and deck uploads that
+reach the agent port are passed to the manager over a Unix socket (http/forward.py), so no hostile or
+large management request runs on a loop that answers Kamailio. The housekeeper carries the outbox to
+PostgreSQL, ends overdue calls and builds decks this host lacks. The kernel spreads new connections over
+the workers. The supervisor builds missing decks before anything starts, and restarts a process that
+dies; on SIGTERM or SIGINT it stops the workers first (each finishes its in-flight requests), then the
+manager, then the housekeeper, which writes the whole outbox before exiting. Metrics of all
 processes are added up through prometheus-client's multi-process directory, which the supervisor creates
 and removes.
 """
@@ -30,6 +34,7 @@ from .config import Settings
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 _COMMAND_NAMES = {"housekeeper": "rating-keeper"}  # what `top` shows (15 bytes at most)
+MANAGER_SOCKET = "RATING_MANAGER_SOCKET"  # set by the supervisor for its children
 
 
 def worker_count(settings: Settings) -> int:
@@ -43,19 +48,25 @@ def run_worker(settings: Settings, reuse_port: bool = True) -> None:
     uvloop.run(serve_http(settings, reuse_port))
 
 
-async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
-    """The application behind the front door (http/front.py) on the configured address, until a signal."""
-    from aiohttp import web
-
-    from .app import create_app
-    from .http import front
-
+def _until_signal() -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # workers leave Ctrl-C to the supervisor
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # children leave Ctrl-C to the supervisor
             loop.add_signal_handler(signum, stop.set)
-    app = create_app(settings, housekeeping=False)
+    return stop
+
+
+async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
+    """A worker: the application behind the front door (http/front.py) on the configured address, until a
+    signal; management requests go to the manager's socket."""
+    from aiohttp import web
+
+    from .app import Role, create_app
+    from .http import front
+
+    stop = _until_signal()
+    app = create_app(settings, Role.WORKER, os.environ.get(MANAGER_SOCKET, ""))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
     try:
@@ -65,6 +76,32 @@ async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def serve_management(settings: Settings) -> None:
+    """The manager: GraphQL and deck uploads on the Unix socket the workers forward to, and on
+    `--management-port` when one is set, until a signal."""
+    from aiohttp import web
+
+    from .app import Role, create_app
+
+    stop = _until_signal()
+    runner = web.AppRunner(create_app(settings, Role.MANAGER), access_log=None, shutdown_timeout=30)
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, os.environ[MANAGER_SOCKET]).start()
+        if settings.management_port:
+            await web.TCPSite(runner, settings.host, settings.management_port).start()
+            log.info("management on http://%s:%d", settings.host, settings.management_port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_manager(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(serve_management(settings))
 
 
 def set_process_name(name: str) -> None:
@@ -123,6 +160,21 @@ class Supervisor:
             _mark_dead(process.pid)
             del self.workers[name]
 
+    def _await_manager(self, path: str, timeout: float = 120.0) -> None:
+        """Workers start once the manager accepts on its socket: the agent port never answers a management
+        request with "not available" at start."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping and self.workers["manager"].is_alive():
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(path)
+                    return
+                except OSError:
+                    time.sleep(0.05)
+        log.error("the management process is not accepting on %s; starting the workers anyway", path)
+
     def stop(self, signum, _frame) -> None:
         if not self.stopping:
             log.info("stopping (signal %d)", signum)
@@ -132,7 +184,11 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         set_process_name("rating-super")
+        run = tempfile.mkdtemp(prefix="rating-run-")
+        os.environ[MANAGER_SOCKET] = os.path.join(run, "manager.sock")
         http = [f"worker-{slot}" for slot in range(count)]
+        self.start("manager", run_manager)
+        self._await_manager(os.environ[MANAGER_SOCKET])
         for name in http:
             self.start(name, run_worker)
         self.start("housekeeper", _housekeeper)
@@ -147,8 +203,11 @@ class Supervisor:
         finally:
             self._signal(http)
             self._wait(http, timeout=20)
+            self._signal(["manager"])
+            self._wait(["manager"], timeout=35)
             self._signal(["housekeeper"])
             self._wait(["housekeeper"], timeout=30)
+            shutil.rmtree(run, ignore_errors=True)
         return 0
 
 

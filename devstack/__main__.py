@@ -32,6 +32,7 @@ def main() -> int:
         "RATING_REDIS_URL": os.environ.get("RATING_REDIS_URL", redis_server.url),
         "RATING_DATABASE_URL": os.environ.get("RATING_DATABASE_URL", postgres.url),
         "RATING_PORT": str(port),
+        "RATING_DECK_DIR": os.environ.get("RATING_DECK_DIR", str(data / "decks")),
     }
     print(f"starting Redis on 127.0.0.1:{redis_server.port} and PostgreSQL on 127.0.0.1:{postgres.port} "
           f"(data in {data})", flush=True)

@@ -168,3 +168,57 @@ async def test_sigterm_under_load_loses_no_answered_request_and_no_charge(loaded
     assert await loaded.redis.xlen("rating:outbox") == 0
     rows = await loaded.database.fetchval("SELECT count(*) FROM ledger WHERE account_tag = 'b' AND kind = 'charge'")
     assert rows == len(ended)
+
+
+def test_a_worker_passes_graphql_and_deck_uploads_to_the_manager_instead_of_serving_them():
+    from agent.app import Role, create_app
+    from agent.config import Settings
+    from agent.http.forward import forward
+
+    worker = create_app(Settings(), Role.WORKER, "/nonexistent.sock")
+    handlers = {route.resource.canonical: route.handler for route in worker.router.routes()}
+    assert handlers["/graphql"] is forward and handlers["/management/{tail}"] is forward
+    manager = create_app(Settings(), Role.MANAGER)
+    assert all(route.handler is not forward for route in manager.router.routes())
+
+
+def _commands(agent: AgentProcess) -> list[str]:
+    from pathlib import Path
+
+    return sorted(Path(f"/proc/{pid}/comm").read_text().strip() for pid in agent.pids())
+
+
+async def test_the_manager_answers_graphql_on_the_agent_port_and_on_its_own(loaded, tmp_path):
+    from devstack import free_port
+
+    port = free_port()
+    agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, workers=1, management_port=port).start()
+    try:
+        assert _commands(agent) == ["rating-keeper", "rating-manager", "rating-super", "rating-worker-0"]
+        async with aiohttp.ClientSession() as session:
+            for url in (agent.url, f"http://127.0.0.1:{port}"):
+                status, answer = await _post(session, url, "/graphql", {"query": '{ Account(account_tag:"a") { account_tag } }'})
+                assert (status, answer) == (200, {"data": {"Account": {"account_tag": "a"}}})
+            reply = await session.post(agent.url + "/management/pricelists/p1/rates?carrier_tag=c1",
+                                       data=b"prefix,rate\n44,1\n", headers={"Content-Type": "text/csv"})
+            assert reply.status == 200 and (await reply.json())["rows"] == 1
+            # the deck is live when the upload answers
+            status, answer = await _post(session, agent.url, "/v1/authorization",
+                                         {"transaction_tag": "uk", "account_tag": "a", "destination": "44207"})
+            assert answer["authorized"] and answer["carriers"] == ["UDP:10.0.0.1:5060"]
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("networks, allowed", [("10.0.0.0/8", False), ("127.0.0.0/8", True)])
+async def test_the_manager_applies_agent_networks_to_the_address_the_worker_saw(loaded, tmp_path, networks, allowed):
+    agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, agent_networks=networks,
+                         management_token="secret").start()  # without a token every client is admitted
+    try:
+        async with aiohttp.ClientSession() as session:
+            status, answer = await _post(session, agent.url, "/graphql", {"query": """mutation {
+                authorization(transaction_tag:"g1", account_tag:"a", destination:"39") { authorized } }"""})
+        assert (status, answer.get("data")) == ((200, {"authorization": {"authorized": True}}) if allowed
+                                                else (403, None))
+    finally:
+        agent.stop()

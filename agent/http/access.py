@@ -10,6 +10,10 @@ from aiohttp import web
 
 from ..config import Settings
 
+# The client's address as a worker saw it, on requests it passes to the manager (http/forward.py); believed
+# only from a Unix socket peer (a TCP client always has an address of its own).
+FORWARDED_FOR = "X-Rating-Client"
+
 
 @functools.lru_cache(maxsize=8)
 def networks(spec: str) -> tuple:
@@ -37,6 +41,10 @@ def address_allowed(spec: str, remote: str) -> bool:
     return any(address in network for network in networks(spec) if network.version == address.version)
 
 
+def client_address(request: web.BaseRequest) -> str:
+    return request.remote or request.headers.get(FORWARDED_FOR, "")
+
+
 def client_allowed(request: web.Request, settings: Settings) -> bool:
     spec = settings.agent_networks
-    return not spec or not networks(spec) or address_allowed(spec, request.remote or "")
+    return not spec or not networks(spec) or address_allowed(spec, client_address(request))

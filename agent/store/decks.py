@@ -1,6 +1,6 @@
 """Building deck artifacts (pricing/deck.py) from PostgreSQL, finding them on disk, activating them.
 
-Decks live under `--deck-dir`, one folder per database (its system identifier and name, so agents of two
+Decks live under `--deck-dir`, one folder per database (named by its `catalog_identity`, so agents of two
 databases never share a deck), then per tenant, then per version: the folder is named by the change-log
 position the deck covers. A deck is built after a bulk change (deck import, pricelist or carrier renamed
 or deleted) or when too many single-rate changes piled up over the current one, by whoever made the change
@@ -38,9 +38,7 @@ _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenan
 
 
 async def database_folder(connection: asyncpg.Connection, root: str | os.PathLike) -> Path:
-    system, name = await connection.fetchrow(
-        "SELECT system_identifier, current_database() FROM pg_control_system()")
-    return Path(root) / f"{system}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return Path(root) / str(await connection.fetchval("SELECT id FROM catalog_identity"))
 
 
 def tenant_folder(folder: Path, tenant: str) -> Path:

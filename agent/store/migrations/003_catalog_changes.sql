@@ -18,3 +18,7 @@ CREATE INDEX catalog_changes_tenant_kind ON catalog_changes (tenant, kind, seq);
 
 -- What the log starts from on a database that already holds a catalog: every tenant with rates needs a deck.
 INSERT INTO catalog_changes (tenant, kind) SELECT DISTINCT tenant, 'bulk' FROM pricelist_rates;
+
+-- Names this database's folder of built decks (store/decks.py): agents of two databases never share decks.
+CREATE TABLE catalog_identity (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
+INSERT INTO catalog_identity DEFAULT VALUES;

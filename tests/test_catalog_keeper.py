@@ -1,0 +1,98 @@
+"""Following the catalog change log: lost announcements converge, decks switch between calls, a restarted
+worker maps the deck that is active."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from agent.keys import CATALOG
+from tests.conftest import AgentProcess, run_cli
+from tests.test_transaction import catalog, post, prepaid, records
+
+
+async def _converged(client, predicate, rounds: int = 100) -> bool:
+    """Whether the agent's snapshot satisfies `predicate` within `rounds` polls of the log (1 s each at most)."""
+    for _ in range(rounds):
+        if predicate(client.app[CATALOG].get()):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_change_missed_by_a_disconnected_listener_is_applied_from_the_log(agent, stack):
+    client = await agent(catalog(prepaid("a")))
+    keeper = client.app[CATALOG]
+    # the listening connection dies, and the change is neither announced to it nor published in Redis
+    await stack.database.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+    await stack.load({"accounts": [prepaid("late", 70)]})
+    assert await _converged(client, lambda c: c.account("default", "late") is not None)
+    answer = await post(client, "authorization", transaction_tag="late-1", account_tag="late", destination="39")
+    assert answer["authorized"] and answer["balance"] == 70
+    assert keeper.current.version >= 1
+
+
+async def test_a_call_authorized_before_a_deck_swap_is_charged_at_the_rate_it_was_authorized_with(agent, stack):
+    client = await agent(catalog(prepaid("a", 10_000)))
+    assert (await post(client, "authorization", transaction_tag="old", account_tag="a",
+                       destination="39040"))["max_available_units"] == 10_000  # 1 per second at c1
+    reply = await client.post("/management/pricelists/p1/rates?carrier_tag=c1&replace=true",
+                              data=b"prefix,rate\n39,5\n", headers={"Content-Type": "text/csv"})
+    assert reply.status == 200, await reply.text()
+    # the next call is rated on the new deck at once; the one already authorized keeps its rate
+    assert (await post(client, "authorization", transaction_tag="new", account_tag="a",
+                       destination="39040"))["max_available_units"] < 10_000
+    await post(client, "rollback", transaction_tag="new")
+    await post(client, "begin", transaction_tag="old", timestamp_begin="2030-01-01T10:00:00Z")
+    await post(client, "end", transaction_tag="old", timestamp_end="2030-01-01T10:00:10Z")
+    record = (await records(stack, client, "old"))["a"]
+    assert (record["fee"], record["destination_rate"]["rate"]) == (10, 1)
+    assert await stack.balance("a") == 10_000 - 10
+
+
+def _mapped_decks(pid: int) -> set[str]:
+    return {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if line.endswith("columns.bin")}
+
+
+async def test_a_restarted_worker_maps_the_deck_that_is_active(stack, tmp_path):
+    document = tmp_path / "catalog.json"
+    document.write_text(__import__("json").dumps(catalog(prepaid("a", 10**6))))
+    run_cli("import", "catalog", str(document), redis_url=stack.redis_url, database_url=stack.database_url)
+    agent = AgentProcess(stack.redis_url, stack.database_url, tmp_path, workers=1).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(agent.url + "/management/pricelists/p1/rates?carrier_tag=c1&replace=true",
+                                    data=b"prefix,rate\n39,4\n") as reply:
+                assert reply.status == 200, await reply.text()
+
+            async def worker_pid() -> int:
+                async with session.get(agent.url + "/ready", headers={"Connection": "close"}) as reply:
+                    return (await reply.json())["pid"] if reply.status == 200 else 0
+
+            before = await worker_pid()
+            decks = _mapped_decks(before)
+            os.kill(before, signal.SIGKILL)
+            after = 0
+            for _ in range(200):  # the supervisor restarts it; bounded wait
+                await asyncio.sleep(0.05)
+                try:
+                    after = await worker_pid()
+                except aiohttp.ClientError:
+                    continue
+                if after and after != before:
+                    break
+            assert after and after != before
+            assert _mapped_decks(after) == decks and len(decks) == 1
+            async with session.post(agent.url + "/v1/authorization", json={
+                    "transaction_tag": "r1", "account_tag": "a", "destination": "39040"}) as reply:
+                answer = await reply.json()
+            # c1 now costs 4 a second, more than c2's 2: the new deck orders c2 first
+            assert answer["carriers"] == ["TCP:gw.example.com:5061", "UDP:10.0.0.1:5060"]
+    finally:
+        agent.stop()
