@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Iterable
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from cache import UNAVAILABLE, account_key
 
+from .pricing.account import Account
 from .pricing.catalog import Catalog
 from .store import changes
 from .store.catalog import DeckMissing, apply_changes, load_catalog
@@ -27,13 +29,11 @@ _POLL = 1.0  # seconds between looks at the change log when no announcement came
 _DECK_WAIT = 60.0  # seconds a stale worker waits for a deck another host activated to be built here
 
 
-async def seed_balances(client: aioredis.Redis, catalog: Catalog, previous: Catalog | None) -> None:
+async def seed_balances(client: aioredis.Redis, accounts: Iterable[Account]) -> None:
     """Gives Redis the stored balance of accounts it does not know yet (new accounts, or an empty Redis)."""
     pipe = client.pipeline(transaction=False)
     count = 0
-    for key, account in catalog.accounts.items():
-        if previous is not None and previous.accounts.get(key) is not None:
-            continue
+    for account in accounts:
         pipe.hsetnx(account_key(account.tenant, account.account_tag), "balance", account.balance)
         count += 1
         if count % 5000 == 0:
@@ -58,16 +58,16 @@ class CatalogKeeper:
     def get(self) -> Catalog:
         return self.current
 
-    async def _seed(self, catalog: Catalog, previous: Catalog | None) -> None:
+    async def _seed(self, accounts: Iterable[Account]) -> None:
         try:
-            await seed_balances(self.redis, catalog, previous)
+            await seed_balances(self.redis, accounts)
         except UNAVAILABLE as exc:
             log.warning("catalog: could not seed balances in Redis (%s); will retry on next load", exc)
 
     async def load(self) -> Catalog:
         started = time.perf_counter()
         catalog = await load_catalog(self.pool, self.deck_dir)
-        await self._seed(catalog, None)
+        await self._seed(catalog.accounts.values())
         self.current = catalog
         self.last_load_seconds = time.perf_counter() - started
         self.loaded.set()
@@ -96,7 +96,9 @@ class CatalogKeeper:
                     updated = None
                 if updated is not None:
                     if updated is not catalog:
-                        await self._seed(updated, catalog)
+                        written = {(c.tenant, tag) for c in rows if c.kind == "account" for tag in c.subject}
+                        await self._seed(a for key in written if (a := updated.accounts.get(key)) is not None
+                                         and catalog.accounts.get(key) is None)
                         self.current = updated
                         delay = None
                         if rows:
