@@ -47,3 +47,25 @@ def test_malformed_settings_are_refused_by_the_library(redis_server):
     with pytest.raises(redis.ResponseError, match="settings must be five integers"):
         client.execute_command("FCALL", "rating_authorize", 3, "rating:c:1:t:x", cache.DEADLINES, cache.OUTBOX,
                                1, "3600000,100", 0, "t", "x", "[]", "{}", "", "", 1)
+
+
+async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_is_written(stack):
+    import orjson
+
+    client = stack.redis
+    assert await cache.publish_catalog(client, 7) == 7
+    assert await cache.publish_catalog(client, 5) == 7  # never moves back
+    party = {"k": cache.account_key("t", "a"), "o": cache.open_calls_key("t", "a", False), "a": "a", "cr": 0,
+             "mt": -1, "mi": -1, "mo": -1, "s": 100, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 0]}
+    key = cache.call_key("t", "x")
+
+    def authorize(version: int):
+        return client.execute_command(*cache.fcall(
+            "rating_authorize", (key, cache.DEADLINES, cache.OUTBOX, cache.CATALOG),
+            (1, "120000,100,14400,3600,30000", 0, "t", "x", orjson.dumps([party]).decode(), "{}", "", "", 1,
+             version)))
+
+    assert await authorize(6) == [0, "stale", "", "", 0, 7]
+    assert await client.exists(key, party["k"], cache.DEADLINES, cache.OUTBOX) == 0
+    reply = await authorize(7)
+    assert reply[:2] == [1, "authorized"] and await client.exists(key) == 1
