@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from cache import UNAVAILABLE
 
-from ..http.rest import UNAVAILABLE_DETAIL
-from ..http.validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field
+from ..http.rest import REFUSED_DETAIL, UNAVAILABLE_DETAIL
+from ..http.validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field, checked
 from ..keys import TRANSACTIONS
 from ..metrics import ENDPOINTS
 from ..store.management import ManagementError
@@ -34,10 +36,15 @@ def request_of(fields: tuple[Field, ...], args: dict[str, Any]) -> dict[str, Any
     request = {}
     for field in fields:
         value = args.get(field.name)
-        if value is None:
-            value = field.default
-        elif field.name == "tags":
-            value = [str(tag) for tag in value if tag is not None]
+        try:
+            if value is None:
+                value = field.default
+            elif field.name == "tags":
+                value = [checked(str(tag)) for tag in value if tag is not None]
+            elif isinstance(value, str):
+                value = checked(value)
+        except ValueError as exc:
+            raise ValueError(f"{field.name}: {exc.args[0]}") from None
         request[field.name] = value
     return request
 
@@ -57,6 +64,9 @@ def _operation(name: str, fields: tuple[Field, ...], operation: str) -> None:
         except UNAVAILABLE:
             status = 503
             raise ManagementError(UNAVAILABLE_DETAIL) from None
+        except ResponseError as exc:
+            status = 503
+            raise ManagementError(REFUSED_DETAIL.format(str(exc).split(" ", 1)[0])) from None
         finally:
             ENDPOINTS.observe(endpoint, status, time.perf_counter() - started)
         if operation == "authorization":

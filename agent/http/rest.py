@@ -8,6 +8,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from redis.exceptions import ResponseError
+
 from cache import UNAVAILABLE
 
 from ..config import Settings
@@ -23,6 +25,28 @@ routes = web.RouteTableDef()
 
 FORBIDDEN_DETAIL = "Forbidden: this client may not use the agent endpoints"
 UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cannot be reached"
+REFUSED_DETAIL = "Rating is not available: the live state store (Redis) refused the request ({})"
+
+
+class _Throttled:
+    """One warning a second at most, with how many were folded into it: an outage logs a line a second,
+    not a line per request."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.folded = 0
+
+    def warn(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0:
+            self.folded += 1
+            return
+        suffix = f" (and {self.folded} more in the last second)" if self.folded else ""
+        self.last, self.folded = now, 0
+        log.warning(message + suffix, *args)
+
+
+_WARNINGS = _Throttled()
 
 # path -> (request fields, Transactions method)
 ENDPOINTS_BY_PATH: dict[str, tuple[tuple[Field, ...], str]] = {
@@ -52,8 +76,12 @@ async def answer(request: web.BaseRequest, settings: Settings, operate: Callable
         except Conflict as exc:
             response = detail(str(exc), 409)
         except UNAVAILABLE as exc:
-            log.warning("%s: Redis unavailable: %r", request.path, exc)
+            _WARNINGS.warn("%s: Redis unavailable: %r", request.path, exc)
             response = detail(UNAVAILABLE_DETAIL, 503)
+        except ResponseError as exc:  # LOADING, BUSY, OOM, READONLY, a script error: nothing was done
+            reason = str(exc).split(" ", 1)[0] or "error"
+            _WARNINGS.warn("%s: Redis refused: %s", request.path, exc)
+            response = detail(REFUSED_DETAIL.format(reason), 503)
         else:
             if operation == "authorization":
                 ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])

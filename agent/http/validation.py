@@ -17,6 +17,11 @@ _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _EPOCH = re.compile(r"^[+-]?\d+(\.\d+)?$")
+MAX_TEXT = 1024  # characters of any string field
+MAX_TAGS = 64
+# NUL cannot be stored by PostgreSQL (one such record stopped every durable write); other control
+# characters have no business in a tag or a URI.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ValidationFailed(Exception):
@@ -84,10 +89,25 @@ def as_datetime(value: Any) -> datetime:
     raise ValueError("invalid datetime format", "value_error.datetime")
 
 
+def checked(text: str) -> str:
+    """`text` when it is short enough and free of control characters."""
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"ensure this value has at most {MAX_TEXT} characters", "value_error.any_str.max_length")
+    if _CONTROL.search(text) is not None:
+        raise ValueError("control characters (NUL included) are not allowed", "value_error.str.control")
+    return text
+
+
+def as_text(value: Any) -> str:
+    return checked(as_str(value))
+
+
 def as_str_list(value: Any) -> list[str]:
     if not isinstance(value, (list, tuple)):
         raise ValueError("value is not a valid list", "type_error.list")
-    return [as_str(item) for item in value]
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"ensure this value has at most {MAX_TAGS} items", "value_error.list.max_items")
+    return [as_text(item) for item in value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +122,17 @@ def _fields(*spec: tuple) -> tuple[Field, ...]:
     return tuple(Field(*item) for item in spec)
 
 
-_COMMON = (("tenant", as_str, False, "default"), ("transaction_tag", as_str, True),
-           ("account_tag", as_str), ("destination_account_tag", as_str))
-_CALL = (("source", as_str), ("source_ip", as_str), ("destination", as_str),
-         ("carrier_ip", as_str), ("tags", as_str_list))
+_COMMON = (("tenant", as_text, False, "default"), ("transaction_tag", as_text, True),
+           ("account_tag", as_text), ("destination_account_tag", as_text))
+_CALL = (("source", as_text), ("source_ip", as_text), ("destination", as_text),
+         ("carrier_ip", as_text), ("tags", as_str_list))
 
 AUTHORIZATION = _fields(*_COMMON, *_CALL, ("timestamp_auth", as_datetime))
 BEGIN = _fields(*_COMMON, *_CALL, ("timestamp_begin", as_datetime))
 END = _fields(*_COMMON, ("timestamp_end", as_datetime))
 ROLLBACK = _fields(*_COMMON)
 RECORD = _fields(
-    *_COMMON, *_CALL, ("authorized", as_bool, False, False), ("unauthorized_reason", as_str),
+    *_COMMON, *_CALL, ("authorized", as_bool, False, False), ("unauthorized_reason", as_text),
     ("timestamp_auth", as_datetime), ("timestamp_begin", as_datetime), ("timestamp_end", as_datetime),
 )
 
@@ -150,7 +170,8 @@ def validate(data: Any, fields: tuple[Field, ...]) -> dict[str, Any]:
         field = index.get(name)
         if field is None:
             continue  # unknown fields are ignored
-        if raw.__class__ is str and field.coerce is as_str:
+        if raw.__class__ is str and field.coerce is as_text and len(raw) <= MAX_TEXT \
+                and _CONTROL.search(raw) is None:  # what Kamailio sends, without a conversion call
             values[name] = raw
         elif raw is None:
             if field.required or field.default is not None:

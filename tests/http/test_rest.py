@@ -147,3 +147,48 @@ async def test_other_methods_of_existing_paths_answer_405_with_allow(client):
     assert reply.status == 405 and reply.headers["Allow"] == "POST"
     reply = await client.delete("/nowhere/at/all")
     assert reply.status == 404 and await reply.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize("field, value, kind", [
+    ("source", "sip:a\u0000b@10.0.0.1", "value_error.str.control"),
+    ("destination", "39\n040", "value_error.str.control"),
+    ("transaction_tag", "x" * 1025, "value_error.any_str.max_length"),
+    ("tags", ["ok", "bad\u0000"], "value_error.str.control"),
+    ("tags", [str(n) for n in range(65)], "value_error.list.max_items"),
+])
+async def test_what_postgresql_could_not_store_is_refused_with_422_naming_the_field(client, field, value, kind):
+    reply = await client.post("/v1/authorization", json={**AUTH, field: value})
+    assert reply.status == 422
+    [error] = (await reply.json())["detail"]
+    assert (error["loc"], error["type"]) == (["body", "request", field], kind)
+
+
+async def test_the_longest_accepted_strings_and_unicode_pass(client):
+    reply = await client.post("/v1/authorization", json={**AUTH, "transaction_tag": "é" * 1024,
+                                                         "tags": ["☎"] * 64})
+    assert reply.status == 200 and (await reply.json())["authorized"] is True
+
+
+async def test_a_nul_in_a_graphql_call_mutation_is_refused(client):
+    reply = await client.post("/graphql", json={"query": 'mutation { authorization(transaction_tag:"g",'
+                                                          ' account_tag:"100", source:"a\\u0000b") { authorized } }'})
+    body = await reply.json()
+    assert reply.status == 400 and "source: control characters" in body["errors"][0]["message"]
+
+
+async def test_a_redis_error_reply_answers_503_with_a_json_body_and_is_counted(client, stack):
+    from agent.metrics import ENDPOINTS
+    from tests.test_metrics import _sample
+
+    ENDPOINTS.flush()
+    before = _sample("rating_requests_total", endpoint="authorization", status="503")
+    await stack.redis.config_set("maxmemory", "1")  # every write refused: OOM
+    try:
+        reply = await client.post("/v1/authorization", json=AUTH)
+        assert reply.status == 503
+        assert (await reply.json())["detail"].endswith("refused the request (OOM)")
+    finally:
+        await stack.redis.config_set("maxmemory", "0")
+    ENDPOINTS.flush()
+    assert _sample("rating_requests_total", endpoint="authorization", status="503") == before + 1
+    assert (await client.post("/v1/authorization", json=AUTH)).status == 200
