@@ -145,6 +145,24 @@ def _balance(settings: Settings, args: argparse.Namespace) -> None:
     print(asyncio.run(run()))
 
 
+def _outbox(settings: Settings, args: argparse.Namespace) -> None:
+    import cache
+    from .store.writer import dead_letters, replay
+
+    async def run() -> None:
+        client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+        try:
+            if args.action == "dead-letters":
+                for entry_id, fields in await dead_letters(client):
+                    print(orjson.dumps({"id": entry_id, **fields}).decode())
+            else:
+                print(f"replayed={await replay(client, args.ids or None)}")
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rating-agent", description=__doc__)
     Settings.add_arguments(parser)
@@ -163,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     rates.add_argument("--replace", action="store_true",
                        help="delete the rates of the deck's pricelist/carrier pairs that the deck does not list")
     rates.add_argument("--quiet", action="store_true", help="no progress output")
+    outbox = commands.add_parser("outbox", help="outbox entries PostgreSQL refused (the dead letters)")
+    outbox.add_argument("action", choices=["dead-letters", "replay"],
+                        help="dead-letters: print them as JSON lines; replay: put them back in the outbox")
+    outbox.add_argument("ids", nargs="*", help="with replay: only these dead-letter ids")
     balance = commands.add_parser("balance", help="set or move an account's live balance")
     balance.add_argument("mode", choices=["set", "add"])
     balance.add_argument("account_tag")
@@ -215,6 +237,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         _import_rates(settings, args)
     elif args.command == "balance":
         _balance(settings, args)
+    elif args.command == "outbox":
+        _outbox(settings, args)
     return 0
 
 

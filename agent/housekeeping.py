@@ -50,7 +50,7 @@ def outbox_writer(settings: Settings, pool_factory) -> tuple[OutboxWriter, Any]:
     """A writer with its own Redis client: a blocking stream read must not trip the hot path's timeout."""
     client = cache.connect(settings.redis_url, timeout=5.0)
     writer = OutboxWriter(client, pool_factory, settings.outbox_batch, on_written=metrics.OUTBOX_WRITTEN.inc,
-                          claim_idle=settings.outbox_claim_idle)
+                          claim_idle=settings.outbox_claim_idle, on_dead=metrics.OUTBOX_DEAD.inc)
     return writer, client
 
 

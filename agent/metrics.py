@@ -41,6 +41,8 @@ REDIS_ROUND_TRIP = Histogram("rating_redis_round_trip_seconds", "Time of one pip
                              buckets=_LATENCY_BUCKETS)
 REDIS_BATCH = Histogram("rating_redis_batch_commands", "Commands per pipelined batch", buckets=_BATCH_BUCKETS)
 OUTBOX_WRITTEN = Counter("rating_outbox_written_total", "Outbox entries written to PostgreSQL")
+OUTBOX_DEAD = Counter("rating_outbox_dead_letters_total",
+                      "Outbox entries PostgreSQL refused for their content, moved to the dead-letter stream")
 CATALOG_RELOADS = Counter("rating_catalog_reloads_total", "Catalog snapshots loaded")
 CATALOG_LOAD_SECONDS = Gauge("rating_catalog_load_seconds", "Seconds the last catalog load took",
                              multiprocess_mode="max")

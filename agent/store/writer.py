@@ -9,6 +9,11 @@ Each agent process runs one consumer of a shared consumer group. A batch is writ
 transaction and only then acknowledged and deleted from the stream, so a crash or an unreachable database
 loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
 rows are keyed by their outbox entry and records only move forward in version.
+
+An entry PostgreSQL refuses for what it holds (a data error, not an outage) would otherwise be retried
+forever and hold back every entry after it: a refused batch is split until the refused entries stand
+alone, and those go to the dead-letter stream (`rating:outbox:dead`, with the error), counted and logged,
+for an operator to look at and replay (`rating-agent outbox dead-letters`, `rating-agent outbox replay`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from cache import DEADLINES, OUTBOX, OUTBOX_GROUP, UNAVAILABLE, call_key
+
+DEAD_LETTERS = "rating:outbox:dead"
+# What the content of an entry makes PostgreSQL (or the decoding here) refuse: trying again cannot help.
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError,
+            ValueError, KeyError, TypeError)
 
 from .records import COLUMNS, decode_call, is_removed, open_version, records_of, stream_version
 
@@ -162,7 +172,11 @@ async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit:
     entries = [entry for entry in await redis.xrange(OUTBOX, count=limit) if entry[1]]
     current = await _changed(connection, await open_call_states(redis, tenant))
     if entries or current:
-        await write_batch(connection, entries, current)
+        try:
+            await write_batch(connection, entries, current)
+        except _REFUSED:  # a refused entry is the writer's to set aside; the listing goes on without it
+            entries = []
+            await write_batch(connection, [], current)
     return len(entries) + len(current)
 
 
@@ -174,6 +188,7 @@ class OutboxWriter:
         batch: int = 500,
         on_written: Callable[[int], None] | None = None,
         claim_idle: float = 30.0,
+        on_dead: Callable[[int], None] | None = None,
     ) -> None:
         self.redis = redis
         self.claim_idle_ms = int(claim_idle * 1000)
@@ -181,7 +196,9 @@ class OutboxWriter:
         self.batch = batch
         self.name = consumer_name()
         self.on_written = on_written or (lambda count: None)
+        self.on_dead = on_dead or (lambda count: None)
         self.written = 0
+        self.dead = 0
 
     async def _read(self, start: str, block: int | None) -> list[tuple[str, dict]]:
         reply = await self.redis.xreadgroup(
@@ -196,25 +213,40 @@ class OutboxWriter:
         )
         return [entry for entry in reply[1] if entry[1]]
 
-    async def _deliver(self, entries: list[tuple[str, dict]]) -> None:
+    async def _write(self, entries: list[tuple[str, dict]]) -> list[tuple[str, dict, str]]:
+        """Writes `entries`, retrying through outages; returns those refused for their content, with why."""
         delay = 0.2
         while True:
             try:
                 pool = await self.pool_factory()
                 async with pool.acquire(timeout=5) as connection:
                     await write_batch(connection, entries)
-                break
+                return []
+            except _REFUSED as exc:
+                if len(entries) == 1:
+                    return [(*entries[0], f"{type(exc).__name__}: {exc}")]
+                half = len(entries) // 2
+                return await self._write(entries[:half]) + await self._write(entries[half:])
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
                 log.warning("outbox: PostgreSQL write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _deliver(self, entries: list[tuple[str, dict]]) -> None:
+        refused = await self._write(entries)
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.redis.pipeline(transaction=True)
+        for entry_id, fields, error in refused:
+            log.error("outbox: entry %s refused by PostgreSQL (%s); moved to %s", entry_id, error, DEAD_LETTERS)
+            pipe.xadd(DEAD_LETTERS, {**fields, "dead_id": entry_id, "dead_error": error[:2000]})
         pipe.xack(OUTBOX, OUTBOX_GROUP, *ids)
         pipe.xdel(OUTBOX, *ids)
         await pipe.execute()
-        self.written += len(entries)
-        self.on_written(len(entries))
+        self.written += len(entries) - len(refused)
+        self.on_written(len(entries) - len(refused))
+        if refused:
+            self.dead += len(refused)
+            self.on_dead(len(refused))
 
     async def drain_once(self, block: int | None = None) -> int:
         """Writes what is pending for this consumer, abandoned entries, then new ones. Returns the count."""
@@ -252,3 +284,23 @@ class OutboxWriter:
             except Exception:  # noqa: BLE001 - the writer must outlive any single bad batch
                 log.exception("outbox: unexpected failure; retrying")
                 await asyncio.sleep(1.0)
+
+
+async def dead_letters(redis: aioredis.Redis) -> list[tuple[str, dict]]:
+    """The entries PostgreSQL refused, oldest first (each with `dead_id` and `dead_error`)."""
+    return await redis.xrange(DEAD_LETTERS)
+
+
+async def replay(redis: aioredis.Redis, ids: list[str] | None = None) -> int:
+    """Puts dead letters (all, or those named by their dead-letter id) back in the outbox; returns the count."""
+    moved = 0
+    for entry_id, fields in await dead_letters(redis):
+        if ids and entry_id not in ids:
+            continue
+        original = {k: v for k, v in fields.items() if k not in ("dead_id", "dead_error")}
+        pipe = redis.pipeline(transaction=True)
+        pipe.xadd(OUTBOX, original)
+        pipe.xdel(DEAD_LETTERS, entry_id)
+        await pipe.execute()
+        moved += 1
+    return moved

@@ -100,3 +100,38 @@ async def test_a_listing_writes_only_the_open_calls_that_changed_since_the_last_
     assert await catch_up(stack.redis, stack.database) == 0
     await post(client, "begin", transaction_tag="c1", timestamp_begin=at(0))
     assert await catch_up(stack.redis, stack.database) == 1
+
+
+async def test_an_entry_postgresql_refuses_goes_to_the_dead_letters_and_the_rest_is_written(agent, stack):
+    import asyncio
+
+    from cache import OUTBOX
+    from tests.conftest import run_cli
+
+    client = await agent(catalog(prepaid("a", 10**6)))
+    await post(client, "authorization", transaction_tag="before", account_tag="a", destination="39")
+    await post(client, "rollback", transaction_tag="before")
+    # a ledger entry whose tenant PostgreSQL cannot store (NUL) and one that cannot be decoded
+    await stack.redis.xadd(OUTBOX, {"e": "ledger", "tn": "bad\x00", "a": "a", "k": "set", "amt": "1", "bal": "1",
+                                    "at": "0"})
+    await stack.redis.xadd(OUTBOX, {"e": "ledger", "tn": "default", "a": "a", "k": "set", "amt": "x"})
+    await post(client, "authorization", transaction_tag="after", account_tag="a", destination="39")
+    await post(client, "rollback", transaction_tag="after")
+    for _ in range(200):  # the writer runs in the app; bounded wait
+        if await stack.redis.xlen("rating:outbox:dead") == 2 and await stack.redis.xlen(OUTBOX) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await stack.redis.xlen("rating:outbox:dead") == 2
+    assert [row["state"] for row in await _rows(stack, "after")] == ["rolledback"]
+    done = run_cli("outbox", "dead-letters", redis_url=stack.redis_url, database_url=stack.database_url)
+    lines = [__import__("json").loads(line) for line in done.stdout.splitlines()]
+    assert [line["dead_error"].split(":")[0] for line in lines] == ["CharacterNotInRepertoireError", "ValueError"]
+    # a listing is not stopped by what the writer set aside
+    assert await catch_up(stack.redis, stack.database) >= 0
+    done = run_cli("outbox", "replay", lines[1]["id"], redis_url=stack.redis_url, database_url=stack.database_url)
+    assert done.stdout.strip() == "replayed=1"
+    for _ in range(200):
+        if await stack.redis.xlen(OUTBOX) == 0 and await stack.redis.xlen("rating:outbox:dead") == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert await stack.redis.xlen("rating:outbox:dead") == 2  # refused again, set aside again
