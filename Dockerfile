@@ -21,6 +21,6 @@ COPY demo ./demo
 VOLUME /var/lib/rating-agent/decks
 USER rating
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/status' % os.environ['RATING_PORT'])"
+HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ['RATING_PORT'])"
 ENTRYPOINT ["rating-agent"]
 CMD ["serve"]

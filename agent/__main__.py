@@ -31,9 +31,11 @@ async def _apply_balances(settings: Settings, balances: list[tuple[str, str, int
 
     if not balances:
         return
+    from .app import until_ready
+
     client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
     try:
-        await cache.load_library(client)
+        await until_ready("Redis", lambda: cache.load_library(client))  # also while it loads its data
         for tenant, tag, amount in balances:
             await cache.move_balance(client, tenant, tag, "set", amount, now_ms(), "import")
     finally:
@@ -46,10 +48,12 @@ async def _publish(settings: Settings, rebuilt) -> None:
     from .store import decks
     from .store.database import create_pool
 
+    from .app import until_ready
+
     pool = await create_pool(settings.database_url, max_size=2)
     client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
     try:
-        await cache.load_library(client)
+        await until_ready("Redis", lambda: cache.load_library(client))
 
         async def build_here(_settings):
             for info in await decks.ensure(pool, settings.decks):

@@ -37,8 +37,20 @@ _COMMAND_NAMES = {"housekeeper": "rating-keeper"}  # what `top` shows (15 bytes 
 MANAGER_SOCKET = "RATING_MANAGER_SOCKET"  # set by the supervisor for its children
 
 
+def cpu_quota() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's --cpus)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def worker_count(settings: Settings) -> int:
-    return settings.workers or os.cpu_count() or 1
+    return settings.workers or cpu_quota()
 
 
 def run_worker(settings: Settings, reuse_port: bool = True) -> None:
@@ -227,6 +239,37 @@ def metrics_directory() -> Iterator[str]:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+async def redis_problem(client) -> str | None:
+    """Why this Redis must not hold live money, or None: an eviction policy drops balances and calls."""
+    try:
+        policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy", "noeviction")
+        aof = (await client.config_get("appendonly")).get("appendonly", "no")
+    except Exception as exc:  # noqa: BLE001 - CONFIG may be renamed or forbidden: say so and go on
+        log.warning("could not read Redis' configuration (%s): make sure maxmemory-policy is noeviction", exc)
+        return None
+    if policy != "noeviction":
+        return (f"Redis evicts keys (maxmemory-policy {policy}): balances and calls would be lost;"
+                " set maxmemory-policy noeviction")
+    if aof != "yes":
+        log.warning("Redis runs without append-only persistence (appendonly no): a restart loses live state")
+    return None
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process serves our port already (its workers hold it with SO_REUSEPORT, which would
+    let a second agent start silently beside it)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 async def prepare(settings: Settings) -> None:
     """Before any worker starts: the schema is current and every deck the workers will map is built here."""
     import cache
@@ -238,11 +281,13 @@ async def prepare(settings: Settings) -> None:
     pool = await until_ready("PostgreSQL", lambda: create_pool(settings.database_url, max_size=2))
     client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
     try:
+        await until_ready("Redis", lambda: cache.load_library(client))  # also while it loads its data
+        problem = await redis_problem(client)
+        if problem:
+            raise SystemExit(f"configuration error: {problem}")
         async with pool.acquire() as connection:
             await migrate(connection)
-        built = await decks.ensure(pool, settings.decks)
-        if built:
-            await until_ready("Redis", lambda: cache.load_library(client))
+        if await decks.ensure(pool, settings.decks):
             await decks.publish(settings, pool, client)
     finally:
         await client.aclose()
@@ -251,7 +296,14 @@ async def prepare(settings: Settings) -> None:
 
 def serve(settings: Settings) -> int:
     """Runs the supervisor until SIGTERM/SIGINT; call inside `metrics_directory()`."""
-    asyncio.run(prepare(settings))
+    if port_taken(settings.host, settings.port):
+        print(f"configuration error: {settings.host}:{settings.port} is in use (another agent?)", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(prepare(settings))
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return Supervisor(settings).run(worker_count(settings))
 
 

@@ -222,3 +222,55 @@ async def test_the_manager_applies_agent_networks_to_the_address_the_worker_saw(
                                                 else (403, None))
     finally:
         agent.stop()
+
+
+def _exit_of(agent: AgentProcess, timeout: float = 30) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    with open(agent.log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=agent.env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return process.wait(timeout), agent.log_path.read_text()
+
+
+async def test_a_second_agent_on_a_busy_port_refuses_to_start(loaded, tmp_path):
+    first = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path).start()
+    try:
+        second = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path / "..")
+        second.env["RATING_PORT"] = str(first.port)
+        code, log = _exit_of(second)
+        assert code == 2 and f"127.0.0.1:{first.port} is in use" in log
+    finally:
+        first.stop()
+
+
+async def test_an_evicting_redis_is_refused_at_start(loaded, tmp_path):
+    await loaded.redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        code, log = _exit_of(AgentProcess(loaded.redis_url, loaded.database_url, tmp_path))
+    finally:
+        await loaded.redis.config_set("maxmemory-policy", "noeviction")
+    assert code == 2 and "maxmemory-policy allkeys-lru" in log
+
+
+async def test_an_agent_waiting_for_redis_at_start_stops_on_sigterm(stack, tmp_path):
+    import subprocess
+    import sys
+
+    from devstack import free_port
+
+    agent = AgentProcess(f"redis://127.0.0.1:{free_port()}/0", stack.database_url, tmp_path)
+    with open(agent.log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=agent.env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(300):  # until it says it waits (bounded)
+            if "waiting for Redis" in agent.log_path.read_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "waiting for Redis" in agent.log_path.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) != 0
+    finally:
+        process.kill()

@@ -22,7 +22,9 @@ async def status(request: web.Request) -> web.Response:
 
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
-    """Whether this process can rate: Redis and PostgreSQL answer and the catalog is loaded."""
+    """Whether this process can rate: Redis answers and the catalog is loaded. PostgreSQL down only
+    degrades the service (records and catalog changes wait; rating goes on), so it does not make the
+    process unready: a readiness probe would take every agent out of rotation at once."""
     checks: dict[str, bool] = {}
     try:
         async with asyncio.timeout(1.0):
@@ -35,8 +37,9 @@ async def ready(request: web.Request) -> web.Response:
     except Exception:  # noqa: BLE001
         checks["postgresql"] = False
     checks["catalog"] = request.app[CATALOG].loaded.is_set()
-    ok = all(checks.values())
-    return json_response({"ready": ok, **checks, "pid": os.getpid()}, 200 if ok else 503)
+    ok = checks["redis"] and checks["catalog"]
+    return json_response({"ready": ok, "degraded": ok and not checks["postgresql"], **checks, "pid": os.getpid()},
+                         200 if ok else 503)
 
 
 routes.get("/metrics")(metrics_handler)
