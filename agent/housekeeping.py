@@ -35,7 +35,8 @@ async def expire_calls(call: Callable[..., Awaitable[Any]], settings: Settings) 
             while True:
                 done = await call(*cache.fcall(
                     "rating_expire", (cache.DEADLINES, cache.OUTBOX),
-                    (now_ms(), settings.record_retention, EXPIRE_BATCH),
+                    (now_ms(), settings.record_retention, EXPIRE_BATCH,
+                     max(settings.record_retention, settings.max_units + settings.call_grace + 60)),
                 ))
                 if int(done) < EXPIRE_BATCH:
                     break

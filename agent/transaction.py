@@ -239,7 +239,8 @@ class Transactions:
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:
         reply = await self.redis.call(*fcall(
             "rating_finish", (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX),
-            (now_ms(), to_ms(request["timestamp_end"]), self.settings.record_retention),
+            (now_ms(), to_ms(request["timestamp_end"]), self.settings.record_retention,
+             "" if request.get("timestamp_begin") is None else to_ms(request["timestamp_begin"])),
         ))
         return {"ok": Outcome.of(reply).ok, **_echo(request)}
 

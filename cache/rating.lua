@@ -374,7 +374,7 @@ end
 
 -- Ends a begun call at end_ms (capped at its granted units) and charges it. `expire` is the agent's own
 -- end for a call whose end never came, or the release of a reservation that never began.
-local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms, now, expiring)
+local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms, now, expiring, expired_retention)
   if doc.st == 'begun' then
     local limit = doc.tb + doc.u * 1000
     if expiring or end_ms > limit then
@@ -395,6 +395,9 @@ local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms,
   elseif doc.st == 'authorized' then
     release(doc)
     doc.st = expiring and 'expired' or 'cancelled'
+    if expiring then
+      retention = expired_retention or retention  -- long enough to match the end of a call whose begin was lost
+    end
   else
     return false
   end
@@ -403,7 +406,30 @@ local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms,
   return doc.st == 'ended'
 end
 
--- KEYS call, deadlines, outbox; ARGV now_ms, end_ms, retention_s
+-- An end for a call whose begin never reached the agent (lost, failed, or the end came first): the call was
+-- answered, so it is charged from the begin the end carries, or from its authorization, capped at its
+-- granted units, also once its authorization has expired. A lost begin never makes a call free.
+local function finish_unbegun(key, doc, meta, deadlines, outbox, retention, end_ms, begin_ms, now)
+  if doc.st == 'authorized' then
+    release(doc)
+    redis.call('ZREM', deadlines, key)
+  end
+  begin_ms = begin_ms or doc.ta or end_ms
+  local duration = duration_of(begin_ms, end_ms)
+  if duration > doc.u then
+    duration = doc.u
+  end
+  charge(doc, duration, outbox, now)
+  doc.st = 'ended'
+  doc.tb = begin_ms
+  doc.te = math.max(end_ms, begin_ms)
+  doc.d = duration
+  doc.lb = 1  -- the begin was never seen
+  save(key, doc, outbox, retention, meta)
+  return true
+end
+
+-- KEYS call, deadlines, outbox; ARGV now_ms, end_ms, retention_s, begin_ms ('' when the end carries none)
 local function finish(keys, args)
   local doc, meta = load(keys[1])
   if not doc then
@@ -412,8 +438,14 @@ local function finish(keys, args)
   if doc.st == 'ended' then
     return reply(true, doc)
   end
-  local ok = finish_call(keys[1], doc, meta, keys[2], keys[3], tonumber(args[3]), tonumber(args[2]),
-    tonumber(args[1]), false)
+  local ok
+  if doc.st == 'authorized' or doc.st == 'expired' then
+    ok = finish_unbegun(keys[1], doc, meta, keys[2], keys[3], tonumber(args[3]), tonumber(args[2]),
+      tonumber(args[4] or ''), tonumber(args[1]))
+  else
+    ok = finish_call(keys[1], doc, meta, keys[2], keys[3], tonumber(args[3]), tonumber(args[2]),
+      tonumber(args[1]), false)
+  end
   return reply(ok, doc)
 end
 
@@ -487,7 +519,8 @@ local function record(keys, args)
 end
 
 -- Expires unbegun reservations and ends overdue calls whose deadline has passed.
--- KEYS deadlines, outbox; ARGV now_ms, retention_s, max_calls
+-- KEYS deadlines, outbox; ARGV now_ms, retention_s, max_calls, expired_retention_s (how long an expired
+--      authorization is kept to match a late end: longer than the longest call)
 local function expire(keys, args)
   local deadlines, outbox = keys[1], keys[2]
   local now = tonumber(args[1])
@@ -496,7 +529,8 @@ local function expire(keys, args)
   for _, key in ipairs(due) do
     local ok, doc, meta = pcall(load, key)
     if ok and doc and (doc.st == 'authorized' or doc.st == 'begun') then
-      local finished, err = pcall(finish_call, key, doc, meta, deadlines, outbox, tonumber(args[2]), now, now, true)
+      local finished, err = pcall(finish_call, key, doc, meta, deadlines, outbox, tonumber(args[2]), now, now, true,
+        tonumber(args[4]))
       if not finished then
         -- never retry a call that cannot be finished every second forever: leave it for an operator
         redis.log(redis.LOG_WARNING, 'rating: cannot expire ' .. key .. ': ' .. tostring(err))

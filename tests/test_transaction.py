@@ -207,14 +207,49 @@ async def test_repeated_operations_answer_as_the_first_and_change_nothing(agent,
     assert await stack.balance("a") == 990
 
 
-async def test_end_of_a_call_never_authorized_or_begun_is_not_ok_and_charges_nothing(agent, stack):
+async def test_end_of_a_call_never_authorized_is_not_ok_and_charges_nothing(agent, stack):
     client = await agent(catalog(prepaid("a", 1000)))
     assert (await post(client, "end", transaction_tag="never", account_tag="a"))["ok"] is False
-    await post(client, "authorization", transaction_tag="unbegun", account_tag="a", destination="39")
-    assert (await post(client, "end", transaction_tag="unbegun", account_tag="a"))["ok"] is False
     state = await stack.account_state("a")
-    assert (state["balance"], state["reserved"], state["n"]) == (1000, 0, 0)
-    assert (await post(client, "begin", transaction_tag="unbegun", account_tag="a"))["ok"] is False
+    assert (state["balance"], state.get("reserved", 0), state["n"]) == (1000, 0, 0)
+
+
+async def test_a_lost_begin_does_not_make_a_call_free_the_end_charges_from_the_start_it_carries(agent, stack):
+    client = await agent(catalog(prepaid("a", 1000)))
+    await post(client, "authorization", transaction_tag="lost", account_tag="a", destination="39")
+    answer = await post(client, "end", transaction_tag="lost", account_tag="a", timestamp_begin=at(0),
+                        timestamp_end=at(12.5))
+    assert answer["ok"] is True
+    state = await stack.account_state("a")
+    assert (state["balance"], state["reserved"], state["n"]) == (1000 - 13, 0, 0)
+    record = (await records(stack, client, "lost"))["a"]
+    assert (record["state"], record["duration"], record["fee"]) == ("ended", 13, 13)
+    # repeated, and a begin arriving after the end, change nothing
+    assert (await post(client, "end", transaction_tag="lost", timestamp_end=at(99)))["ok"] is True
+    assert (await post(client, "begin", transaction_tag="lost", timestamp_begin=at(0)))["ok"] is True
+    assert await stack.balance("a") == 1000 - 13
+
+
+async def test_an_end_without_a_start_charges_from_the_authorization_capped_at_the_granted_units(agent, stack):
+    client = await agent(catalog(prepaid("a", 40)))
+    answer = await post(client, "authorization", transaction_tag="cap", account_tag="a", destination="39",
+                        timestamp_auth=at(0))
+    assert answer["max_available_units"] == 40
+    assert (await post(client, "end", transaction_tag="cap", timestamp_end=at(3600)))["ok"] is True
+    assert await stack.balance("a") == 0  # 40 granted seconds, not the hour since the authorization
+
+
+async def test_an_end_after_the_authorization_expired_still_charges_the_call(agent, stack):
+    client = await agent(catalog(prepaid("a", 1000)), authorization_ttl=0, reaper_interval=0.05)
+    await post(client, "authorization", transaction_tag="late", account_tag="a", destination="39")
+    for _ in range(200):  # the reaper expires it (bounded wait)
+        if (await records(stack, client, "late")).get("a", {}).get("state") == "expired":
+            break
+        await asyncio.sleep(0.05)
+    assert (await records(stack, client, "late"))["a"]["state"] == "expired"
+    assert (await post(client, "end", transaction_tag="late", timestamp_begin=at(0), timestamp_end=at(5)))["ok"]
+    assert await stack.balance("a") == 995
+    assert (await records(stack, client, "late"))["a"]["state"] == "ended"
 
 
 async def test_record_is_idempotent_and_charges_once(agent, stack):

@@ -129,7 +129,7 @@ _CALL = (("source", as_text), ("source_ip", as_text), ("destination", as_text),
 
 AUTHORIZATION = _fields(*_COMMON, *_CALL, ("timestamp_auth", as_datetime))
 BEGIN = _fields(*_COMMON, *_CALL, ("timestamp_begin", as_datetime))
-END = _fields(*_COMMON, ("timestamp_end", as_datetime))
+END = _fields(*_COMMON, ("timestamp_end", as_datetime), ("timestamp_begin", as_datetime))
 ROLLBACK = _fields(*_COMMON)
 RECORD = _fields(
     *_COMMON, *_CALL, ("authorized", as_bool, False, False), ("unauthorized_reason", as_text),
