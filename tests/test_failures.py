@@ -118,7 +118,11 @@ async def test_postgresql_down_rating_goes_on_and_the_outbox_drains_after_restar
         postgres.stop()
         for i in range(10):
             _call(first, f"dead-{i}", "a")
-        time.sleep(1.5)  # let the writer take entries it cannot write
+        for _ in range(200):  # until the writer holds the entries it cannot write (bounded)
+            if live.xpending("rating:outbox", "pg-writer")["pending"] >= 1:
+                break
+            time.sleep(0.05)
+        assert live.xpending("rating:outbox", "pg-writer")["pending"] >= 1
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
         postgres.start()

@@ -63,13 +63,16 @@ async def _scripted_calls(url: str) -> None:
 async def test_metrics_count_exactly_what_was_done(loaded, tmp_path, workers):
     agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, workers=workers).start()
     try:
-        await asyncio.sleep(0.5)  # every worker up
         await _scripted_calls(agent.url)
-        await asyncio.sleep(FLUSH_INTERVAL + 0.5)  # other workers' counts reach the shared files
         async with aiohttp.ClientSession() as session:
-            async with session.get(agent.url + "/metrics") as reply:
-                assert reply.status == 200
-                text = await reply.text()
+            for _ in range(int(20 / FLUSH_INTERVAL)):  # until every worker's counts reach the shared files
+                async with session.get(agent.url + "/metrics") as reply:
+                    assert reply.status == 200
+                    text = await reply.text()
+                if metric(text, "rating_requests_total", endpoint="end", status="422") == 1 and \
+                        metric(text, "rating_requests_total", endpoint="authorization", status="200") == 3:
+                    break
+                await asyncio.sleep(FLUSH_INTERVAL / 4)
         assert metric(text, "rating_requests_total", endpoint="authorization", status="200") == 3
         assert metric(text, "rating_requests_total", endpoint="begin", status="200") == 2
         assert metric(text, "rating_requests_total", endpoint="end", status="200") == 2
