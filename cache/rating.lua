@@ -168,7 +168,7 @@ end
 
 local function ledger(outbox, doc, party, kind, amount, balance, at)
   redis.call('XADD', outbox, '*', 'e', 'ledger', 'tn', doc.tn, 'a', party.a, 'k', kind,
-    'amt', amount, 'bal', balance, 'tt', doc.tt, 'at', at)
+    'amt', int(amount), 'bal', int(balance), 'tt', doc.tt, 'at', int(at))
 end
 
 local function parties_of(doc)
@@ -560,7 +560,7 @@ local function balance(keys, args)
     delta = amount
   end
   redis.call('XADD', outbox, '*', 'e', 'ledger', 'tn', args[1], 'a', args[2], 'k', args[3] == 'set' and 'set' or 'adjust',
-    'amt', delta, 'bal', new, 'tt', args[6], 'at', args[5])
+    'amt', int(delta), 'bal', int(new), 'tt', args[6], 'at', args[5])
   return new
 end
 

@@ -94,10 +94,10 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
         if fields.get("e") == "ledger":
             key = (fields["tn"], fields["a"])
             ledger_rows.append((
-                entry_id, version, fields["tn"], fields["a"], fields["k"], int(float(fields["amt"])),
-                int(float(fields["bal"])), fields.get("tt") or None, int(float(fields["at"])),
+                entry_id, version, fields["tn"], fields["a"], fields["k"], int(fields["amt"]),
+                int(fields["bal"]), fields.get("tt") or None, int(fields["at"]),
             ))
-            balances[key] = (int(float(fields["bal"])), version)
+            balances[key] = (int(fields["bal"]), version)  # written as integers by the library: no floats
         elif fields.get("e") == "txn":
             doc, meta = decode_call(fields)
             latest[(doc.get("tn"), doc.get("tt"))] = (version, doc, meta)
