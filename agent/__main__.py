@@ -81,12 +81,12 @@ def _build_decks(settings: Settings) -> None:
     asyncio.run(run())
 
 
-def _import_catalog(settings: Settings, path: str) -> None:
+def _import_catalog(settings: Settings, path: str, set_balances: bool) -> None:
     from .store.importer import import_catalog
 
     with open(path, "rb") as handle:
         document = orjson.loads(handle.read())
-    summary = asyncio.run(_with_database(settings, lambda c: import_catalog(c, document)))
+    summary = asyncio.run(_with_database(settings, lambda c: import_catalog(c, document, set_balances)))
     asyncio.run(_apply_balances(settings, summary.pop("balances")))
     asyncio.run(_publish(settings, summary.pop("rebuild")))
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     load = commands.add_parser("import", help="load catalog data from files").add_subparsers(dest="kind", required=True)
     catalog = load.add_parser("catalog", help="a JSON document of carriers, pricelists, rates and accounts")
     catalog.add_argument("file")
+    catalog.add_argument("--set-balances", action="store_true",
+                         help="set the live balance of existing accounts too (default: only of accounts created)")
     rates = load.add_parser("rates", help="a CSV rate deck (header line required), streamed")
     rates.add_argument("file", help="CSV file, or - for standard input")
     rates.add_argument("--tenant", default="default")
@@ -236,7 +238,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "build-decks":
         _build_decks(settings)
     elif args.command == "import" and args.kind == "catalog":
-        _import_catalog(settings, args.file)
+        _import_catalog(settings, args.file, args.set_balances)
     elif args.command == "import":
         _import_rates(settings, args)
     elif args.command == "balance":

@@ -58,7 +58,7 @@ class Stack:
         from agent.store.importer import import_catalog
         from agent.transaction import now_ms
 
-        summary = await import_catalog(self.database, document)
+        summary = await import_catalog(self.database, document, set_balances=True)
         for tenant, tag, amount in summary["balances"]:
             await cache.move_balance(self.redis, tenant, tag, "set", amount, now_ms(), "test")
         return summary

@@ -188,10 +188,13 @@ def _str_list(value: Any, name: str) -> list[str]:
     return value
 
 
-async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any]) -> dict[str, Any]:
+async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any],
+                         set_balances: bool = False) -> dict[str, Any]:
     """Upserts the carriers, pricelists, rates and accounts of a JSON document in one transaction.
 
-    Returns counts, and the balances to set (tenant, account_tag, balance) for the caller to apply.
+    Returns counts, and the balances to set (tenant, account_tag, balance) for the caller to apply: those
+    of the accounts this import creates, or of every account given one with `set_balances` (running
+    the same import again must not undo what calls were charged since).
     """
     default_tenant = document.get("tenant", "default")
     balances: list[tuple[str, str, int]] = []
@@ -244,12 +247,12 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
             columns = ("tenant", "account_tag", *_ACCOUNT_VALUES, *_ACCOUNT_LISTS, "balance")
             placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
             updates = ", ".join(f"{c} = excluded.{c}" for c in (*_ACCOUNT_VALUES, *_ACCOUNT_LISTS))
-            await connection.execute(
+            created = await connection.fetchval(
                 f"INSERT INTO accounts ({', '.join(columns)}) VALUES ({placeholders})"
-                f" ON CONFLICT (tenant, account_tag) DO UPDATE SET {updates}",
+                f" ON CONFLICT (tenant, account_tag) DO UPDATE SET {updates} RETURNING xmax = 0",
                 tenant, item["account_tag"], *values, *lists, balance or 0,
             )
-            if balance is not None:
+            if balance is not None and (created or set_balances):
                 balances.append((tenant, item["account_tag"], balance))
             recorder.add(tenant, "account", item["account_tag"])
         await recorder.write(connection)
