@@ -118,6 +118,19 @@ async def load_catalog(pool: asyncpg.Pool, root: str | os.PathLike) -> Catalog:
     return Catalog(accounts, carriers, tables, version)
 
 
+async def _reread(connection, records: dict, keys: dict, table: str, tag: str, from_row) -> dict:
+    """A copy of `records` with the (tenant, tag) `keys` as stored now (absent ones removed)."""
+    records = dict(records)
+    for key in keys:
+        records.pop(key, None)
+    tenants, tags = zip(*keys)
+    for row in await connection.fetch(
+            f"SELECT * FROM {table} WHERE (tenant, {tag}) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            list(tenants), list(tags)):
+        records[(row["tenant"], row[tag])] = from_row(row)
+    return records
+
+
 async def apply_changes(connection: asyncpg.Connection, catalog: Catalog, rows: list[Change],
                         root: str | os.PathLike) -> Catalog:
     """The snapshot after `rows` (change-log rows following `catalog.version`, in order)."""
@@ -137,23 +150,9 @@ async def apply_changes(connection: asyncpg.Connection, catalog: Catalog, rows: 
             activated[change.tenant] = change.subject["covers"]
             rates.pop(change.tenant, None)  # re-read with the deck below
     if wanted["account"]:
-        accounts = dict(accounts)
-        tenants, tags = zip(*wanted["account"])
-        for key in wanted["account"]:
-            accounts.pop(key, None)
-        for row in await connection.fetch(
-                "SELECT * FROM accounts WHERE (tenant, account_tag) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-                list(tenants), list(tags)):
-            accounts[(row["tenant"], row["account_tag"])] = account_from_row(row)
+        accounts = await _reread(connection, accounts, wanted["account"], "accounts", "account_tag", account_from_row)
     if wanted["carrier"]:
-        carriers = dict(carriers)
-        tenants, tags = zip(*wanted["carrier"])
-        for key in wanted["carrier"]:
-            carriers.pop(key, None)
-        for row in await connection.fetch(
-                "SELECT * FROM carriers WHERE (tenant, carrier_tag) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-                list(tenants), list(tags)):
-            carriers[(row["tenant"], row["carrier_tag"])] = carrier_from_row(row)
+        carriers = await _reread(connection, carriers, wanted["carrier"], "carriers", "carrier_tag", carrier_from_row)
     if rates or activated:
         tables = dict(tables)
         if activated:
