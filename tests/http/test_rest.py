@@ -192,3 +192,9 @@ async def test_a_redis_error_reply_answers_503_with_a_json_body_and_is_counted(c
     ENDPOINTS.flush()
     assert _sample("rating_requests_total", endpoint="authorization", status="503") == before + 1
     assert (await client.post("/v1/authorization", json=AUTH)).status == 200
+
+
+async def test_a_function_library_lost_by_redis_is_loaded_again_by_the_next_request(client, stack):
+    await stack.redis.execute_command("FUNCTION", "FLUSH")
+    reply = await client.post("/v1/authorization", json=AUTH)
+    assert reply.status == 200 and (await reply.json())["authorized"] is True
