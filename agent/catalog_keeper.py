@@ -26,7 +26,8 @@ from .store.database import CATALOG_CHANNEL
 
 log = logging.getLogger(__name__)
 _POLL = 1.0  # seconds between looks at the change log when no announcement came
-_DECK_WAIT = 60.0  # seconds a stale worker waits for a deck another host activated to be built here
+_DECK_WAIT = 60.0
+_PG_TIMEOUT = 10.0  # seconds one catch-up may wait for PostgreSQL  # seconds a stale worker waits for a deck another host activated to be built here
 
 
 async def seed_balances(client: aioredis.Redis, accounts: Iterable[Account]) -> None:
@@ -77,7 +78,9 @@ class CatalogKeeper:
         return catalog
 
     async def catch_up(self, target: int = 0) -> Catalog:
-        """Applies the changes logged after the current version (at least up to `target`, when given)."""
+        """Applies the changes logged after the current version. Returns the snapshot, whose version may
+        stay below `target` only if the log does not hold it (a Redis that outlived its database): the
+        caller decides. Waits (bounded) for a deck activated elsewhere to be built on this host."""
         deadline = time.monotonic() + _DECK_WAIT
         while True:
             async with self._lock:
@@ -86,26 +89,23 @@ class CatalogKeeper:
                     return catalog
                 started = time.perf_counter()
                 try:
-                    async with self.pool.acquire() as connection:
+                    # bounded: a half-open connection must not hold a request (or the follower) forever
+                    async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
                         async with connection.transaction(isolation="repeatable_read", readonly=True):
                             rows = await changes.since(connection, catalog.version)
                             updated = await apply_changes(connection, catalog, rows, self.deck_dir)
                 except DeckMissing:
                     if time.monotonic() > deadline:
                         raise
-                    updated = None
-                if updated is not None:
+                else:
                     if updated is not catalog:
                         written = {(c.tenant, tag) for c in rows if c.kind == "account" for tag in c.subject}
                         await self._seed(a for key in written if (a := updated.accounts.get(key)) is not None
                                          and catalog.accounts.get(key) is None)
                         self.current = updated
-                        delay = None
-                        if rows:
-                            delay = max(0.0, time.time() - rows[-1].at.timestamp()) if rows[-1].at else None
+                        delay = max(0.0, time.time() - rows[-1].at.timestamp()) if rows[-1].at else None
                         self.on_reload(updated, time.perf_counter() - started, delay)
-                    if not target or updated.version >= target:
-                        return updated
+                    return updated
             await asyncio.sleep(0.05)  # a deck activated elsewhere is still being built here
 
     def _announce(self, _connection, _pid, _channel, _payload: str) -> None:

@@ -6,17 +6,24 @@ function call, and answers with Canyan's response fields. Shared by the REST and
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, NamedTuple
 
+import asyncpg
 import orjson
 
 from cache import CATALOG, DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key
 
 from .config import Settings
+from .logs import Throttled
 from .pricing.catalog import Catalog
 from .pricing.plan import Party, Plan, plan_call
+
+
+log = logging.getLogger(__name__)
+_WARNINGS = Throttled(log)
 
 
 class Conflict(Exception):
@@ -178,7 +185,7 @@ class Transactions:
         return plan, self._fragments
 
     def _authorize(self, request: dict[str, Any], at: int, begin: bool,
-                   planned: tuple[Plan, Fragments] | None) -> tuple:
+                   planned: tuple[Plan, Fragments] | None, version: int) -> tuple:
         """The FCALL settling an authorization or a begin, for the caller to await: one coroutine fewer
         between the request and Redis' reply."""
         tenant, tag = request["tenant"], request["transaction_tag"]
@@ -192,18 +199,36 @@ class Transactions:
         return fcall(
             "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG),
             (now_ms(), self._limits, int(begin), tenant, tag, parties, meta_json(request, details), reason,
-             refused, at, 0 if planned is None else planned[1].catalog.version),
+             refused, at, version),
         )
+
+    async def _caught_up(self, published: int) -> int:
+        """Catches this worker up with `published`; the version to claim for the next plan. When the
+        change cannot be read (PostgreSQL down, or missing from its log), the call is rated on what this
+        worker has rather than refused: PostgreSQL down degrades the service, it does not stop rating."""
+        try:
+            caught = (await self.catch_up(published)).version
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            caught, why = 0, str(exc) or type(exc).__name__
+        else:
+            why = "not in the change log"
+        if caught < published:
+            _WARNINGS.warn("catalog: cannot catch up with change %d (%s); rating on change %d",
+                           published, why, self.catalog().version)
+            return published
+        return caught
 
     async def _settle(self, request: dict[str, Any], at: int, begin: bool, plan: bool) -> tuple[Outcome, Any]:
         """Plans the call and settles it in Redis; a plan made on a catalog older than the published one is
         refused by Redis before anything is written, and made again once this worker has caught up."""
+        claimed = 0
         for _ in range(_STALE_TRIES):
             planned = self._plan(request, at) if plan else None
-            reply = await self.redis.call(*self._authorize(request, at, begin, planned))
+            version = 0 if planned is None else max(claimed, planned[1].catalog.version)
+            reply = await self.redis.call(*self._authorize(request, at, begin, planned, version))
             if reply[1] != "stale":
                 return _settled(reply, request), planned
-            await self.catch_up(int(reply[5]))
+            claimed = await self._caught_up(int(reply[5]))
         raise CatalogBehind("the catalog changed faster than this worker could follow")
 
     async def authorization(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +280,7 @@ class Transactions:
         begin = to_ms(request["timestamp_begin"])
         end = to_ms(request["timestamp_end"]) if request["timestamp_end"] else max(begin, now_ms())
         auth = request["timestamp_auth"]
+        claimed = 0
         for _ in range(_STALE_TRIES):
             plan, fragments = self._plan(request, begin)
             if plan.refusal is not None or not plan.parties:
@@ -265,9 +291,9 @@ class Transactions:
                 (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX, CATALOG),
                 (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
                  parties, meta_json(request, details, "authorized", "unauthorized_reason"),
-                 "" if auth is None else to_ms(auth), begin, end, fragments.catalog.version),
+                 "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version)),
             ))
             if reply[1] != "stale":
                 return {"ok": Outcome.of(reply).ok, **_echo(request)}
-            await self.catch_up(int(reply[5]))
+            claimed = await self._caught_up(int(reply[5]))
         raise CatalogBehind("the catalog changed faster than this worker could follow")

@@ -96,3 +96,12 @@ async def test_a_restarted_worker_maps_the_deck_that_is_active(stack, tmp_path):
             assert answer["carriers"] == ["TCP:gw.example.com:5061", "UDP:10.0.0.1:5060"]
     finally:
         agent.stop()
+
+
+async def test_a_published_change_the_log_does_not_hold_degrades_to_the_current_catalog_not_to_refusals(agent, stack):
+    import cache
+
+    client = await agent(catalog(prepaid("a")))
+    await cache.publish_catalog(stack.redis, 10**12)  # e.g. a Redis that outlived its database
+    answer = await post(client, "authorization", transaction_tag="d1", account_tag="a", destination="39")
+    assert answer["authorized"] is True

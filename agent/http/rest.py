@@ -14,6 +14,7 @@ from cache import UNAVAILABLE
 
 from ..config import Settings
 from ..keys import SETTINGS, TRANSACTIONS
+from ..logs import Throttled
 from ..metrics import ENDPOINTS
 from ..transaction import Conflict, Transactions
 from .access import client_allowed
@@ -28,25 +29,7 @@ UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cann
 REFUSED_DETAIL = "Rating is not available: the live state store (Redis) refused the request ({})"
 
 
-class _Throttled:
-    """One warning a second at most, with how many were folded into it: an outage logs a line a second,
-    not a line per request."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-        self.folded = 0
-
-    def warn(self, message: str, *args) -> None:
-        now = time.monotonic()
-        if now - self.last < 1.0:
-            self.folded += 1
-            return
-        suffix = f" (and {self.folded} more in the last second)" if self.folded else ""
-        self.last, self.folded = now, 0
-        log.warning(message + suffix, *args)
-
-
-_WARNINGS = _Throttled()
+_WARNINGS = Throttled(log)
 
 # path -> (request fields, Transactions method)
 ENDPOINTS_BY_PATH: dict[str, tuple[tuple[Field, ...], str]] = {

@@ -25,8 +25,8 @@ from . import changes, decks
 from .changes import Change
 
 
-class DeckMissing(RuntimeError):
-    """An activated deck this host has not built yet."""
+class DeckMissing(OSError):
+    """An activated deck this host has not built yet (after a bounded wait: rate on the deck mapped)."""
 
 
 def account_from_row(row: asyncpg.Record) -> Account:
