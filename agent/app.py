@@ -103,7 +103,7 @@ async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     keeper.on_reload = _observe_reload
     await until_ready("the catalog", keeper.start)
     app[CATALOG] = keeper
-    app[TRANSACTIONS] = Transactions(settings, app[PIPELINE], keeper.get, keeper.catch_up)
+    app[TRANSACTIONS] = Transactions(settings, app[PIPELINE], keeper.get, keeper.catch_up, keeper.seed_account)
     async with _background("catalog-listener", keeper.run()):
         yield
 

@@ -108,6 +108,14 @@ class CatalogKeeper:
                     return updated
             await asyncio.sleep(0.05)  # a deck activated elsewhere is still being built here
 
+    async def seed_account(self, tenant: str, account_tag: str) -> None:
+        """The live balance of an account Redis has none for, from PostgreSQL: the balance the outbox
+        writer keeps in step with the ledger (never a catalog snapshot, which may be hours old)."""
+        async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
+            balance = await connection.fetchval(
+                "SELECT balance FROM accounts WHERE tenant = $1 AND account_tag = $2", tenant, account_tag)
+        await self.redis.hsetnx(account_key(tenant, account_tag), "balance", balance or 0)
+
     def _announce(self, _connection, _pid, _channel, _payload: str) -> None:
         self._changed.set()
 

@@ -34,7 +34,7 @@ class CatalogBehind(ConnectionError):
     """This worker could not catch up with the published catalog (answered 503, like Redis unavailable)."""
 
 
-_STALE_TRIES = 3  # plans per request when the catalog keeps moving while the worker catches up
+_TRIES = 5  # plans per request: the catalog may move while the worker catches up, accounts may need seeding
 
 
 def now_ms() -> int:
@@ -91,7 +91,6 @@ class Fragments:
                 "mt": _limit(account.max_concurrent_transactions),
                 "mi": _limit(account.max_inbound_transactions),
                 "mo": _limit(account.max_outbound_transactions),
-                "s": account.balance,
             }
             if account.max_concurrent_transactions is not None:
                 party["ox"] = open_calls_key(tenant, tag, not inbound)
@@ -162,11 +161,13 @@ def _settled(reply: list, request: dict[str, Any]) -> Outcome:
 
 class Transactions:
     def __init__(self, settings: Settings, redis: AutoPipeline, catalog: Callable[[], Catalog],
-                 catch_up: Callable[[int], Awaitable[Catalog]]) -> None:
+                 catch_up: Callable[[int], Awaitable[Catalog]],
+                 seed: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.catalog = catalog
         self.catch_up = catch_up
+        self.seed = seed
         self._fragments = Fragments(None)
         # what the Redis library needs of the settings, as the one argument it reads them from
         self._limits = (f"{settings.authorization_ttl * 1000},{settings.reservation_share},{settings.max_units},"
@@ -202,6 +203,13 @@ class Transactions:
              refused, at, version),
         )
 
+    async def _seeded(self, request: dict[str, Any], reply: list) -> None:
+        """Gives Redis the balance PostgreSQL holds for the account it has none for (`unseeded`)."""
+        try:
+            await self.seed(request["tenant"], reply[3])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise CatalogBehind(f"the balance of account {reply[3]!r} cannot be read: {exc}") from None
+
     async def _caught_up(self, published: int) -> int:
         """Catches this worker up with `published`; the version to claim for the next plan. When the
         change cannot be read (PostgreSQL down, or missing from its log), the call is rated on what this
@@ -222,13 +230,16 @@ class Transactions:
         """Plans the call and settles it in Redis; a plan made on a catalog older than the published one is
         refused by Redis before anything is written, and made again once this worker has caught up."""
         claimed = 0
-        for _ in range(_STALE_TRIES):
+        for _ in range(_TRIES):
             planned = self._plan(request, at) if plan else None
             version = 0 if planned is None else max(claimed, planned[1].catalog.version)
             reply = await self.redis.call(*self._authorize(request, at, begin, planned, version))
-            if reply[1] != "stale":
+            if reply[1] == "stale":
+                claimed = await self._caught_up(int(reply[5]))
+            elif reply[1] == "unseeded":
+                await self._seeded(request, reply)
+            else:
                 return _settled(reply, request), planned
-            claimed = await self._caught_up(int(reply[5]))
         raise CatalogBehind("the catalog changed faster than this worker could follow")
 
     async def authorization(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +292,7 @@ class Transactions:
         end = to_ms(request["timestamp_end"]) if request["timestamp_end"] else max(begin, now_ms())
         auth = request["timestamp_auth"]
         claimed = 0
-        for _ in range(_STALE_TRIES):
+        for _ in range(_TRIES):
             plan, fragments = self._plan(request, begin)
             if plan.refusal is not None or not plan.parties:
                 return {"ok": False, **_echo(request)}
@@ -293,7 +304,10 @@ class Transactions:
                  parties, meta_json(request, details, "authorized", "unauthorized_reason"),
                  "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version)),
             ))
-            if reply[1] != "stale":
+            if reply[1] == "stale":
+                claimed = await self._caught_up(int(reply[5]))
+            elif reply[1] == "unseeded":
+                await self._seeded(request, reply)
+            else:
                 return {"ok": Outcome.of(reply).ok, **_echo(request)}
-            claimed = await self._caught_up(int(reply[5]))
         raise CatalogBehind("the catalog changed faster than this worker could follow")

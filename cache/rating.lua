@@ -229,9 +229,8 @@ local function decide(parties, reason, refused_tag, share, cap)
   local balance = 0
   for index, party in ipairs(parties) do
     local held = redis.call('HMGET', party.k, 'balance', 'reserved')
-    if not held[1] then  -- first call of the account: its balance starts from the catalog's
-      redis.call('HSETNX', party.k, 'balance', party.s)
-      held[1] = party.s
+    if not held[1] then  -- no live balance: never made up here (see unseeded)
+      return nil, index
     end
     local available = num(held[1]) - num(held[2])
     if index == 1 then
@@ -301,6 +300,13 @@ local function stale(catalog_key, version)
   end
 end
 
+-- The reply to a call one of whose accounts has no live balance here (new to this Redis, or lost with
+-- its data): nothing was done; the agent seeds it from PostgreSQL (its ledger's balance, never a catalog
+-- snapshot) and asks again. The units field carries the party's position.
+local function unseeded(parties, index)
+  return {0, 'unseeded', '', parties[index].a, index, 0}
+end
+
 -- KEYS call, deadlines, outbox, catalog
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
 --      agent could not plan: a begin with only the transaction tag), meta_json, refusal reason ('' if
@@ -336,6 +342,9 @@ local function authorize(keys, args)
   end
   local parties = cjson.decode(args[6])
   local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap)
+  if reason == nil then
+    return unseeded(parties, refused_tag)
+  end
   doc = {tn = args[4], tt = args[5], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
   if reason ~= '' then
     doc.st = 'refused'
@@ -488,6 +497,12 @@ local function record(keys, args)
   if outdated then
     return outdated
   end
+  local parties = cjson.decode(args[5])
+  for index, party in ipairs(parties) do
+    if redis.call('HEXISTS', party.k, 'balance') == 0 then
+      return unseeded(parties, index)
+    end
+  end
   local doc = load(key)
   if doc then
     if doc.st == 'recorded' then
@@ -501,7 +516,6 @@ local function record(keys, args)
       redis.call('ZREM', deadlines, key)
     end
   end
-  local parties = cjson.decode(args[5])
   local begin_ms, end_ms = tonumber(args[8]), tonumber(args[9])
   local duration = duration_of(begin_ms, end_ms)
   doc = {st = 'recorded', tn = args[3], tt = args[4], ck = key, u = 0, rs = '', rt = '', bal = 0, p = parties,
@@ -510,7 +524,6 @@ local function record(keys, args)
     doc.ta = tonumber(args[7])
   end
   for _, party in ipairs(parties) do
-    redis.call('HSETNX', party.k, 'balance', party.s)
     party.rv = 0
   end
   charge(doc, duration, outbox, tonumber(args[1]))

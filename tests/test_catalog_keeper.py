@@ -105,3 +105,20 @@ async def test_a_published_change_the_log_does_not_hold_degrades_to_the_current_
     await cache.publish_catalog(stack.redis, 10**12)  # e.g. a Redis that outlived its database
     answer = await post(client, "authorization", transaction_tag="d1", account_tag="a", destination="39")
     assert answer["authorized"] is True
+
+
+async def test_a_live_balance_lost_by_redis_comes_back_from_postgresql_not_from_a_catalog_snapshot(agent, stack):
+    from cache import account_key
+
+    client = await agent(catalog(prepaid("a", 1000)))
+    await post(client, "authorization", transaction_tag="c1", account_tag="a", destination="39")
+    await post(client, "begin", transaction_tag="c1", timestamp_begin="2030-01-01T10:00:00Z")
+    await post(client, "end", transaction_tag="c1", timestamp_end="2030-01-01T10:00:10Z")
+    for _ in range(200):  # the outbox writer carries the charge to accounts.balance (bounded wait)
+        if await stack.database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") == 990:
+            break
+        await asyncio.sleep(0.05)
+    assert client.app[CATALOG].get().account("default", "a").balance == 1000  # the snapshot is older
+    await stack.redis.delete(account_key("default", "a"))  # Redis lost it
+    answer = await post(client, "authorization", transaction_tag="c2", account_tag="a", destination="39")
+    assert answer["authorized"] and answer["balance"] == 990

@@ -56,7 +56,7 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
     assert await cache.publish_catalog(client, 7) == 7
     assert await cache.publish_catalog(client, 5) == 7  # never moves back
     party = {"k": cache.account_key("t", "a"), "o": cache.open_calls_key("t", "a", False), "a": "a", "cr": 0,
-             "mt": -1, "mi": -1, "mo": -1, "s": 100, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 0]}
+             "mt": -1, "mi": -1, "mo": -1, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 0]}
     key = cache.call_key("t", "x")
 
     def authorize(version: int):
@@ -67,5 +67,9 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
 
     assert await authorize(6) == [0, "stale", "", "", 0, 7]
     assert await client.exists(key, party["k"], cache.DEADLINES, cache.OUTBOX) == 0
+    # an account without a live balance is not made one up: the agent must seed it first
+    assert await authorize(7) == [0, "unseeded", "", "a", 1, 0]
+    assert await client.exists(key, party["k"]) == 0
+    await client.hset(party["k"], "balance", 100)
     reply = await authorize(7)
     assert reply[:2] == [1, "authorized"] and await client.exists(key) == 1
