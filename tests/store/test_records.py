@@ -36,7 +36,7 @@ def test_each_party_gets_its_own_rate_snapshot_and_account_tags_after_the_reques
 
 def test_the_parties_sent_to_redis_carry_only_what_the_library_reads():
     doc, _ = _call((Party(Account("default", "a", tags=("gold",)), False, True, RATE),))
-    assert set(doc["p"][0]) == {"k", "o", "a", "cr", "mt", "mi", "mo", "s", "i", "pr", "c", "r"}
+    assert set(doc["p"][0]) == {"k", "o", "a", "cr", "mt", "mi", "mo", "i", "pr", "c", "r"}
     assert doc["p"][0]["r"] == [5, 10, 60, 0]
 
 
