@@ -1,20 +1,35 @@
-"""The rate table at scale: import time, load time, memory per prefix and lookup time, in one command.
+"""The rate table at scale, on memory-mapped decks: import, build, activation, start, memory and lookups.
 
-    python loadtest/bench_table.py [--prefixes 1000000] [--lookups 20000] [--no-tracemalloc] [--keep]
+    python loadtest/bench_table.py [--prefixes 1000000] [--rounds 5] [--lookups 20000] [--load cli|copy]
+                                   [--data DIR] [--keep]
 
-In a temporary folder: starts PostgreSQL on a free loopback port (devstack), generates a realistic deck
-(loadtest/generate.py) and imports it with the agent's CLI (`python -m agent import catalog`, then
-`python -m agent import rates`, timed). Then, in a fresh Python process each time:
+In a temporary folder, on free loopback ports: starts redis-server and PostgreSQL (devstack), generates a
+realistic deck (loadtest/generate.py; with --data DIR, generated once into DIR and reused), imports the
+catalog with the agent's CLI and starts an agent (`python -m agent serve`, 2 workers) with no rates yet.
+Then, while that agent serves:
 
-* loads the catalog with `agent.store.catalog.load_catalog` (timed) and measures the memory it holds:
-  the process' resident set before and after (and its peak during the load), and the deep size of the
-  rate table (every object reachable from it counted once; small ints and None are shared and free);
-* times the lookups on destinations of the deck: `RateTable.matches`, `destination_rate`,
-  `least_cost_routing` and the whole `plan_call`, per call;
-* optionally (default on) a second fresh process measures the load under tracemalloc: the bytes Python
-  allocated for the catalog and still holds, independent of allocator slack.
+* the deck goes in. `--load cli` (default): `python -m agent import rates deck.csv`, the real path: the
+  import into PostgreSQL, then the CLI builds the deck and activates it. `--load copy`: the CSV copied
+  straight into pricelist_rates by PostgreSQL (its keys and foreign keys dropped and added back around
+  it, in this scratch database only), a `bulk` change recorded as the importer does, then
+  `python -m agent build-decks`: for decks too large to wait for the importer;
+* the phases are timed from outside, by polling: the import until its `bulk` change is visible, the build
+  until the `deck` change that activates it (the CLI's log line splits it into reading PostgreSQL and
+  building, when the CLI built it), the activation until every worker maps the new deck (its files in
+  /proc/PID/maps) and until the first authorization rated on it;
+  The agent's housekeeper, which also builds decks it finds missing, is paused meanwhile, so the build
+  timed is the CLI's (they would race for the build lock);
+* memory after some authorizations: the PSS of all the agent's processes (/proc/PID/smaps_rollup) before
+  the import and after, and the PSS of the deck's file mappings alone (/proc/PID/smaps), per prefix.
 
-Prints a Markdown table. Every process started here is stopped at the end, also on errors and Ctrl-C.
+Then the agent is stopped and started again with the deck built: time from start to the first
+authorized answer. Last, in a fresh process, lookups over destinations of the deck with distinct longest
+matches: `route` (price and carriers) and `plan_call` on a freshly loaded catalog (a fresh Deck: nothing
+remembered, cold) and again on the same one (warm), the median of --rounds rounds; and once more cold
+after the deck's pages were dropped from the page cache.
+
+Prints Markdown tables. Every process started here is stopped at the end, also on errors and Ctrl-C; every
+wait is bounded. The folder is removed unless --keep is given.
 """
 
 from __future__ import annotations
@@ -23,9 +38,14 @@ import argparse
 import asyncio
 import gc
 import json
+import os
+import re
+import signal
+import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,189 +53,446 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 TENANT = "default"
+WORKERS = 2
 
 
-# ------------------------------------------------------------------------------------ in the fresh process
+# ------------------------------------------------------------------------------------------- /proc
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+def _children(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            queue.extend(int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split())
+        except OSError:
+            pass
+    return found
 
 
-def _reset_peak() -> None:
-    """Makes VmHWM start from the current RSS (Linux 4.0+), so the peak of the load alone is seen."""
+def _comm(pid: int) -> str:
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        pass
+        return ""
 
 
-def deep_size(table) -> int:
-    """Bytes of every object reachable from the table, each counted once (cached small ints/None excluded)."""
-    seen: set[int] = set()
-    total = 0
-    shared = {id(None), id(True), id(False)}
-
-    def add(obj) -> None:
-        nonlocal total
-        key = id(obj)
-        if key in seen or key in shared:
-            return
-        if isinstance(obj, int) and -5 <= obj <= 256:
-            return
-        seen.add(key)
-        total += sys.getsizeof(obj)
-
-    add(table)
-    for index in (table.numbers, table.raw):
-        add(index)
-        for key, rates in index.items():
-            add(key)
-            add(rates)
-            for rate in rates:
-                if id(rate) in seen:
-                    continue
-                add(rate)
-                for name in rate.__slots__:
-                    add(getattr(rate, name))
-    add(table.number_lengths)
-    add(table.raw_lengths)
-    return total
+def workers_of(agent) -> list[int]:
+    """The agent's HTTP workers (named rating-worker-N by the supervisor), else every process under it."""
+    pids = agent.pids()
+    named = [pid for pid in pids if _comm(pid).startswith("rating-worker")]
+    return named or pids[1:]
 
 
-async def _load(database_url: str, trace: bool) -> dict:
-    import tracemalloc
+def maps_deck(pid: int, folder: str) -> bool:
+    try:
+        return folder in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
 
+
+def pss_kb(pid: int, under: str | None = None) -> int:
+    """Proportional set size of a process, or of its mappings of files under `under` only."""
+    try:
+        if under is None:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+            return 0
+        total, inside = 0, False
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", fields[0]):
+                inside = len(fields) > 5 and fields[5].startswith(under)
+            elif inside and fields[0] == "Pss:":
+                total += int(fields[1])
+        return total
+    except OSError:
+        return 0
+
+
+def memory(agent, deck_dir: str) -> dict:
+    pids = agent.pids()
+    return {"processes": len(pids), "pss": sum(pss_kb(p) for p in pids) * 1024,
+            "deck_pss": sum(pss_kb(p, deck_dir) for p in pids) * 1024}
+
+
+def drop_page_cache(folder: Path) -> None:
+    """Evicts the deck's files from the page cache (pages no process maps), for lookups from disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+# ------------------------------------------------------------------------------------ authorizations
+
+class Authorizer:
+    """POST /v1/authorization with unique transaction tags; a fresh connection per request, so the kernel
+    spreads them over the workers."""
+
+    def __init__(self, url: str, accounts: list[str], destinations: list[str]) -> None:
+        self.url, self.accounts, self.destinations = url, accounts, destinations
+        self.count = 0
+        self.run = f"bench-{time.time_ns()}"
+
+    async def one(self, session, n: int | None = None) -> dict | None:
+        n = self.count if n is None else n
+        self.count += 1
+        body = {"transaction_tag": f"{self.run}-{self.count}", "account_tag": self.accounts[n % len(self.accounts)],
+                "destination": self.destinations[n % len(self.destinations)]}
+        try:
+            async with session.post(self.url + "/v1/authorization", json=body) as reply:
+                return await reply.json() if reply.status == 200 else None
+        except (OSError, asyncio.TimeoutError, ValueError):
+            return None
+
+    async def until_authorized(self, deadline: float, pause: float = 0.02) -> float | None:
+        """Seconds (perf_counter) of the first authorized answer, or None at the deadline."""
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                         timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.perf_counter() < deadline:
+                answer = await self.one(session)
+                if answer and answer.get("authorized"):
+                    return time.perf_counter()
+                await asyncio.sleep(pause)
+        return None
+
+    async def sample(self, count: int, concurrency: int = 8) -> dict[str, int]:
+        import aiohttp
+
+        outcomes: dict[str, int] = {}
+        queue = list(range(count))
+
+        async def work(session) -> None:
+            while queue:
+                answer = await self.one(session, queue.pop())
+                key = "error" if answer is None else "authorized" if answer.get("authorized") else \
+                    f"refused: {answer.get('unauthorized_reason')}"
+                outcomes[key] = outcomes.get(key, 0) + 1
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                         timeout=aiohttp.ClientTimeout(total=10)) as session:
+            await asyncio.wait_for(asyncio.gather(*(work(session) for _ in range(concurrency))), 300)
+        return outcomes
+
+
+# -------------------------------------------------------------------------------------- the deck in
+
+async def _changes(connection, kinds: tuple[str, ...] = ("bulk", "deck")) -> dict[str, int]:
+    rows = await connection.fetch("SELECT kind, max(seq) AS seq FROM catalog_changes WHERE kind = ANY($1)"
+                                  " GROUP BY kind", list(kinds))
+    return {row["kind"]: row["seq"] for row in rows}
+
+
+async def copy_load(database_url: str, deck: Path) -> float:
+    """The CSV into pricelist_rates by PostgreSQL's own COPY, keys and foreign keys dropped during it (each
+    row would check them one by one) and added back; then the `bulk` change an import records."""
+    import asyncpg
+
+    from agent.store import changes
+
+    with open(deck, encoding="utf-8") as handle:
+        header = handle.readline().strip().split(",")
+    started = time.perf_counter()
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with connection.transaction():
+            constraints = await connection.fetch(
+                "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint"
+                " WHERE conrelid = 'pricelist_rates'::regclass AND contype IN ('p', 'u', 'f') ORDER BY contype DESC")
+            for row in constraints:
+                await connection.execute(f'ALTER TABLE pricelist_rates DROP CONSTRAINT "{row["conname"]}"')
+            await connection.copy_to_table("pricelist_rates", source=str(deck), columns=header, format="csv",
+                                           header=True)
+            await connection.execute("SET LOCAL maintenance_work_mem = '1GB'")
+            for row in reversed(constraints):
+                await connection.execute(
+                    f'ALTER TABLE pricelist_rates ADD CONSTRAINT "{row["conname"]}" {row["definition"]}')
+            await changes.record(connection, TENANT, "bulk")
+    finally:
+        await connection.close()
+    return time.perf_counter() - started
+
+
+def _log_moment(line: str) -> float | None:
+    """The time.time() of a log line (`%(asctime)s`, local time, milliseconds)."""
+    match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
+    if match is None:
+        return None
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(match.group(2)) / 1000
+
+
+async def load_deck(args, agent, gen, deck_dir: str, authorizer: Authorizer, log) -> dict:
+    """The deck into PostgreSQL, built and activated while `agent` serves; the moments of each phase."""
+    import asyncpg
+
+    watcher = await asyncpg.connect(agent.env["RATING_DATABASE_URL"])
+    # The housekeeper builds decks too, and would race the CLI for the build lock: paused meanwhile, so
+    # the CLI's own build (and its log line) is the one timed.
+    keepers = [pid for pid in agent.pids() if _comm(pid) == "rating-keeper"]
+    for pid in keepers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        return await _timeline(args, agent, gen, deck_dir, authorizer, log, watcher)
+    finally:
+        for pid in keepers:
+            os.kill(pid, signal.SIGCONT)
+        await watcher.close()
+
+
+async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log, watcher) -> dict:
+    env = {**agent.env, "RATING_LOG_LEVEL": "INFO"}
+    workers = workers_of(agent)
+    result: dict = {"workers": len(workers)}
+    before = await _changes(watcher)
+    wall, started = time.time(), time.perf_counter()
+    deadline = started + args.timeout
+    if args.load == "copy":
+        result["copy_seconds"] = await copy_load(agent.env["RATING_DATABASE_URL"], gen.deck)
+        log(f"copied into PostgreSQL in {result['copy_seconds']:.1f}s; building")
+        argv = ["build-decks"]
+    else:
+        argv = ["import", "rates", str(gen.deck), "--quiet"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    output = asyncio.ensure_future(process.communicate())
+    first_authorized = asyncio.ensure_future(authorizer.until_authorized(deadline, pause=0.05))
+    moments: dict[str, float] = {}
+    try:
+        while time.perf_counter() < deadline and ("mapped" not in moments or "exit" not in moments):
+            now = time.perf_counter()
+            if output.done() and "exit" not in moments:
+                moments["exit"] = now
+                if process.returncode != 0:
+                    out, errors = output.result()
+                    raise RuntimeError(f"agent {' '.join(argv)} failed:\n{out.decode()}\n{errors.decode()[-3000:]}")
+            if "deck" not in moments:
+                seen = await _changes(watcher)
+                if "bulk" not in moments and seen.get("bulk", 0) > before.get("bulk", 0):
+                    moments["bulk"] = now
+                if seen.get("deck", 0) > before.get("deck", 0):
+                    moments["deck"] = now
+                    moments.setdefault("bulk", now)
+            if "mapped" not in moments and all(maps_deck(pid, deck_dir) for pid in workers):
+                moments["mapped"] = now
+            await asyncio.sleep(0.02)
+        if "mapped" not in moments:
+            raise TimeoutError(f"the deck was not active in every worker after {args.timeout:.0f}s")
+        authorized = await first_authorized
+    finally:
+        first_authorized.cancel()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    _, errors = output.result()
+    built = re.search(r"^(.*)deck of tenant '[^']*': (\d+) rates read in ([\d.]+)s, built in ([\d.]+)s",
+                      errors.decode(), re.M)
+    result["built_by"] = "the agent's deck builder (housekeeper)" if built is None else f"`{' '.join(argv[:2])}`"
+    if built is not None:
+        result.update(rows=int(built.group(2)), read=float(built.group(3)), build=float(built.group(4)))
+        logged = _log_moment(built.group(1))
+        if logged is not None:  # the build's start, from the log line written at its end
+            result["build_start"] = logged - wall - result["read"] - result["build"]
+    result.update({name: moment - started for name, moment in moments.items()})
+    result["first_authorized"] = None if authorized is None else authorized - started
+    return result
+
+
+# ----------------------------------------------------------------------------------------- lookups
+
+async def _catalog(database_url: str, deck_dir: str):
     from agent.store.catalog import load_catalog
     from agent.store.database import create_pool
 
     pool = await create_pool(database_url, max_size=2)
-    gc.collect()
-    before_kb = _status_kb("VmRSS")
-    _reset_peak()
-    if trace:
-        tracemalloc.start()
-    catalog, seconds = await load_catalog(pool, 1)
-    await pool.close()
-    gc.collect()
-    result = {"load_seconds": seconds, "rss_before_kb": before_kb, "rss_after_kb": _status_kb("VmRSS"),
-              "rss_peak_kb": _status_kb("VmHWM")}
-    if trace:
-        current, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        result.update(traced_bytes=current, traced_peak_bytes=peak)
-    return {"catalog": catalog, **result}
+    try:
+        return await load_catalog(pool, deck_dir)
+    finally:
+        await pool.close()
 
 
-def _per_call(function, items, repeat: int = 3) -> float:
-    """Best of `repeat` passes over `items`, in microseconds per call."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for item in items:
-            function(item)
-        best = min(best, time.perf_counter() - started)
-    return best / len(items) * 1e6
+def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: int, rounds: int) -> dict:
+    """In a fresh process: cold and warm lookups, µs per call, per round."""
+    from datetime import timezone
 
-
-def measure(database_url: str, destinations_file: Path, lookups: int, trace: bool) -> dict:
-    from datetime import datetime, timezone
-
+    from agent.pricing.destination import number_of
     from agent.pricing.plan import plan_call
-    from agent.pricing.routing import destination_rate, least_cost_routing
+    from agent.pricing.routing import route
 
-    loaded = asyncio.run(_load(database_url, trace))
-    catalog = loaded.pop("catalog")
+    at = datetime.now(timezone.utc)
+    catalog = asyncio.run(_catalog(database_url, deck_dir))
     table = catalog.table(TENANT)
-    result = {**loaded, "rows": table.size, "prefixes": len(table.numbers) + len(table.raw),
-              "probe_lengths": list(table.number_lengths)}
-    if trace:
-        return result
-    result["deep_bytes"] = deep_size(table)
-    destinations = destinations_file.read_text().split()[:lookups]
-    # a PREPAID account with only the standard pricelist: the common case
+    # One destination per longest match: a cold pass then remembers nothing it could use again.
+    picked, seen = [], set()
+    for destination in destinations_file.read_text().split():
+        longest = table.longest(destination)
+        key = longest[0] if longest else destination
+        if key not in seen:
+            seen.add(key)
+            picked.append(destination)
+            if len(picked) >= lookups:
+                break
     account = next(a for a in catalog.accounts.values()
                    if a.pricelist_tags == ("standard",) and a.type.value == "PREPAID")
-    at = datetime.now(timezone.utc)
-    matched = [list(table.matches(d)) for d in destinations]
-    result["lookups"] = len(destinations)
-    result["hit_share"] = sum(1 for m in matched if m) / len(destinations)
-    result["matches_per_lookup"] = sum(len(m) for m in matched) / len(destinations)
-    result["rates_per_lookup"] = sum(len(r) for m in matched for _, r in m) / len(destinations)
-    result["carriers_per_route"] = sum(
-        len(least_cost_routing(catalog, account, d, at)) for d in destinations) / len(destinations)
-    result["us_matches"] = _per_call(lambda d: list(table.matches(d)), destinations)
-    result["us_destination_rate"] = _per_call(lambda d: destination_rate(catalog, account, d, at), destinations)
-    result["us_least_cost_routing"] = _per_call(
-        lambda d: least_cost_routing(catalog, account, d, at), destinations)
-    result["us_plan_call"] = _per_call(
-        lambda d: plan_call(catalog, TENANT, account.account_tag, None, d, at), destinations)
+    calls = {
+        "Deck.number_matches": lambda c, d: c.table(TENANT).base.number_matches(number_of(d)),
+        "route": lambda c, d: route(c, account, d, at),
+        "plan_call": lambda c, d: plan_call(c, TENANT, account.account_tag, None, d, at),
+    }
+
+    def forget(deck) -> None:
+        deck._memo.clear()
+        deck._last = (None, [])
+    found = [route(catalog, account, d, at) for d in picked]
+    result = {"lookups": len(picked), "priced": sum(1 for rate, _ in found if rate is not None) / len(picked),
+              "carriers": sum(len(carriers) for _, carriers in found) / len(picked), "rounds": rounds,
+              "table_type": type(table).__name__}
+    del catalog, table, found  # its mappings would keep the deck's pages in memory below
+
+    def per_call(function, fresh) -> tuple[float, float]:
+        """(wall, CPU) µs per call of a pass over the destinations; CPU time discounts a busy host."""
+        started, cpu = time.perf_counter(), time.process_time()
+        for destination in picked:
+            function(fresh, destination)
+        return ((time.perf_counter() - started) / len(picked) * 1e6,
+                (time.process_time() - cpu) / len(picked) * 1e6)
+
+    for name, function in calls.items():
+        passes: dict[str, list] = {"cold": [], "cleared": [], "warm": []}
+        for _ in range(rounds):
+            fresh = asyncio.run(_catalog(database_url, deck_dir))  # a new Deck: mapped anew, nothing remembered
+            passes["cold"].append(per_call(function, fresh))
+            passes["warm"].append(per_call(function, fresh))
+            fresh.routes.clear()  # what a worker remembers, forgotten: its mappings stay
+            forget(fresh.table(TENANT).base)
+            passes["cleared"].append(per_call(function, fresh))
+        result[name] = passes
+    disk = []
+    for _ in range(min(rounds, 3)):
+        fresh = None
+        gc.collect()
+        drop_page_cache(Path(deck_dir))
+        fresh = asyncio.run(_catalog(database_url, deck_dir))
+        disk.append(per_call(calls["route"], fresh))
+    result["route"]["disk"] = disk
     return result
 
 
-# ------------------------------------------------------------------------------------------ the driver
-
-def _fresh_process(database_url: str, destinations: Path, lookups: int, trace: bool, timeout: float) -> dict:
+def _fresh_process(database_url: str, deck_dir: str, destinations: Path, lookups: int, rounds: int,
+                   timeout: float) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--measure", "--database-url", database_url,
-            "--destinations-file", str(destinations), "--lookups", str(lookups)]
-    if trace:
-        argv.append("--tracemalloc")
+            "--deck-dir", deck_dir, "--destinations-file", str(destinations), "--lookups", str(lookups),
+            "--rounds", str(rounds)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"measuring process failed:\n{done.stdout}\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(prefixes: int, rows: int, generated: float, imports: dict, plain: dict, traced: dict | None) -> str:
-    mb = 1024 * 1024
-    rss = (plain["rss_after_kb"] - plain["rss_before_kb"]) * 1024
-    peak = (plain["rss_peak_kb"] - plain["rss_before_kb"]) * 1024
-    loaded_prefixes, loaded_rows = plain["prefixes"], plain["rows"]
+# ------------------------------------------------------------------------------------------ the driver
+
+def generated(args, workdir: Path, log):
+    """The generated catalog and deck: from --data when it holds these arguments' files, else made."""
+    import generate
+
+    wanted = {"prefixes": args.prefixes, "carriers": args.carriers, "accounts": 100,
+              "destinations": args.destinations, "seed": args.seed}
+    folder = Path(args.data) if args.data else workdir / "data"
+    manifest = folder / "bench_table.json"
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        if saved["arguments"] == wanted:
+            log(f"reusing the deck generated in {folder}")
+            return generate.Generated(**{**saved["generated"], **{k: Path(v) for k, v in saved["paths"].items()}})
+    log(f"generating {args.prefixes:,} prefixes into {folder}")
+    gen = generate.generate(folder, args.prefixes, account_count=100, carrier_count=args.carriers,
+                            destination_count=args.destinations, seed=args.seed)
+    paths = {k: str(getattr(gen, k)) for k in ("directory", "catalog", "deck", "destinations", "accounts")}
+    manifest.write_text(json.dumps({"arguments": wanted, "paths": paths, "generated": {
+        k: getattr(gen, k) for k in ("prefixes", "rate_rows", "account_count", "seconds")}}))
+    return gen
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict, start: dict,
+           lookups: dict) -> str:
+    mb, prefixes = 2**20, gen.prefixes
+    rows = deck_info["rates"]
     lines = [
-        f"Deck: {prefixes:,} prefixes, {rows:,} rate rows (generated in {generated:.1f}s);"
-        f" loaded: {loaded_prefixes:,} prefixes / {loaded_rows:,} rates,"
-        f" {len(plain['probe_lengths'])} distinct prefix lengths probed per lookup",
+        f"Deck: {prefixes:,} prefixes, {rows:,} rates (generated in {gen.seconds:.0f}s); agent with"
+        f" {WORKERS} workers; load `{args.load}`; load average {loaded['load_before']} before,"
+        f" {loaded['load_after']} after the deck went in",
         "",
-        "| measure | value | per prefix | per rate row |",
-        "|---|---:|---:|---:|",
-        f"| CLI import, catalog JSON (carriers, pricelists, accounts) | {imports['catalog']:.1f} s | | |",
-        f"| CLI import, rate deck CSV (`python -m agent import rates`) | {imports['rates']:.1f} s"
-        f" | | {rows / imports['rates']:,.0f} rows/s |",
-        f"| catalog load (`load_catalog`, fresh process) | {plain['load_seconds']:.1f} s | |"
-        f" {loaded_rows / plain['load_seconds']:,.0f} rows/s |",
-        f"| RSS held after the load (after - before) | {rss / mb:,.0f} MB | {rss / loaded_prefixes:,.0f} B |"
-        f" {rss / loaded_rows:,.0f} B |",
-        f"| RSS peak during the load (peak - before) | {peak / mb:,.0f} MB | {peak / loaded_prefixes:,.0f} B |"
-        f" {peak / loaded_rows:,.0f} B |",
-        f"| deep size of the RateTable (objects reachable, once each) | {plain['deep_bytes'] / mb:,.0f} MB |"
-        f" {plain['deep_bytes'] / loaded_prefixes:,.0f} B | {plain['deep_bytes'] / loaded_rows:,.0f} B |",
+        "| phase | seconds | how it is told |",
+        "|---|---:|---|",
     ]
-    if traced:
+    if args.load == "copy":
+        lines.append(f"| load into PostgreSQL (COPY, keys added back) | {loaded['copy_seconds']:.1f} |"
+                     " bench's own COPY, not the CLI import |")
+    import_end = loaded.get("build_start", loaded["bulk"])
+    if args.load == "cli":
+        lines.append(f"| (a) import into PostgreSQL (`python -m agent import rates`) | {loaded['bulk']:.1f} |"
+                     " start to its `bulk` change visible |")
+    if "read" in loaded:
+        between = max(0.0, import_end - loaded["bulk"])
         lines += [
-            f"| tracemalloc: held after the load | {traced['traced_bytes'] / mb:,.0f} MB |"
-            f" {traced['traced_bytes'] / loaded_prefixes:,.0f} B | {traced['traced_bytes'] / loaded_rows:,.0f} B |",
-            f"| tracemalloc: peak during the load | {traced['traced_peak_bytes'] / mb:,.0f} MB |"
-            f" {traced['traced_peak_bytes'] / loaded_prefixes:,.0f} B |"
-            f" {traced['traced_peak_bytes'] / loaded_rows:,.0f} B |",
-            f"| catalog load under tracemalloc (slower) | {traced['load_seconds']:.1f} s | | |",
+            f"| (b) deck build: from the import's commit to the build's start | {between:.1f} |"
+            " CLI log line, minus the two below |",
+            f"| (b) deck build: reading PostgreSQL (`read_columns`) | {loaded['read']:.1f} | CLI log line |",
+            f"| (b) deck build: building the files (`build_columns`) | {loaded['build']:.1f} | CLI log line |",
         ]
     lines += [
+        f"| (b) deck build, whole: import's commit to the `deck` change | {loaded['deck'] - loaded['bulk']:.1f} |"
+        f" polling catalog_changes; built by {loaded['built_by']} |",
+        f"| (c) activation: `deck` change to every worker mapping it | {loaded['mapped'] - loaded['deck']:.2f} |"
+        f" polling /proc/PID/maps of {loaded['workers']} workers |",
+        f"| upload start to every worker rating with the deck | **{loaded['mapped']:.1f}** | (a)+(b)+(c) |",
+        f"| upload start to the first authorization rated on it | {loaded['first_authorized'] or float('nan'):.1f}"
+        " | polling /v1/authorization |",
+        f"| agent start with the deck built, to the first authorization | **{start['first_authorized']:.2f}** |"
+        " `python -m agent serve`, polling /v1/authorization |",
         "",
-        f"Lookups: {plain['lookups']:,} destinations of the deck (`sip:NUMBER@host:port`),"
-        f" {100 * plain['hit_share']:.0f}% matched, {plain['matches_per_lookup']:.2f} matching prefixes and"
-        f" {plain['rates_per_lookup']:.2f} rates per lookup, {plain['carriers_per_route']:.2f} carriers per route;"
-        f" account with one pricelist; best of 3 passes",
+        "| memory, all agent processes | value | per prefix | per rate |",
+        "|---|---:|---:|---:|",
+        f"| deck files on disk | {deck_info['bytes'] / mb:,.1f} MB | {deck_info['bytes'] / prefixes:,.1f} B |"
+        f" {deck_info['bytes'] / rows:,.1f} B |",
+        f"| PSS of the deck's mappings, summed over {after['processes']} processes (after"
+        f" {after['authorizations']:,} authorizations) | {after['deck_pss'] / mb:,.1f} MB |"
+        f" {after['deck_pss'] / prefixes:,.1f} B | {after['deck_pss'] / rows:,.1f} B |",
+        f"| PSS of the deck's mappings after a restart and the first authorization | {start['deck_pss'] / mb:,.1f} MB"
+        f" | {start['deck_pss'] / prefixes:,.1f} B | |",
+        f"| PSS of every agent process: before the deck / after | {baseline['pss'] / mb:,.0f} MB /"
+        f" {after['pss'] / mb:,.0f} MB | {(after['pss'] - baseline['pss']) / prefixes:,.1f} B (the difference)"
+        f" | |",
         "",
-        "| call | µs per call |",
-        "|---|---:|",
-        f"| `RateTable.matches(destination)` (as a list) | {plain['us_matches']:.2f} |",
-        f"| `destination_rate(...)` | {plain['us_destination_rate']:.2f} |",
-        f"| `least_cost_routing(...)` (calls `matches` itself) | {plain['us_least_cost_routing']:.2f} |",
-        f"| `matches` + `least_cost_routing` (sum of the two rows above) | {plain['us_matches'] + plain['us_least_cost_routing']:.2f} |",
-        f"| `plan_call(...)` (what an authorization runs: rate + routing) | {plain['us_plan_call']:.2f} |",
+        f"Lookups in a fresh process: {lookups['lookups']:,} destinations with distinct longest matches,"
+        f" {100 * lookups['priced']:.0f}% priced, {lookups['carriers']:.2f} carriers per route, account with"
+        f" one pricelist, table {lookups['table_type']}; median of {lookups['rounds']} rounds, wall time (CPU"
+        f" time of the process in brackets); each round a freshly loaded catalog (a new Deck, its files mapped"
+        f" anew): cold, the same destinations again: warm, then with the routes and the deck's Rate objects"
+        f" forgotten (mappings kept): memos cleared",
+        "",
+        "| call | cold: fresh catalog, µs | cold: memos cleared, µs | warm, µs |"
+        " cold: deck pages dropped from the page cache, µs |",
+        "|---|---:|---:|---:|---:|",
     ]
+
+    def cell(samples: list) -> str:
+        if not samples:
+            return ""
+        return f"{_median([s[0] for s in samples]):.1f} ({_median([s[1] for s in samples]):.1f} CPU)"
+
+    for name in ("Deck.number_matches", "route", "plan_call"):
+        found = lookups[name]
+        lines.append(f"| `{name}` | {cell(found['cold'])} | {cell(found['cleared'])} | {cell(found['warm'])} |"
+                     f" {cell(found.get('disk', []))} |")
     return "\n".join(lines)
 
 
@@ -223,50 +500,90 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefixes", type=int, default=1_000_000)
     parser.add_argument("--carriers", type=int, default=10)
-    parser.add_argument("--lookups", type=int, default=20_000, help="destinations timed (each 3 times)")
-    parser.add_argument("--no-tracemalloc", action="store_true", help="skip the (slow) tracemalloc measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of cold and warm lookups (median)")
+    parser.add_argument("--lookups", type=int, default=20_000, help="destinations per lookup pass")
+    parser.add_argument("--destinations", type=int, default=50_000, help="destinations generated")
+    parser.add_argument("--authorizations", type=int, default=2_000, help="sent before measuring memory")
+    parser.add_argument("--load", choices=("cli", "copy"), default="cli")
+    parser.add_argument("--data", help="folder to keep the generated deck in and reuse it from")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed for the deck to go in")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--deck-dir", help=argparse.SUPPRESS)
     parser.add_argument("--destinations-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.measure:  # the fresh process
-        print(json.dumps(measure(args.database_url, args.destinations_file, args.lookups, args.tracemalloc)))
+        print(json.dumps(measure(args.database_url, args.deck_dir, args.destinations_file, args.lookups,
+                                 args.rounds)))
         return 0
 
-    import generate
     from bench_auth import machine_description, run_cli
-    from devstack import PostgresServer, scratch
+    from devstack import AgentProcess, PostgresServer, RedisServer, scratch
 
-    status = 0
     log = lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    load_average = lambda: " ".join(Path("/proc/loadavg").read_text().split()[:3])  # noqa: E731
+    status = 0
     try:
         with scratch("bench-table-", args.keep) as (workdir, stops):
             log(f"working in {workdir}")
+            redis = RedisServer(workdir / "redis")
+            stops.append(redis.stop)
+            redis.start()
             postgres = PostgresServer(workdir / "postgres")
             stops.append(lambda: postgres.stop("immediate"))
             postgres.start()
-            log(f"PostgreSQL on {postgres.port}; generating {args.prefixes:,} prefixes")
-            gen = generate.generate(workdir / "data", args.prefixes, account_count=100, carrier_count=args.carriers,
-                                    destination_count=args.lookups, seed=args.seed, balances=False)
-            log(f"{gen.rate_rows:,} rows in {gen.seconds:.1f}s ({gen.deck.stat().st_size / 2**20:.0f} MB); importing")
-            no_redis = "redis://127.0.0.1:1/0"  # a catalog without balances never touches Redis
-            imports = {}
-            out, imports["catalog"] = run_cli(no_redis, postgres.url, "import", "catalog", str(gen.catalog))
-            log(f"catalog: {out} ({imports['catalog']:.1f}s)")
-            out, imports["rates"] = run_cli(no_redis, postgres.url, "import", "rates", str(gen.deck), "--quiet")
-            log(f"rates: {out} ({imports['rates']:.1f}s); loading in a fresh process")
-            plain = _fresh_process(postgres.url, gen.destinations, args.lookups, False, 1800)
-            log(f"load {plain['load_seconds']:.1f}s, lookups done")
-            traced = None
-            if not args.no_tracemalloc:
-                log("loading again under tracemalloc")
-                traced = _fresh_process(postgres.url, gen.destinations, args.lookups, True, 3600)
+            gen = generated(args, workdir, log)
+            out, seconds = run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
+            log(f"catalog: {out} ({seconds:.1f}s); starting the agent without rates")
+            settings = {"workers": WORKERS, "log_level": "WARNING"}
+            agent = AgentProcess(redis.url, postgres.url, workdir, **settings)
+            stops.append(agent.stop)
+            agent.start(timeout=120)
+            deck_dir = agent.env["RATING_DECK_DIR"]
+            authorizer = Authorizer(agent.url, gen.accounts.read_text().split(), gen.destinations.read_text().split())
+            probe = asyncio.run(authorizer.sample(8))
+            log(f"before the deck: {probe}")
+            baseline = memory(agent, deck_dir)
+            load_before = load_average()
+            log(f"loading {gen.rate_rows:,} rates ({args.load})")
+            loaded = asyncio.run(load_deck(args, agent, gen, deck_dir, authorizer, log))
+            loaded.update(load_before=load_before, load_after=load_average())
+            log(f"in: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in loaded.items()})}")
+            outcomes = asyncio.run(authorizer.sample(args.authorizations))
+            log(f"{args.authorizations:,} authorizations: {outcomes}")
+            after = {**memory(agent, deck_dir), "authorizations": args.authorizations}
+            folders = [p for p in Path(deck_dir).rglob("meta.json")]
+            meta = json.loads(max(folders, key=lambda p: int(p.parent.name)).read_text())
+            deck_info = {"rates": meta["rates"],
+                         "bytes": sum(f.stat().st_size for f in max(folders, key=lambda p: int(p.parent.name)).parent.iterdir())}
+            agent.stop()
+
+            log("starting the agent again, the deck built")
+            again = AgentProcess(redis.url, postgres.url, workdir, **settings)
+            stops.append(again.stop)
+
+            async def restart() -> dict:
+                started = time.perf_counter()
+                ready = asyncio.ensure_future(asyncio.to_thread(again.start, 120))
+                authorized = await Authorizer(again.url, authorizer.accounts, authorizer.destinations) \
+                    .until_authorized(started + 120)
+                await ready
+                if authorized is None:
+                    raise TimeoutError("no authorization within 120s of the agent's start")
+                return {"first_authorized": authorized - started}
+
+            start = asyncio.run(restart())
+            start.update(memory(again, deck_dir))
+            log(f"restart: {start['first_authorized']:.2f}s to the first authorization")
+            again.stop()
+
+            log(f"lookups in a fresh process ({args.rounds} rounds)")
+            lookups = _fresh_process(postgres.url, deck_dir, gen.destinations, args.lookups, args.rounds, 3600)
             print(f"Machine: {machine_description()}\n")
-            print(report(gen.prefixes, gen.rate_rows, gen.seconds, imports, plain, traced), flush=True)
+            print(report(args, gen, loaded, deck_info, baseline, after, start, lookups), flush=True)
     except KeyboardInterrupt:
         print("\n[bench] interrupted; stopping everything", file=sys.stderr)
         status = 130

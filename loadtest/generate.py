@@ -13,7 +13,8 @@ writes into OUT_DIR:
 * `accounts.txt`  the account tags, one a line.
 
 The deck looks like a wholesale A-Z deck: every ITU country code, then area and mobile ranges under it of
-varying length (national ranges of 1 to 7 more digits, NANP-style 3+3 digit ranges under `1`). Every
+varying length (national ranges of 1 to 7 more digits, NANP-style 3+3 digit ranges under `1`, and
+3+3+1 digit thousands-blocks once a deck has more ranges there than 3+3 digits comfortably give). Every
 prefix is sold by a few carriers of the `standard` pricelist at different prices; the other pricelists
 (`promo-N`) undercut a small share of the prefixes through one carrier. Accounts are mostly PREPAID with
 balances far larger than any load test can reserve, some POSTPAID (with or without a credit limit), and
@@ -77,6 +78,11 @@ _KINDS: tuple[tuple[str, int, tuple[int, ...], float], ...] = (
     ("Special services", 5, (3, 4, 6), 2.0),
 )
 _NANP_AREA_SHARE = 0.04  # under `1`: this share of ranges are 3-digit area codes, the rest area+exchange
+# Area+exchange ranges under `1` (8 * 10 * 10 areas, 8 * 100 exchanges). A NANP share beyond half of them
+# (decks over ~2.2M prefixes) also draws thousands-blocks (area+exchange+1 digit, as number pooling
+# assigns them), half of its ranges; below that nothing changes, so smaller decks stay byte for byte.
+_NANP_EXCHANGES = 800 * 800
+_NANP_BLOCK_SHARE = 0.5
 
 DECK_COLUMNS = (
     "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment", "interval_start",
@@ -191,6 +197,7 @@ def _country_prefixes(rng: random.Random, code: str, name: str, count: int) -> I
     # a country's number space under its code: never more distinct ranges than the digits allow
     max_extra = max(max(kind[2]) for kind in _KINDS)
     produced, attempts = 1, 0
+    blocks = code == "1" and count > _NANP_EXCHANGES // 2
     while produced < count:
         attempts += 1
         if attempts > count * 50:
@@ -199,6 +206,8 @@ def _country_prefixes(rng: random.Random, code: str, name: str, count: int) -> I
             digits = 3 if rng.random() < _NANP_AREA_SHARE else 6
             area = f"{rng.randint(2, 9)}{rng.randint(0, 9)}{rng.randint(0, 9)}"
             extra = area if digits == 3 else f"{area}{rng.randint(2, 9)}{rng.randint(0, 99):02d}"
+            if blocks and digits == 6 and rng.random() < _NANP_BLOCK_SHARE:
+                extra += str(rng.randint(0, 9))
             label, factor = ("Mobile", 1.3) if rng.random() < 0.3 else ("Fixed", 1.0)
             prefix, description = code + extra, f"{name} - {label}"
         else:

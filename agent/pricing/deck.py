@@ -1,6 +1,6 @@
 """A tenant's rate deck as an immutable, compact artifact that every process of a host maps from one folder.
 
-Built once per deck version (store/decks.py decides when), opened by each worker with `Deck.open`, which
+Built once per deck version (store/decks.py decides when), opened by each worker as `Deck(folder)`, which
 maps the files: the operating system keeps one copy in its page cache however many processes read it.
 
 * `numbers.marisa` / `raw.marisa`: static tries (marisa-trie) of the number keys and raw (URI) keys; the
@@ -12,23 +12,37 @@ maps the files: the operating system keeps one copy in its page cache however ma
 * `descriptions.marisa`: the distinct descriptions; `meta.json`: counts, section offsets, the sources and
   forms, and the change-log position the deck covers.
 
+A deck is built from `Columns` (every rate as indexes into tables of distinct keys, sources, tariffs...),
+with numpy over whole columns: `columns_of` makes them from `Rate` objects, `TextRows` from PostgreSQL's
+COPY output without an object per row, which is what lets a deck of millions of rates build in seconds.
+
 A lookup walks the trie (every key a number starts with, in one pass) and turns the slots it meets into
 `Rate` objects, remembered per slot up to a bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import dataclasses
+import itertools
 import json
+import math
 import mmap
+import operator
 import os
+import re
 import shutil
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
 
 import marisa_trie
+import numpy as np
 
 from .rate import Rate
 from .table import Group, Lookups, key_of
@@ -43,7 +57,7 @@ _TARIFF_COLUMNS = (("connect_fee", "q"), ("rate", "q"), ("rate_increment", "q"),
                    ("start", "q"), ("end", "q"))
 
 
-def _micros(moment: datetime | None) -> int:
+def micros(moment: datetime | None) -> int:
     if moment is None:
         return _NO_MOMENT
     delta = moment - _EPOCH
@@ -64,86 +78,462 @@ class DeckInfo:
     bytes: int
 
 
+@dataclass
+class Columns:
+    """A tenant's rates column by column, each value an index into its table: what `build_columns` writes.
+
+    A deck of millions of rates is built from these without a `Rate` object per row (store/decks.py reads
+    them from PostgreSQL so). Every index column has one entry per rate, in the same order.
+    """
+
+    numbers: list[str]  # distinct number keys (any order)
+    raw: list[str]  # distinct raw keys
+    key: np.ndarray  # per rate: index into numbers, or len(numbers) + index into raw
+    forms: list[tuple[str, bool]]  # (head, key follows): how a prefix was written; forms[0] is ("", True)
+    form: np.ndarray
+    sources: list[tuple[str, str | None]]  # (pricelist_tag, carrier_tag)
+    source: np.ndarray
+    tariffs: list[tuple[int, int, int, int, int, int]]  # as _TARIFF_COLUMNS, moments in µs (`micros`)
+    tariff: np.ndarray
+    descriptions: list[str | None]
+    description: np.ndarray
+
+
+def form_of(prefix: str, is_raw: bool, key: str) -> tuple[str, bool]:
+    """How `prefix` is written around its key: `+39` is key `39` written with head `+`."""
+    if prefix == key or is_raw:  # a raw key is the prefix as written
+        return "", True
+    if key and prefix.endswith(key):
+        return prefix[:-len(key)], True
+    return prefix, False  # separators inside the number: kept whole
+
+
+def columns_of(rates: Iterable[Rate]) -> Columns:
+    """The columns of `rates` (one tenant's), in their order."""
+    keys: dict[tuple[bool, str], int] = {}
+    forms: dict[tuple[str, bool], int] = {("", True): 0}
+    sources: dict[tuple[str, str | None], int] = {}
+    tariffs: dict[tuple, int] = {}
+    texts: dict[str | None, int] = {}
+    rows: list[tuple[int, int, int, int, int]] = []
+    for rate in rates:
+        is_raw, key = key_of(rate.prefix)
+        rows.append((keys.setdefault((is_raw, key), len(keys)),
+                     forms.setdefault(form_of(rate.prefix, is_raw, key), len(forms)),
+                     sources.setdefault((rate.pricelist_tag, rate.carrier_tag), len(sources)),
+                     tariffs.setdefault((rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start,
+                                         micros(rate.datetime_start), micros(rate.datetime_end)), len(tariffs)),
+                     texts.setdefault(rate.description, len(texts))))
+    numbers = [key for is_raw, key in keys if not is_raw]
+    raw = [key for is_raw, key in keys if is_raw]
+    renumbered = np.zeros(len(keys), dtype=np.int64)  # number keys first, then raw keys
+    flags = np.array([is_raw for is_raw, _ in keys], dtype=bool)
+    renumbered[~flags] = np.arange(len(numbers))
+    renumbered[flags] = len(numbers) + np.arange(len(raw))
+    table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    return Columns(numbers, raw, renumbered[table[:, 0]], list(forms), table[:, 1], list(sources), table[:, 2],
+                   list(tariffs), table[:, 3], list(texts), table[:, 4])
+
+
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
+_ESCAPED = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+
+
+def copy_text(field: bytes) -> str | None:
+    """One field of PostgreSQL's COPY text format as the text it stands for (None for `\\N`)."""
+    if field == b"\\N":
+        return None
+    if b"\\" not in field:
+        return field.decode()
+
+    def unescape(match: re.Match) -> bytes:
+        octal, hexadecimal, other = match.groups()
+        if octal is not None:
+            return bytes([int(octal, 8) & 0xFF])
+        if hexadecimal is not None:
+            return bytes([int(hexadecimal, 16)])
+        return _ESCAPED.get(other, other)
+
+    return _ESCAPE.sub(unescape, field).decode()
+
+
+_DIGITS = 17  # plain prefixes up to this long are numbers in an int64 sort key (10**17 * 18 < 2**63)
+_PLACES = np.array([10**(_DIGITS - 1 - n) for n in range(_DIGITS)], dtype=np.int64)  # of each digit, padded
+_FIELD_WIDTH = 256  # longer fields are numbered one by one, not in the block's array
+_MIX = np.random.default_rng(0x5241_5444).integers(1, 2**63, size=_FIELD_WIDTH // 8, dtype=np.uint64) | 1
+
+
+def _windows(padded: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
+    """The fields at `start` (each `length` bytes, at most `width`) as rows of `width` bytes, zero-padded."""
+    rows = np.lib.stride_tricks.sliding_window_view(padded, width)[start]
+    rows[np.arange(width) >= length[:, None]] = 0
+    return rows
+
+
+class TextRows:
+    """Columns of a deck from rows in PostgreSQL's COPY text format, fed in blocks as they arrive.
+
+    Nothing here costs a Python object per row: a block is one byte array, its separators found at once;
+    a prefix of digits only (nearly all of them) becomes an integer sort key, which is all its key needs,
+    and the pricelist..datetime_end stretch of a row (its source and tariff) and its description are
+    numbered by distinct value through a hash, every hash match checked byte for byte. Each distinct value
+    is decoded once; the other prefixes go through `key_of` one by one.
+    """
+
+    COLUMNS = ("prefix", "pricelist_tag", "carrier_tag", "connect_fee", "rate", "rate_increment", "interval_start",
+               "datetime_start", "datetime_end", "description")
+    BLOCK = 16 << 20  # bytes parsed at a time
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._rows = 0
+        self._plain: list[np.ndarray] = []  # per block: which rows have a plain prefix
+        self._sort_keys: list[np.ndarray] = []  # per block: the plain prefixes' sort keys
+        self._others: list[tuple[int, bytes]] = []  # (row, prefix as COPY wrote it) of the other prefixes
+        self._stretch_ids: list[np.ndarray] = []
+        self._text_ids: list[np.ndarray] = []
+        self._stretches: dict[bytes, int] = {}  # "pricelist\tcarrier\t...\tdatetime_end" -> number
+        self._texts: dict[bytes, int] = {}
+        self._fields: list[list[bytes]] | None = None  # the stretches split, once all rows are in
+        # Blocks are parsed in a thread (numpy lets go of the GIL in its loops) while the next ones arrive.
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="deck-rows")
+        self._parsing: collections.deque[asyncio.Future] = collections.deque()
+
+    async def feed(self, data: bytes) -> None:
+        """An output callback for asyncpg's `copy_from_query`; call `finish` after the COPY."""
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size >= self.BLOCK:
+            joined = b"".join(self._pending)
+            end = joined.rfind(b"\n") + 1
+            self._pending, self._size = [joined[end:]], len(joined) - end
+            if end:
+                await self._parse(joined, end)
+
+    async def _parse(self, data: bytes, end: int) -> None:
+        self._parsing.append(asyncio.get_running_loop().run_in_executor(self._parser, self._block, data, end))
+        while len(self._parsing) > 2:  # a bounded backlog: memory stays a few blocks
+            await self._parsing.popleft()
+
+    async def finish(self) -> None:
+        """Parses what is left and waits for every block."""
+        try:
+            if self._size:
+                joined = b"".join(self._pending)
+                self._pending, self._size = [], 0
+                await self._parse(joined, len(joined))
+            while self._parsing:
+                await self._parsing.popleft()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._parser.shutdown(wait=True, cancel_futures=True)
+
+    def _block(self, data: bytes, end: int) -> None:
+        raw = np.frombuffer(data, dtype=np.uint8, count=end)
+        separators = np.flatnonzero(raw - np.uint8(9) < 2)  # tab or newline: COPY escapes both in values
+        count = len(separators) // len(self.COLUMNS)
+        ends = separators.reshape(count, len(self.COLUMNS))
+        if len(separators) % len(self.COLUMNS) or np.any(raw[ends[:, -1]] != 10) or np.any(raw[ends[:, :-1]] != 9):
+            raise ValueError("COPY output is not rows of the deck's columns in text format")
+        starts = np.empty_like(ends)
+        starts[:, 1:] = ends[:, :-1] + 1
+        starts[0, 0] = 0
+        starts[1:, 0] = ends[:-1, -1] + 1
+        padded = np.concatenate([raw, np.zeros(_FIELD_WIDTH, dtype=np.uint8)])
+
+        start, length = starts[:, 0], ends[:, 0] - starts[:, 0]
+        digits = _windows(padded, start, np.minimum(length, _DIGITS), _DIGITS) - np.uint8(48)
+        inside = np.arange(_DIGITS) < length[:, None]
+        plain = (length > 0) & (length <= _DIGITS) & np.all((digits < 10) | ~inside, axis=1)
+        digits[~inside] = 0
+        # The digits padded with zeros to _DIGITS, then the length: sorts as the prefixes do as text.
+        sort_key = (digits.astype(np.int64) @ _PLACES) * (_DIGITS + 1) + length
+        self._plain.append(plain)
+        self._sort_keys.append(sort_key[plain])
+        for row in np.flatnonzero(~plain).tolist():
+            self._others.append((self._rows + row, data[start[row]:start[row] + length[row]]))
+
+        self._stretch_ids.append(self._number(self._stretches, data, padded, starts[:, 1], ends[:, 8] - starts[:, 1]))
+        self._text_ids.append(self._number(self._texts, data, padded, starts[:, 9], ends[:, 9] - starts[:, 9]))
+        self._rows += count
+
+    @staticmethod
+    def _number(table: dict[bytes, int], data: bytes, padded: np.ndarray, start: np.ndarray,
+                length: np.ndarray) -> np.ndarray:
+        """Per row, the number of its field's value in `table` (new values numbered on)."""
+        ids = np.zeros(len(start), dtype=np.uint32)
+        alone = np.flatnonzero(length > _FIELD_WIDTH)
+        short = np.flatnonzero(length <= _FIELD_WIDTH)
+        if len(short):
+            width = max(8, -(-int(length[short].max()) // 8) * 8)
+            rows = _windows(padded, start[short], length[short], width)
+            words = rows.view(np.uint64)
+            hashes = (words * _MIX[:words.shape[1]]).sum(axis=1, dtype=np.uint64)
+            hashes ^= length[short].astype(np.uint64) << np.uint64(48)
+            hashes ^= hashes >> np.uint64(29)
+            distinct, inverse = np.unique(hashes, return_inverse=True)
+            sample = np.zeros(len(distinct), dtype=np.int64)
+            sample[inverse] = np.arange(len(short))
+            if np.all(rows == rows[sample[inverse]]):
+                first = short[sample]
+                found = np.array([table.setdefault(data[s:s + n], len(table)) for s, n in
+                                  zip(start[first].tolist(), length[first].tolist())], dtype=np.uint32)
+                ids[short] = found[inverse]
+            else:  # two values with one hash: this block's values one by one
+                alone = np.arange(len(start))
+        for row in alone.tolist():
+            ids[row] = table.setdefault(data[start[row]:start[row] + length[row]], len(table))
+        return ids
+
+    def _split(self) -> list[list[bytes]]:
+        if self._fields is None:
+            self._fields = [stretch.split(b"\t") for stretch in self._stretches]
+        return self._fields
+
+    def moments(self) -> list[str]:
+        """The distinct dates of the rows, as COPY wrote them (for the caller to read as timestamps)."""
+        found = dict.fromkeys(moment for fields in self._split() for moment in fields[6:8])
+        found.pop(b"\\N", None)
+        return [moment.decode() for moment in found]
+
+    def columns(self, micros_of: dict[str, int]) -> Columns:
+        """The columns of every row fed (after `finish`), given the micros (`micros`) of each of `moments()`."""
+        plain = np.concatenate(self._plain) if self._plain else np.zeros(0, dtype=bool)
+        sort_keys = np.concatenate(self._sort_keys) if self._sort_keys else np.zeros(0, dtype=np.int64)
+        distinct, inverse = _sorted_distinct(sort_keys)
+        numbers = _digit_keys(distinct)
+        key = np.zeros(self._rows, dtype=np.int32)
+        key[plain] = inverse
+        forms: dict[tuple[str, bool], int] = {("", True): 0}
+        form = np.zeros(self._rows, dtype=np.int32)
+        extra: dict[str, int] = {}
+        raw: dict[str, int] = {}
+        raw_rows: list[tuple[int, int]] = []
+        for row, field in self._others:
+            prefix = copy_text(field)
+            is_raw, name = key_of(prefix)
+            form[row] = forms.setdefault(form_of(prefix, is_raw, name), len(forms))
+            if is_raw:
+                raw_rows.append((row, raw.setdefault(name, len(raw))))
+                continue
+            position = -1
+            if 0 < len(name) <= _DIGITS and name.isascii() and name.isdigit():
+                wanted = int(name.ljust(_DIGITS, "0")) * (_DIGITS + 1) + len(name)
+                found = int(np.searchsorted(distinct, wanted))
+                if found < len(distinct) and distinct[found] == wanted:
+                    position = found
+            key[row] = position if position >= 0 else len(numbers) + extra.setdefault(name, len(extra))
+        numbers += list(extra)
+        for row, index in raw_rows:
+            key[row] = len(numbers) + index
+
+        micros_of = {**micros_of, "\\N": micros(None)}
+        sources: dict[tuple[str, str | None], int] = {}
+        tariffs: dict[tuple, int] = {}
+        source_ids: dict[tuple[bytes, bytes], int] = {}
+        tariff_ids: dict[tuple[bytes, ...], int] = {}
+        source_of, tariff_of = [], []
+        for pricelist, carrier, *tariff in self._split():
+            found = source_ids.get((pricelist, carrier))
+            if found is None:
+                found = source_ids[(pricelist, carrier)] = sources.setdefault(
+                    (copy_text(pricelist), copy_text(carrier)), len(sources))
+            source_of.append(found)
+            written = tuple(tariff)
+            found = tariff_ids.get(written)
+            if found is None:
+                fee, rate, increment, free, start, end = written
+                found = tariff_ids[written] = tariffs.setdefault(
+                    (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
+                     micros_of[end.decode()]), len(tariffs))
+            tariff_of.append(found)
+        stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
+        texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
+        return Columns(numbers, list(raw), key, list(forms), form, list(sources),
+                       np.array(source_of, dtype=np.int32)[stretches], list(tariffs),
+                       np.array(tariff_of, dtype=np.int32)[stretches], [copy_text(t) for t in self._texts], texts)
+
+
+def _sorted_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values, sorted; per value, the position of its own among them)."""
+    order = np.argsort(values, kind="stable")  # quick on the runs of a table written in key order
+    ordered = values[order]
+    starts = np.ones(len(ordered), dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
+
+
+def _digit_keys(sort_keys: np.ndarray) -> list[str]:
+    """The prefixes that TextRows' sort keys stand for."""
+    length = sort_keys % (_DIGITS + 1)
+    value = sort_keys // (_DIGITS + 1)
+    digits = np.zeros((len(sort_keys), _DIGITS), dtype=np.uint8)
+    for column in range(_DIGITS - 1, -1, -1):
+        value, digit = np.divmod(value, 10)
+        digits[:, column] = digit + 48
+    digits[np.arange(_DIGITS) >= length[:, None]] = 0
+    return digits.view(f"S{_DIGITS}").ravel().astype(f"U{_DIGITS}").tolist()
+
+
 def build(folder: Path, tenant: str, rates: Iterable[Rate], covers: int) -> DeckInfo:
-    """Writes the deck of `rates` (one tenant's active rates) into `folder`, which must not exist yet.
+    """Writes the deck of `rates` (one tenant's active rates) into `folder`, which must not exist yet."""
+    return build_columns(folder, tenant, columns_of(rates), covers)
+
+
+def _dense_ranks(keys: list) -> np.ndarray:
+    """Per item of `keys`, its rank among the distinct values (equal values share a rank)."""
+    ranks = np.zeros(len(keys), dtype=np.int32)
+    rank, previous = -1, object()
+    for i in sorted(range(len(keys)), key=keys.__getitem__):
+        if keys[i] != previous:
+            rank, previous = rank + 1, keys[i]
+        ranks[i] = rank
+    return ranks
+
+
+def price_keys(tariffs: list[tuple]) -> list[tuple]:
+    """Per tariff (as _TARIFF_COLUMNS), a key that orders as (price per second, connect fee) of
+    `Rate.order_key`.
+
+    `Rate.price_per_second` is a Fraction; over a common multiple of the increments the same order is one
+    of integers, far cheaper to compare for a million tariffs. A pathological common multiple keeps the
+    fractions.
+    """
+    increments = {n: Rate("", "", None, "", rate_increment=n).increment for n in {t[2] for t in tariffs}}
+    scale = math.lcm(*increments.values()) if increments else 1
+    if scale.bit_length() > 256:
+        return [(Fraction(t[1], increments[t[2]]), t[0]) for t in tariffs]
+    return [(t[1] * (scale // increments[t[2]]), t[0]) for t in tariffs]
+
+
+def order_ranks(columns: Columns) -> list[np.ndarray]:
+    """Per rate, sort keys (most significant first) ordering the rates of one key as `Rate.order_key` does:
+    (price per second, connect fee), (pricelist, carrier or ""), the prefix as written, (free increments,
+    increment)."""
+    head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff]
+    source = _dense_ranks([(pricelist, carrier or "") for pricelist, carrier in columns.sources])[columns.source]
+    tail = _dense_ranks([(t[3], t[2]) for t in columns.tariffs])[columns.tariff]
+    written = np.zeros(len(columns.key), dtype=np.int32)
+    if len(columns.forms) > 1:
+        # Only the rates of keys written in more than one way compare their prefixes as written.
+        pairs = np.unique(columns.key.astype(np.int64) * len(columns.forms) + columns.form)
+        keys, counts = np.unique(pairs // len(columns.forms), return_counts=True)
+        rows = np.flatnonzero(np.isin(columns.key, keys[counts > 1]))
+        if len(rows):
+            names = columns.numbers + columns.raw
+            spelled = []
+            for key, form in zip(columns.key[rows].tolist(), columns.form[rows].tolist()):
+                head_of, follows = columns.forms[form]
+                spelled.append(head_of + names[key] if follows else head_of)
+            written[rows] = _dense_ranks(spelled)
+    return [head, source, written, tail]
+
+
+def _lexsort(keys: list[np.ndarray]) -> np.ndarray:
+    """The stable order of rows by `keys` (most significant first); neighbouring keys are packed into one
+    integer where their ranges allow, since every key is a pass of the sort."""
+    packed: list[np.ndarray] = []
+    current, span = None, 1
+    for column in reversed(keys):  # least significant first
+        size = int(column.max()) + 1 if len(column) else 1
+        if current is not None and span * size < 2**62:
+            current, span = current + column.astype(np.int64) * span, span * size
+        else:
+            if current is not None:
+                packed.append(current)
+            current, span = column.astype(np.int64), size
+    if current is not None:
+        packed.append(current)
+    if len(packed) == 1:
+        return np.argsort(packed[0], kind="stable")
+    return np.lexsort(packed)
+
+
+def _trie_slots(keys: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
+    """The trie of `keys` and, per key, its id in the trie."""
+    order = None
+    if any(map(operator.gt, keys, itertools.islice(keys, 1, None))):
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        keys = [keys[i] for i in order]
+    # In label order the trie lists its keys sorted, so the ids of sorted keys come in one pass.
+    trie = marisa_trie.Trie(keys, order=marisa_trie.LABEL_ORDER)
+    listed, ids = zip(*trie.items()) if keys else ((), ())
+    if list(listed) == keys:
+        ids = np.array(ids, dtype=np.int64)
+    else:
+        ids = np.fromiter(map(trie.key_id, keys), dtype=np.int64, count=len(keys))
+    if order is not None:
+        placed = np.empty_like(ids)
+        placed[np.array(order, dtype=np.int64)] = ids
+        ids = placed
+    return trie, ids
+
+
+def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> DeckInfo:
+    """Writes the deck of `columns` into `folder`, which must not exist yet.
 
     The files are written into a sibling folder and renamed into place, so a reader never sees half a deck.
     """
-    groups: tuple[dict[str, list[Rate]], dict[str, list[Rate]]] = ({}, {})
-    for rate in rates:
-        is_raw, key = key_of(rate.prefix)
-        group = groups[is_raw].get(key)
-        if group is None:
-            groups[is_raw][key] = [rate]
-        else:
-            group.append(rate)
-    tries = [marisa_trie.Trie(index.keys()) for index in groups]
-    descriptions = marisa_trie.Trie({r.description for index in groups for g in index.values() for r in g
-                                     if r.description is not None})
-    description_ids = {text: descriptions.key_id(text) + 1 for text in descriptions.keys()}
-
-    sources: dict[tuple[str, str | None], int] = {}
-    forms: dict[tuple[str, bool], int] = {("", True): 0}  # (head, key follows): how a prefix was written
-    tariffs: dict[tuple, int] = {}
-    offsets = array("I", [0])
-    columns = {name: array(code) for name, code in _RATE_COLUMNS}
-    tariff_columns = {name: array(code) for name, code in _TARIFF_COLUMNS}
-    dated = False
-    for is_raw, (trie, index) in enumerate(zip(tries, groups)):
-        for slot in range(len(trie)):
-            key = trie.restore_key(slot)
-            group = index[key]
-            if len(group) > 1:
-                group.sort(key=Rate.order_key)
-            for rate in group:
-                source = sources.setdefault((rate.pricelist_tag, rate.carrier_tag), len(sources))
-                tariff = (rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start,
-                          _micros(rate.datetime_start), _micros(rate.datetime_end))
-                number = tariffs.get(tariff)
-                if number is None:
-                    number = tariffs[tariff] = len(tariffs)
-                    for (name, _), value in zip(_TARIFF_COLUMNS, tariff):
-                        tariff_columns[name].append(value)
-                    dated = dated or tariff[4] != _NO_MOMENT or tariff[5] != _NO_MOMENT
-                written = rate.prefix
-                if written == key or is_raw:  # a raw key is the prefix as written
-                    form = ("", True)
-                elif key and written.endswith(key):
-                    form = (written[:-len(key)], True)
-                else:  # separators inside the number: kept whole
-                    form = (written, False)
-                columns["source"].append(source)
-                columns["tariff"].append(number)
-                columns["description"].append(description_ids.get(rate.description, 0))
-                columns["form"].append(forms.setdefault(form, len(forms)))
-            offsets.append(len(columns["source"]))
-    if len(forms) > 65_536:
+    if len(columns.forms) > 65_536:
         raise ValueError("more than 65,536 distinct ways of writing prefixes in one deck")
+    tries = [_trie_slots(columns.numbers), _trie_slots(columns.raw)]
+    slot_of_key = np.concatenate([tries[0][1], tries[1][1] + len(columns.numbers)])
+    slot = slot_of_key[columns.key] if len(columns.key) else np.zeros(0, dtype=np.int64)
+    order = _lexsort([slot, *order_ranks(columns)])
+    slots = len(columns.numbers) + len(columns.raw)
+    offsets = np.zeros(slots + 1, dtype=np.int64)
+    np.cumsum(np.bincount(slot, minlength=slots), out=offsets[1:])
+    if offsets[-1] >= 2**32:
+        raise ValueError("more than 4,294,967,295 rates in one deck")
+
+    texts = sorted({text for text in columns.descriptions if text is not None})
+    descriptions = marisa_trie.Trie(texts)
+    text_ids = np.array([0 if text is None else descriptions.key_id(text) + 1 for text in columns.descriptions],
+                        dtype=np.uint32)
+    tariffs = np.array(columns.tariffs, dtype=np.int64).reshape(-1, len(_TARIFF_COLUMNS))
+    used = np.zeros(len(columns.tariffs), dtype=bool)
+    used[columns.tariff] = True
+    dated = bool(np.any(tariffs[used][:, 4:] != _NO_MOMENT))
+    arrays = {
+        "offsets": offsets.astype(np.uint32),
+        "source": columns.source[order].astype(np.uint32),
+        "tariff": columns.tariff[order].astype(np.uint32),
+        "description": text_ids[columns.description[order]] if len(order) else np.zeros(0, np.uint32),
+        "form": columns.form[order].astype(np.uint16),
+        **{name: np.ascontiguousarray(tariffs[:, i]) for i, (name, _) in enumerate(_TARIFF_COLUMNS)},
+    }
 
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    tries[0].save(str(partial / "numbers.marisa"))
-    tries[1].save(str(partial / "raw.marisa"))
+    tries[0][0].save(str(partial / "numbers.marisa"))
+    tries[1][0].save(str(partial / "raw.marisa"))
     descriptions.save(str(partial / "descriptions.marisa"))
     sections: dict[str, list] = {}
+    codes = dict((*_RATE_COLUMNS, *_TARIFF_COLUMNS), offsets="I")
     with open(partial / "columns.bin", "wb") as out:
-        for name, values in (("offsets", offsets), *columns.items(), *tariff_columns.items()):
+        for name, values in arrays.items():
+            assert values.dtype.itemsize == array(codes[name]).itemsize
             position = out.tell()
             padding = -position % 8  # every array starts 8-byte aligned for memoryview.cast
             out.write(b"\0" * padding)
-            sections[name] = [position + padding, values.typecode, len(values)]
-            values.tofile(out)
+            sections[name] = [position + padding, codes[name], len(values)]
+            out.write(values.tobytes())
     meta = {
-        "format": FORMAT, "tenant": tenant, "covers": covers, "numbers": len(tries[0]), "raw": len(tries[1]),
-        "rates": len(columns["source"]), "dated": dated, "sections": sections,
-        "sources": [list(pair) for pair in sources], "forms": [list(form) for form in forms],
+        "format": FORMAT, "tenant": tenant, "covers": covers, "numbers": len(columns.numbers),
+        "raw": len(columns.raw), "rates": len(columns.key), "dated": dated, "sections": sections,
+        "sources": [list(pair) for pair in columns.sources], "forms": [list(form) for form in columns.forms],
     }
     (partial / "meta.json").write_text(json.dumps(meta))
     size = sum(f.stat().st_size for f in partial.iterdir())
     os.replace(partial, folder)
-    return DeckInfo(folder, tenant, covers, len(tries[0]) + len(tries[1]), meta["rates"], size)
+    return DeckInfo(folder, tenant, covers, slots, meta["rates"], size)
 
 
 class Deck(Lookups):
@@ -178,25 +568,64 @@ class Deck(Lookups):
         self._description, self._form = columns["description"], columns["form"]
         self._tariffs = tuple(columns[name] for name, _ in _TARIFF_COLUMNS)
         self._memo: dict[int, Group] = {}
+        self._tariff_memo: dict[int, tuple] = {}  # tariff -> its values, dates as datetimes
+        self._text_memo: dict[int, str | None] = {0: None}
+        self._last: tuple[str | None, list] = (None, [])  # the last number looked up, and its matches
 
     def _group(self, slot: int, key: str) -> Group:
         found = self._memo.get(slot)
         if found is None:
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
-            found = self._memo[slot] = tuple(
-                self._rate(i, key) for i in range(self._offsets[slot], self._offsets[slot + 1]))
+                self._last = (None, [])
+            found = self._memo[slot] = self._rates(slot, key)
         return found
 
-    def _rate(self, i: int, key: str) -> Rate:
-        pricelist, carrier = self._sources[self._source[i]]
-        t = self._tariff[i]
+    def _rates(self, slot: int, key: str) -> Group:
+        """The slot's rates as `Rate(...)` objects, set slot by slot: a frozen dataclass's __init__ costs
+        twice as much, and a cold lookup makes about ten (Rate has no __post_init__ this skips)."""
+        made = []
+        tariff_memo, text_memo = self._tariff_memo, self._text_memo
+        tenant, sources, forms = self.tenant, self._sources, self._forms
+        for i in range(self._offsets[slot], self._offsets[slot + 1]):
+            t = self._tariff[i]
+            tariff = tariff_memo.get(t)
+            if tariff is None:
+                tariff = self._tariff_values(t)
+            d = self._description[i]
+            text = text_memo.get(d, _NO_TEXT)
+            if text is _NO_TEXT:
+                text = self._text(d)
+            pricelist, carrier = sources[self._source[i]]
+            head, key_follows = forms[self._form[i]]
+            rate = _new(Rate)
+            _tenant(rate, tenant)
+            _pricelist(rate, pricelist)
+            _carrier(rate, carrier)
+            _prefix(rate, head + key if key_follows else head)
+            _fee(rate, tariff[0])
+            _price(rate, tariff[1])
+            _increment(rate, tariff[2])
+            _free(rate, tariff[3])
+            _description(rate, text)
+            _start(rate, tariff[4])
+            _end(rate, tariff[5])
+            made.append(rate)
+        return tuple(made)
+
+    def _tariff_values(self, t: int) -> tuple:
+        if len(self._tariff_memo) >= _MEMO_LIMIT:
+            self._tariff_memo.clear()
         connect_fee, rate, increment, free, start, end = (column[t] for column in self._tariffs)
-        text = self._description[i]
-        head, key_follows = self._forms[self._form[i]]
-        return Rate(self.tenant, pricelist, carrier, head + key if key_follows else head, connect_fee, rate,
-                    increment, free, self._descriptions.restore_key(text - 1) if text else None,
-                    _moment(start), _moment(end))
+        found = self._tariff_memo[t] = (connect_fee, rate, increment, free, _moment(start), _moment(end))
+        return found
+
+    def _text(self, d: int) -> str:
+        if len(self._text_memo) >= _MEMO_LIMIT:
+            self._text_memo.clear()
+            self._text_memo[0] = None
+        found = self._text_memo[d] = self._descriptions.restore_key(d - 1)
+        return found
 
     def group(self, is_raw: bool, key: str) -> Group | None:
         trie = self._raw if is_raw else self._numbers
@@ -206,8 +635,11 @@ class Deck(Lookups):
         return self._group(slot + (self._raw_base if is_raw else 0), key)
 
     def number_matches(self, number: str) -> list[tuple[str, Group]]:
+        if number == self._last[0]:  # routing asks for the longest match, then for all of them
+            return self._last[1]
         found = [(key, self._group(slot, key)) for key, slot in self._numbers.iter_prefixes_with_ids(number)]
         found.reverse()
+        self._last = (number, found)
         return found
 
     def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
@@ -216,3 +648,12 @@ class Deck(Lookups):
         found.reverse()
         return found
 
+
+_NO_TEXT = object()
+_RATE_FIELDS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
+                "interval_start", "description", "datetime_start", "datetime_end")
+if tuple(f.name for f in dataclasses.fields(Rate)) != _RATE_FIELDS:
+    raise ImportError("Rate's fields changed: update Deck._rates")
+_new = object.__new__
+(_tenant, _pricelist, _carrier, _prefix, _fee, _price, _increment, _free, _description, _start,
+ _end) = (getattr(Rate, name).__set__ for name in _RATE_FIELDS)  # Rate's slots, set directly

@@ -86,18 +86,37 @@ async def stale_tenants(connection: asyncpg.Connection) -> list[str]:
 
 
 async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "", *params) -> list[Rate]:
-    """The tenant's active rates (optionally narrowed by `where`, with parameters from $2)."""
-    rates = []
+    """The tenant's active rates (optionally narrowed by `where`, with parameters from $2): a few of them,
+    for changes laid over a deck (a whole deck is read with `read_columns`)."""
     shared: dict = {}  # one string object per repeated tag or description
-    async for row in connection.cursor(
+    rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
         " description, datetime_start, datetime_end FROM pricelist_rates WHERE tenant = $1 AND active" + where,
-        tenant, *params, prefetch=20_000,
-    ):
-        pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end = row
-        rates.append(Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier),
-                          prefix, connect_fee, rate, increment, free, shared.setdefault(text, text), start, end))
-    return rates
+        tenant, *params)
+    return [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
+                 connect_fee, rate, increment, free, shared.setdefault(text, text), start, end)
+            for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end in rows]
+
+
+async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Columns:
+    """The tenant's active rates as deck columns, without a `Rate` per row; call in a transaction.
+
+    One COPY in text format, parsed block by block (deck.TextRows); the distinct dates are read back as
+    timestamps by PostgreSQL itself, in the same session, so they come out as `read_rates` gives them.
+    """
+    rows = deck.TextRows()
+    try:
+        await connection.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        await connection.copy_from_query(
+            f"SELECT {', '.join(deck.TextRows.COLUMNS)} FROM pricelist_rates WHERE tenant = $1 AND active", tenant,
+            output=rows.feed)
+        await rows.finish()
+    finally:
+        rows.close()
+    moments = rows.moments()
+    stamps = await connection.fetch(
+        "SELECT m::timestamptz FROM unnest($1::text[]) WITH ORDINALITY AS u(m, n) ORDER BY n", moments)
+    return rows.columns({m: deck.micros(stamp[0]) for m, stamp in zip(moments, stamps)})
 
 
 async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,
@@ -118,16 +137,16 @@ async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,
             async with connection.transaction(isolation="repeatable_read", readonly=True):
                 covers = await changes.last_seq(connection)
                 folder = await database_folder(connection, root)
-                rates = await read_rates(connection, tenant)
+                columns = await read_columns(connection, tenant)
             read = time.perf_counter() - started
             target = tenant_folder(folder, tenant) / str(covers)
             if target.exists():
-                info = deck.DeckInfo(target, tenant, covers, 0, len(rates), 0)
+                info = deck.DeckInfo(target, tenant, covers, 0, len(columns.key), 0)
             else:
-                info = deck.build(target, tenant, rates, covers)
+                info = deck.build_columns(target, tenant, columns, covers)
             log.info("deck of tenant %r: %d rates read in %.1fs, built in %.1fs (%.1f MB), covers change %d",
-                     tenant, len(rates), read, time.perf_counter() - started - read, info.bytes / 1e6, covers)
-            del rates
+                     tenant, len(columns.key), read, time.perf_counter() - started - read, info.bytes / 1e6, covers)
+            del columns
             if activate:
                 previous = (await activations(connection)).get(tenant, 0)
                 async with connection.transaction():

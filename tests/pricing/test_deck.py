@@ -85,3 +85,118 @@ def test_a_deck_folder_appears_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [
         "columns.bin", "descriptions.marisa", "meta.json", "numbers.marisa", "raw.marisa"]
     assert not (tmp_path / "v1.partial").exists()
+
+
+_SPELLINGS = ["39", "+39", "tel:+39", "sip:39", "39-", "3-9", "(39)"]  # one key, written seven ways
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.builds(
+    Rate, tenant=st.just("t"), pricelist_tag=st.sampled_from(["p1", "p2"]), carrier_tag=st.sampled_from(["c1", "c2"]),
+    prefix=st.sampled_from(_SPELLINGS), connect_fee=st.integers(0, 1), rate=st.integers(0, 3),
+    rate_increment=st.sampled_from([0, 1, 2, 60]), interval_start=st.integers(0, 2)), max_size=14))
+def test_the_rank_columns_order_the_rates_of_a_key_as_the_kernels_order_key(items):
+    columns = deck.columns_of(items)
+    assert len(columns.numbers) <= 1
+    order = deck._lexsort([columns.key, *deck.order_ranks(columns)])
+    assert [items[i] for i in order] == sorted(items, key=Rate.order_key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tariffs=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**62), st.integers(0, 10**6)), max_size=20),
+       pathological=st.booleans())
+def test_integer_price_keys_order_as_the_price_per_second_fractions(tariffs, pathological):
+    if pathological:  # a common multiple of the increments too large for integers: fractions kept
+        tariffs = [(fee, rate, 2**61 - 1 if i % 2 else 2**31 - 1) for i, (fee, rate, _) in enumerate(tariffs)]
+    rows = [(fee, rate, increment, 0, 0, 0) for fee, rate, increment in tariffs]
+    keys = deck.price_keys(rows)
+    kernel = [Rate("t", "p", "c", "1", fee, rate, increment).order_key()[:2] for fee, rate, increment in tariffs]
+    pairs = [(i, j) for i in range(len(rows)) for j in range(len(rows))]
+    assert [keys[i] < keys[j] for i, j in pairs] == [kernel[i] < kernel[j] for i, j in pairs]
+    assert [keys[i] == keys[j] for i, j in pairs] == [kernel[i] == kernel[j] for i, j in pairs]
+
+
+def test_copy_text_fields_are_read_as_postgresql_writes_them():
+    assert deck.copy_text(b"\\N") is None
+    assert deck.copy_text(b"plain") == "plain"
+    assert deck.copy_text(b"a\\tb\\nc\\\\d\\re") == "a\tb\nc\\d\re"
+    assert deck.copy_text(b"\\101\\x42\\b\\f\\v\\q") == "AB\b\f\vq"
+    assert deck.copy_text("Città ☎".encode()) == "Città ☎"
+
+
+# Rates as PostgreSQL stores them, read by `read_columns` (COPY text, parsed in blocks) and by `read_rates`.
+
+_ODD_TEXTS = ["p", "tab\there", "new\nline", "back\\slash", "\\N", "comma,semi;", "Città ☎", " spaced ", "x" * 300]
+_PREFIXES = ["39", "390", "3904", "39040", "0039", "1", "+39", "+390", "39-04", "tel:+3904", "sip:39040@", "sip:alice@",
+             "٣٩", "1" * 17, "2" * 18, "3" * 40, "", "39\\4", "tab\t1"]
+
+
+def random_rates(rng, count: int) -> list[tuple]:
+    tags = rng.sample(_ODD_TEXTS[:-1], 3)
+    carriers = rng.sample(_ODD_TEXTS[:-1], 3)
+    seen, rows = set(), []
+    for _ in range(count):
+        pricelist, carrier = rng.choice(tags), rng.choice(carriers)
+        prefix = rng.choice(_PREFIXES) if rng.random() < 0.5 else str(rng.randrange(10**rng.randrange(1, 12)))
+        if (pricelist, carrier, prefix) in seen:
+            continue
+        seen.add((pricelist, carrier, prefix))
+        start = rng.choice([None, None, START, START.replace(microsecond=0)])
+        rows.append(("t", pricelist, carrier, prefix, rng.randrange(4), rng.choice([0, 1, 7, 2**40]),
+                     rng.choice([0, 1, 6, 60]), rng.randrange(3), rng.choice([None, *_ODD_TEXTS]), start,
+                     rng.choice([None, None, START.replace(year=2031)])))
+    return rows
+
+
+async def store(connection, rows: list[tuple]) -> None:
+    await connection.execute("TRUNCATE pricelist_rates, pricelists, carriers CASCADE")
+    await connection.executemany("INSERT INTO pricelists (tenant, pricelist_tag) VALUES ('t', $1)",
+                                 [(tag,) for tag in {row[1] for row in rows}])
+    await connection.executemany("INSERT INTO carriers (tenant, carrier_tag) VALUES ('t', $1)",
+                                 [(tag,) for tag in {row[2] for row in rows}])
+    await connection.copy_records_to_table("pricelist_rates", records=rows, columns=[
+        "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
+        "interval_start", "description", "datetime_start", "datetime_end"])
+
+
+async def compare_reads(connection, folder) -> int:
+    from agent.store import decks
+
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        columns = await decks.read_columns(connection, "t")
+        stored = await decks.read_rates(connection, "t")
+    deck.build_columns(folder, "t", columns, 1)
+    mapped, table = deck.Deck(folder), RateTable.build(stored)
+    assert (mapped.size, mapped.dated, mapped.has_raw) == (table.size, table.dated, table.has_raw)
+    for is_raw, index in ((False, table.numbers), (True, table.raw)):
+        for key, group in index.items():
+            assert mapped.group(is_raw, key) == group
+    for rate in stored:
+        for destination in (rate.prefix, rate.prefix + "123", f"sip:{rate.prefix}99@example.com"):
+            assert list(mapped.matches(destination)) == list(table.matches(destination))
+    return len(stored)
+
+
+async def test_a_deck_read_from_postgresql_in_columns_is_the_deck_of_its_rates(stack, tmp_path, monkeypatch):
+    import random
+
+    rng = random.Random(7)
+    for round_ in range(12):
+        await store(stack.database, random_rates(rng, rng.choice([0, 1, 5, 60, 400])))
+        if round_ % 3 == 1:
+            monkeypatch.setattr(deck.TextRows, "BLOCK", rng.choice([1, 100, 1000]))  # rows split across blocks
+        elif round_ % 3 == 2:
+            monkeypatch.setattr(deck, "_MIX", deck._MIX * 0)  # every value one hash: checked byte for byte
+        await compare_reads(stack.database, tmp_path / str(round_))
+        monkeypatch.undo()
+
+
+async def test_a_large_deck_of_plain_prefixes_reads_the_same_both_ways(stack, tmp_path):
+    import random
+
+    rng = random.Random(3)
+    rows = {(rng.choice(["p1", "p2"]), rng.choice(["c1", "c2", "c3"]), str(rng.randrange(10**rng.randrange(1, 16))))
+            for _ in range(30_000)}
+    await store(stack.database, [("t", p, c, prefix, 0, rng.randrange(1, 500), rng.choice([1, 60]), 0,
+                                  f"d{prefix[:2]}", None, None) for p, c, prefix in sorted(rows)])
+    assert await compare_reads(stack.database, tmp_path / "large") == len(rows)
