@@ -26,8 +26,8 @@ from .store.database import CATALOG_CHANNEL
 
 log = logging.getLogger(__name__)
 _POLL = 1.0  # seconds between looks at the change log when no announcement came
-_DECK_WAIT = 60.0
-_PG_TIMEOUT = 10.0  # seconds one catch-up may wait for PostgreSQL  # seconds a stale worker waits for a deck another host activated to be built here
+_DECK_WAIT = 60.0  # seconds a stale worker waits for a deck another host activated to be built here
+_PG_TIMEOUT = 10.0  # seconds one catch-up may wait for PostgreSQL
 
 
 async def seed_balances(client: aioredis.Redis, accounts: Iterable[Account]) -> None:
@@ -147,7 +147,7 @@ class CatalogKeeper:
                     await listener.close()
                 raise
             except Exception as exc:  # noqa: BLE001 - keep following the log whatever happened
-                log.warning("catalog: could not follow the change log (%s); retrying", exc)
+                log.warning("catalog: could not follow the change log (%r); retrying", exc)
                 if listener is not None and not listener.is_closed():
                     listener.terminate()
                 listener = None

@@ -34,6 +34,9 @@ class CatalogBehind(ConnectionError):
     """This worker could not catch up with the published catalog (answered 503, like Redis unavailable)."""
 
 
+# Claimed on a plan made after catching up once: every change answered before the request arrived is at or
+# below the version the first stale reply named, so changes published since need not make it stale again.
+_CAUGHT_UP = 2**53
 _TRIES = 5  # plans per request: the catalog may move while the worker catches up, accounts may need seeding
 
 
@@ -235,7 +238,8 @@ class Transactions:
             version = 0 if planned is None else max(claimed, planned[1].catalog.version)
             reply = await self.redis.call(*self._authorize(request, at, begin, planned, version))
             if reply[1] == "stale":
-                claimed = await self._caught_up(int(reply[5]))
+                await self._caught_up(int(reply[5]))
+                claimed = _CAUGHT_UP
             elif reply[1] == "unseeded":
                 await self._seeded(request, reply)
             else:
@@ -305,7 +309,8 @@ class Transactions:
                  "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version)),
             ))
             if reply[1] == "stale":
-                claimed = await self._caught_up(int(reply[5]))
+                await self._caught_up(int(reply[5]))
+                claimed = _CAUGHT_UP
             elif reply[1] == "unseeded":
                 await self._seeded(request, reply)
             else:

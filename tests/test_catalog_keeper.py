@@ -122,3 +122,23 @@ async def test_a_live_balance_lost_by_redis_comes_back_from_postgresql_not_from_
     await stack.redis.delete(account_key("default", "a"))  # Redis lost it
     answer = await post(client, "authorization", transaction_tag="c2", account_tag="a", destination="39")
     assert answer["authorized"] and answer["balance"] == 990
+
+
+async def test_changes_published_while_a_worker_catches_up_do_not_make_its_call_stale_again(agent, stack):
+    import cache
+    from agent.keys import TRANSACTIONS
+
+    client = await agent(catalog(prepaid("a")))
+    transactions = client.app[TRANSACTIONS]
+    original = transactions.catch_up
+    bumps = []
+
+    async def busy_catch_up(target):  # another change is published during every catch-up
+        bumps.append(target)
+        await cache.publish_catalog(stack.redis, target + 1)
+        return await original(target)
+
+    transactions.catch_up = busy_catch_up
+    await cache.publish_catalog(stack.redis, client.app[CATALOG].get().version + 1)
+    answer = await post(client, "authorization", transaction_tag="busy", account_tag="a", destination="39")
+    assert answer["authorized"] is True and len(bumps) == 1

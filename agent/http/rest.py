@@ -16,7 +16,7 @@ from ..config import Settings
 from ..keys import SETTINGS, TRANSACTIONS
 from ..logs import Throttled
 from ..metrics import ENDPOINTS
-from ..transaction import Conflict, Transactions
+from ..transaction import CatalogBehind, Conflict, Transactions
 from .access import client_allowed
 from .responses import detail, json_response
 from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field, Unparsable, ValidationFailed, parse_body, validate
@@ -58,6 +58,9 @@ async def answer(request: web.BaseRequest, settings: Settings, operate: Callable
             response = detail(exc.errors, 422)
         except Conflict as exc:
             response = detail(str(exc), 409)
+        except CatalogBehind as exc:
+            _WARNINGS.warn("%s: %s", request.path, exc)
+            response = detail(f"Rating is not available: {exc}", 503)
         except UNAVAILABLE as exc:
             _WARNINGS.warn("%s: Redis unavailable: %r", request.path, exc)
             response = detail(UNAVAILABLE_DETAIL, 503)
