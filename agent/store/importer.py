@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import secrets
+import time
 from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 import asyncpg
@@ -60,42 +65,262 @@ def _moment(value: Any):
     return None if value in (None, "") else as_datetime(value)
 
 
+_LIMITS = {"connect_fee": 2**63 - 1, "rate": 2**63 - 1, "rate_increment": 2**31 - 1, "interval_start": 2**31 - 1}
+
+
+def _bounded(value: Any, name: str, default: int) -> int:
+    number = _int(value, name, default)
+    if number > _LIMITS[name]:
+        raise ValueError(f"{name} must be at most {_LIMITS[name]}")
+    return number
+
+
 def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: str | None) -> tuple:
-    """One validated pricelist-rate row in RATE_COLUMNS order."""
-    prefix = (raw.get("prefix") or "").strip()
+    """One validated pricelist-rate row in RATE_COLUMNS order.
+
+    Runs for every row of a deck given as rows: plain ASCII digits (the usual form) are read without the
+    general checks of _int; below 10**18 and 10**9 they fit bigint and integer columns.
+    """
+    get = raw.get
+    prefix = get("prefix")
+    prefix = prefix.strip() if prefix else ""
     if not prefix:
         raise ValueError("prefix is required")
-    pricelist_tag = raw.get("pricelist_tag") or pricelist
-    carrier_tag = raw.get("carrier_tag") or carrier
+    pricelist_tag = get("pricelist_tag") or pricelist
+    carrier_tag = get("carrier_tag") or carrier
     if not pricelist_tag:
         raise ValueError("pricelist_tag is required (column or --pricelist)")
     if not carrier_tag:
         raise ValueError("carrier_tag is required (column or --carrier)")
+    row_tenant = get("tenant") or tenant
+    description = get("description") or None
+    if "\x00" in f"{row_tenant}{pricelist_tag}{carrier_tag}{prefix}{description}":
+        name = next(n for n, v in (("tenant", row_tenant), ("pricelist_tag", pricelist_tag),
+                                   ("carrier_tag", carrier_tag), ("prefix", prefix), ("description", description))
+                    if "\x00" in str(v))
+        raise ValueError(f"{name} must not contain NUL characters")
+    fee, rate, increment, interval = get("connect_fee"), get("rate"), get("rate_increment"), get("interval_start")
+    fee = int(fee) if fee.__class__ is str and len(fee) < 19 and fee.isdigit() and fee.isascii() \
+        else _bounded(fee, "connect_fee", 0)
+    rate = int(rate) if rate.__class__ is str and len(rate) < 19 and rate.isdigit() and rate.isascii() \
+        else _bounded(rate, "rate", 0)
+    increment = int(increment) if increment.__class__ is str and len(increment) < 10 and increment.isdigit() \
+        and increment.isascii() else _bounded(increment, "rate_increment", 1)
+    interval = int(interval) if interval.__class__ is str and len(interval) < 10 and interval.isdigit() \
+        and interval.isascii() else _bounded(interval, "interval_start", 0)
+    active = get("active")
     return (
-        raw.get("tenant") or tenant, pricelist_tag, carrier_tag, prefix,
-        _int(raw.get("connect_fee"), "connect_fee"), _int(raw.get("rate"), "rate"),
-        _int(raw.get("rate_increment"), "rate_increment", 1), _int(raw.get("interval_start"), "interval_start"),
-        raw.get("description") or None, _moment(raw.get("datetime_start")), _moment(raw.get("datetime_end")),
-        _bool(raw.get("active")),
+        row_tenant, pricelist_tag, carrier_tag, prefix, fee, rate, increment, interval, description,
+        _moment(get("datetime_start")), _moment(get("datetime_end")),
+        True if active is None or active == "" else _bool(active),
     )
+
+
+# A CSV line that needs no Python: every field of the header's columns in a form PostgreSQL reads exactly
+# as rate_row would (digits, a plain boolean, text without quotes, commas or NUL, a prefix without
+# surrounding space). Such lines go to COPY as they are; any other line is parsed and checked by rate_row.
+_FREE = r'[^,"\r\n\x00]*'
+_FIELD = {
+    "tenant": _FREE, "description": _FREE,
+    "prefix": r'[^\s,"\x00]+',
+    "connect_fee": "[0-9]{0,18}", "rate": "[0-9]{0,18}",  # below 2**63
+    "rate_increment": "[0-9]{0,9}", "interval_start": "[0-9]{0,9}",  # below 2**31
+    "active": "(?i:true|false|yes|no|[tf01])?",
+    "datetime_start": "", "datetime_end": "",  # empty only: a moment is parsed by as_datetime
+}
+_BATCH = 1024  # lines per COPY message on the fast path
+
+
+class _Feed:
+    """The deck's lines, counted; lines handed back go out again first (the csv reader reads from here)."""
+
+    __slots__ = ("source", "back", "count")
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.source = iter(lines)
+        self.back: list[str] = []
+        self.count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.back.pop() if self.back else next(self.source)
+        self.count += 1
+        return line
+
+
+def _csv_value(value: Any) -> str:
+    """A value for COPY ... CSV: quoted text, an unquoted empty field for NULL."""
+    if value is None:
+        return ""
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + value.replace("'", "''") + "'"
+
+
+class CsvDeck:
+    """A CSV rate deck read line by line: iterating yields checked rows (RATE_COLUMNS + line number), and
+    import_rates copies it to PostgreSQL as CSV, passing most lines on unparsed (see _FIELD).
+
+    Semantics are those of csv.DictReader + rate_row: the header names the columns (unknown ones are
+    ignored, the last of a repeated name counts), a short row's missing fields are empty, extra fields are
+    ignored, blank lines skipped; a bad row raises ImportError_ with its line number.
+    """
+
+    def __init__(self, lines: Iterable[str], tenant: str, pricelist: str | None, carrier: str | None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.tenant, self.pricelist, self.carrier = tenant, pricelist, carrier
+        self.progress = progress
+        self.feed = _Feed(lines)
+        self.reader = csv.reader(self.feed)
+        self.header: list[str] | None = None
+        self.used = False
+
+    def _start(self) -> None:
+        """Reads the header line (once)."""
+        if self.header is not None:
+            return
+        try:
+            header = next(self.reader, None)
+        except csv.Error as exc:
+            raise ImportError_(f"line {self.feed.count}: {exc}") from None
+        if not header or "prefix" not in header:
+            raise ImportError_("the deck needs a header line with at least a `prefix` column")
+        self.header = header
+        last = {name: i for i, name in enumerate(header)}
+        self.positions = [(name, i) for name, i in last.items() if name in RATE_COLUMNS]
+        index = {name: k for k, name in enumerate(RATE_COLUMNS)}
+        # for each field of a line: the RATE_COLUMNS index it fills, or -1 (ignored)
+        self.layout = [index[name] if name in index and last[name] == i else -1 for i, name in enumerate(header)]
+        self.columns = [RATE_COLUMNS[k] if k >= 0 else f"ignored_{i}" for i, k in enumerate(self.layout)]
+        fields = [_FREE if k < 0 else _FIELD.get(RATE_COLUMNS[k]) for k in self.layout]
+        for column, flag in (("pricelist_tag", self.pricelist), ("carrier_tag", self.carrier)):
+            if column in last:
+                fields[last[column]] = _FREE if flag else r'[^,"\r\n\x00]+'
+            elif not flag:
+                fields = None  # every row lacks it: each is refused by rate_row, with its line number
+                break
+        if fields is None:
+            self.line = self.lines = None
+        else:
+            line = ",".join(fields) + r"\n"
+            self.line = re.compile(line).fullmatch
+            self.lines = re.compile(f"(?:{line})*").fullmatch
+
+    def _row(self, fields: list[str]) -> tuple:
+        width = len(fields)
+        raw = {name: fields[i] for name, i in self.positions if i < width}
+        try:
+            return rate_row(raw, self.tenant, self.pricelist, self.carrier)
+        except ValueError as exc:
+            raise ImportError_(f"line {self.feed.count}: {exc}") from None
+
+    def _record(self) -> list[str] | None:
+        try:
+            return next(self.reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            raise ImportError_(f"line {self.feed.count}: {exc}") from None
+
+    def _progress(self, before: int) -> None:
+        if self.progress is not None and self.feed.count // 10_000 != before // 10_000:
+            self.progress(self.feed.count)
+
+    def _read(self) -> None:
+        if self.used:
+            raise RuntimeError("a CsvDeck is read once")
+        self.used = True
+        self._start()
+
+    def __iter__(self) -> Iterator[tuple]:
+        self._read()
+        while (fields := self._record()) is not None:
+            if not fields:
+                continue
+            row = self._row(fields)
+            yield (*row, self.feed.count)
+            if self.progress is not None and self.feed.count % 10_000 == 0:
+                self.progress(self.feed.count)
+
+    def copy_columns(self) -> list[str]:
+        """Reads the header (ImportError_ if it has no `prefix`); the columns of the CSV that chunks() yields."""
+        self._start()
+        return self.columns
+
+    def chunks(self) -> Iterator[bytes]:
+        """The deck as CSV for COPY (header-line columns, no header line), in pieces of whole lines."""
+        self._read()
+        feed, line_ok, lines_ok = self.feed, self.line, self.lines
+        while True:
+            before = feed.count
+            if feed.back:
+                batch = feed.back[::-1]
+                feed.back.clear()
+            else:
+                batch = list(islice(feed.source, _BATCH))
+                if not batch:
+                    return
+            feed.count += len(batch)
+            text = "".join(batch)
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+            if lines_ok is not None and lines_ok(text):
+                yield text.encode()
+                self._progress(before)
+                continue
+            # line by line: the lines the pattern takes as they are, the others through csv and rate_row
+            feed.count = before
+            feed.back = batch[::-1]
+            out = []
+            while feed.back:
+                line = next(feed)
+                plain = line if line.endswith("\n") else line + "\n"
+                if plain.endswith("\r\n"):
+                    plain = plain[:-2] + "\n"
+                if line_ok is not None and line_ok(plain):
+                    out.append(plain)
+                    continue
+                feed.back.append(line)
+                feed.count -= 1
+                fields = self._record()  # may read on past the batch: a quoted field with line breaks
+                if fields is None:
+                    break
+                if not fields:
+                    continue
+                row = self._row(fields)
+                out.append(",".join("" if k < 0 else _csv_value(row[k]) for k in self.layout) + "\n")
+            if out:
+                yield "".join(out).encode()
+            self._progress(before)
+
+    async def source(self):
+        for chunk in self.chunks():
+            yield chunk
 
 
 def csv_rates(
     lines: Iterable[str], tenant: str, pricelist: str | None, carrier: str | None,
     progress: Callable[[int], None] | None = None,
-) -> Iterator[tuple]:
-    """Rows of a CSV deck with a header line; each yielded row carries its line number last."""
-    reader = csv.DictReader(lines)
-    if not reader.fieldnames or "prefix" not in reader.fieldnames:
-        raise ImportError_("the deck needs a header line with at least a `prefix` column")
-    for raw in reader:
-        try:
-            row = rate_row(raw, tenant, pricelist, carrier)
-        except ValueError as exc:
-            raise ImportError_(f"line {reader.line_num}: {exc}") from None
-        yield (*row, reader.line_num)
-        if progress is not None and reader.line_num % 10_000 == 0:
-            progress(reader.line_num)
+) -> CsvDeck:
+    """Rows of a CSV deck with a header line; each yielded row carries its line number last.
+
+    import_rates takes the deck itself faster than its rows (CsvDeck.chunks).
+    """
+    return CsvDeck(lines, tenant, pricelist, carrier, progress)
 
 
 @dataclass
@@ -105,28 +330,85 @@ class DeckResult:
     tenants: set[str]  # whose decks must be built again
 
 
+_KEY = ("tenant", "pricelist_tag", "prefix", "carrier_tag")
+_VALUES = RATE_COLUMNS[4:]
+# Sorting the deck by prefix first: PostgreSQL's abbreviated keys work on the first sort column (tenant
+# and pricelist are mostly one value); "C" compares bytes. Either order groups equal keys alike.
+_ORDER = 'prefix COLLATE "C", carrier_tag COLLATE "C", pricelist_tag COLLATE "C", tenant COLLATE "C"'
+_WORK_MEM = "512MB"  # the deck's sort and the merge's hash join in memory up to about two million rows
+
+
+def _id_prefix() -> str:
+    """The first 20 hex digits of the ids this import gives new rates (the last 12: a row number).
+
+    Time-ordered (UUID version 7: milliseconds, then random bits), so the primary key index takes an
+    import's rows in one place instead of two million random ones.
+    """
+    millis = time.time_ns() // 1_000_000
+    bits = secrets.randbits(26)
+    return f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-7{bits >> 14:03x}-{0x8000 | (bits & 0x3FFF):04x}-"
+
+
 async def import_rates(
-    connection: asyncpg.Connection, rows: Iterable[tuple], replace: bool = False,
+    connection: asyncpg.Connection, rows: Iterable[tuple] | CsvDeck, replace: bool = False,
     recorder: changes.Recorder | None = None,
 ) -> DeckResult:
     """Streams rows into a temporary table and merges them in one transaction (last duplicate wins).
 
     With `replace`, rates of the deck's pricelist/carrier pairs that the deck does not list are deleted
-    in the same transaction: the deck becomes the whole tariff for them.
+    in the same transaction: the deck becomes the whole tariff for them. Rates the deck does not change
+    are not written; changed ones are updated in place (they keep their ids); new ones are inserted in
+    one sorted INSERT.
     """
+    deck = rows if isinstance(rows, CsvDeck) else None
     async with connection.transaction():
+        await connection.execute(f"SET LOCAL work_mem = '{_WORK_MEM}'")
+        ignored = [c for c in deck.copy_columns() if c not in RATE_COLUMNS] if deck is not None else []
         await connection.execute(
-            "CREATE TEMPORARY TABLE rate_deck (LIKE pricelist_rates INCLUDING DEFAULTS, line bigint)"
-            " ON COMMIT DROP"
+            "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
+            " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
+            " datetime_start timestamptz, datetime_end timestamptz, active boolean, line bigint"
+            + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
         )
-        await connection.execute("ALTER TABLE rate_deck DROP COLUMN id")
-        await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
-        await connection.execute("ANALYZE rate_deck")  # the planner's estimates of the deck's size
-        count = await connection.fetchval("SELECT count(*) FROM rate_deck")
+        if deck is not None:
+            status = await connection.copy_to_table(
+                "rate_deck", source=deck.source(), columns=deck.copy_columns(), format="csv")
+        else:
+            status = await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
+        count = int(status.split()[-1])
+        if count == 0:
+            await connection.execute("DROP TABLE rate_deck")
+            return DeckResult(0, 0, set())
+        # What a CSV deck left empty (NULL here) takes the flags and the defaults of rate_row.
+        tenant = _literal(deck.tenant) if deck is not None else "NULL"
+        pricelist = _literal(deck.pricelist) if deck is not None and deck.pricelist else "NULL"
+        carrier = _literal(deck.carrier) if deck is not None and deck.carrier else "NULL"
+        given = (
+            f"coalesce(tenant, {tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag,"
+            f" coalesce(carrier_tag, {carrier}) AS carrier_tag, prefix, coalesce(connect_fee, 0) AS connect_fee,"
+            " coalesce(rate, 0) AS rate, coalesce(rate_increment, 1) AS rate_increment,"
+            " coalesce(interval_start, 0) AS interval_start, description, datetime_start, datetime_end,"
+            " coalesce(active, true) AS active, ctid AS place"
+        )
+        # The deck as it merges: one row per key, the last one given. The table was created and filled by
+        # one COPY in this transaction: its rows lie in the order of the deck (ctid).
+        merged = (f"(SELECT DISTINCT ON ({_ORDER}) * FROM (SELECT {given} FROM rate_deck) given"
+                  f" ORDER BY {_ORDER}, place DESC)")
+        await connection.execute(
+            "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
+            f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
+            f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM rate_deck) raw"
+        )
+        # The references, checked once per pair and locked as a foreign key locks them: deleting or renaming
+        # them waits for this transaction (the insert trigger of migration 004 is told not to do it again).
+        for table, tag in (("carriers", "carrier_tag"), ("pricelists", "pricelist_tag")):
+            await connection.execute(
+                f"SELECT 1 FROM {table} t WHERE (t.tenant, t.{tag}) IN (SELECT tenant, {tag} FROM rate_deck_pairs)"
+                " FOR KEY SHARE OF t")
         missing = await connection.fetchrow(
             "SELECT d.pricelist_tag, d.carrier_tag, d.tenant,"
             " p.pricelist_tag IS NULL AS no_pricelist, c.carrier_tag IS NULL AS no_carrier"
-            " FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM rate_deck) d"
+            " FROM rate_deck_pairs d"
             " LEFT JOIN pricelists p USING (tenant, pricelist_tag)"
             " LEFT JOIN carriers c ON c.tenant = d.tenant AND c.carrier_tag = d.carrier_tag"
             " WHERE p.pricelist_tag IS NULL OR c.carrier_tag IS NULL LIMIT 1"
@@ -135,33 +417,31 @@ async def import_rates(
             what = (f"Price list with tag = {missing['pricelist_tag']}" if missing["no_pricelist"]
                     else f"Carrier with tag = {missing['carrier_tag']}")
             raise ImportError_(f"{what} not found in tenant {missing['tenant']}!")
-        replaced = 0
-        if replace:
-            # The rates just written may have no statistics yet: a nested-loop anti-join would compare every
-            # stored rate with every deck row (minutes for large decks); a hash anti-join is linear.
-            await connection.execute("SET LOCAL enable_nestloop = off")
-            status = await connection.execute(
-                "DELETE FROM pricelist_rates r USING (SELECT DISTINCT tenant, pricelist_tag, carrier_tag"
-                " FROM rate_deck) d WHERE r.tenant = d.tenant AND r.pricelist_tag = d.pricelist_tag"
-                " AND r.carrier_tag = d.carrier_tag AND NOT EXISTS (SELECT 1 FROM rate_deck n"
-                " WHERE n.tenant = r.tenant AND n.pricelist_tag = r.pricelist_tag"
-                " AND n.carrier_tag = r.carrier_tag AND n.prefix = r.prefix)"
-            )
-            replaced = int(status.split()[-1])
-            await connection.execute("SET LOCAL enable_nestloop = on")
         columns = ", ".join(RATE_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in RATE_COLUMNS[4:])
-        # Sorting the deck in memory (not on disk), and rows that did not change are not rewritten.
-        await connection.execute("SET LOCAL work_mem = '128MB'")
-        await connection.execute(
-            f"INSERT INTO pricelist_rates ({columns})"
-            f" SELECT DISTINCT ON (tenant, pricelist_tag, prefix, carrier_tag) {columns} FROM rate_deck"
-            " ORDER BY tenant, pricelist_tag, prefix, carrier_tag, line DESC"
-            f" ON CONFLICT (tenant, pricelist_tag, prefix, carrier_tag) DO UPDATE SET {updates}"
-            f" WHERE ({', '.join(f'pricelist_rates.{c}' for c in RATE_COLUMNS[4:])})"
-            f" IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in RATE_COLUMNS[4:])})"
-        )
-        tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck")}
+        await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
+        ids = f"('{_id_prefix()}' || lpad(to_hex(nextval('rate_deck_ids')), 12, '0'))::uuid"
+        replaced = 0
+        for attempt in range(3):
+            try:
+                # a savepoint: a rate another writer adds meanwhile (unique violation) makes the merge run again
+                async with connection.transaction():
+                    await connection.execute("SET LOCAL rating.rate_references = 'checked'")
+                    stored = await connection.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM pricelist_rates r JOIN rate_deck_pairs p"
+                        " USING (tenant, pricelist_tag, carrier_tag))")
+                    if not stored:
+                        # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
+                        await connection.execute(
+                            f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck")
+                    else:
+                        replaced = await _merge(connection, merged, ids, replace)
+                    await connection.execute("SET LOCAL rating.rate_references = ''")
+                break
+            except asyncpg.UniqueViolationError:
+                if attempt == 2:
+                    raise
+        tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
+        await connection.execute("DROP TABLE rate_deck, rate_deck_pairs")  # and rate_deck_ids (owned)
         own = recorder is None
         recorder = changes.Recorder() if own else recorder
         for tenant in tenants:
@@ -169,6 +449,39 @@ async def import_rates(
         if own:
             await recorder.write(connection)
     return DeckResult(count, replaced, tenants)
+
+
+async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace: bool) -> int:
+    """Merges the deck into pairs that have rates; returns how many rates `replace` deleted."""
+    await connection.execute("ANALYZE rate_deck")  # sizes for the join (a nested loop over millions is minutes)
+    columns = ", ".join(RATE_COLUMNS)
+    on = " AND ".join(f"r.{c} = deck.{c}" for c in _KEY)
+    differs = (f"({', '.join(f'r.{c}' for c in _VALUES)}) IS DISTINCT FROM"
+               f" ({', '.join(f'deck.{c}' for c in _VALUES)})")
+    # One join of the deck with the stored rates of its pairs: the new, changed (and, with `replace`, gone)
+    # rates; unchanged ones are left as they are.
+    await connection.execute(
+        "CREATE TEMPORARY TABLE rate_deck_changes ON COMMIT DROP AS SELECT deck.*, r.id AS stored"
+        f" FROM {merged} deck {'FULL' if replace else 'LEFT'} JOIN (SELECT r.* FROM pricelist_rates r"
+        " WHERE (tenant, pricelist_tag, carrier_tag) IN (SELECT tenant, pricelist_tag, carrier_tag"
+        f" FROM rate_deck_pairs)) r ON {on} WHERE r.id IS NULL OR deck.prefix IS NULL OR {differs}"
+    )
+    await connection.execute("ANALYZE rate_deck_changes")
+    replaced = 0
+    if replace:
+        status = await connection.execute(
+            "DELETE FROM pricelist_rates r USING rate_deck_changes c WHERE c.prefix IS NULL AND r.id = c.stored")
+        replaced = int(status.split()[-1])
+    await connection.execute(
+        f"UPDATE pricelist_rates r SET {', '.join(f'{c} = c.{c}' for c in _VALUES)} FROM rate_deck_changes c"
+        " WHERE c.stored IS NOT NULL AND c.prefix IS NOT NULL AND r.id = c.stored"
+    )
+    await connection.execute(
+        f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM rate_deck_changes"
+        f" WHERE stored IS NULL ORDER BY {_ORDER}"
+    )
+    await connection.execute("DROP TABLE rate_deck_changes")
+    return replaced
 
 
 _CARRIER = ("carrier_tag", "host", "port", "protocol", "active")

@@ -118,3 +118,133 @@ async def test_catalog_changes_reach_a_running_agent_without_restart(agent, stac
             break
         await asyncio.sleep(0.05)
     assert answer["authorized"] is True and answer["balance"] == 50, answer
+
+
+# --- the fast path (CSV lines copied as they are), merges, and the references of migration 004 -------------
+
+import asyncpg  # noqa: E402
+
+RATE_VALUES = "tenant, pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start," \
+              " description, datetime_start, datetime_end, active"
+
+# Lines the fast path takes as they are and lines it leaves to csv + rate_row, mixed in one deck.
+MIXED = [
+    "prefix,rate,rate_increment,connect_fee,interval_start,description,active,datetime_start,carrier_tag,extra\n",
+    "4401,1,60,0,0,plain,,,,x\n",
+    '4402,2,60,0,0,"quoted, with a comma",t,,c2,\n',
+    '4403,3,60,0,0,"two\nlines",FALSE,,,\n',
+    "4404,4,,,,,yes,2030-01-01 10:00,,\r\n",
+    "\n",
+    " 4405 ,+5,60,0,0,spaced,,,,\n",
+    "4406,6,60,0,0,short\n",
+    "4407,7,60,0,0,extra fields,1,,c2,,more,fields\n",
+    "4408,8,60,0,0,,0,1700000000,,\n",
+    "4402,9,60,0,0,duplicate: the last one wins,,,c2,\n",
+    "4409,10,60,0,0,no newline at the end,,,,",
+]
+
+
+async def stored(connection, pricelist: str) -> list[tuple]:
+    rows = await connection.fetch(
+        f"SELECT {RATE_VALUES} FROM pricelist_rates WHERE pricelist_tag = $1 AND prefix LIKE '44%'"
+        " ORDER BY prefix, carrier_tag",
+        pricelist)
+    return [tuple(row.values())[:1] + tuple(row.values())[2:] for row in rows]  # all but the pricelist
+
+
+async def test_the_copied_deck_stores_what_the_checked_rows_store(stack):
+    await stack.load(catalog(prepaid("a")))
+    await import_rates(stack.database, csv_rates(MIXED, "default", "p1", "c1"))  # CsvDeck: COPY of the lines
+    await import_rates(stack.database, list(csv_rates(MIXED, "default", "p2", "c1")))  # rate_row tuples
+    fast, checked = await stored(stack.database, "p1"), await stored(stack.database, "p2")
+    assert fast == checked and len(fast) == 9
+    by_prefix = {row[2]: row for row in fast}
+    assert by_prefix["4402"][7] == "duplicate: the last one wins" and by_prefix["4402"][1] == "c2"
+    assert by_prefix["4403"][7] == "two\nlines" and by_prefix["4403"][10] is False
+    assert by_prefix["4404"][3:7] == (0, 4, 1, 0) and by_prefix["4404"][8].year == 2030
+    assert "4405" in by_prefix and by_prefix["4405"][4] == 5
+
+
+async def test_a_bad_row_after_a_multiline_field_names_its_line_and_changes_nothing(stack):
+    await stack.load(catalog(prepaid("a")))
+    lines = [HEADER, *(f"{4400 + i},1,60,0,0,fine\n" for i in range(3000)),
+             '45,1,60,0,0,"a\n', 'b"\n', "46,x,60,0,0,bad\n"]
+    with pytest.raises(ImportError_, match="line 3004: rate must be an integer"):
+        await import_rates(stack.database, csv_rates(lines, "default", "p1", "c1"), replace=True)
+    # replace would have deleted c1's "39" in p1: the whole import was rolled back
+    assert await stack.database.fetchval(
+        "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p1' AND carrier_tag = 'c1'") == 1
+
+
+def test_values_beyond_the_columns_are_refused_with_their_line():
+    lines = [HEADER, "39,9223372036854775808,60,0,0,x\n"]
+    with pytest.raises(ImportError_, match="line 2: rate must be at most 9223372036854775807"):
+        list(csv_rates(lines, "default", "p1", "c1"))
+
+
+async def test_an_unknown_pricelist_aborts_the_deck(stack):
+    await stack.load(catalog(prepaid("a")))
+    with pytest.raises(ImportError_, match="Price list with tag = nope not found in tenant default"):
+        await import_rates(stack.database, csv_rates([HEADER, "44,1,1,0,0,x\n"], "default", "nope", "c1"))
+
+
+async def test_a_replace_rewrites_only_what_changed(stack):
+    await stack.load(catalog(prepaid("a")))
+    first = [HEADER, "4401,1,60,0,0,a\n", "4402,2,60,0,0,b\n", "4403,3,60,0,0,c\n"]
+    await import_rates(stack.database, csv_rates(first, "default", "p2", "c1"))
+    before = {r["prefix"]: (r["id"], r["xmin"]) for r in await stack.database.fetch(
+        "SELECT prefix, id, xmin::text FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c1'")}
+    again = [HEADER, "4401,1,60,0,0,a\n", "4402,20,60,0,0,b\n", "4404,4,60,0,0,d\n", "4404,40,60,0,0,d\n"]
+    bulk = "SELECT count(*) FROM catalog_changes WHERE kind = 'bulk' AND tenant = 'default'"
+    changes_before = await stack.database.fetchval(bulk)
+    result = await import_rates(stack.database, csv_rates(again, "default", "p2", "c1"), replace=True)
+    assert (result.rows, result.replaced, result.tenants) == (4, 1, {"default"})
+    after = {r["prefix"]: (r["id"], r["xmin"], r["rate"]) for r in await stack.database.fetch(
+        "SELECT prefix, id, xmin::text, rate FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c1'")}
+    assert set(after) == {"4401", "4402", "4404"}  # 4403 is gone
+    assert after["4401"][:2] == before["4401"]  # unchanged: not written at all
+    assert after["4402"][0] == before["4402"][0] and after["4402"][2] == 20  # changed in place, same id
+    assert after["4404"][2] == 40
+    # c2's rate in p2 belongs to another pair: replace leaves it
+    assert await stack.database.fetchval(
+        "SELECT rate FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c2'") == 10
+    assert await stack.database.fetchval(bulk) == changes_before + 1  # in the same transaction
+
+
+async def test_nothing_changed_writes_nothing_but_the_change_row(stack):
+    await stack.load(catalog(prepaid("a")))
+    lines = list(deck(500))
+    await import_rates(stack.database, csv_rates(lines, "default", "p2", "c1"))
+    xmins = await stack.database.fetchval("SELECT array_agg(xmin::text ORDER BY id) FROM pricelist_rates")
+    result = await import_rates(stack.database, csv_rates(lines, "default", "p2", "c1"), replace=True)
+    assert (result.rows, result.replaced) == (500, 0)
+    assert await stack.database.fetchval("SELECT array_agg(xmin::text ORDER BY id) FROM pricelist_rates") == xmins
+
+
+async def test_a_deck_and_a_catalog_import_in_one_transaction(stack):
+    await stack.load(catalog(prepaid("a")))
+    async with stack.database.transaction():
+        await import_rates(stack.database, csv_rates([HEADER, "4401,1,60,0,0,a\n"], "default", "p2", "c1"))
+        await import_rates(stack.database, [("default", "p2", "c1", "4402", 0, 2, 60, 0, None, None, None, True, 1)])
+    assert await stack.database.fetchval(
+        "SELECT count(*) FROM pricelist_rates WHERE prefix IN ('4401', '4402')") == 2
+
+
+async def test_references_are_still_enforced_and_followed(stack):
+    await stack.load(catalog(prepaid("a")))
+    db = stack.database
+    with pytest.raises(asyncpg.ForeignKeyViolationError) as refused:
+        await db.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix) VALUES ('p1', 'nope', '1')")
+    assert refused.value.constraint_name == "pricelist_rates_tenant_carrier_tag_fkey"
+    assert 'Key (tenant, carrier_tag)=(default, nope) is not present in table "carriers"' in refused.value.detail
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="pricelist_rates_tenant_pricelist_tag_fkey"):
+        await db.execute("UPDATE pricelist_rates SET pricelist_tag = 'nope' WHERE pricelist_tag = 'p2'")
+    await db.execute("UPDATE pricelist_rates SET rate = 11 WHERE pricelist_tag = 'p2'")  # references unchanged
+    await db.execute("UPDATE pricelists SET pricelist_tag = 'p2b' WHERE pricelist_tag = 'p2'")
+    assert await db.fetchval("SELECT rate FROM pricelist_rates WHERE pricelist_tag = 'p2b'") == 11
+    await db.execute("DELETE FROM carriers WHERE carrier_tag = 'c2'")
+    assert await db.fetchval("SELECT count(*) FROM pricelist_rates WHERE carrier_tag = 'c2'") == 0
+    await db.execute("UPDATE carriers SET carrier_tag = 'c1b' WHERE carrier_tag = 'c1'")
+    assert await db.fetchval("SELECT count(*) FROM pricelist_rates WHERE carrier_tag = 'c1b'") == 1
+    await db.execute("TRUNCATE pricelists")
+    assert await db.fetchval("SELECT count(*) FROM pricelist_rates") == 0
