@@ -7,10 +7,12 @@ Keys
   account  HASH  balance, reserved (held by open calls)
   open     SET   the call keys an account holds open (authorized or running), one set per direction
                  (inbound, outbound): their sizes are what the concurrency limits count
-  call     HASH  an open call (authorized, begun): its state in fields (st tn tt ta u bal rv p tb ts tu),
+  call     HASH  an open call (authorized, begun): its state in fields (st ci tn tt ta u bal rv p tb ts tu),
                  p being the parties as the agent sent them and ts/tu Redis' clock (TIME) when it was
                  last written; a final call: doc (this library's JSON state of the call). Both: meta (the
-                 request fields, opaque JSON)
+                 request fields, opaque JSON). `ci` is the call's identity, given by the agent when the call
+                 is created: a transaction tag used again after its call became final (refused, expired, ...)
+                 or left Redis names a new call, whose records never replace the earlier call's.
   deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
   outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or e=ledger (a balance move).
                  An open call (authorized, begun) is only in its call hash; a reader that must list it
@@ -114,7 +116,7 @@ local function load(key)
     for amount in string.gmatch(hash.rv or '', '[^,]+') do
       reserved[#reserved + 1] = amount
     end
-    doc = {st = hash.st, tn = hash.tn, tt = hash.tt, ck = key, ta = tonumber(hash.ta), u = num(hash.u),
+    doc = {st = hash.st, ci = hash.ci, tn = hash.tn, tt = hash.tt, ck = key, ta = tonumber(hash.ta), u = num(hash.u),
            bal = num(hash.bal), rs = '', rt = '', tb = tonumber(hash.tb), p = cjson.decode(hash.p or '[]'),
            rv = reserved, fields = true}
   end
@@ -139,7 +141,7 @@ end
 -- The document of a call refused in this authorization (nothing reserved, never begun), written as text
 -- around the parties exactly as the agent sent them: cjson formats every number as a float, slowly.
 local function encode_refused(doc, parties)
-  return table.concat({'{"st":', cjson.encode(doc.st), ',"tn":', cjson.encode(doc.tn), ',"tt":',
+  return table.concat({'{"st":', cjson.encode(doc.st), ',"ci":', cjson.encode(doc.ci), ',"tn":', cjson.encode(doc.tn), ',"tt":',
     cjson.encode(doc.tt), ',"ck":', cjson.encode(doc.ck), ',"ta":', int(doc.ta), ',"rs":', cjson.encode(doc.rs),
     ',"rt":', cjson.encode(doc.rt), ',"bal":', int(doc.bal), ',"u":0,"p":', parties, '}'})
 end
@@ -310,7 +312,8 @@ end
 -- KEYS call, deadlines, outbox, catalog
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
 --      agent could not plan: a begin with only the transaction tag), meta_json, refusal reason ('' if
---      none), refused tag, at_ms (authorization or begin time), catalog version planned on
+--      none), refused tag, at_ms (authorization or begin time), catalog version planned on, call identity
+--      (for a call created here)
 local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
   local settings = settings_of(args[2])
@@ -345,7 +348,7 @@ local function authorize(keys, args)
   if reason == nil then
     return unseeded(parties, refused_tag)
   end
-  doc = {tn = args[4], tt = args[5], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
+  doc = {ci = args[12], tn = args[4], tt = args[5], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
   if reason ~= '' then
     doc.st = 'refused'
     doc.u = 0
@@ -375,7 +378,7 @@ local function authorize(keys, args)
     redis.call('DEL', key)
   end
   local clock = redis.call('TIME')
-  redis.call('HSET', key, 'st', doc.st, 'tn', args[4], 'tt', args[5], 'ta', args[10], 'u', int(units),
+  redis.call('HSET', key, 'st', doc.st, 'ci', args[12], 'tn', args[4], 'tt', args[5], 'ta', args[10], 'u', int(units),
     'bal', int(balance), 'rv', table.concat(reserved, ','), 'p', args[6], 'meta', args[7], 'ts', clock[1],
     'tu', clock[2], 'tb', beginning and args[10] or '')
   return reply(ok, doc)
@@ -490,7 +493,8 @@ end
 
 -- A one-shot call record, priced from its own begin and end and charged at once.
 -- KEYS call, deadlines, outbox, catalog; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
---      meta_json, auth_ms ('' if none), begin_ms, end_ms, catalog version planned on
+--      meta_json, auth_ms ('' if none), begin_ms, end_ms, catalog version planned on, call identity (a
+--      call authorized under the tag keeps its own: the record is that call's)
 local function record(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
   local outdated = stale(keys[4], args[10])
@@ -504,6 +508,7 @@ local function record(keys, args)
     end
   end
   local doc = load(key)
+  local identity = args[11]
   if doc then
     if doc.st == 'recorded' then
       return reply(true, doc)
@@ -514,11 +519,12 @@ local function record(keys, args)
     if doc.st == 'authorized' then
       release(doc)
       redis.call('ZREM', deadlines, key)
+      identity = doc.ci
     end
   end
   local begin_ms, end_ms = tonumber(args[8]), tonumber(args[9])
   local duration = duration_of(begin_ms, end_ms)
-  doc = {st = 'recorded', tn = args[3], tt = args[4], ck = key, u = 0, rs = '', rt = '', bal = 0, p = parties,
+  doc = {st = 'recorded', ci = identity, tn = args[3], tt = args[4], ck = key, u = 0, rs = '', rt = '', bal = 0, p = parties,
          tb = begin_ms, te = end_ms, d = duration, rec = 1}
   if args[7] ~= '' then
     doc.ta = tonumber(args[7])

@@ -330,6 +330,54 @@ async def test_a_tag_reused_after_a_refusal_is_stored_afresh(agent, stack):
     assert (doc["st"], doc["p"][0]["a"], doc["p"][0]["rv"], meta["account_tag"]) == ("authorized", "a", 1000, "a")
 
 
+async def _rows_in_postgresql(stack, tag: str, count: int) -> list[dict]:
+    """The records PostgreSQL holds for `tag` once the outbox has carried `count` of them (bounded wait)."""
+    for _ in range(200):
+        rows = await stack.database.fetch(
+            "SELECT call_id, account_tag, state, fee, duration FROM transactions WHERE transaction_tag = $1"
+            " ORDER BY version", tag)
+        if len(rows) >= count and all(row["state"] in ("ended", "refused") for row in rows):
+            return [dict(row) for row in rows]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"PostgreSQL holds {len(rows)} records of {tag!r}, not {count}")
+
+
+async def test_a_tag_used_again_after_its_call_left_redis_is_a_new_call_with_its_own_record(agent, stack):
+    """Once a call's state has left Redis (its retention passed, or Redis lost it), its tag names a new call:
+    the earlier call's record and charge stay as they were."""
+    from cache import call_key
+
+    client = await agent(catalog(prepaid("a", 1000)))
+    for seconds in (5, 7):
+        await post(client, "authorization", transaction_tag="again", account_tag="a", destination="39",
+                   timestamp_auth=at(0))
+        await post(client, "begin", transaction_tag="again", timestamp_begin=at(0))
+        await post(client, "end", transaction_tag="again", timestamp_end=at(seconds))
+        await _rows_in_postgresql(stack, "again", 1 if seconds == 5 else 2)
+        await stack.redis.delete(call_key("default", "again"))  # as its retention would
+    first, second = await _rows_in_postgresql(stack, "again", 2)
+    assert (first["fee"], second["fee"]) == (5, 7) and first["call_id"] != second["call_id"]
+    assert {first["state"], second["state"]} == {"ended"}
+    assert (await stack.account_state("a"))["balance"] == 988
+    assert (await records(stack, client, "again"))["a"]["fee"] == 7  # a reader sees the newest call
+    charges = await stack.database.fetch(
+        "SELECT amount FROM ledger WHERE transaction_tag = 'again' AND kind = 'charge' ORDER BY version")
+    assert [row["amount"] for row in charges] == [-5, -7]
+
+
+async def test_a_tag_authorized_again_after_a_refusal_keeps_the_refusal_as_its_own_record(agent, stack):
+    client = await agent(catalog(prepaid("a", 1000), prepaid("zero", 0)))
+    await post(client, "authorization", transaction_tag="retry", account_tag="zero", destination="39")
+    await post(client, "authorization", transaction_tag="retry", account_tag="a", destination="39",
+               timestamp_auth=at(0))
+    await post(client, "begin", transaction_tag="retry", timestamp_begin=at(0))
+    await post(client, "end", transaction_tag="retry", timestamp_end=at(3))
+    refused, ended = await _rows_in_postgresql(stack, "retry", 2)
+    assert (refused["account_tag"], refused["state"]) == ("zero", "refused")
+    assert (ended["account_tag"], ended["state"], ended["fee"]) == ("a", "ended", 3)
+    assert refused["call_id"] != ended["call_id"]
+
+
 async def test_agents_with_different_settings_on_one_redis_each_apply_their_own(agent, stack):
     """The library reads an agent's settings from the text it sends with each authorization."""
     document = catalog(postpaid("a"))

@@ -61,8 +61,9 @@ async def resolve_id(record, info):
     async with reading(info) as connection:
         for attempt in (1, 2):
             found = await connection.fetchval(
-                "SELECT id FROM transactions WHERE tenant = $1 AND transaction_tag = $2 AND account_tag = $3",
-                record["tenant"], record["transaction_tag"], record["account_tag"],
+                "SELECT id FROM transactions WHERE tenant = $1 AND transaction_tag = $2 AND account_tag = $3"
+                " AND call_id = $4", record["tenant"], record["transaction_tag"], record["account_tag"],
+                record.get("call_id") or "",
             )
             if found is not None or attempt == 2:
                 break

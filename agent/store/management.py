@@ -36,6 +36,7 @@ class Entity:
     json: tuple[str, ...] = ()  # jsonb columns
     required: tuple[str, ...] = ()  # never null
     catalog: bool = False  # rating reads it: writers announce the change
+    newest: str = ""  # the column ordering rows that share a natural key (calls re-using a tag): newest wins
 
     @property
     def sortable(self) -> set[str]:
@@ -104,7 +105,7 @@ TRANSACTIONS = Entity(
     q=("tenant", "transaction_tag", "account_tag"),
     exact=("transaction_tag", "account_tag", "invoice_number", "primary", "inbound"),
     defaults={"state": "manual", "version": 0, "primary": False, "inbound": False},
-    cleared={"tags": [], "primary": False, "inbound": False}, json=("destination_rate",),
+    cleared={"tags": [], "primary": False, "inbound": False}, json=("destination_rate",), newest="version",
 )
 
 
@@ -149,7 +150,9 @@ async def fetch_by_id(connection, entity: Entity, record_id: Any) -> dict | None
 async def fetch_by_key(connection, entity: Entity, tenant: str, key: dict[str, Any]) -> dict | None:
     clauses = ["tenant = $1"] + [f"{quoted(name)} = ${i}" for i, name in enumerate(entity.key, 2)]
     row = await connection.fetchrow(
-        f"SELECT * FROM {entity.table} WHERE {' AND '.join(clauses)}", tenant, *(key[n] for n in entity.key)
+        f"SELECT * FROM {entity.table} WHERE {' AND '.join(clauses)}"
+        + (f" ORDER BY {entity.newest} DESC LIMIT 1" if entity.newest else ""),
+        tenant, *(key[n] for n in entity.key)
     )
     return row_dict(entity, row)
 

@@ -14,7 +14,7 @@ import orjson
 COLUMNS = (
     "tenant", "transaction_tag", "account_tag", "state", "source", "source_ip", "destination", "carrier_ip",
     "tags", "authorized", "unauthorized_reason", "destination_rate", "timestamp_auth", "timestamp_begin",
-    "timestamp_end", "primary", "inbound", "duration", "fee", "max_available_units", "version",
+    "timestamp_end", "primary", "inbound", "duration", "fee", "max_available_units", "version", "call_id",
 )
 
 
@@ -94,6 +94,7 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
             "fee": party.get("f") if state in ("ended", "recorded") else None,
             "max_available_units": doc.get("u") if not recorded else None,
             "version": version,
+            "call_id": doc.get("ci") or "",
         })
     return rows
 
@@ -107,7 +108,8 @@ def decode_call(fields: dict[str, str]) -> tuple[dict, dict]:
     meta = orjson.loads(fields.get("meta") or "{}")
     if "doc" in fields or "st" not in fields:
         return orjson.loads(fields.get("doc") or "{}"), meta
-    doc: dict[str, Any] = {"st": fields["st"], "tn": fields.get("tn"), "tt": fields.get("tt"), "rs": "", "rt": ""}
+    doc: dict[str, Any] = {"st": fields["st"], "ci": fields.get("ci"), "tn": fields.get("tn"), "tt": fields.get("tt"),
+                           "rs": "", "rt": ""}
     for name in _INTEGERS:
         if fields.get(name):
             doc[name] = int(fields[name])
@@ -127,6 +129,14 @@ def is_removed(doc: dict) -> bool:
     return bool(doc.get("removed"))
 
 
+# The records of the newest call under a transaction tag (a tag used again is another call: call_id).
+LATEST_CALL = (
+    "SELECT * FROM transactions WHERE tenant = $1 AND transaction_tag = $2 AND call_id = (SELECT call_id"
+    " FROM transactions WHERE tenant = $1 AND transaction_tag = $2 ORDER BY version DESC LIMIT 1)"
+    ' ORDER BY "primary" DESC, inbound'
+)
+
+
 async def read_records(redis, pool, tenant: str, transaction_tag: str) -> list[dict]:
     """The records of one call as readers must see them: Redis first (newest), PostgreSQL otherwise.
 
@@ -142,10 +152,7 @@ async def read_records(redis, pool, tenant: str, transaction_tag: str) -> list[d
             return []
         return [row for row in records_of(doc, meta, 0) if row["account_tag"]]
     async with pool.acquire() as connection:
-        rows = await connection.fetch(
-            "SELECT * FROM transactions WHERE tenant = $1 AND transaction_tag = $2 ORDER BY \"primary\" DESC, inbound",
-            tenant, transaction_tag,
-        )
+        rows = await connection.fetch(LATEST_CALL, tenant, transaction_tag)
     records = []
     for row in rows:
         record = dict(row)

@@ -52,14 +52,14 @@ _STAGE = (
 )
 _MERGE = (
     f"INSERT INTO transactions ({', '.join(map(_quoted, COLUMNS))})"
-    f" SELECT DISTINCT ON (tenant, transaction_tag, account_tag) {', '.join(map(_quoted, COLUMNS))}"
-    " FROM outbox_records ORDER BY tenant, transaction_tag, account_tag, version DESC"
-    " ON CONFLICT (tenant, transaction_tag, account_tag) DO UPDATE SET "
+    f" SELECT DISTINCT ON (tenant, transaction_tag, call_id, account_tag) {', '.join(map(_quoted, COLUMNS))}"
+    " FROM outbox_records ORDER BY tenant, transaction_tag, call_id, account_tag, version DESC"
+    " ON CONFLICT (tenant, transaction_tag, call_id, account_tag) DO UPDATE SET "
     + ", ".join(f"{_quoted(c)} = excluded.{_quoted(c)}" for c in COLUMNS[3:])
     + " WHERE transactions.version < excluded.version"
 )
 _DELETE = (
-    "DELETE FROM transactions WHERE tenant = $1 AND transaction_tag = $2 AND version < $3"
+    "DELETE FROM transactions WHERE tenant = $1 AND transaction_tag = $2 AND call_id = $3 AND version < $4"
 )
 _LEDGER = (
     "INSERT INTO ledger (id, version, tenant, account_tag, kind, amount, balance_after, transaction_tag, created_at)"
@@ -86,7 +86,7 @@ async def ensure_group(client: aioredis.Redis) -> None:
 async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, dict]],
                       open_calls: list[tuple[int, dict, dict]] = ()) -> None:
     """Writes one batch of outbox entries (and, for readers, open calls' current states) in one transaction."""
-    latest: dict[tuple[str, str], tuple[int, dict, dict]] = {}
+    latest: dict[tuple[str, str, str], tuple[int, dict, dict]] = {}  # per call: tenant, tag, identity
     ledger_rows = []
     balances: dict[tuple[str, str], tuple[int, int]] = {}
     for entry_id, fields in entries:
@@ -100,15 +100,15 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
             balances[key] = (int(fields["bal"]), version)  # written as integers by the library: no floats
         elif fields.get("e") == "txn":
             doc, meta = decode_call(fields)
-            latest[(doc.get("tn"), doc.get("tt"))] = (version, doc, meta)
+            latest[(doc.get("tn"), doc.get("tt"), doc.get("ci") or "")] = (version, doc, meta)
     for version, doc, meta in open_calls:
-        key = (doc.get("tn"), doc.get("tt"))
+        key = (doc.get("tn"), doc.get("tt"), doc.get("ci") or "")
         if key not in latest or latest[key][0] < version:
             latest[key] = (version, doc, meta)
     upserts, deletes = [], []
-    for (tenant, tag), (version, doc, meta) in latest.items():
+    for (tenant, tag, identity), (version, doc, meta) in latest.items():
         if is_removed(doc):
-            deletes.append((tenant, tag, version))
+            deletes.append((tenant, tag, identity, version))
             continue
         for row in records_of(doc, meta, version):
             if row["account_tag"]:
@@ -153,12 +153,15 @@ async def _changed(connection: asyncpg.Connection, calls: list[tuple[int, dict, 
     if not calls:
         return calls
     rows = await connection.fetch(
-        "SELECT tenant, transaction_tag, max(version) AS version FROM transactions"
-        " WHERE (tenant, transaction_tag) IN (SELECT * FROM unnest($1::text[], $2::text[])) GROUP BY 1, 2",
+        "SELECT tenant, transaction_tag, call_id, max(version) AS version FROM transactions"
+        " WHERE (tenant, transaction_tag, call_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+        " GROUP BY 1, 2, 3",
         [doc.get("tn") for _, doc, _ in calls], [doc.get("tt") for _, doc, _ in calls],
+        [doc.get("ci") or "" for _, doc, _ in calls],
     )
-    stored = {(row["tenant"], row["transaction_tag"]): row["version"] for row in rows}
-    return [call for call in calls if stored.get((call[1].get("tn"), call[1].get("tt")), -1) < call[0]]
+    stored = {(row["tenant"], row["transaction_tag"], row["call_id"]): row["version"] for row in rows}
+    return [call for call in calls
+            if stored.get((call[1].get("tn"), call[1].get("tt"), call[1].get("ci") or ""), -1) < call[0]]
 
 
 async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit: int = 10_000,

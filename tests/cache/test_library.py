@@ -63,7 +63,7 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
         return client.execute_command(*cache.fcall(
             "rating_authorize", (key, cache.DEADLINES, cache.OUTBOX, cache.CATALOG),
             (1, "120000,100,14400,3600,30000", 0, "t", "x", orjson.dumps([party]).decode(), "{}", "", "", 1,
-             version)))
+             version, "c1")))
 
     assert await authorize(6) == [0, "stale", "", "", 0, 7]
     assert await client.exists(key, party["k"], cache.DEADLINES, cache.OUTBOX) == 0
