@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from enum import Enum
 from typing import AsyncIterator
@@ -23,6 +24,7 @@ from . import metrics
 from .keys import BUILDS_DECKS, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
 from .store import decks
 from .store.database import create_pool, migrate
+from .store.records import stored_call
 from .housekeeping import expire_calls, final_drain, outbox_writer
 from .transaction import Transactions
 
@@ -103,7 +105,8 @@ async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     keeper.on_reload = _observe_reload
     await until_ready("the catalog", keeper.start)
     app[CATALOG] = keeper
-    app[TRANSACTIONS] = Transactions(settings, app[PIPELINE], keeper.get, keeper.catch_up, keeper.seed_account)
+    app[TRANSACTIONS] = Transactions(settings, app[PIPELINE], keeper.get, keeper.catch_up, keeper.seed_account,
+                                     functools.partial(stored_call, app[DATABASE]))
     async with _background("catalog-listener", keeper.run()):
         yield
 

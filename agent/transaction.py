@@ -6,6 +6,7 @@ function call, and answers with Canyan's response fields. Shared by the REST and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -31,6 +32,14 @@ class Conflict(Exception):
     """The request contradicts the call's state (a 409 for the client)."""
 
 
+class Invalid(ValueError):
+    """A request whose fields are each valid but do not make a call together (a 422 naming `field`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 class CatalogBehind(ConnectionError):
     """This worker could not catch up with the published catalog (answered 503, like Redis unavailable)."""
 
@@ -38,6 +47,7 @@ class CatalogBehind(ConnectionError):
 # Claimed on a plan made after catching up once: every change answered before the request arrived is at or
 # below the version the first stale reply named, so changes published since need not make it stale again.
 _CAUGHT_UP = 2**53
+_PG_TIMEOUT = 5.0  # seconds for PostgreSQL to tell what it holds of a call Redis lost
 _TRIES = 5  # plans per request: the catalog may move while the worker catches up, accounts may need seeding
 
 
@@ -68,6 +78,7 @@ def _limit(value: int | None) -> int:
 
 
 _META = ("account_tag", "destination_account_tag", "source", "source_ip", "destination", "carrier_ip", "tags")
+_STORED = ("account_tag", "source", "source_ip", "destination", "carrier_ip")  # what a record tells of its call
 _FRAGMENTS_LIMIT = 200_000  # rates remembered per snapshot: a bound for tables of millions of prefixes
 
 
@@ -171,8 +182,10 @@ def _settled(reply: list, request: dict[str, Any]) -> Outcome:
 class Transactions:
     def __init__(self, settings: Settings, redis: AutoPipeline, catalog: Callable[[], Catalog],
                  catch_up: Callable[[int], Awaitable[Catalog]],
-                 seed: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 seed: Callable[[str, str], Awaitable[None]] | None = None,
+                 stored: Callable[[str, str], Awaitable[dict | None]] | None = None) -> None:
         self.settings = settings
+        self.stored = stored
         self.redis = redis
         self.catalog = catalog
         self.catch_up = catch_up
@@ -283,12 +296,37 @@ class Transactions:
         return {"ok": outcome.ok, **_echo(request)}
 
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:
+        end = to_ms(request["timestamp_end"])
         reply = await self.redis.call(*fcall(
             "rating_finish", (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX),
-            (now_ms(), to_ms(request["timestamp_end"]), self.settings.record_retention,
+            (now_ms(), end, self.settings.record_retention,
              "" if request.get("timestamp_begin") is None else to_ms(request["timestamp_begin"])),
         ))
+        if reply[1] == "missing" and self.stored is not None:
+            return await self._end_lost(request, end)
         return {"ok": Outcome.of(reply).ok, **_echo(request)}
+
+    async def _end_lost(self, request: dict[str, Any], end: int) -> dict[str, Any]:
+        """The end of a call Redis does not hold: its state expired (the end is repeated late), or Redis lost
+        it (restarted empty). A call PostgreSQL holds as final is answered as it was; one it holds open or
+        not at all, whose end says when it began, is charged from then to its end, capped at its granted
+        units (--max-units when unknown): the call was answered, and no charge of it reached PostgreSQL."""
+        tenant, tag = request["tenant"], request["transaction_tag"]
+        try:
+            async with asyncio.timeout(_PG_TIMEOUT):
+                stored = await self.stored(tenant, tag)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise CatalogBehind(f"call {tag!r} is not in Redis and PostgreSQL cannot be read: {exc}") from None
+        if stored is not None and stored["state"] not in ("authorized", "begun"):
+            return {"ok": stored["state"] == "ended", **_echo(request)}
+        begin = request.get("timestamp_begin") or (stored or {}).get("timestamp_begin")
+        if stored is not None:  # what the end does not repeat, from the call's last known state
+            request = {**request, **{name: stored[name] for name in _STORED if request.get(name) is None}}
+        if begin is None or not (request.get("account_tag") or request.get("destination_account_tag")):
+            return {"ok": False, **_echo(request)}
+        begin = to_ms(begin)
+        cap = (stored or {}).get("max_available_units") or self.settings.max_units
+        return await self._charge(request, begin, max(end, begin), None, ("ended", cap))
 
     async def rollback(self, request: dict[str, Any]) -> dict[str, Any]:
         reply = await self.redis.call(*fcall(
@@ -300,7 +338,16 @@ class Transactions:
     async def record(self, request: dict[str, Any]) -> dict[str, Any]:
         begin = to_ms(request["timestamp_begin"])
         end = to_ms(request["timestamp_end"]) if request["timestamp_end"] else max(begin, now_ms())
-        auth = request["timestamp_auth"]
+        # a record charges without a balance check: no longer than the longest call the agent would grant
+        if end < begin:
+            raise Invalid("timestamp_end", "must not be before timestamp_begin")
+        if end - begin > self.settings.max_units * 1000:
+            raise Invalid("timestamp_end", f"a recorded call lasts at most {self.settings.max_units} s (--max-units)")
+        return await self._charge(request, begin, end, request["timestamp_auth"], ("", 0))
+
+    async def _charge(self, request: dict[str, Any], begin: int, end: int, auth: datetime | None,
+                      mode: tuple[str, int]) -> dict[str, Any]:
+        """A call charged at once from its begin and end: a record, or (mode `ended`, cap) a lost call's end."""
         claimed = 0
         for _ in range(_TRIES):
             plan, fragments = self._plan(request, begin)
@@ -313,7 +360,7 @@ class Transactions:
                 (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
                  parties, meta_json(request, details, "authorized", "unauthorized_reason"),
                  "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version),
-                 call_identity()),
+                 call_identity(), *mode),
             ))
             if reply[1] == "stale":
                 await self._caught_up(int(reply[5]))

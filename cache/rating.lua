@@ -491,10 +491,13 @@ local function rollback(keys, args)
   return reply(true, doc)
 end
 
--- A one-shot call record, priced from its own begin and end and charged at once.
+-- A one-shot call record, priced from its own begin and end and charged at once. Also the end of a call
+-- whose open state Redis lost (mode 'ended': Redis came back empty, PostgreSQL holds no final state of it):
+-- charged from the begin its end carries, capped at `cap_s` seconds, as an ended call.
 -- KEYS call, deadlines, outbox, catalog; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
 --      meta_json, auth_ms ('' if none), begin_ms, end_ms, catalog version planned on, call identity (a
---      call authorized under the tag keeps its own: the record is that call's)
+--      call authorized under the tag keeps its own: the record is that call's), mode ('' or 'ended'),
+--      cap_s (mode 'ended')
 local function record(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
   local outdated = stale(keys[4], args[10])
@@ -508,7 +511,10 @@ local function record(keys, args)
     end
   end
   local doc = load(key)
-  local identity = args[11]
+  local identity, lost = args[11], args[12] == 'ended'
+  if doc and lost then  -- the call is known again (a concurrent end got here first): answered as it is
+    return reply(doc.st == 'ended', doc)
+  end
   if doc then
     if doc.st == 'recorded' then
       return reply(true, doc)
@@ -526,6 +532,13 @@ local function record(keys, args)
   local duration = duration_of(begin_ms, end_ms)
   doc = {st = 'recorded', ci = identity, tn = args[3], tt = args[4], ck = key, u = 0, rs = '', rt = '', bal = 0, p = parties,
          tb = begin_ms, te = end_ms, d = duration, rec = 1}
+  if lost then
+    local cap = tonumber(args[13])
+    if duration > cap then
+      duration, doc.te = cap, begin_ms + cap * 1000
+    end
+    doc.st, doc.d, doc.rec, doc.lost = 'ended', duration, nil, 1
+  end
   if args[7] ~= '' then
     doc.ta = tonumber(args[7])
   end

@@ -365,6 +365,47 @@ async def test_a_tag_used_again_after_its_call_left_redis_is_a_new_call_with_its
     assert [row["amount"] for row in charges] == [-5, -7]
 
 
+async def test_an_end_repeated_after_its_call_left_redis_answers_as_the_first_and_charges_nothing(agent, stack):
+    from cache import call_key
+
+    client = await agent(catalog(prepaid("a", 1000)))
+    await post(client, "authorization", transaction_tag="late", account_tag="a", destination="39")
+    await post(client, "begin", transaction_tag="late", timestamp_begin=at(0))
+    await post(client, "end", transaction_tag="late", timestamp_end=at(5))
+    await _rows_in_postgresql(stack, "late", 1)
+    await stack.redis.delete(call_key("default", "late"))
+    again = await post(client, "end", transaction_tag="late", account_tag="a", destination="39",
+                       timestamp_begin=at(0), timestamp_end=at(9))
+    assert again["ok"] is True
+    assert (await stack.account_state("a"))["balance"] == 995
+    assert [row["fee"] for row in await _rows_in_postgresql(stack, "late", 1)] == [5]
+
+
+async def test_calls_open_when_redis_lost_its_data_are_charged_by_their_ends_from_the_begin_they_carry(agent, stack):
+    """Redis restarted empty: the balance comes back from PostgreSQL, and the end Kamailio sends (with the
+    call's start) charges the call that Redis forgot, capped at the longest grant; nothing is charged twice."""
+    from agent.keys import SETTINGS
+
+    client = await agent(catalog(prepaid("a", 100_000)))
+    cap = client.app[SETTINGS].max_units
+    for tag in ("lost", "long"):
+        await post(client, "authorization", transaction_tag=tag, account_tag="a", destination="39",
+                   timestamp_auth=at(0))
+        await post(client, "begin", transaction_tag=tag, timestamp_begin=at(0))
+    await stack.redis.flushall()  # as a restart without its data would leave it
+    call = {"account_tag": "a", "destination": "39", "timestamp_begin": at(0)}
+    assert (await post(client, "end", transaction_tag="lost", timestamp_end=at(30), **call))["ok"] is True
+    assert (await post(client, "end", transaction_tag="long", timestamp_end=at(cap + 500), **call))["ok"] is True
+    assert (await post(client, "end", transaction_tag="lost", timestamp_end=at(60), **call))["ok"] is True
+    assert (await stack.account_state("a"))["balance"] == 100_000 - 30 - cap
+    rows = {row["fee"] for row in await _rows_in_postgresql(stack, "lost", 1)}
+    assert rows == {30}
+    assert [row["duration"] for row in await _rows_in_postgresql(stack, "long", 1)] == [cap]
+    # without its start, the end of a call nobody holds cannot be charged
+    assert (await post(client, "end", transaction_tag="unknown", account_tag="a", destination="39",
+                       timestamp_end=at(5)))["ok"] is False
+
+
 async def test_a_tag_authorized_again_after_a_refusal_keeps_the_refusal_as_its_own_record(agent, stack):
     client = await agent(catalog(prepaid("a", 1000), prepaid("zero", 0)))
     await post(client, "authorization", transaction_tag="retry", account_tag="zero", destination="39")

@@ -19,7 +19,7 @@ from ..http.validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field
 from ..keys import TRANSACTIONS
 from ..metrics import ENDPOINTS
 from ..store.management import ManagementError
-from ..transaction import Conflict
+from ..transaction import CatalogBehind, Conflict, Invalid
 from .common import app_of, mutation, query
 
 AGENT_FIELDS = frozenset({
@@ -61,6 +61,12 @@ def _operation(name: str, fields: tuple[Field, ...], operation: str) -> None:
         except Conflict as exc:
             status = 409
             raise ManagementError(str(exc)) from None
+        except Invalid as exc:
+            status = 422
+            raise ManagementError(str(exc)) from None
+        except CatalogBehind as exc:
+            status = 503
+            raise ManagementError(f"Rating is not available: {exc}") from None
         except UNAVAILABLE:
             status = 503
             raise ManagementError(UNAVAILABLE_DETAIL) from None

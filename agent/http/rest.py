@@ -16,10 +16,12 @@ from ..config import Settings
 from ..keys import SETTINGS, TRANSACTIONS
 from ..logs import Throttled
 from ..metrics import ENDPOINTS
-from ..transaction import CatalogBehind, Conflict, Transactions
+from ..transaction import CatalogBehind, Conflict, Invalid, Transactions
 from .access import client_allowed
 from .responses import detail, json_response
-from .validation import AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field, Unparsable, ValidationFailed, parse_body, validate
+from .validation import (
+    AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field, Unparsable, ValidationFailed, field_error, parse_body, validate,
+)
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -58,6 +60,8 @@ async def answer(request: web.BaseRequest, settings: Settings, operate: Callable
             response = detail(exc.errors, 422)
         except Conflict as exc:
             response = detail(str(exc), 409)
+        except Invalid as exc:
+            response = detail([field_error(exc.field, exc.message)], 422)
         except CatalogBehind as exc:
             _WARNINGS.warn("%s: %s", request.path, exc)
             response = detail(f"Rating is not available: {exc}", 503)

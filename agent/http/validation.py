@@ -36,6 +36,11 @@ class Unparsable(Exception):
     """A 400: the body is not JSON."""
 
 
+def field_error(field: str, msg: str) -> dict:
+    """One entry of a 422's `detail` list, for a check made past validation."""
+    return _error(field, msg, "value_error")
+
+
 def _error(field: str | None, msg: str, kind: str) -> dict:
     loc = ["body", "request"] if field is None else ["body", "request", field]
     return {"loc": loc, "msg": msg, "type": kind}
@@ -129,7 +134,8 @@ _CALL = (("source", as_text), ("source_ip", as_text), ("destination", as_text),
 
 AUTHORIZATION = _fields(*_COMMON, *_CALL, ("timestamp_auth", as_datetime))
 BEGIN = _fields(*_COMMON, *_CALL, ("timestamp_begin", as_datetime))
-END = _fields(*_COMMON, ("timestamp_end", as_datetime), ("timestamp_begin", as_datetime))
+# an end may repeat the call's fields: what rates it should Redis have lost the call (transaction.end)
+END = _fields(*_COMMON, *_CALL, ("timestamp_end", as_datetime), ("timestamp_begin", as_datetime))
 ROLLBACK = _fields(*_COMMON)
 RECORD = _fields(
     *_COMMON, *_CALL, ("authorized", as_bool, False, False), ("unauthorized_reason", as_text),

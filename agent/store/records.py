@@ -160,3 +160,11 @@ async def read_records(redis, pool, tenant: str, transaction_tag: str) -> list[d
             record["destination_rate"] = orjson.loads(record["destination_rate"])
         records.append(record)
     return records
+
+
+async def stored_call(pool, tenant: str, transaction_tag: str) -> dict | None:
+    """The newest call of a tag as PostgreSQL holds it (its primary record), or None: what an end finds
+    when Redis no longer has the call."""
+    async with pool.acquire() as connection:
+        row = await connection.fetchrow(LATEST_CALL + " LIMIT 1", tenant, transaction_tag)
+    return None if row is None else dict(row)

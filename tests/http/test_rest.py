@@ -163,6 +163,22 @@ async def test_what_postgresql_could_not_store_is_refused_with_422_naming_the_fi
     assert (error["loc"], error["type"]) == (["body", "request", field], kind)
 
 
+@pytest.mark.parametrize("begin, end, msg", [
+    ("1900-01-01T00:00:00Z", "2100-01-01T00:00:00Z", "a recorded call lasts at most"),
+    ("2030-01-01T10:00:10Z", "2030-01-01T10:00:00Z", "must not be before timestamp_begin"),
+])
+async def test_a_record_longer_than_any_grant_or_ending_before_it_began_is_refused_with_422(client, stack, begin,
+                                                                                           end, msg):
+    """A record charges without a balance check: its span is bounded (and it once overflowed a column)."""
+    before = await stack.account_state(AUTH["account_tag"])
+    reply = await client.post("/v1/record_transaction", json={**AUTH, "transaction_tag": "span",
+                                                             "timestamp_begin": begin, "timestamp_end": end})
+    assert reply.status == 422
+    [error] = (await reply.json())["detail"]
+    assert error["loc"] == ["body", "request", "timestamp_end"] and msg in error["msg"]
+    assert await stack.account_state(AUTH["account_tag"]) == before
+
+
 async def test_the_longest_accepted_strings_and_unicode_pass(client):
     reply = await client.post("/v1/authorization", json={**AUTH, "transaction_tag": "é" * 1024,
                                                          "tags": ["☎"] * 64})
