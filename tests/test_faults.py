@@ -1,86 +1,250 @@
-"""Faults under a load of whole calls, with real processes: after each, every call answered as ended is charged
-once, PostgreSQL holds exactly one final record per call and a ledger that adds up to the balance change, and
-nothing is left open in Redis."""
+"""Faults under a load of whole calls, with real processes.
+
+Every call goes authorization, begin, end; a request answered 503 or with a broken connection is sent
+again, as Kamailio's configuration retries (they are idempotent), and the end carries the call's start as
+Kamailio sends it. After the load, with the outbox drained:
+* every call answered as ended is charged once: the balance moved by the sum of their fees;
+* PostgreSQL holds exactly one final record per call, and a ledger that adds up to the balance change;
+* nothing is left open in Redis; no request was answered anything but 200 or 503.
+Redis restarted without its data is the one fault that loses something: what the outbox held when it was
+wiped (calls already ended, not yet in PostgreSQL). Those calls have neither record nor charge, so the money
+still adds up; every call that ended after the wipe is charged.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import signal
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import aiohttp
+import asyncpg
 import pytest
 
+import cache
+from devstack import PostgresServer, RedisServer
 from tests.conftest import AgentProcess, run_cli
 from tests.test_transaction import catalog, prepaid
 
 INITIAL = 10**9
 CALLS = 120
+BEGIN = "2030-01-01T10:00:00Z"
+HOLD = 0.3  # seconds each call stays up (wall clock) between its begin and its end
+PG_OUTAGE = float(os.environ.get("RATING_FAULT_PG_OUTAGE", "60"))  # seconds PostgreSQL is stopped
 
 
 def _process(agent: AgentProcess, command: str) -> int:
     return next(pid for pid in agent.pids() if Path(f"/proc/{pid}/comm").read_text().strip() == command)
 
 
-async def _step(session, url: str, path: str, body: dict, attempts: int = 100) -> dict:
-    """One request, sent again (it is idempotent) while the agent answers 503 or drops the connection."""
+def _seconds(n: int) -> int:
+    return 1 + n % 7  # the n-th call's duration; its fee at 1 per second
+
+
+@dataclass
+class Load:
+    """The calls of one run: which ended, and when each end was answered (monotonic clock)."""
+
+    ended: dict[str, float] = field(default_factory=dict)
+    statuses: set[int] = field(default_factory=set)
+
+
+async def _step(session, url: str, path: str, body: dict, load: Load, attempts: int = 600) -> dict:
+    """One request, sent again while the agent answers 503 or drops the connection (bounded: 60 s)."""
     for _ in range(attempts):
         try:
             async with session.post(url + path, json=body) as reply:
+                load.statuses.add(reply.status)
                 if reply.status == 200:
                     return await reply.json()
                 assert reply.status == 503, await reply.text()
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
             pass
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
     raise AssertionError(f"{path} never answered for {body['transaction_tag']}")
 
 
-async def _call(session, url: str, n: int) -> str:
+async def _call(session, url: str, n: int, load: Load) -> None:
     tag = f"fault-{n}"
-    answer = await _step(session, url, "/v1/authorization", {"transaction_tag": tag, "account_tag": "a",
-                                                               "destination": "39"})
-    assert answer["authorized"]
-    await _step(session, url, "/v1/begin_transaction", {"transaction_tag": tag,
-                                                          "timestamp_begin": "2030-01-01T10:00:00Z"})
-    seconds = 1 + n % 7
-    answer = await _step(session, url, "/v1/end_transaction", {"transaction_tag": tag,
-                                                                 "timestamp_end": f"2030-01-01T10:00:{seconds:02d}Z"})
-    assert answer["ok"]
-    return tag
+    call = {"transaction_tag": tag, "account_tag": "a", "destination": "39"}
+    answer = await _step(session, url, "/v1/authorization", call, load)
+    assert answer["authorized"], answer
+    await _step(session, url, "/v1/begin_transaction", {**call, "timestamp_begin": BEGIN}, load)
+    await asyncio.sleep(HOLD)  # the call is talking: about HOLD / spacing calls are open when the fault strikes
+    end = f"2030-01-01T10:00:{_seconds(n):02d}Z"
+    answer = await _step(session, url, "/v1/end_transaction",
+                         {**call, "timestamp_begin": BEGIN, "timestamp_end": end}, load)
+    assert answer["ok"], answer
+    load.ended[tag] = time.monotonic()
+
+
+async def _run(url: str, fault: Callable[[Load], Awaitable[None]], spacing: float = 0.01) -> Load:
+    """Starts a call every `spacing` seconds, and `fault` (given the load so far) a third of the way in,
+    beside the calls; returns once every call and the fault are over."""
+    load = Load()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        tasks = []
+        for n in range(CALLS):
+            tasks.append(asyncio.create_task(_call(session, url, n, load)))
+            if n == CALLS // 3:
+                tasks.append(asyncio.create_task(fault(load)))
+            await asyncio.sleep(spacing)
+        await asyncio.gather(*tasks)
+    return load
+
+
+async def _drained(redis) -> None:
+    for _ in range(600):  # the outbox drains into PostgreSQL and no call stays open (bounded: 30 s)
+        if await redis.xlen(cache.OUTBOX) == 0 and await redis.zcard(cache.DEADLINES) == 0:
+            pending = await redis.xpending(cache.OUTBOX, cache.OUTBOX_GROUP) if await redis.exists(cache.OUTBOX) \
+                else {"pending": 0}
+            if pending["pending"] == 0:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the outbox never drained")
+
+
+async def _balance(redis) -> int:
+    return int(await redis.hget(cache.account_key("default", "a"), "balance") or 0)
+
+
+async def _check(redis, database: asyncpg.Connection, load: Load, lost: set[str] = frozenset()) -> None:
+    """The invariants of the module docstring; `lost`: calls allowed to have neither record nor charge."""
+    assert load.statuses <= {200, 503}, load.statuses
+    assert len(load.ended) == CALLS
+    assert await redis.zcard(cache.DEADLINES) == 0
+    rows = await database.fetch("SELECT transaction_tag, state, fee FROM transactions WHERE account_tag = 'a'")
+    tags = [row["transaction_tag"] for row in rows]
+    assert len(tags) == len(set(tags)), "a call has two records"
+    assert set(load.ended) - set(tags) <= lost
+    assert {row["state"] for row in rows} == {"ended"}
+    fees = {row["transaction_tag"]: row["fee"] for row in rows}
+    assert all(fees[f"fault-{n}"] == _seconds(n) for n in range(CALLS) if f"fault-{n}" in fees)
+    charged = sum(fees.values())
+    assert await _balance(redis) == INITIAL - charged
+    assert await database.fetchval(
+        "SELECT -sum(amount) FROM ledger WHERE account_tag = 'a' AND kind = 'charge'") == charged
+    assert await database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") == INITIAL - charged
+
+
+def _agent(redis_url: str, database_url: str, folder: Path, **settings) -> AgentProcess:
+    document = folder / "catalog.json"
+    document.write_text(json.dumps(catalog(prepaid("a", INITIAL))))
+    run_cli("import", "catalog", str(document), redis_url=redis_url, database_url=database_url)
+    return AgentProcess(redis_url, database_url, folder, workers=2, outbox_claim_idle=1, **settings)
 
 
 @pytest.mark.parametrize("victims", [("rating-worker-0",), ("rating-keeper",), ("rating-worker-1", "rating-keeper")])
 async def test_kill_9_of_workers_and_the_housekeeper_loses_and_invents_nothing(stack, tmp_path, victims):
-    document = tmp_path / "catalog.json"
-    document.write_text(json.dumps(catalog(prepaid("a", INITIAL))))
-    run_cli("import", "catalog", str(document), redis_url=stack.redis_url, database_url=stack.database_url)
-    agent = AgentProcess(stack.redis_url, stack.database_url, tmp_path, workers=2, outbox_claim_idle=1).start()
+    agent = _agent(stack.redis_url, stack.database_url, tmp_path).start()
+
+    async def fault(_load):
+        for victim in victims:
+            os.kill(_process(agent, victim), signal.SIGKILL)
+
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            tasks = []
-            for n in range(CALLS):
-                tasks.append(asyncio.create_task(_call(session, agent.url, n)))
-                if n == CALLS // 3:
-                    for victim in victims:
-                        os.kill(_process(agent, victim), signal.SIGKILL)
-                await asyncio.sleep(0.01)
-            ended = await asyncio.gather(*tasks)
-        for _ in range(400):  # the outbox drains into PostgreSQL (bounded wait)
-            if await stack.redis.xlen("rating:outbox") == 0 and await stack.redis.zcard("rating:deadlines") == 0:
-                break
-            await asyncio.sleep(0.05)
+        load = await _run(agent.url, fault)
+        await _drained(stack.redis)
     finally:
         agent.stop()
-    fees = sum(1 + n % 7 for n in range(CALLS))  # 1 per second, every started second
-    assert await stack.balance("a") == INITIAL - fees
-    assert await stack.redis.xlen("rating:outbox") == 0 and await stack.redis.zcard("rating:deadlines") == 0
-    rows = await stack.database.fetch("SELECT transaction_tag, state, fee FROM transactions WHERE account_tag = 'a'")
-    assert sorted(r["transaction_tag"] for r in rows) == sorted(ended)  # one record per call
-    assert {r["state"] for r in rows} == {"ended"} and sum(r["fee"] for r in rows) == fees
-    charged = await stack.database.fetchval(
-        "SELECT -sum(amount) FROM ledger WHERE account_tag = 'a' AND kind = 'charge'")
-    assert charged == fees
-    assert await stack.database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") == INITIAL - fees
+    await _check(stack.redis, stack.database, load)
+
+
+def _refused(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+async def test_kill_9_of_the_supervisor_then_a_restart_loses_and_invents_nothing(stack, tmp_path):
+    """Its workers and housekeeper stop with it; a service manager then starts the agent again."""
+    agent = _agent(stack.redis_url, stack.database_url, tmp_path).start()
+
+    async def fault(_load):
+        agent.process.kill()
+        await asyncio.to_thread(agent.process.wait)
+        for _ in range(300):  # bounded: its workers let the port go once they stop
+            if _refused(agent.port):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(agent.start)
+
+    try:
+        load = await _run(agent.url, fault)
+        await _drained(stack.redis)
+    finally:
+        agent.stop()
+    await _check(stack.redis, stack.database, load)
+
+
+@pytest.mark.parametrize("keep_data", [True, False], ids=["from-its-aof", "empty"])
+async def test_redis_killed_and_restarted_under_load(stack, tmp_path, keep_data):
+    """kill -9 of Redis, then a restart: from its append-only file (nothing acknowledged is lost: Redis
+    writes it before it answers), or empty (only what the outbox held at that moment is lost)."""
+    server = RedisServer(tmp_path / "redis").start()
+    redis = cache.connect(server.url, 5.0)
+    agent = _agent(server.url, stack.database_url, tmp_path).start()
+    ended_before: set[str] = set()
+    opened: list[int] = []
+
+    async def fault(load):
+        server.process.kill()
+        await asyncio.to_thread(server.process.wait)
+        ended_before.update(load.ended)
+        if not keep_data:
+            shutil.rmtree(server.directory)
+        await asyncio.to_thread(server.start)
+        opened.append(CALLS // 3 + 1 - len(ended_before))
+
+    try:
+        load = await _run(agent.url, fault)
+        await _drained(redis)
+        assert opened[0] >= 10  # calls were open (or being set up) when Redis went
+        await _check(redis, stack.database, load, lost=set() if keep_data else ended_before)
+    finally:
+        agent.stop()
+        await redis.aclose()
+        server.stop()
+
+
+async def test_postgresql_stopped_under_load_delays_records_and_loses_nothing(tmp_path):
+    """Rating goes on while PostgreSQL is down (RATING_FAULT_PG_OUTAGE seconds, 60 by default): records and
+    the ledger wait in the outbox and arrive once it is back."""
+    server = RedisServer(tmp_path / "redis").start()
+    database = PostgresServer(tmp_path / "postgres").start()
+    redis = cache.connect(server.url, 5.0)
+    agent = _agent(server.url, database.url, tmp_path).start()
+    during: list[int] = []
+
+    async def fault(load):
+        await asyncio.to_thread(database.stop, "fast")
+        before = len(load.ended)
+        await asyncio.sleep(PG_OUTAGE)
+        during.append(len(load.ended) - before)
+        await asyncio.to_thread(database.start)
+
+    connection = None
+    try:
+        # calls spread over the outage: most of them are rated while PostgreSQL is away
+        load = await _run(agent.url, fault, spacing=PG_OUTAGE * 1.2 / CALLS)
+        assert during[0] >= CALLS // 3
+        await _drained(redis)
+        connection = await asyncpg.connect(database.url)
+        await _check(redis, connection, load)
+    finally:
+        if connection is not None:
+            await connection.close()
+        agent.stop()
+        await redis.aclose()
+        server.stop()
+        database.stop("immediate")
