@@ -248,3 +248,42 @@ async def test_postgresql_stopped_under_load_delays_records_and_loses_nothing(tm
         await redis.aclose()
         server.stop()
         database.stop("immediate")
+
+
+async def _disordered_call(session, url: str, n: int, load: Load) -> None:
+    """The n-th call with its events as a network or a retrying client may deliver them (n % 5): in order;
+    every event sent twice at once; the end before the begin; the begin lost; the authorization sent twice
+    at once. Each one's end carries the start, as Kamailio's does."""
+    tag = f"fault-{n}"
+    call = {"transaction_tag": tag, "account_tag": "a", "destination": "39"}
+    begin = {**call, "timestamp_begin": BEGIN}
+    end = {**begin, "timestamp_end": f"2030-01-01T10:00:{_seconds(n):02d}Z"}
+
+    async def send(path: str, body: dict, times: int = 1) -> list[dict]:
+        return await asyncio.gather(*(_step(session, url, path, body, load) for _ in range(times)))
+
+    kind = n % 5
+    answers = await send("/v1/authorization", call, 2 if kind in (1, 4) else 1)
+    assert all(answer["authorized"] for answer in answers), answers
+    assert len({answer["max_available_units"] for answer in answers}) == 1
+    if kind == 2:
+        ends = await send("/v1/end_transaction", end)
+        await send("/v1/begin_transaction", begin)
+    else:
+        if kind != 3:
+            await send("/v1/begin_transaction", begin, 2 if kind == 1 else 1)
+        ends = await send("/v1/end_transaction", end, 2 if kind in (1, 4) else 1)
+    assert all(answer["ok"] for answer in ends), ends
+    load.ended[tag] = time.monotonic()
+
+
+async def test_duplicated_reordered_and_lost_events_charge_each_call_once(stack, tmp_path):
+    agent = _agent(stack.redis_url, stack.database_url, tmp_path).start()
+    load = Load()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            await asyncio.gather(*(_disordered_call(session, agent.url, n, load) for n in range(CALLS)))
+        await _drained(stack.redis)
+    finally:
+        agent.stop()
+    await _check(stack.redis, stack.database, load)
