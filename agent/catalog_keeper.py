@@ -16,7 +16,7 @@ from typing import Iterable
 import asyncpg
 import redis.asyncio as aioredis
 
-from cache import UNAVAILABLE, account_key
+from cache import UNAVAILABLE, account_key, seed_balance
 
 from .pricing.account import Account
 from .pricing.catalog import Catalog
@@ -110,11 +110,14 @@ class CatalogKeeper:
 
     async def seed_account(self, tenant: str, account_tag: str) -> None:
         """The live balance of an account Redis has none for, from PostgreSQL: the balance the outbox
-        writer keeps in step with the ledger (never a catalog snapshot, which may be hours old)."""
+        writer keeps in step with the ledger, or a newer one the outbox still holds (cache.seed_balance);
+        never a catalog snapshot, which may be hours old."""
         async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
-            balance = await connection.fetchval(
-                "SELECT balance FROM accounts WHERE tenant = $1 AND account_tag = $2", tenant, account_tag)
-        await self.redis.hsetnx(account_key(tenant, account_tag), "balance", balance or 0)
+            row = await connection.fetchrow(
+                "SELECT balance, balance_version FROM accounts WHERE tenant = $1 AND account_tag = $2",
+                tenant, account_tag)
+        await seed_balance(self.redis, tenant, account_tag, row["balance"] if row else 0,
+                           row["balance_version"] if row else 0)
 
     def _announce(self, _connection, _pid, _channel, _payload: str) -> None:
         self._changed.set()

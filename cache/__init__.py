@@ -94,6 +94,19 @@ def fcall(function: str, keys: Sequence[str], args: Sequence[Any]) -> tuple:
     return ("FCALL", function, len(keys), *keys, *args)
 
 
+def stream_id(version: int) -> str:
+    """An outbox entry id from its version as PostgreSQL keeps it (agent/store/records.stream_version)."""
+    return f"{version // 1_000_000}-{version % 1_000_000}"
+
+
+async def seed_balance(client: aioredis.Redis, tenant: str, account_tag: str, balance: int, version: int) -> int:
+    """Gives Redis the live balance of an account it has none for: PostgreSQL's `balance` (which includes the
+    ledger up to outbox version `version`), or the newer one the outbox still holds. Returns the live one."""
+    return int(await client.execute_command(*fcall(
+        "rating_seed", (account_key(tenant, account_tag), OUTBOX), (tenant, account_tag, balance, stream_id(version)),
+    )))
+
+
 async def move_balance(
     client: aioredis.Redis, tenant: str, account_tag: str, mode: str, amount: int, at_ms: int, reference: str = ""
 ) -> int:

@@ -596,6 +596,38 @@ local function balance(keys, args)
   return new
 end
 
+-- Gives an account Redis holds no live balance for the balance it has: what PostgreSQL holds (the writer
+-- keeps accounts.balance in step with the ledger up to its entry `after`), or, when the outbox still holds
+-- later moves of the account that PostgreSQL has not applied, the balance after the newest of them.
+-- KEYS account, outbox; ARGV tenant, account_tag, balance (PostgreSQL's), after (stream id of the last
+--      move PostgreSQL applied, '0-0' if none). Returns the live balance.
+local function seed(keys, args)
+  local live = redis.call('HGET', keys[1], 'balance')
+  if live then
+    return tonumber(live)
+  end
+  local balance, upper = args[3], '+'
+  while balance == args[3] do  -- newest first, down to what PostgreSQL applied
+    local batch = redis.call('XREVRANGE', keys[2], upper, '(' .. args[4], 'COUNT', 1000)
+    if #batch == 0 then
+      break
+    end
+    for _, entry in ipairs(batch) do
+      local fields = {}
+      for index = 1, #entry[2], 2 do
+        fields[entry[2][index]] = entry[2][index + 1]
+      end
+      if fields.e == 'ledger' and fields.tn == args[1] and fields.a == args[2] then
+        balance = fields.bal
+        break
+      end
+    end
+    upper = '(' .. batch[#batch][1]
+  end
+  redis.call('HSET', keys[1], 'balance', balance)
+  return tonumber(balance)
+end
+
 -- The tariff formulas, exposed for the test that keeps them equal to the Python kernel.
 local function price(keys, args)
   local tariff = {tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])}
@@ -618,4 +650,5 @@ redis.register_function('rating_rollback', rollback)
 redis.register_function('rating_record', record)
 redis.register_function('rating_expire', expire)
 redis.register_function('rating_balance', balance)
+redis.register_function('rating_seed', seed)
 redis.register_function{function_name = 'rating_price', callback = price, flags = {'no-writes'}}

@@ -98,10 +98,12 @@ async def live_balance(info, record: dict) -> int | None:
     return record.get("balance") if value is None else int(value)
 
 
-async def move(info, tenant: str, account_tag: str, mode: str, amount: int, stored: int, reference: str) -> int:
-    """A balance change through Redis and the ledger; Redis learns the stored balance first if it lacks it."""
+async def move(info, tenant: str, account_tag: str, mode: str, amount: int, stored: int, reference: str,
+               stored_version: int = 0) -> int:
+    """A balance change through Redis and the ledger; Redis learns the stored balance first if it lacks it
+    (`stored` as of outbox version `stored_version`, see cache.seed_balance)."""
     redis = redis_of(info)
-    await redis.hsetnx(account_key(tenant, account_tag), "balance", stored)
+    await cache.seed_balance(redis, tenant, account_tag, stored, stored_version)
     return await cache.move_balance(redis, tenant, account_tag, mode, amount, now_ms(), reference)
 
 
@@ -316,13 +318,14 @@ async def _matching(info, tenant: str, account_tag: str | None, tags: list | Non
     if tags:
         where.add(f"tags && {where.param(list(tags))}::text[]")
     async with reading(info) as connection:
-        return await connection.fetch(f"SELECT account_tag, balance FROM accounts{where.sql()}", *where.params)
+        return await connection.fetch(f"SELECT account_tag, balance, balance_version FROM accounts{where.sql()}",
+                                      *where.params)
 
 
 async def _balance_mutation(info, mode: str, tenant: str, account_tag, tags, balance: int) -> dict:
     rows = await _matching(info, tenant, account_tag, tags)
     for row in rows:
-        await move(info, tenant, row["account_tag"], mode, balance, row["balance"], "api")
+        await move(info, tenant, row["account_tag"], mode, balance, row["balance"], "api", row["balance_version"])
     return {"ok": bool(rows)}
 
 

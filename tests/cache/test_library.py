@@ -17,7 +17,7 @@ def test_library_loads_and_registers_every_function(redis_server):
     client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
     names = {f["name"] for lib in client.execute_command("FUNCTION", "LIST") for f in _functions(lib)}
     assert {"rating_authorize", "rating_finish", "rating_rollback", "rating_record", "rating_expire",
-            "rating_balance", "rating_price"} <= names
+            "rating_balance", "rating_seed", "rating_price"} <= names
 
 
 def _functions(library):
@@ -73,3 +73,27 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
     await client.hset(party["k"], "balance", 100)
     reply = await authorize(7)
     assert reply[:2] == [1, "authorized"] and await client.exists(key) == 1
+
+
+async def test_a_lost_balance_is_seeded_from_postgresql_or_from_the_newest_move_the_outbox_still_holds(stack):
+    client = stack.redis
+    key = cache.account_key("t", "a")
+
+    async def move(tag: str, balance: int) -> int:  # a ledger entry as the library writes them
+        entry = await client.xadd(cache.OUTBOX, {"e": "ledger", "tn": "t", "a": tag, "k": "charge", "amt": "-1",
+                                                 "bal": str(balance), "tt": "x", "at": "1"})
+        ms, seq = entry.split("-")
+        return int(ms) * 1_000_000 + int(seq)
+
+    assert await cache.seed_balance(client, "t", "a", 500, 0) == 500  # nothing pending: PostgreSQL's
+    await client.hset(key, "balance", 7)
+    assert await cache.seed_balance(client, "t", "a", 500, 0) == 7  # a live balance is never replaced
+    await client.delete(key)
+    applied = await move("a", 480)  # PostgreSQL already holds this one
+    assert await cache.seed_balance(client, "t", "a", 480, applied) == 480
+    await client.delete(key)
+    await move("a", 470)
+    await move("a", 460)  # the newest move of the account PostgreSQL has not applied yet
+    await move("b", 1)
+    assert await cache.seed_balance(client, "t", "a", 480, applied) == 460
+    assert await client.hget(key, "balance") == "460"
