@@ -23,6 +23,7 @@ from .pricing.catalog import Catalog
 from .store import changes
 from .store.catalog import DeckMissing, apply_changes, load_catalog
 from .store.database import CATALOG_CHANNEL
+from .store.database import deadline as dropped_after
 
 log = logging.getLogger(__name__)
 _POLL = 1.0  # seconds between looks at the change log when no announcement came
@@ -91,9 +92,10 @@ class CatalogKeeper:
                 try:
                     # bounded: a half-open connection must not hold a request (or the follower) forever
                     async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
-                        async with connection.transaction(isolation="repeatable_read", readonly=True):
-                            rows = await changes.since(connection, catalog.version)
-                            updated = await apply_changes(connection, catalog, rows, self.deck_dir)
+                        with dropped_after(connection, _PG_TIMEOUT):
+                            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                                rows = await changes.since(connection, catalog.version)
+                                updated = await apply_changes(connection, catalog, rows, self.deck_dir)
                 except DeckMissing:
                     if time.monotonic() > deadline:
                         raise
@@ -113,9 +115,10 @@ class CatalogKeeper:
         writer keeps in step with the ledger, or a newer one the outbox still holds (cache.seed_balance);
         never a catalog snapshot, which may be hours old."""
         async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
-            row = await connection.fetchrow(
-                "SELECT balance, balance_version FROM accounts WHERE tenant = $1 AND account_tag = $2",
-                tenant, account_tag)
+            with dropped_after(connection, _PG_TIMEOUT):
+                row = await connection.fetchrow(
+                    "SELECT balance, balance_version FROM accounts WHERE tenant = $1 AND account_tag = $2",
+                    tenant, account_tag)
         await seed_balance(self.redis, tenant, account_tag, row["balance"] if row else 0,
                            row["balance_version"] if row else 0)
 

@@ -32,6 +32,10 @@ class Settings:
     redis_timeout: float = _setting(
         0.5, "seconds a Redis command may take before the request fails with 503"
     )
+    database_timeout: float = _setting(
+        30.0, "seconds a PostgreSQL write or read of the serving processes (outbox writer, catalog catch-up,"
+        " balance seeding) may take before its connection is dropped and the work retried"
+    )
     redis_batch: int = _setting(
         12, "Redis commands of concurrent requests sent in one write at most (1 = no batching)"
     )
@@ -69,6 +73,15 @@ class Settings:
     graphql_max_tokens: int = _setting(20000, "most lexical tokens in one GraphQL document")
     graphql_max_body: int = _setting(1048576, "largest /graphql request body, in bytes")
     graphql_timeout: float = _setting(30.0, "seconds one GraphQL request may run before it is stopped")
+    kamailio_rpc: str = _setting(
+        "", "comma-separated JSON-RPC URLs (http://127.0.0.1:5090/RPC) of every Kamailio sending calls to this"
+        " Redis: the housekeeper ends the calls none of them has any more; empty: off"
+    )
+    kamailio_reconcile_interval: float = _setting(10.0, "seconds between two listings of the Kamailios' dialogs")
+    kamailio_reconcile_after: float = _setting(
+        120.0, "seconds a call must be missing from the Kamailios' listings before it is ended, charged up to"
+        " when it was last listed (Kamailio's own retries of the end come first)"
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.reservation_share <= 100:
@@ -79,6 +92,11 @@ class Settings:
             raise ValueError("max_units must be positive")
         if self.redis_batch < 1:
             raise ValueError("redis_batch must be at least 1")
+        if self.kamailio_reconcile_interval <= 0 or self.kamailio_reconcile_after < 0:
+            raise ValueError("kamailio_reconcile_interval must be positive, kamailio_reconcile_after not negative")
+        for url in filter(None, (u.strip() for u in self.kamailio_rpc.split(","))):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"kamailio_rpc: {url!r} is not an http(s) URL")
         for name in ("authorization_ttl", "call_grace", "record_retention", "outbox_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

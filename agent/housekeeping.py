@@ -1,4 +1,5 @@
-"""Housekeeping: carrying the outbox to PostgreSQL, ending calls whose end never came, building decks.
+"""Housekeeping: carrying the outbox to PostgreSQL, ending calls whose end never came, building decks,
+reconciling with Kamailio (agent/reconcile.py).
 
 With `serve`, one housekeeping process per host does this beside the HTTP workers, so their event loops
 only answer requests; the supervisor stops it after the workers, and it writes the whole outbox before
@@ -16,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import cache
 from cache import UNAVAILABLE
 
-from . import metrics
+from . import metrics, reconcile
 from .config import Settings
 from .store import decks
 from .store.database import create_pool
@@ -51,7 +52,8 @@ def outbox_writer(settings: Settings, pool_factory) -> tuple[OutboxWriter, Any]:
     """A writer with its own Redis client: a blocking stream read must not trip the hot path's timeout."""
     client = cache.connect(settings.redis_url, timeout=5.0)
     writer = OutboxWriter(client, pool_factory, settings.outbox_batch, on_written=metrics.OUTBOX_WRITTEN.inc,
-                          claim_idle=settings.outbox_claim_idle, on_dead=metrics.OUTBOX_DEAD.inc)
+                          claim_idle=settings.outbox_claim_idle, on_dead=metrics.OUTBOX_DEAD.inc,
+                          timeout=settings.database_timeout)
     return writer, client
 
 
@@ -86,6 +88,8 @@ async def housekeep(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(expire_calls(redis.execute_command, settings), name="call-expiry"),
         asyncio.create_task(_follow_decks(settings, pool_factory, redis), name="deck-builder"),
     ]
+    if reconcile.enabled(settings):  # --kamailio-rpc: end the calls no Kamailio has any more
+        tasks.append(asyncio.create_task(reconcile.reconcile(settings, redis), name="kamailio-reconcile"))
     await stop.wait()
     for task in tasks:
         while not task.done():

@@ -43,6 +43,10 @@ REDIS_BATCH = Histogram("rating_redis_batch_commands", "Commands per pipelined b
 OUTBOX_WRITTEN = Counter("rating_outbox_written_total", "Outbox entries written to PostgreSQL")
 OUTBOX_DEAD = Counter("rating_outbox_dead_letters_total",
                       "Outbox entries PostgreSQL refused for their content, moved to the dead-letter stream")
+RECONCILED = Counter("rating_reconciled_ends_total",
+                     "Calls ended by the agent because no Kamailio had them any more (charged up to last seen)")
+RECONCILE_FAILURES = Counter("rating_reconcile_failures_total",
+                             "Reconciliation rounds skipped because a Kamailio's dialogs could not be listed")
 CATALOG_RELOADS = Counter("rating_catalog_reloads_total", "Catalog snapshots loaded")
 CATALOG_LOAD_SECONDS = Gauge("rating_catalog_load_seconds", "Seconds the last catalog load took",
                              multiprocess_mode="max")

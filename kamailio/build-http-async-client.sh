@@ -9,7 +9,7 @@
 #
 # It is idempotent: when the module exists and was built for the installed version it only re-checks
 # it with `kamailio -c`. On a fresh Debian 12 machine (as root) it also installs kamailio, the module
-# packages it needs and sip-tester (SIPp, used by the tests), then the build dependencies.
+# packages it needs (db_postgres included) and sip-tester (SIPp, used by the tests), then the build dependencies.
 #
 # Usage: kamailio/build-http-async-client.sh [--force]
 set -euo pipefail
@@ -23,7 +23,9 @@ STAMP="$MODULES_DIR/$MODULE.version"
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
 
-RUNTIME_PACKAGES=(kamailio kamailio-json-modules kamailio-extra-modules kamailio-utils-modules sip-tester)
+# kamailio-postgres-modules: db_postgres for the dialogs kept in PostgreSQL (WITH_DIALOG_DB)
+RUNTIME_PACKAGES=(kamailio kamailio-json-modules kamailio-extra-modules kamailio-utils-modules kamailio-postgres-modules
+    sip-tester)
 BUILD_PACKAGES=(build-essential pkg-config libcurl4-openssl-dev libevent-dev libssl-dev xz-utils)
 export DEBIAN_FRONTEND=noninteractive
 

@@ -6,8 +6,11 @@ under an advisory lock so that several agents starting together apply each one o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from importlib.resources import files
+from typing import Iterator
 
 import asyncpg
 
@@ -50,6 +53,18 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
+
+
+@contextlib.contextmanager
+def deadline(connection, seconds: float) -> Iterator[None]:
+    """Drops `connection` if the block still runs after `seconds`. A query on a connection whose peer
+    vanished without a word (half-open TCP) waits forever, and so would a cancellation or a ROLLBACK sent
+    on it; once terminated, every await on it fails at once (asyncpg.InterfaceError) and the caller retries."""
+    handle = asyncio.get_running_loop().call_later(seconds, connection.terminate)
+    try:
+        yield
+    finally:
+        handle.cancel()
 
 
 async def create_pool(url: str, **kwargs) -> asyncpg.Pool:

@@ -162,9 +162,12 @@ async def read_records(redis, pool, tenant: str, transaction_tag: str) -> list[d
     return records
 
 
-async def stored_call(pool, tenant: str, transaction_tag: str) -> dict | None:
+async def stored_call(pool, tenant: str, transaction_tag: str, timeout: float = 5.0) -> dict | None:
     """The newest call of a tag as PostgreSQL holds it (its primary record), or None: what an end finds
     when Redis no longer has the call."""
-    async with pool.acquire() as connection:
-        row = await connection.fetchrow(LATEST_CALL + " LIMIT 1", tenant, transaction_tag)
+    from .database import deadline
+
+    async with pool.acquire(timeout=timeout) as connection:
+        with deadline(connection, timeout):
+            row = await connection.fetchrow(LATEST_CALL + " LIMIT 1", tenant, transaction_tag)
     return None if row is None else dict(row)

@@ -31,12 +31,13 @@ from redis.exceptions import ResponseError
 
 from cache import DEADLINES, OUTBOX, OUTBOX_GROUP, UNAVAILABLE, call_key
 
+from .database import deadline
+from .records import COLUMNS, decode_call, is_removed, open_version, records_of, stream_version
+
 DEAD_LETTERS = "rating:outbox:dead"
 # What the content of an entry makes PostgreSQL (or the decoding here) refuse: trying again cannot help.
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError,
             ValueError, KeyError, TypeError)
-
-from .records import COLUMNS, decode_call, is_removed, open_version, records_of, stream_version
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,10 @@ class OutboxWriter:
         on_written: Callable[[int], None] | None = None,
         claim_idle: float = 30.0,
         on_dead: Callable[[int], None] | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self.redis = redis
+        self.timeout = timeout  # seconds one batch may take (see database.deadline)
         self.claim_idle_ms = int(claim_idle * 1000)
         self.pool_factory = pool_factory
         self.batch = batch
@@ -223,7 +226,8 @@ class OutboxWriter:
             try:
                 pool = await self.pool_factory()
                 async with pool.acquire(timeout=5) as connection:
-                    await write_batch(connection, entries)
+                    with deadline(connection, self.timeout):
+                        await write_batch(connection, entries)
                 return []
             except _REFUSED as exc:
                 if len(entries) == 1:

@@ -135,3 +135,82 @@ async def test_an_entry_postgresql_refuses_goes_to_the_dead_letters_and_the_rest
             break
         await asyncio.sleep(0.05)
     assert await stack.redis.xlen("rating:outbox:dead") == 2  # refused again, set aside again
+
+
+class Freezer:
+    """A TCP relay to PostgreSQL whose open connections can be made to stop moving bytes while they stay
+    open, as a connection whose peer vanished without a word does (half-open TCP); new ones still pass."""
+
+    def __init__(self, port: int) -> None:
+        import asyncio
+
+        self.port = port
+        self.frozen = asyncio.Event()
+        self.links = []
+
+    async def start(self) -> int:
+        import asyncio
+
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _link(self, reader, writer) -> None:
+        import asyncio
+
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        frozen = self.frozen.is_set()  # connections opened after the freeze pass
+
+        async def pump(source, sink):
+            while data := await source.read(65536):
+                if self.frozen.is_set() and not frozen:
+                    await asyncio.Event().wait()  # holds the bytes and the connection, forever
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        self.links += [asyncio.create_task(pump(reader, upstream_writer)),
+                       asyncio.create_task(pump(upstream_reader, writer))]
+
+    async def stop(self) -> None:
+        for task in self.links:
+            task.cancel()
+        self.server.close()
+
+
+async def test_a_batch_on_a_connection_whose_peer_vanished_is_dropped_after_the_timeout_and_written_again(stack):
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from agent.store.database import create_pool
+    from agent.store.writer import OutboxWriter
+    from cache import OUTBOX
+
+    url = urlsplit(stack.database_url)
+    freezer = Freezer(url.port)
+    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{await freezer.start()}").geturl()
+    pool = await create_pool(relayed, max_size=1)
+
+    async def pool_factory():
+        return pool
+
+    writer = OutboxWriter(stack.redis, pool_factory, timeout=1.0)
+    task = asyncio.create_task(writer.run())
+
+    async def written(tag: str) -> bool:
+        await stack.redis.xadd(OUTBOX, {"e": "ledger", "tn": "default", "a": "a", "k": "set", "amt": "1",
+                                        "bal": "1", "tt": tag, "at": "0"})
+        for _ in range(200):  # bounded: 10 s, ten times the writer's timeout
+            if await stack.database.fetchval("SELECT count(*) FROM ledger WHERE transaction_tag = $1", tag):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    try:
+        assert await written("before")
+        freezer.frozen.set()  # the writer's connection now hangs on its next batch
+        assert await written("after")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await freezer.stop()
+        pool.terminate()
