@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -194,10 +195,14 @@ class OutboxWriter:
         claim_idle: float = 30.0,
         on_dead: Callable[[int], None] | None = None,
         timeout: float = 30.0,
+        forget_idle: float = 600.0,
     ) -> None:
         self.redis = redis
         self.timeout = timeout  # seconds one batch may take (see database.deadline)
         self.claim_idle_ms = int(claim_idle * 1000)
+        # a consumer silent this long holds no entries (they are claimed after claim_idle): it is gone
+        self.forget_idle_ms = int(max(forget_idle * 1000, 2 * self.claim_idle_ms))
+        self._next_forget = 0.0
         self.pool_factory = pool_factory
         self.batch = batch
         self.name = consumer_name()
@@ -217,7 +222,19 @@ class OutboxWriter:
         reply = await self.redis.xautoclaim(
             OUTBOX, OUTBOX_GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
         )
+        await self._forget_dead_consumers()
         return [entry for entry in reply[1] if entry[1]]
+
+    async def _forget_dead_consumers(self) -> None:
+        """Unregisters consumers that hold nothing and have been silent for a long while: every restart of
+        a writer registers a new name (host-pid), and the group would otherwise list every one ever seen."""
+        now = time.monotonic()
+        if now < self._next_forget:
+            return
+        self._next_forget = now + 60.0
+        for consumer in await self.redis.xinfo_consumers(OUTBOX, OUTBOX_GROUP):
+            if consumer["name"] != self.name and consumer["pending"] == 0 and consumer["idle"] > self.forget_idle_ms:
+                await self.redis.xgroup_delconsumer(OUTBOX, OUTBOX_GROUP, consumer["name"])
 
     async def _write(self, entries: list[tuple[str, dict]]) -> list[tuple[str, dict, str]]:
         """Writes `entries`, retrying through outages; returns those refused for their content, with why."""

@@ -214,3 +214,31 @@ async def test_a_batch_on_a_connection_whose_peer_vanished_is_dropped_after_the_
         await asyncio.gather(task, return_exceptions=True)
         await freezer.stop()
         pool.terminate()
+
+
+async def test_consumers_of_writers_long_gone_are_unregistered_and_the_live_one_kept(stack):
+    import asyncio
+
+    from agent.store.writer import OutboxWriter, ensure_group
+    from cache import OUTBOX, OUTBOX_GROUP
+
+    async def pool_factory():
+        raise AssertionError("nothing to write")
+
+    await ensure_group(stack.redis)
+    await stack.redis.execute_command("XGROUP", "CREATECONSUMER", OUTBOX, OUTBOX_GROUP, "gone-host-1")
+    writer = OutboxWriter(stack.redis, pool_factory, claim_idle=0.05, forget_idle=0.1)
+    await writer.drain_once()  # registers itself; the other one has been idle too short
+    names = {c["name"] for c in await stack.redis.xinfo_consumers(OUTBOX, OUTBOX_GROUP)}
+    assert names == {"gone-host-1", writer.name}
+    async def idle() -> int:  # as Redis counts it
+        consumers = await stack.redis.xinfo_consumers(OUTBOX, OUTBOX_GROUP)
+        return next(c["idle"] for c in consumers if c["name"] == "gone-host-1")
+
+    for _ in range(100):
+        if await idle() > 100:
+            break
+        await asyncio.sleep(0.02)
+    writer._next_forget = 0.0
+    await writer.drain_once()
+    assert {c["name"] for c in await stack.redis.xinfo_consumers(OUTBOX, OUTBOX_GROUP)} == {writer.name}
