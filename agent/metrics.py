@@ -69,19 +69,20 @@ class LiveState:
         self.snapshot: dict[str, float] = {}
 
     async def refresh(self) -> None:
-        from cache import DEADLINES, OUTBOX
+        from cache import BROKEN_CALLS, DEADLINES, OUTBOX
 
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall("rating:stats")
         pipe.zcard(DEADLINES)
         pipe.xlen(OUTBOX)
         pipe.xrange(OUTBOX, count=1)
-        stats, open_calls, backlog, oldest = await pipe.execute()
+        pipe.scard(BROKEN_CALLS)
+        stats, open_calls, backlog, oldest, broken = await pipe.execute()
         lag = 0.0
         if oldest:
             lag = max(0.0, time.time() - int(oldest[0][0].split("-")[0]) / 1000)
         self.snapshot = {**{k: float(v) for k, v in stats.items()}, "open": open_calls, "backlog": backlog,
-                         "lag": lag}
+                         "lag": lag, "broken": broken}
 
     def collect(self):
         s = self.snapshot
@@ -94,6 +95,8 @@ class LiveState:
                                 value=s.get("backlog", 0))
         yield GaugeMetricFamily("rating_outbox_lag_seconds", "Age of the oldest entry not yet in PostgreSQL",
                                 value=s.get("lag", 0))
+        yield GaugeMetricFamily("rating_calls_broken", "Calls the expiry could not finish (set rating:calls:broken)",
+                                value=s.get("broken", 0))
 
 
 def exposition(live: LiveState) -> bytes:

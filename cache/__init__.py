@@ -24,6 +24,7 @@ DEADLINES = "rating:deadlines"
 OUTBOX = "rating:outbox"
 OUTBOX_GROUP = "pg-writer"
 CATALOG = "rating:catalog"
+BROKEN_CALLS = "rating:calls:broken"  # calls the expiry could not finish (cache/rating.lua, expire)
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 

@@ -20,6 +20,7 @@ Keys
                  clock when the state was written (ts/tu; cm/cu in documents).
   catalog  STRING the newest catalog change published by a writer (agent/store/changes.py): a call planned
                  on an older catalog is answered `stale` before anything is written, and re-planned
+  broken   SET   call keys the expiry failed to finish, for an operator to look at
   stats    HASH  service-wide totals for metrics: running (begun calls), charges and charged (count and
                  amount charged), refunded (amount). Open calls (authorized or running) are the members
                  of `deadlines`: every open call has exactly one deadline.
@@ -40,6 +41,7 @@ local FINAL = {ended = true, refused = true, rolledback = true, cancelled = true
 local REUSABLE = {refused = true, rolledback = true, cancelled = true, expired = true}
 
 local STATS = 'rating:stats'
+local BROKEN = 'rating:calls:broken'  -- calls the expiry could not finish (see expire)
 
 local function num(value)
   return tonumber(value) or 0
@@ -564,9 +566,11 @@ local function expire(keys, args)
       local finished, err = pcall(finish_call, key, doc, meta, deadlines, outbox, tonumber(args[2]), now, now, true,
         tonumber(args[4]))
       if not finished then
-        -- never retry a call that cannot be finished every second forever: leave it for an operator
+        -- never retry a call that cannot be finished every second forever (what it wrote before failing
+        -- would be written again): it is set aside for an operator, counted (rating_calls_broken) and logged
         redis.log(redis.LOG_WARNING, 'rating: cannot expire ' .. key .. ': ' .. tostring(err))
         redis.call('ZREM', deadlines, key)
+        redis.call('SADD', BROKEN, key)
       end
       done = done + 1
     else

@@ -97,3 +97,21 @@ async def test_a_lost_balance_is_seeded_from_postgresql_or_from_the_newest_move_
     await move("b", 1)
     assert await cache.seed_balance(client, "t", "a", 480, applied) == 460
     assert await client.hget(key, "balance") == "460"
+
+
+async def test_a_call_the_expiry_cannot_finish_is_set_aside_and_counted_not_retried_or_dropped(stack):
+    from agent.metrics import LiveState
+
+    client = stack.redis
+    key = cache.call_key("t", "broken")
+    # a begun call whose party lost its account key: charging it fails half-way
+    await client.hset(key, mapping={"st": "begun", "ci": "c", "tn": "t", "tt": "broken", "ta": 0, "u": 10, "bal": 0,
+                                    "rv": "0", "p": '[{"a":"a","r":[0,1,1,0]}]', "tb": 0, "meta": "{}"})
+    await client.zadd(cache.DEADLINES, {key: 1})
+    assert await client.execute_command(*cache.fcall("rating_expire", (cache.DEADLINES, cache.OUTBOX),
+                                                     (10**13, 3600, 100, 20000))) == 1
+    assert await client.zcard(cache.DEADLINES) == 0
+    assert await client.smembers(cache.BROKEN_CALLS) == {key}
+    live = LiveState(client)
+    await live.refresh()
+    assert {m.name: m.samples[0].value for m in live.collect()}["rating_calls_broken"] == 1
