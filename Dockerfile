@@ -1,7 +1,7 @@
 # The rating agent as a container. Redis and PostgreSQL run elsewhere: point RATING_REDIS_URL and
 # RATING_DATABASE_URL at them. The container listens on all its addresses, so the agent requires
-# RATING_MANAGEMENT_TOKEN (the management API's bearer token); RATING_AGENT_NETWORKS restricts who may
-# call the /v1 endpoints (Kamailio's addresses).
+# RATING_MANAGEMENT_TOKEN (the management API's bearer token) and RATING_AGENT_NETWORKS (Kamailio's
+# addresses) or RATING_AGENT_TOKEN (a bearer token Kamailio sends) for the /v1 endpoints.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

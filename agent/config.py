@@ -12,8 +12,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, secret: bool = False) -> Any:
+    """A setting; a secret one never appears in the settings' repr (tracebacks, logs)."""
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,19 @@ class Settings:
     )
     log_level: str = _setting("INFO", "logging level")
     management_token: str = _setting(
-        "", "bearer token the management API (GraphQL management fields, deck upload) requires; empty: none"
+        "", "bearer token the management API (GraphQL management fields, deck upload) requires; empty: none",
+        secret=True,
     )
     agent_networks: str = _setting(
         "", "comma-separated client networks (CIDR) allowed to call /v1/* and the GraphQL call mutations; empty: all"
+    )
+    agent_token: str = _setting(
+        "", "bearer token /v1/* and the GraphQL call mutations require (Kamailio: RATING_AGENT_TOKEN); empty: none."
+        " Serving on a non-loopback address needs this or --agent-networks", secret=True,
+    )
+    record_networks: str = _setting(
+        "", "client networks (CIDR) that may also use /v1/record_transaction, which charges without a call;"
+        " empty: every client the agent endpoints admit"
     )
     graphql_max_depth: int = _setting(15, "deepest GraphQL selection accepted (fragments expanded)")
     graphql_max_fields: int = _setting(2000, "most fields one GraphQL operation may select (fragments expanded)")

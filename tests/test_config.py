@@ -35,3 +35,10 @@ def test_settings_are_frozen():
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_tokens_never_appear_in_the_settings_repr():
+    from agent.config import Settings
+
+    shown = repr(Settings(management_token="m-s3cret", agent_token="a-s3cret"))
+    assert "s3cret" not in shown and "redis_url" in shown

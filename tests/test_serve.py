@@ -216,7 +216,7 @@ async def test_the_manager_answers_graphql_on_the_agent_port_and_on_its_own(load
 @pytest.mark.parametrize("networks, allowed", [("10.0.0.0/8", False), ("127.0.0.0/8", True)])
 async def test_the_manager_applies_agent_networks_to_the_address_the_worker_saw(loaded, tmp_path, networks, allowed):
     agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, agent_networks=networks,
-                         management_token="secret").start()  # without a token every client is admitted
+                         management_token="secret").start()
     try:
         async with aiohttp.ClientSession() as session:
             status, answer = await _post(session, agent.url, "/graphql", {"query": """mutation {

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 from ariadne import graphql, make_executable_schema
-from ariadne.explorer import ExplorerGraphiQL
 from graphql import (
     FieldNode,
     FragmentDefinitionNode,
@@ -48,8 +47,9 @@ from . import (  # noqa: F401 - each module binds its resolvers on import
 from ..store.management import ManagementError
 from .agent import AGENT_FIELDS
 from .common import mutation, query
+from . import explorer
 from .limits import check_limits
-from ..http.access import client_allowed
+from ..http.access import guarded, refusal
 from .security import refuse_unsafe_exposure, token_ok
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,6 @@ routes = web.RouteTableDef()
 OPEN_FIELDS = frozenset({"version", "__typename", "__schema", "__type"})
 CALL_FIELDS = AGENT_FIELDS - {"version"}
 NO_QUERY = "No GraphQL query found in the request"
-_EXPLORER = ExplorerGraphiQL(title="rating-agent GraphQL").html(None)
 
 
 def _plain(text: str, status: int) -> web.Response:
@@ -170,7 +169,7 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if (request.method == "GET" and "query" not in request.query
             and "text/html" in request.headers.get("Accept", "")):
-        return web.Response(text=_EXPLORER, content_type="text/html")
+        return explorer.page()
     try:
         data = await _request_data(request, settings.graphql_max_body)
     except BadRequest as exc:
@@ -205,8 +204,14 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
         response = _failure("Unauthorized: management operations need Authorization: Bearer <token>", 401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="rating-agent"'
         return response
-    if fields & CALL_FIELDS and not authorized and not client_allowed(request, settings):
-        return _failure("Forbidden: this client may not use the agent operations", 403)
+    # the call mutations: the agent endpoints' rules, unless the management token itself was given
+    if fields & CALL_FIELDS and guarded(settings) and not (settings.management_token and authorized):
+        refused = refusal(request, settings, "record" if "recordTransaction" in fields else "call")
+        if refused:
+            response = _failure(refused[1], refused[0])
+            if refused[0] == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="rating-agent"'
+            return response
 
     try:
         async with asyncio.timeout(settings.graphql_timeout):
@@ -229,9 +234,10 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """Adds `/graphql`, the deck upload endpoint and the exposure check."""
+    """Adds `/graphql`, the explorer's assets, the deck upload endpoint and the exposure check."""
     from .decks import routes as deck_routes
 
     app.add_routes(routes)
+    app.add_routes(explorer.routes)
     app.add_routes(deck_routes)
     app.on_startup.insert(0, refuse_unsafe_exposure)

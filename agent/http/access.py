@@ -1,9 +1,15 @@
-"""Which clients may use the call endpoints (`RATING_AGENT_NETWORKS`): the REST routes and GraphQL's agent
-mutations answer 403 to any other address. An empty list allows every client."""
+"""Which clients may use the call endpoints: the REST routes and GraphQL's agent mutations.
+
+`--agent-networks` lists the client networks admitted (403 to any other address; empty: all), `--agent-token`
+a bearer token every request must carry (401 without it; empty: none), `--record-networks` the networks that
+may also record calls (`/v1/record_transaction` charges without any call). Serving on a non-loopback address
+needs a network list or a token (graphql/security.exposure_problem).
+"""
 
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 
 from aiohttp import web
@@ -48,3 +54,26 @@ def client_address(request: web.BaseRequest) -> str:
 def client_allowed(request: web.Request, settings: Settings) -> bool:
     spec = settings.agent_networks
     return not spec or not networks(spec) or address_allowed(spec, client_address(request))
+
+
+def bearer(request: web.BaseRequest, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>` (compared in constant time)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def guarded(settings: Settings) -> bool:
+    """Whether the call endpoints check anything at all (most loopback deployments: no)."""
+    return bool(settings.agent_networks or settings.agent_token or settings.record_networks)
+
+
+def refusal(request: web.BaseRequest, settings: Settings, operation: str) -> tuple[int, str] | None:
+    """(status, reason) when this client may not perform `operation` (a call endpoint's name), else None."""
+    if settings.agent_token and not bearer(request, settings.agent_token):
+        return 401, "Unauthorized: the agent endpoints need Authorization: Bearer <agent token>"
+    if not client_allowed(request, settings):
+        return 403, "Forbidden: this client may not use the agent endpoints"
+    if operation == "record" and settings.record_networks \
+            and not address_allowed(settings.record_networks, client_address(request)):
+        return 403, "Forbidden: this client may not record calls (--record-networks)"
+    return None

@@ -17,7 +17,7 @@ from ..keys import SETTINGS, TRANSACTIONS
 from ..logs import Throttled
 from ..metrics import ENDPOINTS
 from ..transaction import CatalogBehind, Conflict, Invalid, Transactions
-from .access import client_allowed
+from .access import guarded, refusal
 from .responses import detail, json_response
 from .validation import (
     AUTHORIZATION, BEGIN, END, RECORD, ROLLBACK, Field, Unparsable, ValidationFailed, field_error, parse_body, validate,
@@ -26,7 +26,6 @@ from .validation import (
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-FORBIDDEN_DETAIL = "Forbidden: this client may not use the agent endpoints"
 UNAVAILABLE_DETAIL = "Rating is not available: the live state store (Redis) cannot be reached"
 REFUSED_DETAIL = "Rating is not available: the live state store (Redis) refused the request ({})"
 
@@ -49,8 +48,11 @@ async def answer(request: web.BaseRequest, settings: Settings, operate: Callable
                  fields: tuple[Field, ...], operation: str) -> web.Response:
     """One call operation: the request validated, performed, answered and counted."""
     started = time.perf_counter()
-    if settings.agent_networks and not client_allowed(request, settings):  # most deployments list none
-        response = detail(FORBIDDEN_DETAIL, 403)
+    refused = guarded(settings) and refusal(request, settings, operation)  # most deployments guard nothing
+    if refused:
+        response = detail(refused[1], refused[0])
+        if refused[0] == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="rating-agent"'
     else:
         try:
             result = await operate(validate(parse_body(await request.read()), fields))

@@ -46,9 +46,45 @@ async def test_client_networks_admit_their_clients(gql):
     assert reply.status == 200
 
 
-def test_refuses_a_public_address_without_a_token():
-    assert exposure_problem(Settings(host="0.0.0.0")).startswith("refusing to serve")
-    assert exposure_problem(Settings(host="0.0.0.0", management_token="t")) is None
+async def test_without_a_management_token_the_call_mutations_still_obey_the_client_networks(gql):
+    api = await gql(agent_networks="10.0.0.0/8")
+    status, body = await api.raw(CALL)
+    assert status == 403 and body["errors"][0]["message"].startswith("Forbidden")
+
+
+async def test_an_agent_token_is_required_by_rest_and_the_call_mutations(gql):
+    api = await gql(agent_token="k4m")
+    body = {"transaction_tag": "x", "account_tag": "a"}
+    reply = await api.client.post("/v1/authorization", json=body)
+    assert reply.status == 401 and reply.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "agent token" in (await reply.json())["detail"]
+    reply = await api.client.post("/v1/end_transaction", json=body, headers={"Authorization": "Bearer wrong"})
+    assert reply.status == 401
+    reply = await api.client.post("/v1/authorization", json=body, headers={"Authorization": "Bearer k4m"})
+    assert reply.status == 200
+    status, _ = await api.raw(CALL, headers={"Authorization": ""})
+    assert status == 401
+    status, _ = await api.raw(CALL, headers={"Authorization": "Bearer k4m"})
+    assert status == 200
+
+
+async def test_recording_calls_can_be_left_to_some_networks_only(gql):
+    api = await gql(record_networks="10.0.0.0/8")
+    body = {"transaction_tag": "x", "account_tag": "a", "timestamp_begin": "2030-01-01T10:00:00Z"}
+    reply = await api.client.post("/v1/record_transaction", json=body)
+    assert reply.status == 403 and "record" in (await reply.json())["detail"]
+    reply = await api.client.post("/v1/authorization", json=body)
+    assert reply.status == 200
+    status, _ = await api.raw('mutation { recordTransaction(transaction_tag:"y", account_tag:"a") { ok } }')
+    assert status == 403
+
+
+def test_refuses_a_public_address_without_a_management_token_or_agent_client_rule():
+    assert exposure_problem(Settings(host="0.0.0.0")).startswith("refusing to serve the management API")
+    problem = exposure_problem(Settings(host="0.0.0.0", management_token="t"))
+    assert problem.startswith("refusing to serve the agent endpoints") and "--agent-networks" in problem
+    assert exposure_problem(Settings(host="0.0.0.0", management_token="t", agent_networks="10.1.2.3")) is None
+    assert exposure_problem(Settings(host="0.0.0.0", management_token="t", agent_token="k")) is None
     assert exposure_problem(Settings(host="::1")) is None and exposure_problem(Settings(host="localhost")) is None
 
 
