@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Everything else is optional.
 PYTHON ?= python3
 
-.PHONY: install run test test-fast bench bench-table bench-instructions clean
+.PHONY: install run test test-fast fuzz bench bench-table bench-instructions clean
 
 install:
 	@./devstack/install.sh
@@ -14,6 +14,10 @@ test: install
 
 test-fast: install
 	$(PYTHON) -m pytest -m "not kamailio" -x
+
+# a longer fuzz run than make test's (tests/http/test_fuzz.py): 1,000 examples per call endpoint
+fuzz: install
+	RATING_FUZZ_EXAMPLES=1000 $(PYTHON) -m pytest tests/http/test_fuzz.py -s
 
 bench: install
 	$(PYTHON) loadtest/bench.py

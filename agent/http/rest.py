@@ -17,6 +17,7 @@ from ..keys import SETTINGS, TRANSACTIONS
 from ..logs import Throttled
 from ..metrics import ENDPOINTS
 from ..transaction import CatalogBehind, Conflict, Invalid, Transactions
+from . import openapi
 from .access import guarded, refusal
 from .responses import detail, json_response
 from .validation import (
@@ -108,3 +109,12 @@ def _route(path: str, fields: tuple[Field, ...], operation: str) -> None:
 
 for _path, (_fields, _operation) in ENDPOINTS_BY_PATH.items():
     _route(_path, _fields, _operation)
+
+
+_OPENAPI = openapi.document_bytes(ENDPOINTS_BY_PATH)
+
+
+@routes.get("/v1/openapi.json")
+async def openapi_document(_request: web.Request) -> web.Response:
+    """The call endpoints described for clients and fuzzers (made from the validation's field sets)."""
+    return web.Response(body=_OPENAPI, content_type="application/json")
