@@ -340,13 +340,11 @@ def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: 
                    if a.pricelist_tags == ("standard",) and a.type.value == "PREPAID")
     calls = {
         "Deck.number_matches": lambda c, d: c.table(TENANT).base.number_matches(number_of(d)),
+        "Deck.deck_keys": lambda c, d: c.table(TENANT).base.deck_keys(number_of(d)),
         "route": lambda c, d: route(c, account, d, at),
         "plan_call": lambda c, d: plan_call(c, TENANT, account.account_tag, None, d, at),
     }
 
-    def forget(deck) -> None:
-        deck._memo.clear()
-        deck._last = (None, [])
     found = [route(catalog, account, d, at) for d in picked]
     result = {"lookups": len(picked), "priced": sum(1 for rate, _ in found if rate is not None) / len(picked),
               "carriers": sum(len(carriers) for _, carriers in found) / len(picked), "rounds": rounds,
@@ -361,6 +359,7 @@ def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: 
         return ((time.perf_counter() - started) / len(picked) * 1e6,
                 (time.process_time() - cpu) / len(picked) * 1e6)
 
+    result["load_before"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     for name, function in calls.items():
         passes: dict[str, list] = {"cold": [], "cleared": [], "warm": []}
         for _ in range(rounds):
@@ -368,7 +367,7 @@ def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: 
             passes["cold"].append(per_call(function, fresh))
             passes["warm"].append(per_call(function, fresh))
             fresh.routes.clear()  # what a worker remembers, forgotten: its mappings stay
-            forget(fresh.table(TENANT).base)
+            fresh.table(TENANT).base.forget()
             passes["cleared"].append(per_call(function, fresh))
         result[name] = passes
     disk = []
@@ -379,6 +378,7 @@ def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: 
         fresh = asyncio.run(_catalog(database_url, deck_dir))
         disk.append(per_call(calls["route"], fresh))
     result["route"]["disk"] = disk
+    result["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return result
 
 
@@ -477,8 +477,9 @@ def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict
         f" {100 * lookups['priced']:.0f}% priced, {lookups['carriers']:.2f} carriers per route, account with"
         f" one pricelist, table {lookups['table_type']}; median of {lookups['rounds']} rounds, wall time (CPU"
         f" time of the process in brackets); each round a freshly loaded catalog (a new Deck, its files mapped"
-        f" anew): cold, the same destinations again: warm, then with the routes and the deck's Rate objects"
-        f" forgotten (mappings kept): memos cleared",
+        f" anew): cold, the same destinations again: warm, then with the routes and what the deck remembers"
+        f" forgotten (mappings kept): memos cleared; load average {lookups['load_before']} before,"
+        f" {lookups['load_after']} after",
         "",
         "| call | cold: fresh catalog, µs | cold: memos cleared, µs | warm, µs |"
         " cold: deck pages dropped from the page cache, µs |",
@@ -488,9 +489,11 @@ def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict
     def cell(samples: list) -> str:
         if not samples:
             return ""
-        return f"{_median([s[0] for s in samples]):.1f} ({_median([s[1] for s in samples]):.1f} CPU)"
+        walls = [s[0] for s in samples]
+        return (f"{_median(walls):.1f} ({_median([s[1] for s in samples]):.1f} CPU; rounds"
+                f" {min(walls):.1f}-{max(walls):.1f})")
 
-    for name in ("Deck.number_matches", "route", "plan_call"):
+    for name in ("Deck.number_matches", "Deck.deck_keys", "route", "plan_call"):
         found = lookups[name]
         lines.append(f"| `{name}` | {cell(found['cold'])} | {cell(found['cleared'])} | {cell(found['warm'])} |"
                      f" {cell(found.get('disk', []))} |")

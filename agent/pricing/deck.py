@@ -8,7 +8,9 @@ maps the files: the operating system keeps one copy in its page cache however ma
 * `columns.bin`: column arrays. `offsets[slot]..offsets[slot+1]` are the slot's rates, best first (the
   kernel's `Rate.order_key`); per rate its source (pricelist and carrier), tariff, description and the
   form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff its
-  connect fee, rate, increment, free increments and effective dates.
+  connect fee, rate, increment, free increments and effective dates; per number slot its chain
+  (`chain_offsets[slot]..chain_offsets[slot+1]` in `chain`, decks without dates only): the offer codes
+  (`offer_codes`) of the first rate of each source along the key's prefixes, what routing reads.
 * `descriptions.marisa`: the distinct descriptions; `meta.json`: counts, section offsets, the sources and
   forms, and the change-log position the deck covers.
 
@@ -16,8 +18,9 @@ A deck is built from `Columns` (every rate as indexes into tables of distinct ke
 with numpy over whole columns: `columns_of` makes them from `Rate` objects, `TextRows` from PostgreSQL's
 COPY output without an object per row, which is what lets a deck of millions of rates build in seconds.
 
-A lookup walks the trie (every key a number starts with, in one pass) and turns the slots it meets into
-`Rate` objects, remembered per slot up to a bound.
+Routing walks the trie (every key a number starts with, in one pass) and reads the columns of the slots
+it meets (routing._route_columns); the other lookups turn those slots into `Rate` objects, remembered per
+slot up to a bound.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import numpy as np
 from .rate import Rate
 from .table import Group, Lookups, key_of
 
-FORMAT = 1
+FORMAT = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
@@ -454,11 +457,16 @@ def _lexsort(keys: list[np.ndarray]) -> np.ndarray:
     return np.lexsort(packed)
 
 
-def _trie_slots(keys: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
-    """The trie of `keys` and, per key, its id in the trie."""
-    order = None
+def _key_order(keys: list[str]) -> list[int] | None:
+    """The positions of `keys` in sorted order, or None when they are sorted already."""
     if any(map(operator.gt, keys, itertools.islice(keys, 1, None))):
-        order = sorted(range(len(keys)), key=keys.__getitem__)
+        return sorted(range(len(keys)), key=keys.__getitem__)
+    return None
+
+
+def _trie_slots(keys: list[str], order: list[int] | None) -> tuple[marisa_trie.Trie, np.ndarray]:
+    """The trie of `keys` and, per key, its id in the trie (`order`: `_key_order(keys)`)."""
+    if order is not None:
         keys = [keys[i] for i in order]
     # In label order the trie lists its keys sorted, so the ids of sorted keys come in one pass.
     trie = marisa_trie.Trie(keys, order=marisa_trie.LABEL_ORDER)
@@ -474,6 +482,89 @@ def _trie_slots(keys: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
     return trie, ids
 
 
+def _parents(keys: list[str], order: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per key (by position in `keys`), the position of its longest proper prefix among `keys` (-1: none)
+    and how many of its prefixes are keys: in sorted order a key's prefixes are the keys before it that it
+    starts with, and they stay on a stack while the keys after them start with them."""
+    positions = range(len(keys)) if order is None else order
+    parent = np.full(len(keys), -1, dtype=np.int64)
+    depth = np.zeros(len(keys), dtype=np.int64)
+    found_parent, found_depth, stack = [], [], []
+    for position in positions:
+        key = keys[position]
+        while stack and not key.startswith(keys[stack[-1]]):
+            stack.pop()
+        found_parent.append(stack[-1] if stack else -1)
+        found_depth.append(len(stack))
+        stack.append(position)
+    where = np.fromiter(positions, dtype=np.int64, count=len(keys))
+    parent[where] = found_parent
+    depth[where] = found_depth
+    return parent, depth
+
+
+def _segments(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per item, its segment; per item, its index) of the items starts[k]..starts[k]+counts[k], segment by
+    segment."""
+    segment = np.repeat(np.arange(len(counts)), counts)
+    first = np.cumsum(counts) - counts
+    return segment, starts[segment] + (np.arange(len(segment)) - first[segment])
+
+
+def offer_codes(columns: Columns, source_rank: np.ndarray) -> np.ndarray:
+    """Per rate, an integer ordering the carriers' offers as routing does: price per second, connect fee, the
+    longer key (a number key's length), then carrier tag (`source_rank`: the sources numbered in carrier tag
+    order); `code % len(columns.sources)` is the rate's source in that numbering."""
+    head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff].astype(np.int64)
+    lengths = np.fromiter(map(len, columns.numbers), dtype=np.int64, count=len(columns.numbers))
+    number = columns.key < len(columns.numbers)
+    length = np.zeros(len(columns.key), dtype=np.int64)
+    length[number] = lengths[columns.key[number]]
+    longest = int(length.max()) + 1 if len(length) else 1
+    _, rank = np.unique(head * longest + (longest - 1 - length), return_inverse=True)
+    return rank.reshape(-1).astype(np.int64) * len(columns.sources) + source_rank[columns.source]
+
+
+def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, slots: int, offsets: np.ndarray,
+            codes: np.ndarray, sources: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot, the offer codes of the rates that can matter along its number key's chain of prefixes (the
+    key's own rates, then those of its longest prefix key, and so on), in that order: the first rate of each
+    source. A later rate of a source is never the first eligible one when its deck has no dates, since
+    eligibility then depends on the source alone. Built prefix depth by prefix depth (a key's parent is one
+    level up), with numpy over each level."""
+    parent, depth = _parents(numbers, order)
+    lengths = np.zeros(slots, dtype=np.int64)
+    levels = []
+    previous = None  # (positions of the keys one level up, sorted; their starts and lengths; their codes)
+    for level in range(int(depth.max()) + 1 if len(depth) else 0):
+        positions = np.flatnonzero(depth == level)
+        slot = slot_of[positions]
+        segment, row = _segments(offsets[slot], offsets[slot + 1] - offsets[slot])
+        found = codes[row]
+        if previous is not None:
+            above, above_start, above_length, above_codes = previous
+            index = np.searchsorted(above, parent[positions])
+            inherited, entry = _segments(above_start[index], above_length[index])
+            segment = np.concatenate([segment, inherited])
+            found = np.concatenate([found, above_codes[entry]])
+        # The first entry of each (key, source): own rates come before inherited ones in `found`.
+        _, first = np.unique(segment * sources + found % sources, return_index=True)
+        kept = np.zeros(len(found), dtype=bool)
+        kept[first] = True
+        segment, found = segment[kept], found[kept]
+        ordered = np.argsort(segment, kind="stable")
+        count = np.bincount(segment, minlength=len(positions))
+        previous = (positions, np.cumsum(count) - count, count, found[ordered])
+        lengths[slot] = count
+        levels.append((slot, count, found[ordered]))
+    chain_offsets = np.zeros(slots + 1, dtype=np.int64)
+    np.cumsum(lengths, out=chain_offsets[1:])
+    chain = np.zeros(int(chain_offsets[-1]), dtype=np.int64)
+    for slot, count, found in levels:
+        chain[_segments(chain_offsets[slot], count)[1]] = found
+    return chain_offsets, chain
+
+
 def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> DeckInfo:
     """Writes the deck of `columns` into `folder`, which must not exist yet.
 
@@ -481,7 +572,8 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     """
     if len(columns.forms) > 65_536:
         raise ValueError("more than 65,536 distinct ways of writing prefixes in one deck")
-    tries = [_trie_slots(columns.numbers), _trie_slots(columns.raw)]
+    number_order = _key_order(columns.numbers)
+    tries = [_trie_slots(columns.numbers, number_order), _trie_slots(columns.raw, _key_order(columns.raw))]
     slot_of_key = np.concatenate([tries[0][1], tries[1][1] + len(columns.numbers)])
     slot = slot_of_key[columns.key] if len(columns.key) else np.zeros(0, dtype=np.int64)
     order = _lexsort([slot, *order_ranks(columns)])
@@ -490,22 +582,39 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     np.cumsum(np.bincount(slot, minlength=slots), out=offsets[1:])
     if offsets[-1] >= 2**32:
         raise ValueError("more than 4,294,967,295 rates in one deck")
+    # Sources numbered in carrier tag order, so that an offer code's remainder is its source (offer_codes).
+    by_carrier = sorted(range(len(columns.sources)),
+                        key=lambda i: (columns.sources[i][1] or "", columns.sources[i][0]))
+    source_rank = np.zeros(len(columns.sources), dtype=np.int64)
+    source_rank[np.array(by_carrier, dtype=np.int64)] = np.arange(len(by_carrier))
+    sources = [columns.sources[i] for i in by_carrier]
+
+    tariffs = np.array(columns.tariffs, dtype=np.int64).reshape(-1, len(_TARIFF_COLUMNS))
+    used = np.zeros(len(columns.tariffs), dtype=bool)
+    used[columns.tariff] = True
+    dated = bool(np.any(tariffs[used][:, 4:] != _NO_MOMENT))
+    chain_offsets, chain = np.zeros(slots + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if not dated and len(columns.numbers):  # routing reads the chains of undated decks only
+        offer = offer_codes(columns, source_rank)[order]
+        chain_offsets, chain = _chains(columns.numbers, number_order, tries[0][1], slots, offsets, offer,
+                                       len(sources))
+    if chain_offsets[-1] >= 2**32:
+        raise ValueError("more than 4,294,967,295 chain entries in one deck")
+    chain_code = "I" if not len(chain) or chain.max() < 2**32 else "Q"
 
     texts = sorted({text for text in columns.descriptions if text is not None})
     descriptions = marisa_trie.Trie(texts)
     text_ids = np.array([0 if text is None else descriptions.key_id(text) + 1 for text in columns.descriptions],
                         dtype=np.uint32)
-    tariffs = np.array(columns.tariffs, dtype=np.int64).reshape(-1, len(_TARIFF_COLUMNS))
-    used = np.zeros(len(columns.tariffs), dtype=bool)
-    used[columns.tariff] = True
-    dated = bool(np.any(tariffs[used][:, 4:] != _NO_MOMENT))
     arrays = {
         "offsets": offsets.astype(np.uint32),
-        "source": columns.source[order].astype(np.uint32),
+        "source": source_rank[columns.source[order]].astype(np.uint32),
         "tariff": columns.tariff[order].astype(np.uint32),
         "description": text_ids[columns.description[order]] if len(order) else np.zeros(0, np.uint32),
         "form": columns.form[order].astype(np.uint16),
         **{name: np.ascontiguousarray(tariffs[:, i]) for i, (name, _) in enumerate(_TARIFF_COLUMNS)},
+        "chain_offsets": chain_offsets.astype(np.uint32),
+        "chain": chain.astype(np.uint32 if chain_code == "I" else np.uint64),
     }
 
     folder = Path(folder)
@@ -516,7 +625,7 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     tries[1][0].save(str(partial / "raw.marisa"))
     descriptions.save(str(partial / "descriptions.marisa"))
     sections: dict[str, list] = {}
-    codes = dict((*_RATE_COLUMNS, *_TARIFF_COLUMNS), offsets="I")
+    codes = dict((*_RATE_COLUMNS, *_TARIFF_COLUMNS), offsets="I", chain_offsets="I", chain=chain_code)
     with open(partial / "columns.bin", "wb") as out:
         for name, values in arrays.items():
             assert values.dtype.itemsize == array(codes[name]).itemsize
@@ -528,7 +637,7 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     meta = {
         "format": FORMAT, "tenant": tenant, "covers": covers, "numbers": len(columns.numbers),
         "raw": len(columns.raw), "rates": len(columns.key), "dated": dated, "sections": sections,
-        "sources": [list(pair) for pair in columns.sources], "forms": [list(form) for form in columns.forms],
+        "sources": [list(pair) for pair in sources], "forms": [list(form) for form in columns.forms],
     }
     (partial / "meta.json").write_text(json.dumps(meta))
     size = sum(f.stat().st_size for f in partial.iterdir())
@@ -537,7 +646,13 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
 
 
 class Deck(Lookups):
-    """One deck version, mapped read-only."""
+    """One deck version, mapped read-only.
+
+    Routing reads its columns directly (routing._route_columns): `offsets`, `source` (per rate, an index
+    into `sources`), and per number slot its chain (`chain_offsets`, `chain`: see `_chains`); only the rate
+    a route returns becomes a `Rate` (`rate`). The other lookups (`matches`, `group`) give `Rate` objects,
+    remembered per slot up to a bound.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -550,7 +665,8 @@ class Deck(Lookups):
         self.dated: bool = meta["dated"]
         self.has_raw = meta["raw"] > 0
         self._raw_base = meta["numbers"]
-        self._sources = [tuple(pair) for pair in meta["sources"]]
+        # (pricelist_tag, carrier_tag) per source, numbered in carrier tag order (offer_codes)
+        self.sources: list[tuple[str, str | None]] = [tuple(pair) for pair in meta["sources"]]
         self._forms = [tuple(form) for form in meta["forms"]]
         self._numbers = marisa_trie.Trie().mmap(str(self.folder / "numbers.marisa"))
         self._raw = marisa_trie.Trie().mmap(str(self.folder / "raw.marisa"))
@@ -563,8 +679,11 @@ class Deck(Lookups):
         for name, (offset, code, count) in meta["sections"].items():
             width = array(code).itemsize
             columns[name] = view[offset:offset + width * count].cast(code)
-        self._offsets = columns["offsets"]
-        self._source, self._tariff = columns["source"], columns["tariff"]
+        self.offsets: memoryview = columns["offsets"]
+        self.source: memoryview = columns["source"]
+        self.chain_offsets: memoryview = columns["chain_offsets"]
+        self.chain: memoryview = columns["chain"]
+        self._tariff = columns["tariff"]
         self._description, self._form = columns["description"], columns["form"]
         self._tariffs = tuple(columns[name] for name, _ in _TARIFF_COLUMNS)
         self._memo: dict[int, Group] = {}
@@ -572,52 +691,56 @@ class Deck(Lookups):
         self._text_memo: dict[int, str | None] = {0: None}
         self._last: tuple[str | None, list] = (None, [])  # the last number looked up, and its matches
 
+    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
+        if self.dated:  # a rate's eligibility then depends on the call's time too: no chains
+            return None
+        return self, self._numbers.prefixes(number)
+
+    def slot(self, key: str) -> int:
+        """The slot of a number key of the deck."""
+        return self._numbers.key_id(key)
+
+    def forget(self) -> None:
+        """Drops what this process remembers of the deck (its mappings stay)."""
+        self._memo.clear()
+        self._tariff_memo.clear()
+        self._text_memo.clear()
+        self._text_memo[0] = None
+        self._last = (None, [])
+
     def _group(self, slot: int, key: str) -> Group:
         found = self._memo.get(slot)
         if found is None:
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
                 self._last = (None, [])
-            found = self._memo[slot] = self._rates(slot, key)
+            found = self._memo[slot] = tuple(self.rate(i, key) for i in range(self.offsets[slot],
+                                                                                 self.offsets[slot + 1]))
         return found
 
-    def _rates(self, slot: int, key: str) -> Group:
-        """The slot's rates as `Rate(...)` objects, set slot by slot: a frozen dataclass's __init__ costs
-        twice as much, and a cold lookup makes about ten (Rate has no __post_init__ this skips)."""
-        made = []
-        tariff_memo, text_memo = self._tariff_memo, self._text_memo
-        tenant, sources, forms = self.tenant, self._sources, self._forms
-        for i in range(self._offsets[slot], self._offsets[slot + 1]):
-            t = self._tariff[i]
-            tariff = tariff_memo.get(t)
-            if tariff is None:
-                tariff = self._tariff_values(t)
-            d = self._description[i]
-            text = text_memo.get(d, _NO_TEXT)
-            if text is _NO_TEXT:
-                text = self._text(d)
-            pricelist, carrier = sources[self._source[i]]
-            head, key_follows = forms[self._form[i]]
-            rate = _new(Rate)
-            _tenant(rate, tenant)
-            _pricelist(rate, pricelist)
-            _carrier(rate, carrier)
-            _prefix(rate, head + key if key_follows else head)
-            _fee(rate, tariff[0])
-            _price(rate, tariff[1])
-            _increment(rate, tariff[2])
-            _free(rate, tariff[3])
-            _description(rate, text)
-            _start(rate, tariff[4])
-            _end(rate, tariff[5])
-            made.append(rate)
-        return tuple(made)
+    def rate(self, i: int, key: str) -> Rate:
+        """Rate `i` (of the slot of `key`) as a `Rate`."""
+        t = self._tariff[i]
+        tariff = self._tariff_memo.get(t)
+        if tariff is None:
+            tariff = self._tariff_values(t)
+        d = self._description[i]
+        text = self._text_memo.get(d, _NO_TEXT)
+        if text is _NO_TEXT:
+            text = self._text(d)
+        pricelist, carrier = self.sources[self.source[i]]
+        head, key_follows = self._forms[self._form[i]]
+        rate = _Draft(self.tenant, pricelist, carrier, head + key if key_follows else head, tariff[0], tariff[1],
+                      tariff[2], tariff[3], text, tariff[4], tariff[5])
+        rate.__class__ = Rate
+        return rate
 
     def _tariff_values(self, t: int) -> tuple:
         if len(self._tariff_memo) >= _MEMO_LIMIT:
             self._tariff_memo.clear()
-        connect_fee, rate, increment, free, start, end = (column[t] for column in self._tariffs)
-        found = self._tariff_memo[t] = (connect_fee, rate, increment, free, _moment(start), _moment(end))
+        connect_fee, rate, increment, free, start, end = self._tariffs
+        dates = (_moment(start[t]), _moment(end[t])) if self.dated else (None, None)
+        found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates)
         return found
 
     def _text(self, d: int) -> str:
@@ -650,10 +773,8 @@ class Deck(Lookups):
 
 
 _NO_TEXT = object()
-_RATE_FIELDS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
-                "interval_start", "description", "datetime_start", "datetime_end")
-if tuple(f.name for f in dataclasses.fields(Rate)) != _RATE_FIELDS:
-    raise ImportError("Rate's fields changed: update Deck._rates")
-_new = object.__new__
-(_tenant, _pricelist, _carrier, _prefix, _fee, _price, _increment, _free, _description, _start,
- _end) = (getattr(Rate, name).__set__ for name in _RATE_FIELDS)  # Rate's slots, set directly
+# Rate's twin without `frozen`, the same slots in the same order: filled by plain assignments, then given
+# Rate's class, which costs half of setting a frozen dataclass's slots one by one.
+_Draft = dataclasses.make_dataclass("_Draft", [(f.name, f.type) for f in dataclasses.fields(Rate)], slots=True)
+if _Draft.__slots__ != Rate.__slots__:
+    raise ImportError("Rate's slots changed: update deck._Draft")

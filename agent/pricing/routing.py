@@ -18,11 +18,28 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .account import Account
 from .carrier import Carrier
 from .catalog import Catalog
+from .destination import number_of
 from .rate import Rate
+
+if TYPE_CHECKING:
+    from .deck import Deck
+
+Result = tuple[Rate | None, tuple[Carrier, ...]]
+
+
+def _eligible(catalog: Catalog, account: Account, pricelist: str, carrier_tag: str | None) -> Carrier | None:
+    """The carrier of a rate of this pricelist and carrier when the account may use it (dates aside)."""
+    if account.pricelist_tags and pricelist not in account.pricelist_tags:
+        return None
+    if account.carrier_tags and carrier_tag not in account.carrier_tags:
+        return None
+    carrier = catalog.carrier(account.tenant, carrier_tag)
+    return carrier if carrier is not None and carrier.active else None
 
 
 def _forced(catalog: Catalog, account: Account) -> list[Carrier]:
@@ -37,20 +54,100 @@ def _forced(catalog: Catalog, account: Account) -> list[Carrier]:
 
 
 _ROUTES_LIMIT = 200_000  # remembered routing results per catalog snapshot
+_UNSEEN = object()
 
 
-def route(
-    catalog: Catalog, account: Account, destination: str | None, at: datetime, carriers: bool = True
-) -> tuple[Rate | None, tuple[Carrier, ...]]:
-    """The rate pricing the call and its carriers, cheapest first, in one pass over the matches.
+def route(catalog: Catalog, account: Account, destination: str | None, at: datetime, carriers: bool = True) -> Result:
+    """The rate pricing the call and its carriers, cheapest first.
 
     The table keeps each prefix's rates best first, so the first usable rate met is the price and the
     first usable rate met per carrier is that carrier's offer. The result depends only on the account's
     routing profile (tenant, pricelists, carrier filter and override) and on the destination's longest
     matching prefix, so the snapshot remembers it per pair, unless a rate met has effective dates.
+
+    On a deck without dates whose columns hold every match (no change laid over them, no URI prefixes),
+    `_route_columns` reads the columns instead of `Rate` objects; `_route_rates` is the reference it equals
+    (tests/pricing/test_routing_columns.py).
     """
     if not destination:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
+    table = catalog.table(account.tenant)
+    walk = None if table.has_raw else table.deck_keys(number_of(destination))
+    if walk is None:
+        return _route_rates(catalog, account, destination, at, carriers)
+    deck, keys = walk
+    if not keys:
+        return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
+    key = (account.tenant, keys[-1], account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
+           carriers)
+    result = catalog.routes.get(key)
+    if result is None:
+        result = _route_columns(catalog, account, deck, keys, carriers)
+        _remember(catalog, key, result)
+    return result
+
+
+def _remember(catalog: Catalog, key: tuple, result: object) -> None:
+    if len(catalog.routes) >= _ROUTES_LIMIT:
+        catalog.routes.clear()
+    catalog.routes[key] = result
+
+
+def _profile(catalog: Catalog, account: Account, deck: Deck) -> tuple[list[int], list[Carrier | None]]:
+    """The account's eligibility over the deck's sources, once per snapshot: per source, a number of its
+    carrier (the same for every source of one carrier) or -1 when not eligible, and its carrier."""
+    key = (deck, account.pricelist_tags, account.carrier_tags)
+    found = catalog.routes.get(key)
+    if found is None:
+        numbers: dict[str, int] = {}
+        usable, carriers = [], []
+        for pricelist, carrier_tag in deck.sources:
+            carrier = _eligible(catalog, account, pricelist, carrier_tag)
+            usable.append(-1 if carrier is None else numbers.setdefault(carrier.carrier_tag, len(numbers)))
+            carriers.append(carrier)
+        found = (usable, carriers)
+        _remember(catalog, key, found)
+    return found
+
+
+def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[str], carriers: bool) -> Result:
+    """`_route_rates` over a deck's columns (`keys`: Deck.deck_keys, not empty), making a `Rate` of the
+    price only.
+
+    Eligibility depends on a rate's source alone here (no dates), so the price is the first rate of an
+    eligible source, most specific key first, and each carrier's offer is the first entry of one of its
+    eligible sources in the longest key's chain, whose codes order the offers (deck._chains, offer_codes).
+    """
+    usable, carrier_of = _profile(catalog, account, deck)
+    offsets, source = deck.offsets, deck.source
+    price = None
+    position = len(keys) - 1
+    slot = longest = deck.slot(keys[position])
+    while True:
+        for i in range(offsets[slot], offsets[slot + 1]):
+            if usable[source[i]] >= 0:
+                price = deck.rate(i, keys[position])
+                break
+        if price is not None or not position:
+            break
+        position -= 1
+        slot = deck.slot(keys[position])
+    if not carriers:
+        return price, ()
+    if account.carrier_tags_override:
+        return price, tuple(_forced(catalog, account))
+    if price is None:  # no eligible rate: no offer either
+        return None, ()
+    codes = deck.chain[deck.chain_offsets[longest]:deck.chain_offsets[longest + 1]].tolist()
+    codes.reverse()  # in a dict built in this order the first entry of each carrier is the one kept
+    sources = len(carrier_of)
+    offers = {usable[code % sources]: code for code in codes}
+    offers.pop(-1, None)
+    return price, tuple([carrier_of[code % sources] for code in sorted(offers.values())])
+
+
+def _route_rates(catalog: Catalog, account: Account, destination: str, at: datetime, carriers: bool) -> Result:
+    """`route` over `Rate` objects, in one pass over the matches: the reference."""
     tenant = account.tenant
     table = catalog.table(tenant)
     longest = table.longest(destination)
@@ -65,21 +162,19 @@ def route(
     offers: dict[str, tuple[Rate, int, Carrier]] = {}
     routing = carriers and not account.carrier_tags_override
     dated = False
-    # Eligibility (module docstring) checked inline: this loop runs for every rate of every matching prefix.
-    pricelists, allowed, known = account.pricelist_tags, account.carrier_tags, catalog.carriers
+    sources: dict[tuple[str, str | None], Carrier | None] = {}  # _eligible per (pricelist, carrier) met
     for specificity, rates in table.matches(destination):
         for rate in rates:
-            if pricelists and rate.pricelist_tag not in pricelists:
-                continue
-            if allowed and rate.carrier_tag not in allowed:
+            pair = (rate.pricelist_tag, rate.carrier_tag)
+            carrier = sources.get(pair, _UNSEEN)
+            if carrier is _UNSEEN:
+                carrier = sources[pair] = _eligible(catalog, account, *pair)
+            if carrier is None:
                 continue
             if rate.datetime_start is not None or rate.datetime_end is not None:
                 dated = True
                 if not rate.effective_at(at):
                     continue
-            carrier = known.get((tenant, rate.carrier_tag))
-            if carrier is None or not carrier.active:
-                continue
             if price is None:
                 price = rate
                 if not routing:
@@ -89,7 +184,7 @@ def route(
         if price is not None and not routing:
             break
     if not carriers:
-        result: tuple[Rate | None, tuple[Carrier, ...]] = (price, ())
+        result: Result = (price, ())
     elif account.carrier_tags_override:
         result = (price, tuple(_forced(catalog, account)))
     else:
@@ -99,9 +194,7 @@ def route(
             item[0].rate * (scale // item[0].increment), item[0].connect_fee, -item[1], item[2].carrier_tag))
         result = (price, tuple(carrier for _, _, carrier in ordered))
     if key is not None and not dated:
-        if len(catalog.routes) >= _ROUTES_LIMIT:
-            catalog.routes.clear()
-        catalog.routes[key] = result
+        _remember(catalog, key, result)
     return result
 
 

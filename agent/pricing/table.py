@@ -15,10 +15,13 @@ empty group there removes it. The lookups (`longest`, `matches`) are the same fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from .destination import number_of, prefix_key, scheme_length
 from .rate import Rate
+
+if TYPE_CHECKING:
+    from .deck import Deck
 
 Group = tuple[Rate, ...]
 
@@ -33,6 +36,10 @@ class Layer(Protocol):
 
     def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
         """(key, rates) of every raw key the raw destination starts with, longest first."""
+
+    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
+        """The deck whose columns alone hold every match of `number`, and the number keys it matches,
+        shortest first; None when other rates match or the deck has dates."""
 
 
 def key_of(prefix: str) -> tuple[bool, str]:
@@ -58,6 +65,9 @@ class Lookups:
             return None
         found = self.number_matches(number_of(destination))
         return found[0] if found else None
+
+    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
+        return None
 
     def matches(self: Layer, destination: str) -> Iterator[tuple[int, Group]]:
         """(specificity, rates) of every matching prefix, most specific first, each group best rate first."""
@@ -179,6 +189,11 @@ class Layered(Lookups):
 
     def number_matches(self, number: str) -> list[tuple[str, Group]]:
         return _overlaid(self.base.number_matches(number), self.upper.number_matches(number))
+
+    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
+        if self.upper.number_lengths and self.upper.number_matches(number):
+            return None  # a changed key (or a removed one) among the matches
+        return self.base.deck_keys(number)
 
     def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
         return _overlaid(self.base.raw_matches(raw), self.upper.raw_matches(raw))

@@ -38,7 +38,10 @@ _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenan
 
 
 async def database_folder(connection: asyncpg.Connection, root: str | os.PathLike) -> Path:
-    return Path(root) / str(await connection.fetchval("SELECT id FROM catalog_identity"))
+    """Where this host keeps the decks of this database in this agent's deck format: decks of another format
+    (another agent version on the host) are neither read nor removed here, and missing ones are built."""
+    identity = await connection.fetchval("SELECT id FROM catalog_identity")
+    return Path(root) / str(identity) / f"format-{deck.FORMAT}"
 
 
 def tenant_folder(folder: Path, tenant: str) -> Path:

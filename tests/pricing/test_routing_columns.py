@@ -1,0 +1,197 @@
+"""Routing over a deck's columns (routing._route_columns) equals the reference over `Rate` objects
+(routing._route_rates on an in-memory table of the same rates), for decks alone and with changes laid over
+them, on random catalogs, accounts, destinations and times."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.pricing import deck, routing
+from agent.pricing.account import Account
+from agent.pricing.carrier import Carrier
+from agent.pricing.catalog import Catalog
+from agent.pricing.destination import number_of
+from agent.pricing.rate import Rate
+from agent.pricing.table import Layered, RateTable, key_of
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+CARRIERS = ["c1", "c2", "c3", "c4"]
+KNOWN = CARRIERS[:3]  # c4 has rates but no carrier record
+DIGITS = ["", "3", "39", "390", "3904", "39040", "4", "44", "1"]
+SPELLINGS = ["{}", "+{}", "{}-", "tel:+{}"]  # number prefixes, some written around their key
+
+rates = st.builds(
+    lambda spelling, digits, pricelist, carrier, fee, price, increment, free, text: Rate(
+        "t", pricelist, carrier, spelling.format(digits), fee, price, increment, free, text),
+    st.sampled_from(SPELLINGS), st.sampled_from(DIGITS), st.sampled_from(["p1", "p2", "p3"]),
+    st.sampled_from([*CARRIERS, None]), st.integers(0, 2), st.integers(0, 6), st.sampled_from([0, 1, 2, 6, 60]),
+    st.integers(0, 1), st.sampled_from([None, "Italy"]))
+rate_lists = st.lists(rates, max_size=25, unique_by=lambda r: (r.pricelist_tag, r.carrier_tag, r.prefix))
+accounts = st.builds(
+    lambda pricelists, allowed, override: Account("t", "a", pricelist_tags=pricelists, carrier_tags=allowed,
+                                                  carrier_tags_override=override),
+    st.sampled_from([(), ("p1",), ("p3", "p2"), ("nope",)]), st.sampled_from([(), ("c1", "c3"), ("c2",), ("c4",)]),
+    st.sampled_from([(), (), ("c2", "c9", "c1")]))
+inactive = st.sets(st.sampled_from(KNOWN), max_size=2)
+destinations = st.builds(lambda spelling, digits: spelling.format(digits),
+                         st.sampled_from(["{}", "+{}", "sip:{}@example.com:5060", "tel:+{}"]),
+                         st.sampled_from(["39040123", "3904", "390", "3", "44123", "4", "1", "5", "0", "",
+                                          "3-904"]))
+
+
+def carriers_of(off: set[str]) -> list[Carrier]:
+    return [Carrier("t", tag, f"h-{tag}", 5060, "UDP", tag not in off) for tag in KNOWN]
+
+
+def mapped(tmp_path_factory, items: list[Rate]) -> deck.Deck:
+    folder = tmp_path_factory.mktemp("deck") / "1"
+    deck.build(folder, "t", items, 1)
+    return deck.Deck(folder)
+
+
+def effective(items: list[Rate], changes: dict[tuple[bool, str], tuple[Rate, ...]]) -> list[Rate]:
+    """The rates a layer of `changes` over a deck of `items` shows."""
+    kept = [r for r in items if key_of(r.prefix) not in changes]
+    return kept + [r for group in changes.values() for r in group]
+
+
+def both(catalog: Catalog, reference: Catalog, account: Account, destination: str, at: datetime) -> None:
+    """route on `catalog` (over a deck) equals the reference on `reference`, with and without carriers; and
+    the columns, when they decide, equal the rates."""
+    assert not reference.table("t").deck_keys("39")  # the reference routes over Rate objects
+    for carriers in (True, False):
+        expected = routing.route(reference, account, destination, at, carriers)
+        assert routing.route(catalog, account, destination, at, carriers) == expected
+        assert routing.route(catalog, account, destination, at, carriers) == expected  # remembered
+        table = catalog.table("t")
+        walk = None if table.has_raw or not destination else table.deck_keys(number_of(destination))
+        if walk is not None and walk[1]:
+            assert routing._route_columns(catalog, account, walk[0], walk[1], carriers) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=rate_lists, account=accounts, off=inactive, probes=st.lists(destinations, min_size=1, max_size=5))
+def test_routing_over_a_decks_columns_equals_routing_over_its_rates(tmp_path_factory, items, account, off, probes):
+    carriers = carriers_of(off)
+    base = mapped(tmp_path_factory, items)
+    catalog = Catalog.of([account], carriers)
+    catalog = Catalog(catalog.accounts, catalog.carriers, {"t": RateTable().freeze().over(base, {})})
+    reference = Catalog.of([account], carriers, items)
+    assert not base.dated and base.deck_keys("39") is not None
+    for destination in probes:
+        both(catalog, reference, account, destination, NOW)
+
+
+changed_keys = st.dictionaries(
+    st.sampled_from(DIGITS[1:]),
+    st.lists(st.builds(lambda pricelist, carrier, price: Rate("t", pricelist, carrier, "", 0, price),
+                       st.sampled_from(["p1", "p2"]), st.sampled_from(CARRIERS), st.integers(0, 6)),
+             max_size=3, unique_by=lambda r: (r.pricelist_tag, r.carrier_tag)),
+    max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=rate_lists, changed=changed_keys, account=accounts, off=inactive,
+       probes=st.lists(destinations, min_size=1, max_size=5))
+def test_routing_over_changes_laid_over_a_deck_equals_routing_over_the_rates_they_show(
+        tmp_path_factory, items, changed, account, off, probes):
+    changes = {(False, key): tuple(sorted((Rate(r.tenant, r.pricelist_tag, r.carrier_tag, key, r.connect_fee, r.rate)
+                                           for r in group), key=Rate.order_key))
+               for key, group in changed.items()}  # an empty group removes the key
+    carriers = carriers_of(off)
+    table = RateTable().freeze().over(mapped(tmp_path_factory, items), changes)
+    assert isinstance(table, Layered)
+    catalog = Catalog(Catalog.of([account], carriers).accounts, Catalog.of([], carriers).carriers, {"t": table})
+    reference = Catalog.of([account], carriers, effective(items, changes))
+    for destination in probes:
+        both(catalog, reference, account, destination, NOW)
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=rate_lists, dated=st.lists(st.tuples(st.integers(0, 24), st.sampled_from([None, -2, 0, 3]),
+                                                  st.sampled_from([None, -1, 0, 2])), min_size=1, max_size=6),
+       account=accounts, off=inactive, probes=st.lists(destinations, min_size=1, max_size=4),
+       moments=st.lists(st.integers(-3, 3), min_size=1, max_size=3))
+def test_a_deck_with_dates_or_uri_prefixes_routes_as_its_rates(tmp_path_factory, items, dated, account, off, probes,
+                                                                moments):
+    """Such decks route over `Rate` objects (their columns are not read): the same results."""
+    items = list(items)
+    for index, start, end in dated:
+        if index < len(items):
+            r = items[index]
+            items[index] = Rate(r.tenant, r.pricelist_tag, r.carrier_tag, r.prefix, r.connect_fee, r.rate,
+                                r.rate_increment, r.interval_start, r.description,
+                                None if start is None else NOW + timedelta(hours=start),
+                                None if end is None else NOW + timedelta(hours=end))
+    items.append(Rate("t", "p1", "c1", "sip:3904@", rate=1))
+    carriers = carriers_of(off)
+    catalog = Catalog(Catalog.of([account], carriers).accounts, Catalog.of([], carriers).carriers,
+                      {"t": RateTable().freeze().over(mapped(tmp_path_factory, items), {})})
+    reference = Catalog.of([account], carriers, items)
+    for destination in probes:
+        for hours in moments:
+            at = NOW + timedelta(hours=hours, microseconds=hours % 2)
+            for carriers_wanted in (True, False):
+                assert routing.route(catalog, account, destination, at, carriers_wanted) == \
+                    routing.route(reference, account, destination, at, carriers_wanted)
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=rate_lists)
+def test_each_chain_holds_the_first_rate_of_each_source_along_its_keys_prefixes(tmp_path_factory, items):
+    mapped_deck = mapped(tmp_path_factory, items)
+    table = RateTable.build(items)
+    sources = len(mapped_deck.sources)
+    for key in table.numbers:
+        expected, seen = [], set()
+        for _, group in table.number_matches(key):
+            for rate in group:
+                source = mapped_deck.sources.index((rate.pricelist_tag, rate.carrier_tag))
+                if source not in seen:
+                    seen.add(source)
+                    expected.append(source)
+        slot = mapped_deck.slot(key)
+        codes = mapped_deck.chain[mapped_deck.chain_offsets[slot]:mapped_deck.chain_offsets[slot + 1]].tolist()
+        assert [code % sources for code in codes] == expected
+
+
+def test_offer_codes_beyond_32_bits_are_stored_as_64_bit_integers(tmp_path_factory, monkeypatch):
+    offer_codes = deck.offer_codes
+    # Shifted by a multiple of the source count: the same order and the same sources.
+    monkeypatch.setattr(deck, "offer_codes", lambda columns, ranks: offer_codes(columns, ranks) +
+                        len(columns.sources) * 2**33)
+    items = [Rate("t", "p", "c1", "39", rate=2), Rate("t", "p", "c2", "3904", rate=1), Rate("t", "p", "c3", "3", rate=1)]
+    wide = mapped(tmp_path_factory, items)
+    assert wide.chain.format == "Q"
+    account = Account("t", "a")
+    carriers = carriers_of(set())
+    catalog = Catalog({}, Catalog.of([], carriers).carriers, {"t": wide})
+    reference = Catalog.of([account], carriers, items)
+    both(catalog, reference, account, "390401", NOW)
+    assert [c.carrier_tag for c in routing.route(catalog, account, "390401", NOW)[1]] == ["c2", "c3", "c1"]
+
+
+def test_a_rate_made_from_the_columns_is_a_plain_frozen_rate(tmp_path_factory):
+    import dataclasses
+
+    import pytest
+
+    items = [Rate("t", "p", "c1", "+39", 1, 2, 60, 1, "Italy")]
+    found = mapped(tmp_path_factory, items).group(False, "39")
+    assert found == tuple(items) and type(found[0]) is Rate and hash(found[0]) == hash(items[0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found[0].rate = 0  # type: ignore[misc]
+
+
+def test_a_carrier_is_offered_at_its_first_eligible_rate_along_the_chain_whatever_its_pricelist(tmp_path_factory):
+    items = [Rate("t", "p1", "c1", "3904", rate=5), Rate("t", "p2", "c1", "3", rate=1), Rate("t", "p1", "c2", "39", rate=3),
+             Rate("t", "p2", "c3", "390", rate=4), Rate("t", "p1", "c3", "390", rate=9)]
+    carriers = carriers_of(set())
+    for account, expected in ((Account("t", "a"), ["c2", "c3", "c1"]), (Account("t", "a", pricelist_tags=("p2",)),
+                                                                       ["c1", "c3"])):
+        catalog = Catalog({}, Catalog.of([], carriers).carriers, {"t": mapped(tmp_path_factory, items)})
+        assert [c.carrier_tag for c in routing.route(catalog, account, "3904011", NOW)[1]] == expected
+        both(catalog, Catalog.of([account], carriers, items), account, "3904011", NOW)
