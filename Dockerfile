@@ -2,6 +2,15 @@
 # RATING_DATABASE_URL at them. The container listens on all its addresses, so the agent requires
 # RATING_MANAGEMENT_TOKEN (the management API's bearer token) and RATING_AGENT_NETWORKS (Kamailio's
 # addresses) or RATING_AGENT_TOKEN (a bearer token Kamailio sends) for the /v1 endpoints.
+# The GraphQL explorer's assets: the npm packages pinned in its package-lock.json, bundled by esbuild
+# (devstack/install.sh does the same outside a container). Only the bundle reaches the image.
+FROM node:20-slim AS explorer
+WORKDIR /explorer
+COPY agent/graphql/explorer/package.json agent/graphql/explorer/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY agent/graphql/explorer/src ./src
+RUN npm run build
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -10,6 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY agent ./agent
+COPY --from=explorer /explorer/static ./agent/graphql/explorer/static
 COPY cache ./cache
 COPY devstack ./devstack
 RUN pip install --no-cache-dir . \

@@ -1,4 +1,5 @@
-"""The agent port's way to the management process: `/graphql` and `/management/*` are passed through,
+"""The agent port's way to the management process: `/graphql` (and the explorer's assets under
+`/graphql/explorer/`) and `/management/*` are passed through,
 streamed both ways, to the manager (agent/serve.py) over a Unix socket.
 
 So a worker that answers Kamailio never parses a CSV deck, validates a GraphQL document or lists
@@ -63,5 +64,5 @@ def setup(app: web.Application, socket_path: str) -> None:
             yield
 
     app.cleanup_ctx.append(session)
-    for path in ("/graphql", "/management/{tail:.*}"):
+    for path in ("/graphql", "/graphql/explorer/{name}", "/management/{tail:.*}"):  # explorer: its assets
         app.router.add_route("*", path, forward)
