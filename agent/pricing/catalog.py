@@ -7,7 +7,9 @@ consistent catalog, old or new, never a mix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
+
+from immutables import Map as Records  # persistent: a changed copy shares the unchanged entries
 
 from .account import Account
 from .carrier import Carrier
@@ -19,8 +21,8 @@ EMPTY_TABLE = RateTable().freeze()
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    accounts: dict[tuple[str, str], Account] = field(default_factory=dict)
-    carriers: dict[tuple[str, str], Carrier] = field(default_factory=dict)
+    accounts: Mapping[tuple[str, str], Account] = field(default_factory=Records)
+    carriers: Mapping[tuple[str, str], Carrier] = field(default_factory=Records)
     tables: dict[str, RateTable] = field(default_factory=dict)
     version: int = 0
     # Routing results of this snapshot by (routing profile, longest matching prefix): see routing.route.
@@ -35,8 +37,8 @@ class Catalog:
         for rate in rates:
             tables.setdefault(rate.tenant, RateTable()).add(rate)
         return cls(
-            accounts={(a.tenant, a.account_tag): a for a in accounts},
-            carriers={(c.tenant, c.carrier_tag): c for c in carriers},
+            accounts=Records({(a.tenant, a.account_tag): a for a in accounts}),
+            carriers=Records({(c.tenant, c.carrier_tag): c for c in carriers}),
             tables={tenant: table.freeze() for tenant, table in tables.items()},
             version=version,
         )

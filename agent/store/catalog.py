@@ -17,7 +17,7 @@ import asyncpg
 
 from ..pricing.account import Account, AccountType
 from ..pricing.carrier import Carrier
-from ..pricing.catalog import Catalog
+from ..pricing.catalog import Catalog, Records
 from ..pricing.deck import Deck
 from ..pricing.rate import Rate
 from ..pricing.table import Layer, Layered, RateTable, key_of
@@ -107,10 +107,10 @@ async def load_catalog(pool: asyncpg.Pool, root: str | os.PathLike) -> Catalog:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             version = await changes.last_seq(connection)
             folder = await decks.database_folder(connection, root)
-            accounts = {(r["tenant"], r["account_tag"]): account_from_row(r)
-                        for r in await connection.fetch("SELECT * FROM accounts")}
-            carriers = {(r["tenant"], r["carrier_tag"]): carrier_from_row(r)
-                        for r in await connection.fetch("SELECT * FROM carriers")}
+            accounts = Records({(r["tenant"], r["account_tag"]): account_from_row(r)
+                                for r in await connection.fetch("SELECT * FROM accounts")})
+            carriers = Records({(r["tenant"], r["carrier_tag"]): carrier_from_row(r)
+                                for r in await connection.fetch("SELECT * FROM carriers")})
             active = await decks.activations(connection)
             tenants = set(active) | {r["tenant"] for r in await connection.fetch(
                 "SELECT DISTINCT tenant FROM catalog_changes WHERE kind = 'rate'")}
@@ -118,17 +118,19 @@ async def load_catalog(pool: asyncpg.Pool, root: str | os.PathLike) -> Catalog:
     return Catalog(accounts, carriers, tables, version)
 
 
-async def _reread(connection, records: dict, keys: dict, table: str, tag: str, from_row) -> dict:
-    """A copy of `records` with the (tenant, tag) `keys` as stored now (absent ones removed)."""
-    records = dict(records)
-    for key in keys:
-        records.pop(key, None)
+async def _reread(connection, records: Records, keys: dict, table: str, tag: str, from_row) -> Records:
+    """`records` with the (tenant, tag) `keys` as stored now (absent ones removed): a new map sharing all
+    but the changed entries with the old one, so an edit costs the same with a thousand accounts or a million."""
     tenants, tags = zip(*keys)
-    for row in await connection.fetch(
-            f"SELECT * FROM {table} WHERE (tenant, {tag}) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            list(tenants), list(tags)):
-        records[(row["tenant"], row[tag])] = from_row(row)
-    return records
+    rows = await connection.fetch(
+        f"SELECT * FROM {table} WHERE (tenant, {tag}) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        list(tenants), list(tags))
+    with (records if isinstance(records, Records) else Records(records)).mutate() as changed:
+        for key in keys:
+            changed.pop(key, None)
+        for row in rows:
+            changed[(row["tenant"], row[tag])] = from_row(row)
+        return changed.finish()
 
 
 async def apply_changes(connection: asyncpg.Connection, catalog: Catalog, rows: list[Change],
