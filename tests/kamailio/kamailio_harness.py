@@ -3,6 +3,11 @@
 Everything listens on 127.0.0.1, on ports picked free at run time, with its files in a folder of the
 caller's choosing. Kamailio runs in the foreground (-DD -E) from a copy of kamailio/kamailio.cfg and
 rating.cfg plus a generated kamailio-local.cfg.
+
+Callers authenticate as Kamailio's configuration demands (route[CALLER_AUTH]): give a Kamailio `auth_db` (a
+database made by create_auth_database) for digest authentication (WITH_AUTH) and/or `ip_auth=True`
+(WITH_IPAUTH, trusted peers from the same database's address table); add_subscriber() and add_trusted_peer()
+fill it, run_callers(password=...) answers the 407 challenge.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ MODULES_DIR = Path(os.environ.get("KAMAILIO_MODULES_DIR", KAMAILIO_DIR / "build"
 # Kamailio's own PostgreSQL schema, shipped by kamailio-postgres-modules (the dialog tables need `version`)
 POSTGRES_SCHEMA_DIR = Path("/usr/share/kamailio/postgres")
 DIALOG_SCHEMA = ("standard-create.sql", "dialog-create.sql")
+# subscriber (auth_db) and address (permissions; also trusted, which the module expects to exist)
+AUTH_SCHEMA = ("standard-create.sql", "auth_db-create.sql", "permissions-create.sql")
+# the digest realm of every harness Kamailio (AUTH_REALM); subscribers' HA1 hashes are computed with it
+AUTH_REALM = "rating-test"
+# pike limit of harness Kamailios unless a test sets PIKE_DENSITY itself: every caller and carrier of the
+# tests is 127.0.0.1, one IP for pike
+HARNESS_PIKE_DENSITY = 100000
 
 
 class SetupError(RuntimeError):
@@ -78,6 +90,25 @@ def free_port(tcp: bool = True, udp: bool = True) -> int:
     raise RuntimeError("no free port found")
 
 
+def free_low_port() -> int:
+    """A port free on 127.0.0.1 (UDP and TCP) below 32768, outside Linux's ephemeral range: Kamailio's
+    PostgreSQL address table keeps the port in a SMALLINT."""
+    import random
+
+    for _ in range(500):
+        port = random.randint(20000, 32767)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port below 32768 found")
+
+
 def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
     if process is None or process.poll() is not None:
         return
@@ -118,7 +149,10 @@ class Kamailio:
     `defines` go into the generated kamailio-local.cfg: a value of None writes `#!define NAME`,
     a str is written as is (quote it yourself when the configuration wants a string).
     `rpc_port`: serve JSON-RPC over HTTP there (RPC_LISTEN), see `rpc_url` and `rpc()`.
-    `dialog_db`: a PostgreSQL URL (postgres://...) holding Kamailio's dialog tables (WITH_DIALOG_DB)."""
+    `dialog_db`: a PostgreSQL URL (postgres://...) holding Kamailio's dialog tables (WITH_DIALOG_DB).
+    `auth_db`: a PostgreSQL URL holding the subscriber and address tables (create_auth_database): digest
+    authentication of callers (WITH_AUTH; `defines={"WITH_AUTH": False}` leaves it off) and, with `ip_auth`,
+    trusted peers (WITH_IPAUTH). Without either, the configuration refuses every call."""
 
     workdir: Path
     defines: dict[str, str | int | None] = field(default_factory=dict)
@@ -127,6 +161,8 @@ class Kamailio:
     process: subprocess.Popen | None = None
     rpc_port: int | None = None
     dialog_db: str | None = None
+    auth_db: str | None = None
+    ip_auth: bool = False
 
     @property
     def rpc_url(self) -> str:
@@ -156,7 +192,14 @@ class Kamailio:
             "MODULES_PATH": f'"{MODULES_DIR}:{system_modules_dir()}"',
             "SIP_CHILDREN": 4,
             "DEBUG_LEVEL": 2,
+            "AUTH_REALM": f'"{AUTH_REALM}"',
+            "PIKE_DENSITY": HARNESS_PIKE_DENSITY,
         }
+        if self.auth_db:
+            values["AUTH_DB_URL"] = f'"{self.auth_db}"'
+            values["WITH_AUTH"] = None
+            if self.ip_auth:
+                values["WITH_IPAUTH"] = None
         if self.rpc_port:
             values["RPC_LISTEN"] = f"tcp:127.0.0.1:{self.rpc_port}"
         if self.dialog_db:
@@ -244,9 +287,19 @@ def _port_busy(port: int) -> bool:
 async def create_dialog_database(server_url: str, name: str) -> str:
     """Creates database `name` on the PostgreSQL server of `server_url` (an asyncpg URL) with Kamailio's
     dialog tables, from the SQL that Debian's kamailio-postgres-modules ships; its URL for db_postgres."""
+    return await create_kamailio_database(server_url, name, DIALOG_SCHEMA)
+
+
+async def create_auth_database(server_url: str, name: str) -> str:
+    """Like create_dialog_database, with the subscriber table (auth_db) and the address and trusted tables
+    (permissions) instead: the `auth_db` of a Kamailio."""
+    return await create_kamailio_database(server_url, name, AUTH_SCHEMA)
+
+
+async def create_kamailio_database(server_url: str, name: str, schemas: tuple[str, ...]) -> str:
     import asyncpg
 
-    missing = [f for f in DIALOG_SCHEMA if not (POSTGRES_SCHEMA_DIR / f).exists()]
+    missing = [f for f in schemas if not (POSTGRES_SCHEMA_DIR / f).exists()]
     if missing:
         raise SetupError(f"{missing} not in {POSTGRES_SCHEMA_DIR}: is kamailio-postgres-modules installed?")
     connection = await asyncpg.connect(server_url)
@@ -257,11 +310,51 @@ async def create_dialog_database(server_url: str, name: str) -> str:
     url = server_url.rsplit("/", 1)[0] + "/" + name
     connection = await asyncpg.connect(url)
     try:
-        for schema in DIALOG_SCHEMA:
+        for schema in schemas:
             await connection.execute((POSTGRES_SCHEMA_DIR / schema).read_text())
     finally:
         await connection.close()
     return url.replace("postgresql://", "postgres://", 1)
+
+
+def _execute(database_url: str, statement: str, *args) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(database_url.replace("postgres://", "postgresql://", 1))
+        try:
+            await connection.execute(statement, *args)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def subscriber_password(account: str) -> str:
+    """The password the tests give the subscriber of `account`."""
+    return f"{account}-secret"
+
+
+def add_subscriber(database_url: str, username: str, password: str | None = None,
+                   realm: str = AUTH_REALM) -> None:
+    """A subscriber (digest user) in the auth database; the table keeps only its HA1 hash."""
+    import hashlib
+
+    password = subscriber_password(username) if password is None else password
+    ha1 = hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()
+    _execute(database_url, "INSERT INTO subscriber (username, domain, ha1) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (username, domain) DO UPDATE SET ha1 = EXCLUDED.ha1",
+             username, realm, ha1)
+
+
+def add_trusted_peer(database_url: str, account: str | None, port: int = 0, ip: str = "127.0.0.1",
+                     group: int = 1) -> None:
+    """A trusted peer (address table row, port 0 = any, at most 32767: see free_low_port) billed to `account`
+    (its tag). Kamailio loads the table when it starts."""
+    _execute(database_url, "INSERT INTO address (grp, ip_addr, mask, port, tag) VALUES ($1, $2, 32, $3, $4)",
+             group, ip, port, account)
 
 
 @dataclass
@@ -272,9 +365,10 @@ class CallResult:
     bye: int | None = None  # status of the caller's BYE
     cut_off: bool = False  # the network sent the caller a BYE
     reinvited: bool = False  # a re-INVITE of the caller got its 200
+    challenged: int = 0  # digest challenges (407) the caller got for its INVITE
 
 
-RESULT_LINE = re.compile(r"^(RESULT|BYE|CUTOFF|NOCUTOFF|REINVITED) (\S+)(?: (\d+))?(?: (.*))?$")
+RESULT_LINE = re.compile(r"^(RESULT|BYE|CUTOFF|NOCUTOFF|REINVITED|CHALLENGED) (\S+)(?: (\d+))?(?: (.*))?$")
 
 
 def parse_results(log_text: str) -> dict[str, CallResult]:
@@ -294,6 +388,8 @@ def parse_results(log_text: str) -> dict[str, CallResult]:
             result.cut_off = True
         elif kind == "REINVITED":
             result.reinvited = True
+        elif kind == "CHALLENGED":
+            result.challenged += 1
     return results
 
 
@@ -361,11 +457,15 @@ class CallerRun:
 
 def run_callers(workdir: Path, proxy_port: int, number: str, account: str, calls: int = 1,
                 rate: float = 10.0, hold_ms: int = 1000, scenario: str = "uac.xml",
-                limit: int | None = None, timeout: float = 60.0, extra: list[str] | None = None) -> CallerRun:
-    """Runs a SIPp UAC making `calls` calls at `rate` calls/s to `number` from `account` and waits
-    for it to finish. Returns the outcome of every call, keyed by Call-ID."""
+                limit: int | None = None, timeout: float = 60.0, extra: list[str] | None = None,
+                password: str | None = None, auth_user: str | None = None,
+                local_port: int | None = None) -> CallerRun:
+    """Runs a SIPp UAC making `calls` calls at `rate` calls/s to `number` from `account` (the From user) and
+    waits for it to finish. Returns the outcome of every call, keyed by Call-ID.
+    `password`: answer a digest challenge as `auth_user` (default: `account`) with it; without, the caller
+    answers with credentials nobody has. `local_port`: the caller's port (e.g. that of a trusted peer)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = local_port or free_port()
     name = f"caller-{port}"
     log_file = workdir / f"{name}.log"
     stat_file = workdir / f"{name}.csv"
@@ -378,6 +478,8 @@ def run_callers(workdir: Path, proxy_port: int, number: str, account: str, calls
         "-trace_logs", "-log_file", str(log_file),
         "-trace_err", "-error_file", str(workdir / f"{name}.errors"),
         "-trace_stat", "-stf", str(stat_file), "-fd", "1",
+        # SIPp's defaults otherwise: the dialed number as user, "password"
+        "-au", auth_user or account, "-ap", password if password is not None else f"no-password-{uuid.uuid4().hex}",
         *(extra or []),
     ]
     started = time.monotonic()

@@ -29,7 +29,8 @@ import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
 from devstack import RedisServer, wait_for_port  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, SetupError, ensure_kamailio, free_port, run_callers,
+    Carrier, Kamailio, SetupError, add_subscriber, create_auth_database, ensure_kamailio, free_port, run_callers,
+    subscriber_password,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -127,8 +128,11 @@ class Rig:
     kamailio: Kamailio
     ports: dict[str, int]
     carriers: dict[str, Carrier]
+    auth_db: str
 
     def call(self, number: str, account: str, **options):
+        """A call from `account`, digest-authenticated as that account (every test account is a subscriber)."""
+        options.setdefault("password", subscriber_password(account))
         return run_callers(self.workdir / "callers", self.kamailio.port, number, account, **options)
 
     def to_uri(self, number: str) -> str:
@@ -163,6 +167,9 @@ def rig(tmp_path_factory, postgres_server):
     name = f"kamailio_e2e_{uuid.uuid4().hex[:8]}"
     asyncio.run(_create_database(postgres_server.url, name))
     database_url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    # callers authenticate by digest (WITH_AUTH): every account of the tests, and k-ghost (no rating
+    # account), is a subscriber
+    auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_e2e_auth_{name[-8:]}"))
 
     carriers = {
         "k-answer": Carrier(base / "carriers", "uas.xml", "UDP"),
@@ -181,8 +188,11 @@ def rig(tmp_path_factory, postgres_server):
     try:
         for c in carriers.values():
             started.append(c.start())
+        catalog = build_catalog(ports)
+        for account in {a["account_tag"] for a in catalog["accounts"]} | {r[0] for r in REFUSALS}:
+            add_subscriber(auth_db, account)
         catalog_file = base / "catalog.json"
-        catalog_file.write_text(json.dumps(build_catalog(ports)))
+        catalog_file.write_text(json.dumps(catalog))
         run_cli("import", "catalog", str(catalog_file), redis_url=redis.url, database_url=database_url)
         # a generous Redis timeout: the machine may be busy with other work while these tests run
         agent = AgentProcess(redis.url, database_url, base, authorization_ttl=60, call_grace=5,
@@ -191,6 +201,7 @@ def rig(tmp_path_factory, postgres_server):
         kamailio = Kamailio(
             base / "kamailio",
             port=sip_port,
+            auth_db=auth_db,
             defines={
                 "WITH_RATING": None,
                 "RATING_AGENT_URL": f'"{agent.url}"',
@@ -200,7 +211,7 @@ def rig(tmp_path_factory, postgres_server):
                 "TM_FR_INV_TIMER": 10000,
             },
         ).start()
-        yield Rig(base, redis.url, database_url, agent, kamailio, ports, carriers)
+        yield Rig(base, redis.url, database_url, agent, kamailio, ports, carriers, auth_db)
     finally:
         if kamailio:
             kamailio.stop()
@@ -326,7 +337,7 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
         agent = AgentProcess(redis.url, rig.database_url, rig.workdir, redis_timeout=0.3).start()
         agent_url = agent.url
     kamailio = Kamailio(
-        rig.workdir / f"kamailio-agent-{failure}",
+        rig.workdir / f"kamailio-agent-{failure}", auth_db=rig.auth_db,
         defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"{agent_url}"', "RATING_AGENT_TIMEOUT": 1000,
                  "TM_FR_TIMER": 1000},
     )
@@ -336,7 +347,8 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
             agent.signal_all(signal.SIGSTOP)
         elif failure == "error":
             redis.stop()
-        run = run_callers(rig.workdir / f"callers-agent-{failure}", kamailio.port, "39010000002", "k-ok")
+        run = run_callers(rig.workdir / f"callers-agent-{failure}", kamailio.port, "39010000002", "k-ok",
+                          password=subscriber_password("k-ok"))
     finally:
         kamailio.stop()
         if agent:
@@ -379,14 +391,15 @@ def test_an_answer_that_is_not_an_authorization_gives_480(rig):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", _GARBAGE_AGENT, str(port)])
     kamailio = Kamailio(
-        rig.workdir / "kamailio-agent-garbage",
+        rig.workdir / "kamailio-agent-garbage", auth_db=rig.auth_db,
         defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"http://127.0.0.1:{port}"', "RATING_AGENT_TIMEOUT": 1000,
                  "TM_FR_TIMER": 1000},
     )
     try:
         wait_for_port(port)
         kamailio.start()
-        run = run_callers(rig.workdir / "callers-agent-garbage", kamailio.port, "39010000002", "k-ok")
+        run = run_callers(rig.workdir / "callers-agent-garbage", kamailio.port, "39010000002", "k-ok",
+                          password=subscriber_password("k-ok"))
     finally:
         kamailio.stop()
         server.terminate()
