@@ -35,6 +35,7 @@ from kamailio_harness import (  # noqa: E402
 
 pytestmark = pytest.mark.kamailio
 
+AGENT_TOKEN = "k4m-t0ken"  # the rig's agent requires it (--agent-token); Kamailio sends it (RATING_AGENT_TOKEN)
 FR_TIMER_MS = 1000  # a silent carrier is abandoned after this, then the next one is tried
 MAIN_RATE = {"connect_fee": 7, "rate": 2, "rate_increment": 1, "interval_start": 0}
 CUTOFF_SECONDS = 3
@@ -196,7 +197,7 @@ def rig(tmp_path_factory, postgres_server):
         run_cli("import", "catalog", str(catalog_file), redis_url=redis.url, database_url=database_url)
         # a generous Redis timeout: the machine may be busy with other work while these tests run
         agent = AgentProcess(redis.url, database_url, base, authorization_ttl=60, call_grace=5,
-                             redis_timeout=2.0).start()
+                             redis_timeout=2.0, agent_token=AGENT_TOKEN).start()
         sip_port = free_port()
         kamailio = Kamailio(
             base / "kamailio",
@@ -206,6 +207,7 @@ def rig(tmp_path_factory, postgres_server):
                 "WITH_RATING": None,
                 "RATING_AGENT_URL": f'"{agent.url}"',
                 "RATING_AGENT_TIMEOUT": 1000,
+                "RATING_AGENT_TOKEN": f'"{AGENT_TOKEN}"',  # every request of these tests carries it
                 "SIP_LISTEN_TCP": f"tcp:127.0.0.1:{sip_port}",
                 "TM_FR_TIMER": FR_TIMER_MS,
                 "TM_FR_INV_TIMER": 10000,
@@ -321,13 +323,17 @@ def test_rejected_call_is_not_charged_and_releases_its_reservation(rig):
     assert record is None or not record.get("fee"), record
 
 
-@pytest.mark.parametrize("failure", ["refused", "hung", "error"])
+@pytest.mark.parametrize("failure", ["refused", "hung", "error", "wrong-token"])
 def test_agent_down_gives_500_rating_not_available(rig, failure):
     """refused: nothing listens at the agent URL; hung: the agent process is frozen (SIGSTOP), so
     the HTTP request times out (RATING_AGENT_TIMEOUT), which must not turn into tm's 408;
-    error: the agent's Redis is gone, so the agent answers an HTTP error (503)."""
+    error: the agent's Redis is gone, so the agent answers an HTTP error (503);
+    wrong-token: Kamailio sends a token the agent (--agent-token) does not accept (401)."""
     agent = redis = None
-    if failure == "refused":
+    defines = {}
+    if failure == "wrong-token":
+        agent_url, defines = rig.agent.url, {"RATING_AGENT_TOKEN": '"not-the-token"'}
+    elif failure == "refused":
         agent_url = f"http://127.0.0.1:{free_port()}"
     elif failure == "hung":
         agent = AgentProcess(rig.redis_url, rig.database_url, rig.workdir).start()
@@ -339,7 +345,7 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
     kamailio = Kamailio(
         rig.workdir / f"kamailio-agent-{failure}", auth_db=rig.auth_db,
         defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"{agent_url}"', "RATING_AGENT_TIMEOUT": 1000,
-                 "TM_FR_TIMER": 1000},
+                 "TM_FR_TIMER": 1000, **defines},
     )
     try:
         kamailio.start()
@@ -362,6 +368,8 @@ def test_agent_down_gives_500_rating_not_available(rig, failure):
     assert (result.code, result.phrase) == (500, "Rating is not available"), run.output
     if failure == "error":
         assert "agent answered HTTP 5" in kamailio.log(), "the agent did not answer an HTTP error"
+    if failure == "wrong-token":
+        assert "agent answered HTTP 401" in kamailio.log()
 
 
 _GARBAGE_AGENT = """
