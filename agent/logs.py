@@ -10,13 +10,14 @@ class Throttled:
     """One warning a second at most, with how many were folded into it: an outage logs a line a second,
     not a line per request."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, clock=time.monotonic) -> None:
         self.log = log
-        self.last = 0.0
+        self.clock = clock
+        self.last = -1.0
         self.folded = 0
 
     def warn(self, message: str, *args) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last < 1.0:
             self.folded += 1
             return

@@ -107,6 +107,7 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    options: tuple[str, ...] = ()  # more redis-server options, e.g. ("--key-load-delay", "100")
 
     @property
     def url(self) -> str:
@@ -136,6 +137,7 @@ class RedisServer:
                 "--save", "",
                 "--daemonize", "no",
                 "--logfile", str(self.directory / "redis.log"),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -236,10 +236,14 @@ async def test_postgresql_stopped_under_load_delays_records_and_loses_nothing(tm
     redis = cache.connect(server.url, 5.0)
     agent = _agent(server.url, database.url, tmp_path).start()
     during: list[int] = []
+    ready: list[tuple[int, bool]] = []
 
     async def fault(load):
         await asyncio.to_thread(database.stop, "fast")
         before = len(load.ended)
+        async with aiohttp.ClientSession() as session, session.get(agent.url + "/ready") as reply:
+            # degraded, not unready: a readiness probe must keep an agent that still rates in rotation
+            ready.append((reply.status, (await reply.json())["degraded"]))
         await asyncio.sleep(PG_OUTAGE)
         during.append(len(load.ended) - before)
         await asyncio.to_thread(database.start)
@@ -249,6 +253,7 @@ async def test_postgresql_stopped_under_load_delays_records_and_loses_nothing(tm
         # calls spread over the outage: most of them are rated while PostgreSQL is away
         load = await _run(agent.url, fault, spacing=PG_OUTAGE * 1.2 / CALLS)
         assert during[0] >= CALLS // 3
+        assert ready == [(200, True)]
         await _drained(redis)
         connection = await asyncpg.connect(database.url)
         await _check(redis, connection, load)
