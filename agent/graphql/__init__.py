@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from importlib.resources import files
 from typing import Any
 
@@ -221,6 +222,7 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
                 query_document=document,
                 context_value={"request": request},
                 logger=ERRORS_LOGGER,
+                middleware=[bounded_arguments],
             )
     except TimeoutError:
         return _failure(f"Query took longer than {settings.graphql_timeout:g} s and was stopped")
@@ -231,6 +233,33 @@ async def graphql_endpoint(request: web.Request) -> web.Response:
         payload["errors"] = result["errors"]
         return _envelope(payload, 400)
     return _envelope(payload, 200)
+
+
+_MAX_ARGUMENT = 4096  # characters of any string argument of a management field (call fields: MAX_TEXT)
+_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NUL and controls other than tab and line breaks
+
+
+def _check_argument(path: str, value: Any) -> None:
+    if isinstance(value, str):
+        if len(value) > _MAX_ARGUMENT:
+            raise GraphQLError(f"{path}: ensure this value has at most {_MAX_ARGUMENT} characters")
+        if _UNSTORABLE.search(value):
+            raise GraphQLError(f"{path}: control characters (NUL included) are not allowed")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_argument(f"{path}.{name}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_argument(f"{path}[{index}]", item)
+
+
+def bounded_arguments(resolve, parent, info, **arguments):
+    """Every string argument of a top-level field is bounded and storable (PostgreSQL refuses NUL), whatever
+    the field: refused with the argument's name before the resolver runs."""
+    if parent is None:
+        for name, value in arguments.items():
+            _check_argument(name, value)
+    return resolve(parent, info, **arguments)
 
 
 def setup(app: web.Application) -> None:

@@ -270,3 +270,15 @@ def test_fragment_cycles_duplicates_and_too_many_fragments_are_refused_by_the_pr
         f"fragment F{i} on Query {{ a{i}: __typename }}" for i in range(64))
     assert _refusal(many) == "Query is too large: 64 fragments make 2016 pairs to compare, at most 2000 allowed."
     check_limits(parse(many), **{**LIMITS, "max_fields": 2016})  # the same document under a higher limit
+
+
+async def test_management_arguments_that_postgresql_cannot_store_or_that_are_too_long_are_refused_by_name(gql):
+    api = await gql()
+    _, errors = await api.error('mutation { createCarrier(carrier_tag:"c\\u0000x", host:"h", port:5060) { id } }')
+    assert errors == ["carrier_tag: control characters (NUL included) are not allowed"]
+    long = "x" * 4097
+    _, errors = await api.error(f'mutation {{ createCarrier(carrier_tag:"{long}", host:"h", port:5060) {{ id }} }}')
+    assert errors == ["carrier_tag: ensure this value has at most 4096 characters"]
+    assert await api('{ allCarriers { id } }') == {"allCarriers": []}
+    created = await api('mutation { createCarrier(carrier_tag:"ok", host:"h\\tx", port:5060) { carrier_tag } }')
+    assert created == {"createCarrier": {"carrier_tag": "ok"}}
