@@ -511,3 +511,25 @@ def read_stats(path: Path) -> dict[str, int]:
             except ValueError:
                 pass
     return stats
+
+
+def wait_for(probe, timeout: float = 5.0, interval: float = 0.05):
+    """Polls `probe()` until it returns something truthy or `timeout` seconds pass; returns the last value."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = probe()
+    return value
+
+
+async def create_database(server_url: str, name: str) -> str:
+    """A new empty database `name` on the PostgreSQL server of `server_url`; its URL."""
+    import asyncpg
+
+    connection = await asyncpg.connect(server_url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name

@@ -37,7 +37,7 @@ import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
 from devstack import RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, SetupError, add_subscriber, add_trusted_peer, create_auth_database, ensure_kamailio,
+    Carrier, create_database, wait_for, Kamailio, SetupError, add_subscriber, add_trusted_peer, create_auth_database, ensure_kamailio,
     free_low_port, run_callers, subscriber_password,
 )
 
@@ -49,15 +49,6 @@ RATE = {"connect_fee": 3, "rate": 1, "rate_increment": 1, "interval_start": 0}
 ACCOUNTS = ("a-alice", "a-bob", "a-peer")
 SUBSCRIBERS = ("a-alice", "a-bob")
 
-
-def wait_for(probe, timeout: float, interval: float = 0.05):
-    """Polls `probe()` until it returns something truthy; returns the last value."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = probe()
-    return value
 
 
 def build_catalog(carrier_port: int) -> dict:
@@ -71,16 +62,6 @@ def build_catalog(carrier_port: int) -> dict:
                       "pricelist_tags": ["a-main"], "active": True} for tag in ACCOUNTS],
     }
 
-
-async def _create_database(server_url: str, name: str) -> str:
-    import asyncpg
-
-    connection = await asyncpg.connect(server_url)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 @dataclass
@@ -132,7 +113,7 @@ def rig(tmp_path_factory, postgres_server):
     base = tmp_path_factory.mktemp("kamailio-auth")
     redis_server = RedisServer(base / "redis").start()
     suffix = uuid.uuid4().hex[:8]
-    database_url = asyncio.run(_create_database(postgres_server.url, f"kamailio_auth_rating_{suffix}"))
+    database_url = asyncio.run(create_database(postgres_server.url, f"kamailio_auth_rating_{suffix}"))
     auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_auth_{suffix}"))
     for account in SUBSCRIBERS:
         add_subscriber(auth_db, account)

@@ -36,7 +36,7 @@ from cache import call_key, open_calls_key  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
 from devstack import RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, SetupError, add_subscriber, create_auth_database, create_dialog_database, ensure_kamailio,
+    Carrier, create_database, wait_for, Kamailio, SetupError, add_subscriber, create_auth_database, create_dialog_database, ensure_kamailio,
     free_port, run_callers, subscriber_password,
 )
 
@@ -46,15 +46,6 @@ RATE = {"connect_fee": 5, "rate": 1, "rate_increment": 1, "interval_start": 0}
 ACCOUNTS = ("f-retry", "f-restart", "f-reconcile")
 SEEN = "rating:kamailio:seen"
 
-
-def wait_for(probe, timeout: float, interval: float = 0.05):
-    """Polls `probe()` until it returns something truthy; returns the last value."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = probe()
-    return value
 
 
 def build_catalog(carrier_port: int) -> dict:
@@ -69,16 +60,6 @@ def build_catalog(carrier_port: int) -> dict:
                       "pricelist_tags": ["f-main"], "active": True} for tag in ACCOUNTS],
     }
 
-
-async def _create_database(server_url: str, name: str) -> str:
-    import asyncpg
-
-    connection = await asyncpg.connect(server_url)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
 async def _dialog_state(database_url: str, call_id: str) -> tuple[int | None, set[str]]:
@@ -171,7 +152,7 @@ def rig(tmp_path_factory, postgres_server):
     base = tmp_path_factory.mktemp("kamailio-faults")
     redis_server = RedisServer(base / "redis").start()
     suffix = uuid.uuid4().hex[:8]
-    database_url = asyncio.run(_create_database(postgres_server.url, f"kamailio_faults_{suffix}"))
+    database_url = asyncio.run(create_database(postgres_server.url, f"kamailio_faults_{suffix}"))
     dialog_db = asyncio.run(create_dialog_database(postgres_server.url, f"kamailio_dialogs_{suffix}"))
     auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_faults_auth_{suffix}"))
     for account in ACCOUNTS:

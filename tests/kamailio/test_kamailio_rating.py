@@ -29,7 +29,7 @@ import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
 from devstack import RedisServer, wait_for_port  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, SetupError, add_subscriber, create_auth_database, ensure_kamailio, free_port, run_callers,
+    Carrier, create_database, wait_for, Kamailio, SetupError, add_subscriber, create_auth_database, ensure_kamailio, free_port, run_callers,
     subscriber_password,
 )
 
@@ -49,15 +49,6 @@ REFUSALS = [
     ("k-broke", "39020000005", "BALANCE_INSUFFICIENT", "Forbidden -- insufficient balance"),
 ]
 
-
-def wait_for(probe, timeout: float = 5.0, interval: float = 0.1):
-    """Polls `probe()` until it returns something truthy; returns the last value."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = probe()
-    return value
 
 
 def _rate(pricelist: str, carrier: str, prefix: str, rate: int = 1, **extra) -> dict:
@@ -110,15 +101,6 @@ def build_catalog(ports: dict[str, int]) -> dict:
     }
 
 
-async def _create_database(server_url: str, name: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(server_url)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
 
 @dataclass
 class Rig:
@@ -166,7 +148,7 @@ def rig(tmp_path_factory, postgres_server):
     # Own Redis and own database: other test modules empty the shared ones between their tests.
     redis = RedisServer(base / "redis").start()
     name = f"kamailio_e2e_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_create_database(postgres_server.url, name))
+    asyncio.run(create_database(postgres_server.url, name))
     database_url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
     # callers authenticate by digest (WITH_AUTH): every account of the tests, and k-ghost (no rating
     # account), is a subscriber
