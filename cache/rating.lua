@@ -32,8 +32,12 @@ A call moves authorized -> begun -> ended, or ends as refused, rolledback, cance
 began), expired (never began) or recorded (a one-shot record). Repeating any step answers as the first
 time and changes nothing.
 
-Pricing repeats two formulas of agent/pricing/rate.py (fee, max_units); a test keeps them equal.
-A tariff is {connect_fee, rate, increment, free_increments}.
+Pricing walks the price schedule the agent sends with each party (agent/pricing/rate.py, Schedule):
+{connect_fee, block_s, block_price, increment_s, increment_price, minimum_s, cap (-1: none)}. The kernel
+makes it from the rate (billing scheme, free increments, minimum, cap); this library only walks it, and the
+tests drive these functions against the kernel's walks and decision (agent/pricing/decision.py). Every amount
+stays below 2**53 (exact in a double): rates are bounded at import for calls up to LONGEST_CALL seconds,
+and --max-units may not exceed it (settings_of).
 ]]
 
 local FINAL = {ended = true, refused = true, rolledback = true, cancelled = true, expired = true, recorded = true}
@@ -47,35 +51,61 @@ local function num(value)
   return tonumber(value) or 0
 end
 
+local LONGEST_CALL = 10000000  -- agent/pricing/rate.py LONGEST_CALL
+
+-- A tariff written by an agent before schedules ({connect_fee, rate, increment, free_increments}, still in
+-- the calls it left open) as the schedule the kernel makes of such a rate (Rate.schedule).
+local function schedule_of(tariff)
+  if #tariff ~= 4 then
+    return tariff
+  end
+  if tariff[4] > 0 then
+    return {tariff[1], math.min(tariff[4] * tariff[3], LONGEST_CALL), 0, tariff[3], tariff[2], 0, -1}
+  end
+  return {tariff[1], tariff[3], tariff[2], tariff[3], tariff[2], 0, -1}
+end
+
+-- agent/pricing/rate.py walk_fee
 local function fee(tariff, duration)
   if type(tariff) ~= 'table' then
     return 0
   end
-  if duration < 0 then
-    duration = 0
+  local s = schedule_of(tariff)
+  local billed = math.max(duration, s[6], 0)
+  local amount = s[1]
+  if billed > 0 then
+    amount = amount + s[3]
+    if billed > s[2] then
+      amount = amount + math.ceil((billed - s[2]) / s[4]) * s[5]
+    end
   end
-  local paid = math.ceil(duration / tariff[3]) - tariff[4]
-  if paid < 0 then
-    paid = 0
+  if s[7] >= 0 and amount > s[7] then
+    amount = s[7]
   end
-  return tariff[1] + paid * tariff[2]
+  return amount
 end
 
+-- agent/pricing/rate.py walk_units
 local function max_units(tariff, available, cap)
-  if tariff[1] == 0 and tariff[2] == 0 then
+  local s = schedule_of(tariff)
+  if s[7] == 0 or (s[1] == 0 and s[3] == 0 and s[5] == 0) then
     return cap
   end
-  if available <= 0 or available < tariff[1] then
+  if available <= 0 or available < fee(s, 0) then
     return 0
   end
-  if tariff[2] == 0 then
+  if fee(s, cap) <= available then
     return cap
   end
-  local units = (tariff[4] + math.floor((available - tariff[1]) / tariff[2])) * tariff[3]
-  if units > cap then
-    units = cap
+  local spare = available - s[1] - s[3]
+  if spare < 0 or s[5] == 0 then
+    return 0
   end
-  return units
+  local paid = math.floor(spare / s[5])
+  if paid * s[5] > spare then  -- a quotient rounded up to the next integer by the division of doubles
+    paid = paid - 1
+  end
+  return s[2] + paid * s[4]
 end
 
 -- floor(available * percent / 100) without leaving the exact range of doubles
@@ -284,6 +314,9 @@ local function settings_of(text)
   local ttl, share, cap, retention, grace = string.match(text, '^(%d+),(%d+),(%d+),(%d+),(%d+)$')
   if not grace then
     error('rating: settings must be five integers separated by commas, got ' .. text)
+  end
+  if tonumber(cap) > LONGEST_CALL then  -- amounts are bounded for calls up to that long only
+    error('rating: --max-units must be at most ' .. LONGEST_CALL .. ', got ' .. cap)
   end
   if settings_count >= 64 then
     settings_seen, settings_count = {}, 0
@@ -632,10 +665,17 @@ local function seed(keys, args)
   return tonumber(balance)
 end
 
--- The tariff formulas, exposed for the test that keeps them equal to the Python kernel.
+-- The walks alone, for the tests that hold them to the kernel's on many schedules quickly (the decisions
+-- themselves are tested through rating_authorize and rating_finish).
+-- ARGV the schedule's numbers (7, or a legacy tariff's 4), then duration, available, share_pct, cap
 local function price(keys, args)
-  local tariff = {tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), tonumber(args[4])}
-  return {fee(tariff, tonumber(args[5])), max_units(tariff, share_of(tonumber(args[6]), tonumber(args[7])), tonumber(args[8]))}
+  local tariff = {}
+  for index = 1, #args - 4 do
+    tariff[index] = tonumber(args[index])
+  end
+  local n = #args
+  return {fee(tariff, tonumber(args[n - 3])),
+          max_units(tariff, share_of(tonumber(args[n - 2]), tonumber(args[n - 1])), tonumber(args[n]))}
 end
 
 -- KEYS catalog; ARGV version: publishes a committed catalog change (never moves back)

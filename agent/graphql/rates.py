@@ -5,6 +5,7 @@ from __future__ import annotations
 from ariadne import ObjectType
 
 from ..store import management as repo
+from ..store.importer import check_scheme
 from ..store.management import RATES, ManagementError
 from .common import crud, reading
 
@@ -63,7 +64,17 @@ async def where(info, connection, filter: dict) -> repo.Where:
     return repo.base_filter(RATES, filter)
 
 
-crud(RATES, "PricelistRates", where=where, prepare=prepare)
+async def check(connection, values: dict, old: dict | None) -> None:
+    """The import's checks of the pricing columns, on the rate as it will be stored (a null clears a column
+    to its default)."""
+    merged = {**(old or {}), **values}
+    try:
+        check_scheme({name: value for name, value in merged.items() if value is not None})
+    except ValueError as exc:
+        raise ManagementError(f"{exc}!") from None
+
+
+crud(RATES, "PricelistRates", where=where, prepare=prepare, check=check)
 
 
 async def _id_of(info, table: str, column: str, rate: dict):

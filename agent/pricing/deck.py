@@ -8,7 +8,8 @@ maps the files: the operating system keeps one copy in its page cache however ma
 * `columns.bin`: column arrays. `offsets[slot]..offsets[slot+1]` are the slot's rates, best first (the
   kernel's `Rate.order_key`); per rate its source (pricelist and carrier), tariff, description and the
   form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff its
-  connect fee, rate, increment, free increments and effective dates; per number slot its chain
+  connect fee, rate, increment, free increments, effective dates and billing scheme (first increment,
+  minimum duration, maximum cost; -1 where a rate has none); per number slot its chain
   (`chain_offsets[slot]..chain_offsets[slot+1]` in `chain`, decks without dates only): the offer codes
   (`offer_codes`) of the first rate of each source along the key's prefixes, what routing reads.
 * `descriptions.marisa`: the distinct descriptions; `meta.json`: counts, section offsets, the sources and
@@ -47,17 +48,19 @@ from typing import Iterable
 import marisa_trie
 import numpy as np
 
-from .rate import Rate
+from .rate import MONEY_LIMIT, Rate
 from .table import Group, Lookups, key_of
 
-FORMAT = 2
+FORMAT = 3  # 3: the billing scheme columns
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
 # (name, array typecode): the column arrays in file order
 _RATE_COLUMNS = (("source", "I"), ("tariff", "I"), ("description", "I"), ("form", "H"))
 _TARIFF_COLUMNS = (("connect_fee", "q"), ("rate", "q"), ("rate_increment", "q"), ("interval_start", "q"),
-                   ("start", "q"), ("end", "q"))
+                   ("start", "q"), ("end", "q"), ("initial_increment", "q"), ("minimum_duration", "q"),
+                   ("maximum_cost", "q"))
+_NONE = -1  # initial_increment and maximum_cost not given
 
 
 def micros(moment: datetime | None) -> int:
@@ -96,7 +99,7 @@ class Columns:
     form: np.ndarray
     sources: list[tuple[str, str | None]]  # (pricelist_tag, carrier_tag)
     source: np.ndarray
-    tariffs: list[tuple[int, int, int, int, int, int]]  # as _TARIFF_COLUMNS, moments in µs (`micros`)
+    tariffs: list[tuple[int, ...]]  # as _TARIFF_COLUMNS, moments in µs (`micros`), _NONE for None
     tariff: np.ndarray
     descriptions: list[str | None]
     description: np.ndarray
@@ -124,8 +127,7 @@ def columns_of(rates: Iterable[Rate]) -> Columns:
         rows.append((keys.setdefault((is_raw, key), len(keys)),
                      forms.setdefault(form_of(rate.prefix, is_raw, key), len(forms)),
                      sources.setdefault((rate.pricelist_tag, rate.carrier_tag), len(sources)),
-                     tariffs.setdefault((rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start,
-                                         micros(rate.datetime_start), micros(rate.datetime_end)), len(tariffs)),
+                     tariffs.setdefault(tariff_of(rate), len(tariffs)),
                      texts.setdefault(rate.description, len(texts))))
     numbers = [key for is_raw, key in keys if not is_raw]
     raw = [key for is_raw, key in keys if is_raw]
@@ -136,6 +138,13 @@ def columns_of(rates: Iterable[Rate]) -> Columns:
     table = np.array(rows, dtype=np.int64).reshape(-1, 5)
     return Columns(numbers, raw, renumbered[table[:, 0]], list(forms), table[:, 1], list(sources), table[:, 2],
                    list(tariffs), table[:, 3], list(texts), table[:, 4])
+
+
+def tariff_of(rate: Rate) -> tuple[int, ...]:
+    """A rate's tariff as the deck stores it (_TARIFF_COLUMNS)."""
+    return (rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start, micros(rate.datetime_start),
+            micros(rate.datetime_end), _NONE if rate.initial_increment is None else rate.initial_increment,
+            rate.minimum_duration, _NONE if rate.maximum_cost is None else rate.maximum_cost)
 
 
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
@@ -184,7 +193,9 @@ class TextRows:
     """
 
     COLUMNS = ("prefix", "pricelist_tag", "carrier_tag", "connect_fee", "rate", "rate_increment", "interval_start",
-               "datetime_start", "datetime_end", "description")
+               "initial_increment", "minimum_duration", "maximum_cost", "datetime_start", "datetime_end",
+               "description")
+    _STRETCH_END = 11  # the source-and-tariff stretch: fields 1..11; the description is the last field
     BLOCK = 16 << 20  # bytes parsed at a time
 
     def __init__(self) -> None:
@@ -259,8 +270,11 @@ class TextRows:
         for row in np.flatnonzero(~plain).tolist():
             self._others.append((self._rows + row, data[start[row]:start[row] + length[row]]))
 
-        self._stretch_ids.append(self._number(self._stretches, data, padded, starts[:, 1], ends[:, 8] - starts[:, 1]))
-        self._text_ids.append(self._number(self._texts, data, padded, starts[:, 9], ends[:, 9] - starts[:, 9]))
+        last = self._STRETCH_END
+        self._stretch_ids.append(self._number(self._stretches, data, padded, starts[:, 1],
+                                              ends[:, last] - starts[:, 1]))
+        self._text_ids.append(self._number(self._texts, data, padded, starts[:, last + 1],
+                                           ends[:, last + 1] - starts[:, last + 1]))
         self._rows += count
 
     @staticmethod
@@ -298,7 +312,7 @@ class TextRows:
 
     def moments(self) -> list[str]:
         """The distinct dates of the rows, as COPY wrote them (for the caller to read as timestamps)."""
-        found = dict.fromkeys(moment for fields in self._split() for moment in fields[6:8])
+        found = dict.fromkeys(moment for fields in self._split() for moment in fields[9:11])
         found.pop(b"\\N", None)
         return [moment.decode() for moment in found]
 
@@ -348,10 +362,11 @@ class TextRows:
             written = tuple(tariff)
             found = tariff_ids.get(written)
             if found is None:
-                fee, rate, increment, free, start, end = written
+                fee, rate, increment, free, first, minimum, most, start, end = written
                 found = tariff_ids[written] = tariffs.setdefault(
                     (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
-                     micros_of[end.decode()]), len(tariffs))
+                     micros_of[end.decode()], _NONE if first == b"\\N" else int(first), int(minimum),
+                     _NONE if most == b"\\N" else int(most)), len(tariffs))
             tariff_of.append(found)
         stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
         texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
@@ -400,8 +415,8 @@ def _dense_ranks(keys: list) -> np.ndarray:
 
 
 def price_keys(tariffs: list[tuple]) -> list[tuple]:
-    """Per tariff (as _TARIFF_COLUMNS), a key that orders as (price per second, connect fee) of
-    `Rate.order_key`.
+    """Per tariff (as _TARIFF_COLUMNS), a key that orders as (price per second, connect fee, scheme) of
+    `Rate.order_key` (`Rate.scheme_key`; a tariff of six columns is one without a scheme).
 
     `Rate.price_per_second` is a Fraction; over a common multiple of the increments the same order is one
     of integers, far cheaper to compare for a million tariffs. A pathological common multiple keeps the
@@ -410,14 +425,22 @@ def price_keys(tariffs: list[tuple]) -> list[tuple]:
     increments = {n: Rate("", "", None, "", rate_increment=n).increment for n in {t[2] for t in tariffs}}
     scale = math.lcm(*increments.values()) if increments else 1
     if scale.bit_length() > 256:
-        return [(Fraction(t[1], increments[t[2]]), t[0]) for t in tariffs]
-    return [(t[1] * (scale // increments[t[2]]), t[0]) for t in tariffs]
+        return [(Fraction(t[1], increments[t[2]]), t[0], *_scheme(t, increments[t[2]])) for t in tariffs]
+    return [(t[1] * (scale // increments[t[2]]), t[0], *_scheme(t, increments[t[2]])) for t in tariffs]
+
+
+def _scheme(tariff: tuple, increment: int) -> tuple[int, int, int]:
+    """`Rate.scheme_key` of a tariff of the deck."""
+    if len(tariff) < 9:
+        return (0, 0, MONEY_LIMIT)
+    first = tariff[6] if tariff[6] > 0 else increment
+    return (max(tariff[7], 0), first - increment, MONEY_LIMIT if tariff[8] == _NONE else tariff[8])
 
 
 def order_ranks(columns: Columns) -> list[np.ndarray]:
     """Per rate, sort keys (most significant first) ordering the rates of one key as `Rate.order_key` does:
-    (price per second, connect fee), (pricelist, carrier or ""), the prefix as written, (free increments,
-    increment)."""
+    (price per second, connect fee, scheme), (pricelist, carrier or ""), the prefix as written, (free
+    increments, increment)."""
     head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff]
     source = _dense_ranks([(pricelist, carrier or "") for pricelist, carrier in columns.sources])[columns.source]
     tail = _dense_ranks([(t[3], t[2]) for t in columns.tariffs])[columns.tariff]
@@ -512,8 +535,8 @@ def _segments(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def offer_codes(columns: Columns, source_rank: np.ndarray) -> np.ndarray:
-    """Per rate, an integer ordering the carriers' offers as routing does: price per second, connect fee, the
-    longer key (a number key's length), then carrier tag (`source_rank`: the sources numbered in carrier tag
+    """Per rate, an integer ordering the carriers' offers as routing does: price per second, connect fee,
+    scheme, the longer key (a number key's length), then carrier tag (`source_rank`: the sources numbered in carrier tag
     order); `code % len(columns.sources)` is the rate's source in that numbering."""
     head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff].astype(np.int64)
     lengths = np.fromiter(map(len, columns.numbers), dtype=np.int64, count=len(columns.numbers))
@@ -592,7 +615,7 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     tariffs = np.array(columns.tariffs, dtype=np.int64).reshape(-1, len(_TARIFF_COLUMNS))
     used = np.zeros(len(columns.tariffs), dtype=bool)
     used[columns.tariff] = True
-    dated = bool(np.any(tariffs[used][:, 4:] != _NO_MOMENT))
+    dated = bool(np.any(tariffs[used][:, 4:6] != _NO_MOMENT))
     chain_offsets, chain = np.zeros(slots + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if not dated and len(columns.numbers):  # routing reads the chains of undated decks only
         offer = offer_codes(columns, source_rank)[order]
@@ -731,16 +754,18 @@ class Deck(Lookups):
         pricelist, carrier = self.sources[self.source[i]]
         head, key_follows = self._forms[self._form[i]]
         rate = _Draft(self.tenant, pricelist, carrier, head + key if key_follows else head, tariff[0], tariff[1],
-                      tariff[2], tariff[3], text, tariff[4], tariff[5])
+                      tariff[2], tariff[3], text, tariff[4], tariff[5], tariff[6], tariff[7], tariff[8])
         rate.__class__ = Rate
         return rate
 
     def _tariff_values(self, t: int) -> tuple:
         if len(self._tariff_memo) >= _MEMO_LIMIT:
             self._tariff_memo.clear()
-        connect_fee, rate, increment, free, start, end = self._tariffs
+        connect_fee, rate, increment, free, start, end, first, minimum, most = self._tariffs
         dates = (_moment(start[t]), _moment(end[t])) if self.dated else (None, None)
-        found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates)
+        found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates,
+                                        None if first[t] == _NONE else first[t], minimum[t],
+                                        None if most[t] == _NONE else most[t])
         return found
 
     def _text(self, d: int) -> str:

@@ -1,9 +1,31 @@
-"""A pricelist rate and the two formulas priced from it: the fee of a call and the units a balance buys.
+"""A pricelist rate, the price schedule it makes, and the two walks of that schedule: the fee of a call and
+the units a balance buys.
 
 Money is an integer amount without unit (cents, typically); durations and units are whole seconds.
-A rate charges `connect_fee` once per answered call plus `rate` for every started `rate_increment`
-seconds, the first `interval_start` increments being free. The same reading of `interval_start` (free
-increments) is used by both formulas, so the units granted never cost more than the balance they came from.
+
+A rate's billing scheme (`initial_increment`/`rate_increment`, written 60/60, 30/6, 1/1, 60/1) is Canyan's
+rate plus three optional fields; the fee of an answered call of `duration` seconds is, in this order:
+
+1. billed seconds: `max(duration, minimum_duration)` (minimum_duration default 0);
+2. the billed seconds are cut into increments: a first block of `initial_increment` seconds (default:
+   `rate_increment`), then increments of `rate_increment` seconds; every started increment counts;
+3. the first `interval_start` increments are free (the block is the first of them); a paid block costs
+   `rate × initial_increment / rate_increment` (initial_increment is a multiple of rate_increment, so this
+   is exact), every paid increment after it `rate`;
+4. `connect_fee` is added once;
+5. the total is capped at `maximum_cost` when the rate has one.
+
+A rate without the new fields gives exactly Canyan's fee, `connect_fee + max(0, ceil(d / rate_increment) −
+interval_start) × rate`.
+
+`Rate.schedule()` turns this into a `Schedule` of seven integers (free increments folded into the block),
+which is what crosses to Redis: cache/rating.lua walks the very same schedule (`fee`, `max_units`) and
+knows nothing of the rate's columns, so the formula lives here and only the walks exist twice (the tests
+drive the real Redis functions against `fee`, `max_units` and pricing/decision.py).
+
+Exactness in Redis: Lua numbers are doubles, exact below 2**53. Calls last at most LONGEST_CALL seconds
+(the Redis library refuses a --max-units above it), and a rate is refused at import unless every amount it
+can produce for such a call, and every price of its schedule, stays below MONEY_LIMIT (`limit_error`).
 """
 
 from __future__ import annotations
@@ -11,6 +33,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
+from typing import NamedTuple
+
+LONGEST_CALL = 10_000_000  # seconds (115 days): no duration priced anywhere is longer (--max-units at most)
+MONEY_LIMIT = 2**53  # every amount stays below: exact in a double (Redis' Lua)
+
+
+class Schedule(NamedTuple):
+    """A rate's prices as the walks read them (cache/rating.lua reads the same seven numbers, in order).
+
+    A call of s > 0 billed seconds costs connect_fee + block_price + ceil((s − block) / increment) ×
+    increment_price (the last term only when s > block), capped at `cap` (−1: no cap); 0 s costs the
+    connect fee alone. Billed seconds are max(duration, minimum).
+    """
+
+    connect_fee: int
+    block: int  # seconds of the first block, free increments included (at most LONGEST_CALL)
+    block_price: int
+    increment: int
+    increment_price: int
+    minimum: int  # seconds billed at least
+    cap: int  # the most a call costs, or -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +69,19 @@ class Rate:
     description: str | None = None
     datetime_start: datetime | None = None
     datetime_end: datetime | None = None
+    initial_increment: int | None = None  # seconds of the first block; None: rate_increment
+    minimum_duration: int = 0
+    maximum_cost: int | None = None
 
     @property
     def increment(self) -> int:
         """Seconds per charged increment; a missing or zero increment means per-second billing."""
         return self.rate_increment if self.rate_increment and self.rate_increment > 0 else 1
+
+    @property
+    def first_increment(self) -> int:
+        """Seconds of the first block; missing or zero: one increment."""
+        return self.initial_increment if self.initial_increment and self.initial_increment > 0 else self.increment
 
     def effective_at(self, moment: datetime) -> bool:
         """True when `moment` lies in [datetime_start, datetime_end)."""
@@ -42,21 +93,30 @@ class Rate:
 
     @property
     def is_free(self) -> bool:
-        return self.connect_fee == 0 and self.rate == 0
+        return self.connect_fee == 0 and self.rate == 0 or self.maximum_cost == 0
 
     def price_per_second(self) -> Fraction:
-        """What a second costs at this rate, the measure least-cost routing compares."""
+        """What a second of the increments costs, the measure least-cost routing compares first."""
         return Fraction(self.rate, self.increment)
 
+    def scheme_key(self) -> tuple:
+        """After (price per second, connect fee), what makes one scheme cheaper than another at that price:
+        a lower minimum duration, a shorter first block beyond one increment, a lower cap (none: highest).
+        All zero for a rate without the new fields, so such decks order as before."""
+        cap = self.maximum_cost if self.maximum_cost is not None else MONEY_LIMIT
+        return (max(self.minimum_duration, 0), self.first_increment - self.increment, cap)
+
     def order_key(self) -> tuple:
-        """Total order of rates competing for one prefix: cheapest per second, lower connect fee, then
-        pricelist and carrier tags, the prefix as written and the tariff, so no choice depends on load order."""
-        return (self.price_per_second(), self.connect_fee, self.pricelist_tag, self.carrier_tag or "",
-                self.prefix, self.interval_start, self.rate_increment)
+        """Total order of rates competing for one prefix: cheapest per second, lower connect fee, the scheme
+        (`scheme_key`), then pricelist and carrier tags, the prefix as written and the tariff, so no choice
+        depends on load order."""
+        return (self.price_per_second(), self.connect_fee, *self.scheme_key(), self.pricelist_tag,
+                self.carrier_tag or "", self.prefix, self.interval_start, self.rate_increment)
 
     def snapshot(self) -> dict:
-        """The rate as stored with a call (Canyan's `destination_rate`)."""
-        return {
+        """The rate as stored with a call (Canyan's `destination_rate`); the scheme fields only when set, so
+        the records of a deck without them read as before."""
+        found = {
             "pricelist_tag": self.pricelist_tag,
             "carrier_tag": self.carrier_tag,
             "prefix": self.prefix,
@@ -66,34 +126,88 @@ class Rate:
             "rate_increment": self.rate_increment,
             "interval_start": self.interval_start,
         }
+        if self.initial_increment is not None:
+            found["initial_increment"] = self.initial_increment
+        if self.minimum_duration:
+            found["minimum_duration"] = self.minimum_duration
+        if self.maximum_cost is not None:
+            found["maximum_cost"] = self.maximum_cost
+        return found
+
+    def schedule(self) -> Schedule:
+        """The rate as a price schedule: the free increments become a free first block."""
+        increment, first = self.increment, self.first_increment
+        free = max(self.interval_start, 0)
+        if free:
+            block, price = min(first + (free - 1) * increment, LONGEST_CALL), 0
+        else:
+            # exact when `first` is a multiple of `increment` (the import requires it); rounded up otherwise
+            block, price = min(first, LONGEST_CALL), -(-self.rate * first // increment)
+        cap = -1 if self.maximum_cost is None else max(self.maximum_cost, 0)
+        return Schedule(self.connect_fee, block, price, increment, self.rate,
+                        min(max(self.minimum_duration, 0), LONGEST_CALL), cap)
 
     def tariff(self) -> list[int]:
-        """[connect_fee, rate, increment, free increments]: what the Redis scripts price with."""
-        return [self.connect_fee, self.rate, self.increment, max(self.interval_start, 0)]
+        """The schedule as the Redis library reads it."""
+        return list(self.schedule())
+
+
+def walk_fee(schedule: Schedule, duration: int) -> int:
+    """The fee of an answered call of `duration` seconds on `schedule` (the connect fee even for 0 s)."""
+    connect_fee, block, block_price, increment, increment_price, minimum, cap = schedule
+    billed = max(duration, minimum, 0)
+    amount = connect_fee
+    if billed > 0:
+        amount += block_price
+        if billed > block:
+            amount += -(-(billed - block) // increment) * increment_price
+    if 0 <= cap < amount:
+        amount = cap
+    return amount
+
+
+def walk_units(schedule: Schedule, available: int, cap: int) -> int:
+    """The longest call, in seconds (at most `cap`), whose fee `available` pays; 0: refuse the call.
+
+    A call that can cost anything needs a positive available balance covering the least an answered call
+    costs (the connect fee, and the minimum duration's price). The answer is `cap` when the balance pays a
+    call of `cap` seconds, else the end of the last increment it pays (free increments included).
+    """
+    connect_fee, block, block_price, increment, increment_price, _, most = schedule
+    if most == 0 or connect_fee == 0 and block_price == 0 and increment_price == 0:
+        return cap
+    if available <= 0 or available < walk_fee(schedule, 0):
+        return 0
+    if walk_fee(schedule, cap) <= available:
+        return cap
+    # the balance does not pay `cap` seconds, so the cap of the schedule (if any) exceeds it: it plays no part
+    spare = available - connect_fee - block_price
+    if spare < 0 or increment_price == 0:
+        return 0
+    return block + spare // increment_price * increment
 
 
 def fee(rate: Rate, duration: int) -> int:
     """The charge for an answered call of `duration` seconds (the connect fee even for 0 s)."""
-    duration = max(duration, 0)
-    increments = -(-duration // rate.increment)
-    return rate.connect_fee + max(0, increments - max(rate.interval_start, 0)) * rate.rate
+    return walk_fee(rate.schedule(), duration)
 
 
 def max_units(rate: Rate, available: int, cap: int) -> int:
-    """The longest call, in seconds, whose fee `available` pays; 0 means the call must be refused.
+    """The longest call, in seconds, whose fee `available` pays, capped; 0 means the call must be refused."""
+    return walk_units(rate.schedule(), available, cap)
 
-    A call that costs anything needs a positive available balance that covers the connect fee. The
-    free increments come on top of the paid ones. The result is a whole number of increments, capped.
-    """
-    if rate.is_free:
-        return cap
-    if available <= 0 or available < rate.connect_fee:
-        return 0
-    if rate.rate == 0:
-        return cap
-    paid = (available - rate.connect_fee) // rate.rate
-    units = (max(rate.interval_start, 0) + paid) * rate.increment
-    return min(units, cap)
+
+def limit_error(rate: Rate) -> tuple[str, str] | None:
+    """(column, message) when an amount of `rate` could leave the exact range of the Redis library: a price
+    of its schedule, its cap, or the fee of a LONGEST_CALL-second call without the cap."""
+    schedule = rate.schedule()
+    for column, amount in (("connect_fee", schedule.connect_fee), ("rate", schedule.block_price),
+                           ("rate", schedule.increment_price), ("maximum_cost", schedule.cap)):
+        if amount >= MONEY_LIMIT:
+            return column, f"{column} must be below 2**53"
+    if walk_fee(schedule._replace(cap=-1), LONGEST_CALL) >= MONEY_LIMIT:
+        return "rate", f"the fee of a {LONGEST_CALL} s call must stay below 2**53"
+    return None
 
 
 def duration_seconds(begin_ms: int, end_ms: int) -> int:

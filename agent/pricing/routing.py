@@ -5,11 +5,13 @@ account's pricelists (any pricelist of the tenant when the account lists none), 
 is active and is allowed by the account's `carrier_tags` (none listed: all carriers allowed).
 
 * The call is priced at the eligible rate with the longest prefix; among equally long prefixes the
-  cheapest per second wins, then the lower connect fee, then pricelist and carrier tag, then the prefix
-  as written (`39` before `sip:39`), so the choice never depends on load order.
+  cheapest per second wins (the price of an increment over its seconds), then the lower connect fee, then
+  the billing scheme (lower minimum duration, shorter first block beyond one increment, lower maximum
+  cost, none last: `Rate.scheme_key`), then pricelist and carrier tag, then the prefix as written (`39`
+  before `sip:39`), so the choice never depends on load order.
 * Each carrier is offered at its own best eligible rate (same choice, per carrier); carriers are ordered
-  by that rate's price per second, its connect fee, the longer prefix, then carrier tag. Every carrier
-  appears at most once.
+  by that rate's price per second, its connect fee, its scheme, the longer prefix, then carrier tag. Every
+  carrier appears at most once.
 * `carrier_tags_override` replaces the routing: exactly those carriers, existing and active, in the
   order given. The price is still the account's own best eligible rate.
 """
@@ -191,7 +193,8 @@ def _route_rates(catalog: Catalog, account: Account, destination: str, at: datet
         # Prices per second compared exactly as integers over a common denominator (no Fraction per request).
         scale = math.lcm(*(rate.increment for rate, _, _ in offers.values())) if offers else 1
         ordered = sorted(offers.values(), key=lambda item: (
-            item[0].rate * (scale // item[0].increment), item[0].connect_fee, -item[1], item[2].carrier_tag))
+            item[0].rate * (scale // item[0].increment), item[0].connect_fee, *item[0].scheme_key(), -item[1],
+            item[2].carrier_tag))
         result = (price, tuple(carrier for _, _, carrier in ordered))
     if key is not None and not dated:
         _remember(catalog, key, result)

@@ -94,11 +94,13 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
     shared: dict = {}  # one string object per repeated tag or description
     rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
-        " description, datetime_start, datetime_end FROM pricelist_rates WHERE tenant = $1 AND active" + where,
+        " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost"
+        " FROM pricelist_rates WHERE tenant = $1 AND active" + where,
         tenant, *params)
     return [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
-                 connect_fee, rate, increment, free, shared.setdefault(text, text), start, end)
-            for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end in rows]
+                 connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum, most)
+            for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum, most
+            in rows]
 
 
 async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Columns:

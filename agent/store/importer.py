@@ -21,11 +21,13 @@ from typing import Any, Callable, Iterable, Iterator
 import asyncpg
 
 from ..http.validation import as_datetime
+from ..pricing.rate import LONGEST_CALL, MONEY_LIMIT, Rate, limit_error
 from . import changes
 
 RATE_COLUMNS = (
     "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
     "interval_start", "description", "datetime_start", "datetime_end", "active",
+    "initial_increment", "minimum_duration", "maximum_cost",
 )
 _BOOL = {"1": True, "true": True, "yes": True, "t": True, "0": False, "false": False, "no": False, "f": False}
 
@@ -65,14 +67,48 @@ def _moment(value: Any):
     return None if value in (None, "") else as_datetime(value)
 
 
-_LIMITS = {"connect_fee": 2**63 - 1, "rate": 2**63 - 1, "rate_increment": 2**31 - 1, "interval_start": 2**31 - 1}
+_LIMITS = {"connect_fee": 2**63 - 1, "rate": 2**63 - 1, "rate_increment": 2**31 - 1, "interval_start": 2**31 - 1,
+           "initial_increment": LONGEST_CALL, "minimum_duration": LONGEST_CALL, "maximum_cost": MONEY_LIMIT - 1}
 
 
-def _bounded(value: Any, name: str, default: int) -> int:
+def _bounded(value: Any, name: str, default: int | None) -> int | None:
+    if default is None and (value is None or value == ""):
+        return None
     number = _int(value, name, default)
     if number > _LIMITS[name]:
         raise ValueError(f"{name} must be at most {_LIMITS[name]}")
     return number
+
+
+# Below these a rate's amounts stay under 2**53 for any call up to LONGEST_CALL (rate.limit_error): connect
+# fee + a block of fewer than 10**7 s + 10**7 increments, each at most 10**8 - 1. The COPY fast path (_FIELD)
+# takes only such values; larger ones are checked by rate_row with the kernel's rule.
+_SAFE_PRICE, _SAFE_BLOCK = 10**8, 10**7
+
+
+def scheme_error(connect_fee: int, rate: int, increment: int, interval: int, initial: int | None,
+                 minimum: int, maximum: int | None) -> tuple[str, str] | None:
+    """(column, message) when a rate's billing scheme cannot be priced (checked values, see rate_row)."""
+    if initial is not None:
+        if initial == 0:
+            return "initial_increment", "initial_increment must be positive"
+        if initial % (increment or 1):
+            return "initial_increment", f"initial_increment ({initial}) must be a multiple of rate_increment ({increment})"
+    if connect_fee < _SAFE_PRICE and rate < _SAFE_PRICE and (initial is None or initial < _SAFE_BLOCK) \
+            and (maximum is None or maximum < MONEY_LIMIT):
+        return None
+    return limit_error(Rate("", "", None, "", connect_fee, rate, increment, interval, initial_increment=initial,
+                            minimum_duration=minimum, maximum_cost=maximum))
+
+
+def check_scheme(values: dict[str, Any]) -> None:
+    """rate_row's checks of the pricing columns of one rate given as a mapping (GraphQL): ValueError."""
+    numbers = [_bounded(values.get(name), name, default) for name, default in (
+        ("connect_fee", 0), ("rate", 0), ("rate_increment", 1), ("interval_start", 0), ("initial_increment", None),
+        ("minimum_duration", 0), ("maximum_cost", None))]
+    found = scheme_error(*numbers)
+    if found is not None:
+        raise ValueError(found[1])
 
 
 def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: str | None) -> tuple:
@@ -109,25 +145,42 @@ def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: s
     interval = int(interval) if interval.__class__ is str and len(interval) < 10 and interval.isdigit() \
         and interval.isascii() else _bounded(interval, "interval_start", 0)
     active = get("active")
+    initial, minimum, maximum = get("initial_increment"), get("minimum_duration"), get("maximum_cost")
+    initial = _bounded(initial, "initial_increment", None)
+    minimum = 0 if minimum is None or minimum == "" else _bounded(minimum, "minimum_duration", 0)
+    maximum = _bounded(maximum, "maximum_cost", None)
+    found = scheme_error(fee, rate, increment, interval, initial, minimum, maximum)
+    if found is not None:
+        raise ValueError(found[1])
     return (
         row_tenant, pricelist_tag, carrier_tag, prefix, fee, rate, increment, interval, description,
         _moment(get("datetime_start")), _moment(get("datetime_end")),
-        True if active is None or active == "" else _bool(active),
+        True if active is None or active == "" else _bool(active), initial, minimum, maximum,
     )
 
 
 # A CSV line that needs no Python: every field of the header's columns in a form PostgreSQL reads exactly
 # as rate_row would (digits, a plain boolean, text without quotes, commas or NUL, a prefix without
-# surrounding space). Such lines go to COPY as they are; any other line is parsed and checked by rate_row.
+# surrounding space) and that rate_row would accept (amounts below the bounds of _SAFE_PRICE). Such lines go
+# to COPY as they are; any other line is parsed and checked by rate_row.
 _FREE = r'[^,"\r\n\x00]*'
 _FIELD = {
     "tenant": _FREE, "description": _FREE,
     "prefix": r'[^\s,"\x00]+',
-    "connect_fee": "[0-9]{0,18}", "rate": "[0-9]{0,18}",  # below 2**63
+    "connect_fee": "[0-9]{0,8}", "rate": "[0-9]{0,8}",  # below _SAFE_PRICE
     "rate_increment": "[0-9]{0,9}", "interval_start": "[0-9]{0,9}",  # below 2**31
     "active": "(?i:true|false|yes|no|[tf01])?",
     "datetime_start": "", "datetime_end": "",  # empty only: a moment is parsed by as_datetime
+    "initial_increment": "",  # empty in a batch; see _INITIAL for a line
+    "minimum_duration": "[0-9]{0,7}",  # below LONGEST_CALL
+    "maximum_cost": "[0-9]{0,15}",  # below 2**53
 }
+# A line's first increment is taken as it is when it is one increment (written as rate_increment is) or the
+# rate is per second (rate_increment empty, 0 or 1): a multiple either way. Other values go through rate_row.
+# Checked line by line only: in a pattern repeated over a batch, a group keeps its capture of an earlier line.
+_INCREMENT_NAMED = "(?P<inc>(?P<unit>0*1?)|[0-9]{0,9})"
+_INITIAL = "(?(unit)(?:[1-9][0-9]{0,6})?|(?:(?P=inc))?)"
+_INITIAL_ANY = "(?:[1-9][0-9]{0,6})?"  # without a rate_increment column the increment is 1
 _BATCH = 1024  # lines per COPY message on the fast path
 
 
@@ -216,9 +269,16 @@ class CsvDeck:
         if fields is None:
             self.line = self.lines = None
         else:
-            line = ",".join(fields) + r"\n"
-            self.line = re.compile(line).fullmatch
-            self.lines = re.compile(f"(?:{line})*").fullmatch
+            batch = ",".join(fields) + r"\n"
+            self.lines = re.compile(f"(?:{batch})*").fullmatch
+            if "initial_increment" in last:
+                position = last["initial_increment"]
+                if "rate_increment" not in last:
+                    fields[position] = _INITIAL_ANY
+                elif last["rate_increment"] < position:
+                    fields[last["rate_increment"]] = _INCREMENT_NAMED
+                    fields[position] = _INITIAL
+            self.line = re.compile(",".join(fields) + r"\n").fullmatch
 
     def _row(self, fields: list[str]) -> tuple:
         width = len(fields)
@@ -367,7 +427,8 @@ async def import_rates(
         await connection.execute(
             "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
             " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
-            " datetime_start timestamptz, datetime_end timestamptz, active boolean, line bigint"
+            " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
+            " minimum_duration integer, maximum_cost bigint, line bigint"
             + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
         )
         if deck is not None:
@@ -388,7 +449,8 @@ async def import_rates(
             f" coalesce(carrier_tag, {carrier}) AS carrier_tag, prefix, coalesce(connect_fee, 0) AS connect_fee,"
             " coalesce(rate, 0) AS rate, coalesce(rate_increment, 1) AS rate_increment,"
             " coalesce(interval_start, 0) AS interval_start, description, datetime_start, datetime_end,"
-            " coalesce(active, true) AS active, ctid AS place"
+            " coalesce(active, true) AS active, initial_increment, coalesce(minimum_duration, 0) AS minimum_duration,"
+            " maximum_cost, ctid AS place"
         )
         # The deck as it merges: one row per key, the last one given. The table was created and filled by
         # one COPY in this transaction: its rows lie in the order of the deck (ctid).

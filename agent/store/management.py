@@ -64,10 +64,11 @@ PRICELISTS = Entity(
 RATES = Entity(
     "PricelistRate", "pricelist_rates", ("pricelist_tag", "carrier_tag", "prefix"),
     ("datetime_start", "datetime_end", "active", "connect_fee", "rate", "rate_increment", "interval_start",
-     "description"),
+     "description", "initial_increment", "minimum_duration", "maximum_cost"),
     q=("pricelist_tag", "prefix", "description"), exact=("pricelist_tag", "carrier_tag", "prefix", "active"),
     defaults={"active": True},
-    cleared={"active": True, "connect_fee": 0, "rate": 0, "rate_increment": 1, "interval_start": 0},
+    cleared={"active": True, "connect_fee": 0, "rate": 0, "rate_increment": 1, "interval_start": 0,
+             "minimum_duration": 0},
     catalog=True,
 )
 ACCOUNTS = Entity(

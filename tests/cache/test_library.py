@@ -1,15 +1,35 @@
-"""The Redis function library prices exactly like the Python kernel (the formulas exist twice)."""
+"""The Redis function library walks the kernel's price schedules and decides as the kernel does.
 
+The formula lives in agent/pricing/rate.py (Rate.schedule); Redis only walks the schedule. The walks are held
+to the kernel's on many schedules (`rating_price`), and the real `rating_authorize` and `rating_finish` are
+driven against agent/pricing/decision.py on thousands of generated calls: reservations, linked accounts,
+credit limits, the reservation share, concurrency limits, the --max-units cap and capped durations.
+"""
+
+import itertools
+
+import orjson
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cache
-from agent.pricing.rate import Rate, fee, max_units
+from agent.pricing.decision import Standing, charges, decide
+from agent.pricing.rate import LONGEST_CALL, Rate, duration_seconds, limit_error, walk_fee, walk_units
 
 money = st.integers(min_value=0, max_value=10**12)
 small = st.integers(min_value=0, max_value=10_000)
+_SEEN = itertools.count()
+
+
+@pytest.fixture
+def lua(redis_server):
+    """A client of the suite's Redis with the library loaded (once per test, not per generated example)."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
+    yield client
+    client.close()
 
 
 def test_library_loads_and_registers_every_function(redis_server):
@@ -25,20 +45,208 @@ def _functions(library):
     return [dict(zip(f[::2], f[1::2])) if isinstance(f, list) else f for f in entry["functions"]]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def scheme_rates(prices=small):
+    """Rates with any billing scheme the import accepts (first block a multiple of the increment, amounts
+    within rate.limit_error)."""
+    return st.builds(
+        lambda fee, price, increment, free, blocks, minimum, most: Rate(
+            "t", "p", "c", "39", fee, price, increment, free,
+            initial_increment=None if blocks is None else blocks * max(increment, 1), minimum_duration=minimum,
+            maximum_cost=most),
+        prices, prices, st.sampled_from([0, 1, 6, 30, 60]) | st.integers(1, 3600), st.integers(0, 100),
+        st.none() | st.integers(1, 20), st.sampled_from([0, 0, 30, 60]) | st.integers(0, 7200),
+        st.none() | st.none() | money,
+    ).filter(lambda r: limit_error(r) is None)
+
+
+PRICE = settings(max_examples=300, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+
+
+@PRICE
+@given(tariff=scheme_rates(small | st.integers(0, 10**8 - 1)), duration=st.integers(0, 200_000),
+       available=money | st.integers(-10**6, 2**60), share=st.integers(1, 100), cap=st.integers(1, 100_000))
+def test_lua_walks_every_schedule_as_the_kernel(lua, tariff, duration, available, share, cap):
+    client = lua
+    schedule = tariff.schedule()
+    lua_fee, lua_units = client.execute_command("FCALL", "rating_price", 0, *schedule, duration, available, share, cap)
+    usable = available if share >= 100 or available <= 0 else available * share // 100
+    assert lua_fee == walk_fee(schedule, duration)
+    assert lua_units == walk_units(schedule, usable, cap)
+
+
+def random_rate(rng) -> Rate:
+    """What `scheme_rates` draws, from a seeded generator: thousands of cases cost milliseconds, not the
+    milliseconds each of a hypothesis example."""
+    while True:
+        price = rng.choice([50, 10_000, 10**8 - 1])
+        increment = rng.choice([0, 1, 6, 30, 60, rng.randint(1, 3600)])
+        blocks = rng.choice([None, None, 1, 5, rng.randint(1, 20)])
+        tariff = Rate("t", "p", "c", "39", rng.randint(0, price), rng.randint(0, price), increment,
+                      rng.choice([0, 0, 1, rng.randint(0, 100)]),
+                      initial_increment=None if blocks is None else blocks * max(increment, 1),
+                      minimum_duration=rng.choice([0, 0, 30, 60, rng.randint(0, 7200)]),
+                      maximum_cost=rng.choice([None, None, 0, rng.randint(0, 10**6), rng.randint(0, 10**12)]))
+        if limit_error(tariff) is None:
+            return tariff
+
+
+def test_lua_walks_twenty_thousand_schedules_as_the_kernel(lua):
+    import random
+
+    rng = random.Random(1515)
+    cases = []
+    for _ in range(20_000):
+        schedule = random_rate(rng).schedule()
+        cases.append((schedule, rng.choice([0, 1, rng.randint(0, 200_000)]),
+                      rng.choice([0, -5, rng.randint(0, 10**6), rng.randint(0, 2**53), rng.randint(0, 2**62)]),
+                      rng.choice([100, rng.randint(1, 100)]), rng.choice([14400, rng.randint(1, 100_000)])))
+    pipe = lua.pipeline(transaction=False)
+    for schedule, duration, available, share, cap in cases:
+        pipe.execute_command("FCALL", "rating_price", 0, *schedule, duration, available, share, cap)
+    for (schedule, duration, available, share, cap), answer in zip(cases, pipe.execute()):
+        usable = available if share >= 100 or available <= 0 else available * share // 100
+        assert answer == [walk_fee(schedule, duration), walk_units(schedule, usable, cap)], (schedule, duration,
+                                                                                            available, share, cap)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(connect_fee=small, rate=small, increment=st.integers(0, 3600), free=st.integers(0, 100),
-       duration=st.integers(0, 200_000), available=money, share=st.integers(1, 100),
-       cap=st.integers(1, 100_000))
-def test_lua_fee_and_units_equal_the_kernel(redis_server, connect_fee, rate, increment, free, duration,
-                                            available, share, cap):
+       duration=st.integers(0, 200_000), available=money, cap=st.integers(1, 100_000))
+def test_a_tariff_left_by_an_older_agent_in_an_open_call_prices_as_its_schedule(
+        lua, connect_fee, rate, increment, free, duration, available, cap):
+    """Calls authorized before schedules carry [connect_fee, rate, increment, free increments]."""
+    client = lua
+    tariff = Rate("t", "p", "c", "39", connect_fee, rate, increment, free)
+    legacy = [connect_fee, rate, tariff.increment, free]
+    assert client.execute_command("FCALL", "rating_price", 0, *legacy, duration, available, 100, cap) == [
+        walk_fee(tariff.schedule(), duration), walk_units(tariff.schedule(), available, cap)]
+
+
+# --- the decisions of the real functions -------------------------------------------------------------------------
+
+parties = st.builds(
+    lambda inbound, spends, credit, balance, reserved, rate, limits, counts: dict(
+        inbound=inbound, spends=spends and not inbound, credit=credit if spends and not inbound else 0,
+        balance=balance, reserved=reserved, rate=None if inbound else rate, limits=limits, counts=counts),
+    st.booleans(), st.booleans() | st.just(True), st.sampled_from([0, 0, 0, 50, 10**4]),
+    st.integers(-500, 5_000) | st.integers(0, 10**9) | st.integers(0, 2**53 - 1), st.sampled_from([0, 0, 7, 300]),
+    scheme_rates(st.integers(0, 50) | st.integers(0, 10**8 - 1)),
+    st.tuples(*[st.sampled_from([-1, -1, -1, 0, 1, 2])] * 3), st.tuples(st.integers(0, 2), st.integers(0, 2)))
+calls = st.fixed_dictionaries(dict(
+    parties=st.lists(parties, min_size=1, max_size=3), share=st.sampled_from([100, 100, 50, 25, 1, 99]),
+    cap=st.sampled_from([14400, 60, 1, 3600]) | st.integers(1, 20_000), begun=st.booleans(),
+    lost_begin=st.sampled_from([None, 0, 1500]), length=st.integers(0, 30_000_000)))
+DECISIONS = settings(max_examples=200, deadline=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                            HealthCheck.filter_too_much])
+
+
+def _read(client, commands):
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute()
+
+
+def _fcall(client, name, keys, args):
+    return client.execute_command(*cache.fcall(name, keys, args))
+
+
+@DECISIONS
+@given(call=calls)
+def test_authorize_and_finish_in_redis_decide_and_charge_as_the_kernel(lua, call):
+    check_call(lua, call)
+
+
+def random_call(rng) -> dict:
+    """What `calls` draws, from a seeded generator."""
+    def party():
+        inbound, spends = rng.random() < 0.3, rng.random() < 0.8
+        spends = spends and not inbound
+        return dict(inbound=inbound, spends=spends, credit=rng.choice([0, 0, 0, 50, 10**4]) if spends else 0,
+                    balance=rng.choice([rng.randint(-500, 5_000), rng.randint(0, 10**9), rng.randint(0, 2**53 - 1)]),
+                    reserved=rng.choice([0, 0, 7, 300]), rate=None if inbound else random_rate(rng),
+                    limits=tuple(rng.choice([-1, -1, -1, 0, 1, 2]) for _ in range(3)),
+                    counts=(rng.randint(0, 2), rng.randint(0, 2)))
+    return dict(parties=[party() for _ in range(rng.choice([1, 1, 2, 3]))],
+                share=rng.choice([100, 100, 50, 25, 1, 99]),
+                cap=rng.choice([14400, 60, 1, 3600, rng.randint(1, 20_000)]), begun=rng.random() < 0.5,
+                lost_begin=rng.choice([None, 0, 1500]), length=rng.choice([0, 999, rng.randint(0, 30_000_000)]))
+
+
+def test_three_thousand_calls_in_redis_decide_and_charge_as_the_kernel(lua):
+    import random
+
+    rng = random.Random(15)
+    for _ in range(3000):
+        check_call(lua, random_call(rng))
+
+
+def check_call(client, call: dict) -> None:
+    """Sets the parties' live state, authorizes the call with the real rating_authorize, ends it with the
+    real rating_finish, and holds every answer, reservation and charge to the kernel's (decision.py)."""
+    number = next(_SEEN)
+    tenant = f"k{number}"
+    sent, standings = [], []
+    setup = client.pipeline(transaction=False)
+    for index, party in enumerate(call["parties"]):
+        tag, inbound = f"a{index}", party["inbound"] and index > 0
+        key = cache.account_key(tenant, tag)
+        here, other = (cache.open_calls_key(tenant, tag, inbound), cache.open_calls_key(tenant, tag, not inbound))
+        setup.hset(key, mapping={"balance": party["balance"], "reserved": party["reserved"]})
+        for set_key, count in zip((here, other), party["counts"]):
+            if count:
+                setup.sadd(set_key, *[f"other{n}" for n in range(count)])
+        total, in_limit, out_limit = party["limits"]
+        schedule = None if party["rate"] is None or inbound else party["rate"].schedule()
+        lua = {"k": key, "o": here, "a": tag, "cr": party["credit"], "mt": total, "mi": in_limit, "mo": out_limit,
+               "i": int(inbound), "pr": int(index == 0), "c": int(party["spends"] and not inbound),
+               "r": None if schedule is None else list(schedule)}
+        if total >= 0:
+            lua["ox"] = other
+        sent.append(lua)
+        standings.append(Standing(party["balance"] - party["reserved"], party["credit"], lua["c"] == 1, schedule,
+                                  inbound, party["counts"][0], party["counts"][1], total, in_limit, out_limit))
+    setup.execute()
+    share, cap = call["share"], call["cap"]
+    expected = decide(standings, share, cap)
+    at = 1_700_000_000_000
+    call_key = cache.call_key(tenant, "x")
+    reply = _fcall(client, "rating_authorize", (call_key, cache.DEADLINES, cache.OUTBOX, cache.CATALOG),
+                   (at, f"120000,{share},{cap},3600,30000", int(call["begun"]), tenant, "x",
+                    orjson.dumps(sent).decode(), "{}", "", "", at, 0, "c1"))
+    refused_tag = "" if expected.refused < 0 else sent[expected.refused]["a"]
+    assert reply == [0 if expected.reason else 1, "refused" if expected.reason else
+                     ("begun" if call["begun"] else "authorized"), expected.reason, refused_tag, expected.units,
+                     standings[0].available]
+    held = [int(amount) for amount in _read(client, [("HGET", p["k"], "reserved") for p in sent])]
+    assert held == [party["reserved"] + amount for party, amount in zip(call["parties"], expected.reserved)]
+    assert all(amount <= max(s.available + s.credit, 0) for s, amount in zip(standings, expected.reserved)
+               if s.spends and s.schedule is not None and walk_fee(s.schedule, cap) > 0)
+    if expected.reason:
+        return
+    # the end: begun at `at` (or, its begin lost, at the begin the end carries or at the authorization)
+    begin = at if call["begun"] or call["lost_begin"] is None else at + call["lost_begin"]
+    end = begin + call["length"]
+    reply = _fcall(client, "rating_finish", (call_key, cache.DEADLINES, cache.OUTBOX),
+                   (end, end, 3600, "" if call["begun"] or call["lost_begin"] is None else begin))
+    charged = charges([s.schedule for s in standings], expected.units, duration_seconds(begin, end))
+    assert reply[:2] == [1, "ended"]
+    after = _read(client, [("HMGET", p["k"], "balance", "reserved") for p in sent])
+    for (balance, reserved), party, amount in zip(after, call["parties"], charged):
+        assert (int(balance), int(reserved)) == (party["balance"] - amount, party["reserved"])  # and released
+    assert all(amount <= held_amount for amount, held_amount, s in zip(charged, expected.reserved, standings)
+               if s.spends)  # never more than the reservation
+
+
+def test_an_agent_configured_beyond_the_longest_call_is_refused_by_the_library(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
-    tariff = Rate("t", "p", "c", "39", connect_fee, rate, increment, free)
-    lua_fee, lua_units = client.execute_command(
-        "FCALL", "rating_price", 0, *tariff.tariff(), duration, available, share, cap)
-    usable = available * share // 100
-    assert lua_fee == fee(tariff, duration)
-    assert lua_units == max_units(tariff, usable, cap)
+    with pytest.raises(redis.ResponseError, match="max-units must be at most"):
+        _fcall(client, "rating_authorize", (cache.call_key("t", "y"), cache.DEADLINES, cache.OUTBOX, cache.CATALOG),
+               (1, f"3600000,100,{LONGEST_CALL + 1},3600,30000", 0, "t", "y", "[]", "{}", "", "", 1, 0, "c"))
 
 
 def test_malformed_settings_are_refused_by_the_library(redis_server):
@@ -56,7 +264,7 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
     assert await cache.publish_catalog(client, 7) == 7
     assert await cache.publish_catalog(client, 5) == 7  # never moves back
     party = {"k": cache.account_key("t", "a"), "o": cache.open_calls_key("t", "a", False), "a": "a", "cr": 0,
-             "mt": -1, "mi": -1, "mo": -1, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 0]}
+             "mt": -1, "mi": -1, "mo": -1, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 1, 1, 0, -1]}
     key = cache.call_key("t", "x")
 
     def authorize(version: int):

@@ -94,7 +94,9 @@ _SPELLINGS = ["39", "+39", "tel:+39", "sip:39", "39-", "3-9", "(39)"]  # one key
 @given(items=st.lists(st.builds(
     Rate, tenant=st.just("t"), pricelist_tag=st.sampled_from(["p1", "p2"]), carrier_tag=st.sampled_from(["c1", "c2"]),
     prefix=st.sampled_from(_SPELLINGS), connect_fee=st.integers(0, 1), rate=st.integers(0, 3),
-    rate_increment=st.sampled_from([0, 1, 2, 60]), interval_start=st.integers(0, 2)), max_size=14))
+    rate_increment=st.sampled_from([0, 1, 2, 60]), interval_start=st.integers(0, 2),
+    initial_increment=st.sampled_from([None, None, 60, 120]), minimum_duration=st.sampled_from([0, 0, 30]),
+    maximum_cost=st.sampled_from([None, None, 0, 5])), max_size=14))
 def test_the_rank_columns_order_the_rates_of_a_key_as_the_kernels_order_key(items):
     columns = deck.columns_of(items)
     assert len(columns.numbers) <= 1
@@ -112,6 +114,22 @@ def test_integer_price_keys_order_as_the_price_per_second_fractions(tariffs, pat
     keys = deck.price_keys(rows)
     kernel = [Rate("t", "p", "c", "1", fee, rate, increment).order_key()[:2] for fee, rate, increment in tariffs]
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(rows))]
+    assert [keys[i] < keys[j] for i, j in pairs] == [kernel[i] < kernel[j] for i, j in pairs]
+    assert [keys[i] == keys[j] for i, j in pairs] == [kernel[i] == kernel[j] for i, j in pairs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.builds(
+    Rate, tenant=st.just("t"), pricelist_tag=st.just("p"), carrier_tag=st.just("c"), prefix=st.just("1"),
+    connect_fee=st.integers(0, 2), rate=st.integers(0, 4), rate_increment=st.sampled_from([0, 1, 2, 6, 60]),
+    initial_increment=st.none() | st.sampled_from([60, 120, 360]), minimum_duration=st.sampled_from([0, 30, 60]),
+    maximum_cost=st.none() | st.integers(0, 3)), max_size=12))
+def test_price_keys_of_schemes_order_as_the_kernels_price_and_scheme(items):
+    """Routing's tie-breaks among rates at one price per second and connect fee: minimum duration, extra
+    seconds of the first block, then the cap (none last); the deck's integer keys order as the kernel's."""
+    keys = deck.price_keys([deck.tariff_of(r) for r in items])
+    kernel = [r.order_key()[:5] for r in items]
+    pairs = [(i, j) for i in range(len(items)) for j in range(len(items))]
     assert [keys[i] < keys[j] for i, j in pairs] == [kernel[i] < kernel[j] for i, j in pairs]
     assert [keys[i] == keys[j] for i, j in pairs] == [kernel[i] == kernel[j] for i, j in pairs]
 
@@ -142,9 +160,12 @@ def random_rates(rng, count: int) -> list[tuple]:
             continue
         seen.add((pricelist, carrier, prefix))
         start = rng.choice([None, None, START, START.replace(microsecond=0)])
+        increment = rng.choice([0, 1, 6, 60])
         rows.append(("t", pricelist, carrier, prefix, rng.randrange(4), rng.choice([0, 1, 7, 2**40]),
-                     rng.choice([0, 1, 6, 60]), rng.randrange(3), rng.choice([None, *_ODD_TEXTS]), start,
-                     rng.choice([None, None, START.replace(year=2031)])))
+                     increment, rng.randrange(3), rng.choice([None, *_ODD_TEXTS]), start,
+                     rng.choice([None, None, START.replace(year=2031)]),
+                     rng.choice([None, None, max(increment, 1) * rng.randrange(1, 6)]), rng.choice([0, 0, 30, 61]),
+                     rng.choice([None, None, 0, 2**40])))
     return rows
 
 
@@ -156,7 +177,10 @@ async def store(connection, rows: list[tuple]) -> None:
                                  [(tag,) for tag in {row[2] for row in rows}])
     await connection.copy_records_to_table("pricelist_rates", records=rows, columns=[
         "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
-        "interval_start", "description", "datetime_start", "datetime_end"])
+        "interval_start", "description", "datetime_start", "datetime_end", *_SCHEME])
+
+
+_SCHEME = ("initial_increment", "minimum_duration", "maximum_cost")
 
 
 async def compare_reads(connection, folder) -> int:
@@ -198,5 +222,5 @@ async def test_a_large_deck_of_plain_prefixes_reads_the_same_both_ways(stack, tm
     rows = {(rng.choice(["p1", "p2"]), rng.choice(["c1", "c2", "c3"]), str(rng.randrange(10**rng.randrange(1, 16))))
             for _ in range(30_000)}
     await store(stack.database, [("t", p, c, prefix, 0, rng.randrange(1, 500), rng.choice([1, 60]), 0,
-                                  f"d{prefix[:2]}", None, None) for p, c, prefix in sorted(rows)])
+                                  f"d{prefix[:2]}", None, None, None, 0, None) for p, c, prefix in sorted(rows)])
     assert await compare_reads(stack.database, tmp_path / "large") == len(rows)

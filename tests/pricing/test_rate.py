@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.pricing.rate import Rate, duration_seconds, fee, max_units
+from agent.pricing.rate import LONGEST_CALL, MONEY_LIMIT, Rate, duration_seconds, fee, limit_error, max_units
 
 CAP = 14400
 BEGIN = datetime(2024, 1, 1, 10, 0, 0, tzinfo=timezone.utc)
@@ -189,9 +189,14 @@ def test_price_per_second_divides_the_rate_by_the_increment():
     assert rate(0, 3, 0).price_per_second() == 3
 
 
-def test_tariff_is_what_the_redis_scripts_price_with():
-    assert rate(10, 20, 0, -3).tariff() == [10, 20, 1, 0]
-    assert rate(10, 20, 60, 2).tariff() == [10, 20, 60, 2]
+def test_tariff_is_the_schedule_the_redis_library_walks():
+    # [connect_fee, block seconds, block price, increment, increment price, minimum, cap (-1: none)]
+    assert rate(10, 20, 0, -3).tariff() == [10, 1, 20, 1, 20, 0, -1]
+    assert rate(10, 20, 60, 2).tariff() == [10, 120, 0, 60, 20, 0, -1]  # two free increments: a free block
+    assert rate(10, 2, 6, 0, initial_increment=30).tariff() == [10, 30, 10, 6, 2, 0, -1]
+    assert rate(0, 2, 6, 1, initial_increment=30, minimum_duration=60, maximum_cost=500).tariff() == \
+        [0, 30, 0, 6, 2, 60, 500]
+    assert rate(0, 1, 1, 2**31 - 1, initial_increment=2**31 - 1).schedule().block == LONGEST_CALL
 
 
 def test_snapshot_keeps_the_stored_rate_fields():
@@ -199,6 +204,11 @@ def test_snapshot_keeps_the_stored_rate_fields():
     assert snap == {
         "pricelist_tag": "pl", "carrier_tag": "c", "prefix": "39", "description": "Italy",
         "connect_fee": 1, "rate": 2, "rate_increment": 60, "interval_start": 3,
+    }
+    assert rate(1, 2, 6, initial_increment=30, minimum_duration=60, maximum_cost=9).snapshot() == {
+        "pricelist_tag": "pl", "carrier_tag": "c", "prefix": "39", "description": None,
+        "connect_fee": 1, "rate": 2, "rate_increment": 6, "interval_start": 0,
+        "initial_increment": 30, "minimum_duration": 60, "maximum_cost": 9,
     }
 
 
@@ -292,3 +302,132 @@ def test_duration_seconds_is_the_ceiling_of_the_elapsed_seconds(begin_ms, delta_
         assert seconds == 0
     else:
         assert (seconds - 1) * 1000 < delta_ms <= seconds * 1000
+
+
+# --- billing schemes (README "How calls are rated": the worked examples) ------------------------------------------
+
+@pytest.mark.parametrize(
+    ("scheme", "duration", "expected"),
+    [
+        # 60/60 at 6 per minute (rate 6 per 60 s): every started minute
+        pytest.param(dict(rate=6, rate_increment=60), 61, 12, id="60/60"),
+        pytest.param(dict(rate=6, rate_increment=60), 1, 6, id="60/60-one-second"),
+        # 30/6 at 1 per 6 s: 30 s first (5 increments' price), then 6 s steps
+        pytest.param(dict(rate=1, rate_increment=6, initial_increment=30), 10, 5, id="30/6-short"),
+        pytest.param(dict(rate=1, rate_increment=6, initial_increment=30), 31, 6, id="30/6-past-the-block"),
+        pytest.param(dict(rate=1, rate_increment=6, initial_increment=30), 61, 11, id="30/6"),
+        # 1/1 at 1 per second
+        pytest.param(dict(rate=1, rate_increment=1), 61, 61, id="1/1"),
+        # 60/1 at 1 per second: a started first minute is a whole one
+        pytest.param(dict(rate=1, rate_increment=1, initial_increment=60), 10, 60, id="60/1-short"),
+        pytest.param(dict(rate=1, rate_increment=1, initial_increment=60), 61, 61, id="60/1"),
+        # a minimum duration of 60 s on 1/1: a 10 s call is billed 60 s, a longer one as it is
+        pytest.param(dict(rate=1, rate_increment=1, minimum_duration=60), 10, 60, id="minimum-60s"),
+        pytest.param(dict(rate=1, rate_increment=1, minimum_duration=60), 0, 60, id="minimum-0s-answered"),
+        pytest.param(dict(rate=1, rate_increment=1, minimum_duration=60), 90, 90, id="minimum-longer-call"),
+        # the connect fee comes on top; the cap bounds the total, connect fee included
+        pytest.param(dict(connect_fee=10, rate=1, rate_increment=6, initial_increment=30), 61, 21, id="30/6+fee"),
+        pytest.param(dict(connect_fee=10, rate=1, rate_increment=1, maximum_cost=100), 3600, 100, id="capped"),
+        pytest.param(dict(connect_fee=10, rate=1, rate_increment=1, maximum_cost=100), 50, 60, id="below-cap"),
+        # free increments count the block first: 30/6 with 1 free increment = the first 30 s free
+        pytest.param(dict(rate=1, rate_increment=6, initial_increment=30, interval_start=1), 30, 0, id="30/6-free-block"),
+        pytest.param(dict(rate=1, rate_increment=6, initial_increment=30, interval_start=2), 37, 1, id="30/6-2-free"),
+        # the minimum is billed first, then the free increments apply to it
+        pytest.param(dict(rate=1, rate_increment=60, interval_start=1, minimum_duration=120), 10, 1, id="min-then-free"),
+    ],
+)
+def test_billing_schemes_price_as_documented(scheme, duration, expected):
+    assert fee(Rate("t", "pl", "c", "39", **scheme), duration) == expected
+
+
+def test_units_of_a_scheme_end_where_the_balance_stops_paying():
+    thirty_six = rate(0, 1, 6, initial_increment=30)
+    assert max_units(thirty_six, 4, CAP) == 0  # the block costs 5
+    assert max_units(thirty_six, 5, CAP) == 30
+    assert max_units(thirty_six, 7, CAP) == 42
+    minimum = rate(0, 1, 1, minimum_duration=60)
+    assert max_units(minimum, 59, CAP) == 0  # an answered call costs at least 60
+    assert max_units(minimum, 60, CAP) == 60
+    capped = rate(10, 1, 1, maximum_cost=100)
+    assert max_units(capped, 99, CAP) == 89
+    assert max_units(capped, 100, CAP) == CAP  # the cap pays any call
+    assert max_units(rate(5, 1, 1, maximum_cost=0), 0, CAP) == CAP  # a cap of 0 is a free rate
+
+
+def test_a_rate_whose_amounts_could_leave_the_exact_range_of_doubles_is_named():
+    assert limit_error(rate(0, 10**8 - 1, 1, initial_increment=10**7 - 1)) is None
+    assert limit_error(rate(MONEY_LIMIT, 0, 1)) == ("connect_fee", "connect_fee must be below 2**53")
+    assert limit_error(rate(0, 10**9, 1))[0] == "rate"  # 10**9 per second over LONGEST_CALL seconds
+    assert limit_error(rate(0, 10**9, 60)) is None
+    assert limit_error(rate(0, 1, 1, maximum_cost=MONEY_LIMIT))[0] == "maximum_cost"
+
+
+def canyan_fee(tariff: Rate, duration: int) -> int:
+    """Canyan's formula, what every rate without the new fields must still charge."""
+    increments = -(-max(duration, 0) // tariff.increment)
+    return tariff.connect_fee + max(0, increments - max(tariff.interval_start, 0)) * tariff.rate
+
+
+def canyan_units(tariff: Rate, available: int, cap: int) -> int:
+    if tariff.is_free:
+        return cap
+    if available <= 0 or available < tariff.connect_fee:
+        return 0
+    if tariff.rate == 0:
+        return cap
+    return min((max(tariff.interval_start, 0) + (available - tariff.connect_fee) // tariff.rate) * tariff.increment,
+               cap)
+
+
+schemes = st.builds(
+    rate,
+    connect_fee=st.integers(0, 500),
+    rate=st.integers(0, 500),
+    rate_increment=st.sampled_from([0, 1, 6, 30, 60]) | st.integers(1, 120),
+    interval_start=st.integers(0, 20),
+).flatmap(lambda r: st.builds(
+    lambda first, minimum, most: Rate(r.tenant, r.pricelist_tag, r.carrier_tag, r.prefix, r.connect_fee, r.rate,
+                                      r.rate_increment, r.interval_start, initial_increment=first,
+                                      minimum_duration=minimum, maximum_cost=most),
+    st.none() | st.integers(1, 10).map(lambda k: k * r.increment),
+    st.sampled_from([0, 0, 1, 30, 60]) | st.integers(0, 600),
+    st.none() | st.integers(0, 5000)))
+
+
+@PROPERTY
+@given(rates, st.integers(-10, 100_000), balances, caps)
+def test_a_rate_without_the_new_fields_prices_exactly_as_canyan(tariff, duration, available, cap):
+    assert fee(tariff, duration) == canyan_fee(tariff, duration)
+    assert max_units(tariff, available, cap) == canyan_units(tariff, available, cap)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(schemes, st.integers(0, 50_000), st.integers(0, 50_000))
+def test_the_fee_of_any_scheme_never_decreases_with_duration(tariff, a, b):
+    shorter, longer = sorted((a, b))
+    assert fee(tariff, shorter) <= fee(tariff, longer)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(schemes, balances, caps)
+def test_units_of_any_scheme_never_cost_more_than_the_balance_and_one_second_more_would(tariff, available, cap):
+    units = max_units(tariff, available, cap)
+    assert 0 <= units <= cap
+    if units > 0 and not tariff.is_free:
+        assert fee(tariff, units) <= available
+    if 0 < units < cap:  # the longest affordable call: one more second costs more than the balance
+        assert fee(tariff, units + 1) > available
+    if units == 0 and cap > 0 and not tariff.is_free:  # refused: no answered call of any length is affordable
+        assert available <= 0 or fee(tariff, 1) > available or fee(tariff, 0) > available
+
+
+@settings(max_examples=500, deadline=None)
+@given(schemes, st.integers(0, 20_000))
+def test_the_fee_is_the_connect_fee_plus_a_price_per_started_increment_bounded_by_the_cap(tariff, duration):
+    amount = fee(tariff, duration)
+    if tariff.maximum_cost is not None:
+        assert amount <= tariff.maximum_cost
+        uncapped = fee(Rate(**{**{f: getattr(tariff, f) for f in tariff.__slots__}, "maximum_cost": None}), duration)
+        assert amount == min(uncapped, tariff.maximum_cost)
+    else:
+        assert amount >= tariff.connect_fee

@@ -24,11 +24,16 @@ DIGITS = ["", "3", "39", "390", "3904", "39040", "4", "44", "1"]
 SPELLINGS = ["{}", "+{}", "{}-", "tel:+{}"]  # number prefixes, some written around their key
 
 rates = st.builds(
-    lambda spelling, digits, pricelist, carrier, fee, price, increment, free, text: Rate(
-        "t", pricelist, carrier, spelling.format(digits), fee, price, increment, free, text),
+    lambda spelling, digits, pricelist, carrier, fee, price, increment, free, text, scheme: Rate(
+        "t", pricelist, carrier, spelling.format(digits), fee, price, increment, free, text,
+        initial_increment=None if scheme[0] is None else scheme[0] * max(increment, 1), minimum_duration=scheme[1],
+        maximum_cost=scheme[2]),
     st.sampled_from(SPELLINGS), st.sampled_from(DIGITS), st.sampled_from(["p1", "p2", "p3"]),
     st.sampled_from([*CARRIERS, None]), st.integers(0, 2), st.integers(0, 6), st.sampled_from([0, 1, 2, 6, 60]),
-    st.integers(0, 1), st.sampled_from([None, "Italy"]))
+    st.integers(0, 1), st.sampled_from([None, "Italy"]),
+    # billing schemes (first block in increments, minimum, cap), mostly none: ties broken by them too
+    st.sampled_from([(None, 0, None)] * 3 + [(1, 0, None), (5, 0, None), (None, 30, None), (None, 0, 7),
+                                             (2, 60, 50), (None, 0, 0)]))
 rate_lists = st.lists(rates, max_size=25, unique_by=lambda r: (r.pricelist_tag, r.carrier_tag, r.prefix))
 accounts = st.builds(
     lambda pricelists, allowed, override: Account("t", "a", pricelist_tags=pricelists, carrier_tags=allowed,

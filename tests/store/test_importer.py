@@ -9,7 +9,7 @@ import pytest
 
 from agent.store.importer import ImportError_, csv_rates, import_rates
 from tests.conftest import run_cli
-from tests.test_transaction import catalog, post, prepaid
+from tests.test_transaction import at, catalog, post, prepaid, records
 
 HEADER = "prefix,rate,rate_increment,connect_fee,interval_start,description\n"
 
@@ -225,7 +225,7 @@ async def test_a_deck_and_a_catalog_import_in_one_transaction(stack):
     await stack.load(catalog(prepaid("a")))
     async with stack.database.transaction():
         await import_rates(stack.database, csv_rates([HEADER, "4401,1,60,0,0,a\n"], "default", "p2", "c1"))
-        await import_rates(stack.database, [("default", "p2", "c1", "4402", 0, 2, 60, 0, None, None, None, True, 1)])
+        await import_rates(stack.database, [("default", "p2", "c1", "4402", 0, 2, 60, 0, None, None, None, True, None, 0, None, 1)])
     assert await stack.database.fetchval(
         "SELECT count(*) FROM pricelist_rates WHERE prefix IN ('4401', '4402')") == 2
 
@@ -248,3 +248,101 @@ async def test_references_are_still_enforced_and_followed(stack):
     assert await db.fetchval("SELECT count(*) FROM pricelist_rates WHERE carrier_tag = 'c1b'") == 1
     await db.execute("TRUNCATE pricelists")
     assert await db.fetchval("SELECT count(*) FROM pricelist_rates") == 0
+
+
+# --- billing schemes (initial_increment, minimum_duration, maximum_cost) --------------------------------------
+
+SCHEMES = [
+    "prefix,rate,rate_increment,initial_increment,minimum_duration,maximum_cost,connect_fee,description\n",
+    "4501,1,60,,,,0,as before\n",  # every fast path
+    "4502,1,1,60,,,0,60/1\n",  # per second: any first block, still copied as it is
+    "4503,2,60,60,30,500,0,60/60 written out\n",  # one increment written as rate_increment is
+    "4504,1,6,30,,,0,30/6\n",  # a multiple: checked by rate_row
+    '4505,1,6,30,60,1000,5,"30/6, quoted"\n',
+    "4506,1,,45,,,0,per second by default\n",
+    "4507,1,0,45,0,0,0,free by its cap\n",
+]
+SCHEME_VALUES = "prefix, rate, rate_increment, initial_increment, minimum_duration, maximum_cost, connect_fee"
+
+
+async def test_scheme_columns_copied_store_what_the_checked_rows_store(stack):
+    await stack.load(catalog(prepaid("a")))
+    await import_rates(stack.database, csv_rates(SCHEMES, "default", "p1", "c1"))
+    await import_rates(stack.database, list(csv_rates(SCHEMES, "default", "p2", "c1")))
+    query = (f"SELECT {SCHEME_VALUES} FROM pricelist_rates WHERE pricelist_tag = $1 AND prefix LIKE '45%'"
+             " ORDER BY prefix")
+    fast = [tuple(r) for r in await stack.database.fetch(query, "p1")]
+    assert fast == [tuple(r) for r in await stack.database.fetch(query, "p2")]
+    assert fast[0] == ("4501", 1, 60, None, 0, None, 0) and fast[3] == ("4504", 1, 6, 30, 0, None, 0)
+    assert fast[4] == ("4505", 1, 6, 30, 60, 1000, 5) and fast[6] == ("4507", 1, 0, 45, 0, 0, 0)
+
+
+def test_which_scheme_lines_the_fast_path_copies_unparsed():
+    rows = csv_rates(SCHEMES, "default", "p1", "c1")
+    rows.copy_columns()
+    taken = [bool(rows.line(line)) for line in SCHEMES[1:]]
+    assert taken == [True, True, True, False, False, True, True]
+    # initial_increment before rate_increment: only an empty one is taken as it is
+    swapped = csv_rates(["prefix,initial_increment,rate_increment\n"], "default", "p1", "c1")
+    swapped.copy_columns()
+    assert swapped.line("39,,60\n") and not swapped.line("39,60,60\n")
+    # in a batch (one pattern over many lines) only empty first increments pass: a group would remember
+    # an earlier line's increment
+    assert rows.lines("4501,1,60,,,,0,x\n4502,1,60,,,,0,y\n") and not rows.lines("4502,1,1,60,,,0,60/1\n")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("39,1,30,45,,,0,x\n", "initial_increment \\(45\\) must be a multiple of rate_increment \\(30\\)"),
+    ("39,1,30,0,,,0,x\n", "initial_increment must be positive"),
+    ("39,1,-6,30,,,0,x\n", "rate_increment must not be negative"),
+    ("39,1,6,-30,,,0,x\n", "initial_increment must not be negative"),
+    ("39,1,6,30,-1,,0,x\n", "minimum_duration must not be negative"),
+    ("39,1,6,30,10000001,,0,x\n", "minimum_duration must be at most 10000000"),
+    ("39,1,6,30,,-5,0,x\n", "maximum_cost must not be negative"),
+    ("39,1,6,30,,9007199254740992,0,x\n", "maximum_cost must be at most 9007199254740991"),
+    ("39,1000000000,1,,,,0,x\n", "the fee of a 10000000 s call must stay below 2\\*\\*53"),
+    ("39,1,60,60000000,,,0,x\n", "initial_increment must be at most 10000000"),
+    ("39,1.5,60,,,,0,x\n", "rate must be an integer"),
+])
+async def test_a_bad_scheme_is_refused_with_its_line_and_column_and_nothing_is_imported(stack, line, message):
+    await stack.load(catalog(prepaid("a")))
+    lines = [SCHEMES[0], *(f"{4400 + i},1,60,,,,0,fine\n" for i in range(3000)), line]
+    with pytest.raises(ImportError_, match=f"line 3002: {message}"):
+        await import_rates(stack.database, csv_rates(lines, "default", "p1", "c1"), replace=True)
+    assert await stack.database.fetchval(
+        "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p1' AND carrier_tag = 'c1'") == 1
+
+
+async def test_a_30_6_call_with_a_minimum_and_a_cap_is_granted_reserved_and_charged_as_the_kernel_prices_it(
+        agent, stack):
+    from agent.pricing.rate import Rate, fee, max_units
+
+    rates = [{"pricelist_tag": "p1", "carrier_tag": "c1", "prefix": "39", "connect_fee": 3, "rate": 1,
+              "rate_increment": 6, "initial_increment": 30},
+             {"pricelist_tag": "p1", "carrier_tag": "c1", "prefix": "44", "rate": 1, "rate_increment": 1,
+              "minimum_duration": 60, "maximum_cost": 100}]
+    client = await agent(catalog(prepaid("a", 50), prepaid("b", 1000), rates=rates))
+    thirty_six = Rate("default", "p1", "c1", "39", 3, 1, 6, initial_increment=30)
+    answer = await post(client, "authorization", transaction_tag="c", account_tag="a", destination="39040")
+    # 50 pays the connect fee (3), the 30 s block (5) and 42 increments of 6 s: 282 s, reserving 50
+    assert answer["max_available_units"] == max_units(thirty_six, 50, 14400) == 282
+    assert (await stack.account_state("a"))["reserved"] == fee(thirty_six, 282) == 50
+    await post(client, "begin", transaction_tag="c", account_tag="a", timestamp_begin=at(0))
+    await post(client, "end", transaction_tag="c", timestamp_end=at(31.5))  # 32 s: block + 1 increment
+    assert await stack.balance("a") == 50 - fee(thirty_six, 32) == 41
+    record = (await records(stack, client, "c"))["a"]
+    assert record["fee"] == 9 and record["destination_rate"]["initial_increment"] == 30
+
+    refused = await post(client, "authorization", transaction_tag="m", account_tag="a", destination="44")
+    assert refused["unauthorized_reason"] == "BALANCE_INSUFFICIENT"  # 41 left: an answered call costs 60
+
+    answer = await post(client, "authorization", transaction_tag="m", account_tag="b", destination="44")
+    assert answer["max_available_units"] == 14400  # 1000 pays the cap, so any call: --max-units
+    assert (await stack.account_state("b"))["reserved"] == 100
+    await post(client, "begin", transaction_tag="m", account_tag="b", timestamp_begin=at(100))
+    await post(client, "end", transaction_tag="m", timestamp_end=at(110))  # 10 s, billed the minimum 60
+    assert await stack.balance("b") == 1000 - 60
+    await post(client, "authorization", transaction_tag="n", account_tag="b", destination="44")
+    await post(client, "begin", transaction_tag="n", account_tag="b", timestamp_begin=at(200))
+    await post(client, "end", transaction_tag="n", timestamp_end=at(800))  # 600 s: the cap
+    assert await stack.balance("b") == 1000 - 60 - 100

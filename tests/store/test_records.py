@@ -37,7 +37,7 @@ def test_each_party_gets_its_own_rate_snapshot_and_account_tags_after_the_reques
 def test_the_parties_sent_to_redis_carry_only_what_the_library_reads():
     doc, _ = _call((Party(Account("default", "a", tags=("gold",)), False, True, RATE),))
     assert set(doc["p"][0]) == {"k", "o", "a", "cr", "mt", "mi", "mo", "i", "pr", "c", "r"}
-    assert doc["p"][0]["r"] == [5, 10, 60, 0]
+    assert doc["p"][0]["r"] == [5, 60, 10, 60, 10, 0, -1]  # the schedule (pricing/rate.py Schedule)
 
 
 def test_calls_stored_with_rate_and_tags_in_the_party_still_read_the_same():
