@@ -100,6 +100,10 @@ class Settings:
             raise ValueError("workers must not be negative")
         if self.max_units <= 0:
             raise ValueError("max_units must be positive")
+        from .pricing.rate import LONGEST_CALL  # amounts stay exact in Redis only for calls up to this long
+
+        if self.max_units > LONGEST_CALL:
+            raise ValueError(f"max_units must be at most {LONGEST_CALL} seconds")
         if self.redis_batch < 1:
             raise ValueError("redis_batch must be at least 1")
         if self.kamailio_reconcile_interval <= 0 or self.kamailio_reconcile_after < 0:

@@ -25,7 +25,8 @@ def test_environment_overrides_defaults_and_flags_override_environment():
 
 
 @pytest.mark.parametrize("environ", [{"RATING_RESERVATION_SHARE": "0"}, {"RATING_RESERVATION_SHARE": "101"},
-                                     {"RATING_MAX_UNITS": "0"}, {"RATING_PORT": "http"}, {"RATING_REDIS_BATCH": "0"}])
+                                     {"RATING_MAX_UNITS": "0"}, {"RATING_MAX_UNITS": "10000001"}, {"RATING_PORT": "http"},
+                                     {"RATING_REDIS_BATCH": "0"}])
 def test_invalid_values_are_refused(environ):
     with pytest.raises(ValueError):
         parse([], environ)
