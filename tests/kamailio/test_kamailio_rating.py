@@ -65,7 +65,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
     def carrier(tag: str, protocol: str) -> dict:
         return {"carrier_tag": tag, "host": "127.0.0.1", "port": ports[tag], "protocol": protocol, "active": True}
 
-    pricelists = ["k-main", "k-refuse", "k-fo", "k-cut", "k-reinv", "k-busy", "k-conc"]
+    pricelists = ["k-main", "k-refuse", "k-fo", "k-cut", "k-reinv", "k-busy", "k-conc", "k-3006"]
     return {
         "carriers": [
             carrier("k-answer", "UDP"), carrier("k-answer-tcp", "TCP"), carrier("k-answer-cut", "UDP"),
@@ -85,6 +85,8 @@ def build_catalog(ports: dict[str, int]) -> dict:
             _rate("k-reinv", "k-answer", "3907", rate=1),
             _rate("k-busy", "k-busy", "3905", rate=1),
             _rate("k-conc", "k-answer", "3906", rate=1),
+            # billed 30/6: a first block of 30 s, then 6 s steps, 6 per step
+            _rate("k-3006", "k-answer", "3908", rate=6, rate_increment=6, initial_increment=30),
         ],
         "accounts": [
             _account("k-ok", "k-main"),
@@ -97,6 +99,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
             _account("k-reinv", "k-reinv", balance=CUTOFF_SECONDS),
             _account("k-busy", "k-busy"),
             _account("k-conc", "k-conc", max_concurrent_transactions=3),
+            _account("k-3006", "k-3006"),
         ],
     }
 
@@ -224,6 +227,14 @@ def test_authorized_call_is_charged_its_fee(rig):
     assert record["fee"] == expected_fee, record
     assert before - state.balance(rig.redis_url, "k-ok") == record["fee"]
     assert state.reserved(rig.redis_url, "k-ok") == 0
+
+
+def test_a_call_billed_30_6_pays_its_whole_first_block(rig):
+    run = rig.call("39080000001", "k-3006", hold_ms=2000)
+    (result,) = run.results.values()
+    assert (result.code, result.bye) == (200, 200), (result, run.output)
+    record = rig.ended_record(result.call_id, "k-3006")
+    assert 2 <= record["duration"] <= 4 and record["fee"] == 30, record  # 30 s at 6 per 6 s, not 2-4 s of it
 
 
 @pytest.mark.parametrize("account,number,reason,phrase", REFUSALS, ids=[r[2] for r in REFUSALS])
