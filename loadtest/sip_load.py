@@ -1,6 +1,7 @@
 """SIP load through a real Kamailio, without and with rating, in one run.
 
-    python loadtest/sip_load.py [--rate 300] [--calls 3000] [--hold-ms 100]
+    python loadtest/sip_load.py [--rate 300] [--calls 3000] [--hold-ms 100] [--rounds 1]
+    python loadtest/sip_load.py --breakdown --rate 200 --calls 2000 --rounds 3
 
 Starts on free loopback ports, in a temporary folder: Redis, PostgreSQL, the agent
 (`python -m agent serve`), one SIPp carrier answering every call, then for each mode a Kamailio from
@@ -9,10 +10,32 @@ kamailio/kamailio.cfg and a SIPp caller making `--calls` calls at `--rate` calls
 
   relay   Kamailio relays and tracks dialogs, no rating (WITH_RATING not defined)
   rating  the same plus the agent: authorization (transaction suspended), begin and end per call
+  NAME    (with --config NAME=DIR, repeatable) rating with the kamailio.cfg and rating.cfg of DIR instead: an
+          A/B of configuration changes against the same agent, Redis and PostgreSQL, in the same run
 
 and prints, per mode, answered calls per second, failed calls and retransmissions, then the ratio
-rating/relay. Kamailio knows the SIPp caller as a trusted peer (WITH_IPAUTH: 127.0.0.1, any port, billed to
-the load account, not rate-limited by pike), so no call is digest-challenged. Bounded: `--calls` calls per mode and `--timeout` seconds per mode at most.
+rating/relay. With `--rounds N` the modes take turns N times and every number is the median of the rounds,
+with their range. Kamailio knows the SIPp caller as a trusted peer (WITH_IPAUTH: 127.0.0.1, any port, billed
+to the load account, not rate-limited by pike), so no call is digest-challenged. Bounded: `--calls` calls per
+mode and round, `--timeout` seconds per mode and round at most.
+
+`--breakdown` also reports, per call, where the time goes:
+  - CPU (user + system, from /proc/PID/stat before and after, children included) of Kamailio (split into the
+    http_async_client workers, found as the processes holding the connections to the agent, and the rest),
+    the agent's HTTP workers, manager, housekeeper and supervisor, Redis, PostgreSQL, the SIPp caller and
+    the SIPp carrier;
+  - the latency of each of the three agent requests as Kamailio saw it (RATING_TIMING: a log line when the
+    request is sent and when its answer is routed; also curl's own duration) and as the agent saw it (its
+    `rating_request_duration_seconds` histogram from /metrics, so percentiles are bucket bounds);
+  - SIPp's INVITE -> 200 time per call (-trace_rtt), retransmissions and failures;
+  - TCP connections between Kamailio and the agent (distinct ones seen by `ss` every 0.25 s, open at the
+    end, and the kernel's passive opens during the run: machine-wide, so an upper bound);
+  - Redis commands and writes per call (INFO: commandstats, rdb_changes_since_last_save, AOF bytes) and
+    PostgreSQL transactions, rows and WAL bytes per call (pg_stat_database, pg_current_wal_lsn);
+  - what the configuration's JSON handling costs: a Kamailio of its own runs the jansson_set / jansson_get /
+    jansson_array_size calls of one call in a loop and times them against an empty loop.
+The log lines cost Kamailio CPU themselves: `--no-timing` leaves them out (CPU then as in production).
+
 Needs kamailio, sipp and http_async_client.so (kamailio/build-http-async-client.sh provides them).
 """
 
@@ -22,11 +45,16 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +63,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "kamailio")]
 from devstack import AgentProcess, PostgresServer, RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
     Carrier, Kamailio, SetupError, add_trusted_peer, create_auth_database, ensure_kamailio, free_port, read_stats,
+    system_modules_dir,
 )
 
 LOAD_UAC = ROOT / "loadtest" / "sip" / "uac_load.xml"
 ACCOUNT = "load-caller"
 NUMBER = "39040123456"
+OPERATIONS = ("authorization", "begin_transaction", "end_transaction")
+AGENT_ENDPOINTS = {"authorization": "authorization", "begin_transaction": "begin", "end_transaction": "end"}
+AGENT_PARTS = {"rating-keeper": "agent housekeeper", "rating-manager": "agent manager",
+               "rating-super": "agent supervisor"}
 
 
 def catalog(carrier_port: int) -> dict:
@@ -57,25 +90,298 @@ def catalog(carrier_port: int) -> dict:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int, group: bool = False) -> float:
-    """CPU time (user + system) used so far by a process, or by every process of its group."""
-    total = 0
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()] if group else [pid]
-    for candidate in pids:
+# ---- CPU from /proc ----
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(command name, parent pid, CPU ticks of the process and of its children it has waited for)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15, cutime 16, cstime 17
+    return comm, int(fields[1]), sum(int(f) for f in fields[11:15])
+
+
+def process_tree(root: int) -> list[int]:
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
         try:
-            with open(f"/proc/{candidate}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                queue.extend(int(child) for child in handle.read().split())
         except OSError:
-            continue
-        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15
-        if group and int(fields[2]) != pid:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+            pass
+    return found
 
 
-def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace) -> dict:
-    """One SIPp caller at a fixed rate; returns its counters and the achieved answered calls/s."""
+def cpu_snapshot(roots: dict[str, int]) -> dict[str, dict[int, tuple[str, int]]]:
+    """Per named root: every process of its tree, with its command name and CPU ticks (children included:
+    the CPU of a process that exits during the run moves into its parent's count, nothing is lost)."""
+    snapshot: dict[str, dict[int, tuple[str, int]]] = {}
+    for name, root in roots.items():
+        snapshot[name] = {}
+        for pid in process_tree(root):
+            found = _stat(pid)
+            if found:
+                snapshot[name][pid] = (found[0], found[2])
+    return snapshot
+
+
+def cpu_seconds(pid: int, group: bool = False) -> float:
+    """CPU time (user + system) used so far by a process, or by every process of its tree."""
+    pids = process_tree(pid) if group else [pid]
+    return sum((_stat(p) or ("", 0, 0))[2] for p in pids) / TICKS
+
+
+# ---- connections between Kamailio and the agent ----
+
+def agent_connections(agent_port: int) -> list[tuple[str, int | None]]:
+    """Established TCP connections to the agent's port: (client address:port, pid holding the client end)."""
+    done = subprocess.run(["ss", "-tnpH", "state", "established", "dport", f"= :{agent_port}"],
+                          capture_output=True, text=True, timeout=10)
+    found = []
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        local = parts[2]
+        pid = re.search(r"pid=(\d+)", line)
+        found.append((local, int(pid.group(1)) if pid else None))
+    return found
+
+
+def passive_opens() -> int:
+    """The kernel's count of accepted TCP connections (machine-wide: other jobs count too)."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    tcp = [line.split() for line in lines if line.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("PassiveOpens")])
+
+
+def udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (machine-wide): RcvbufErrors counts datagrams dropped on a full socket."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+
+
+def wchan(pid: int) -> str:
+    """Where in the kernel a process sleeps ("0": running or runnable)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() or "0"
+    except OSError:
+        return "?"
+
+
+class ConnectionWatch(threading.Thread):
+    """Samples the connections to the agent every `interval` seconds until stopped, and, every
+    `wchan_interval`, where each Kamailio process is waiting (/proc/PID/wchan)."""
+
+    def __init__(self, agent_port: int | None, kamailio_pid: int, interval: float = 0.25,
+                 wchan_interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.agent_port, self.interval, self.wchan_interval = agent_port, interval, wchan_interval
+        self.kamailio_pids = process_tree(kamailio_pid)
+        self.seen: set[str] = set()
+        self.pids: set[int] = set()
+        self.most = 0
+        self.waits: dict[int, dict[str, int]] = {}
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        if self.agent_port is None:
+            return
+        found = agent_connections(self.agent_port)
+        self.most = max(self.most, len(found))
+        for local, pid in found:
+            self.seen.add(local)
+            if pid:
+                self.pids.add(pid)
+
+    def run(self) -> None:
+        next_sample = 0.0
+        while not self._stop_event.is_set():
+            if time.monotonic() >= next_sample:
+                self.sample()
+                next_sample = time.monotonic() + self.interval
+            for pid in self.kamailio_pids:
+                where = self.waits.setdefault(pid, {})
+                name = wchan(pid)
+                where[name] = where.get(name, 0) + 1
+            self._stop_event.wait(self.wchan_interval)
+
+    def wait_summary(self, http_pids: set[int]) -> dict[str, dict[str, float]]:
+        """Per kind of Kamailio process (SIP/UDP workers are the ones that waited in the UDP receive, HTTP
+        workers hold the agent connections): the share of samples in each kernel wait."""
+        kinds: dict[str, dict[str, int]] = {}
+        for pid, where in self.waits.items():
+            if pid in http_pids:
+                kind = "http workers"
+            elif any("udp" in name or "skb" in name for name in where):
+                kind = "sip workers"
+            else:
+                kind = "other"
+            total = kinds.setdefault(kind, {})
+            for name, count in where.items():
+                total[name] = total.get(name, 0) + count
+        out = {}
+        for kind, where in kinds.items():
+            samples = sum(where.values())
+            out[kind] = {name: count / samples for name, count in sorted(where.items(), key=lambda i: -i[1])[:5]}
+        return out
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+        self.sample()
+
+
+# ---- Redis, PostgreSQL, agent metrics ----
+
+def redis_info(url: str) -> dict[str, float]:
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = client.info("all")
+    finally:
+        client.close()
+    out = {"commands": info.get("total_commands_processed", 0), "writes": info.get("rdb_changes_since_last_save", 0),
+           "aof_bytes": info.get("aof_current_size", 0)}
+    for key, value in info.items():
+        if key.startswith("cmdstat_") and isinstance(value, dict):
+            out["cmd:" + key[8:]] = value.get("calls", 0)
+    return out
+
+
+def postgres_stats(url: str) -> dict[str, float]:
+    import asyncpg
+
+    async def read() -> dict[str, float]:
+        connection = await asyncpg.connect(url)
+        try:
+            row = await connection.fetchrow(
+                "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched,"
+                " pg_current_wal_lsn() - '0/0'::pg_lsn AS wal FROM pg_stat_database WHERE datname = current_database()")
+            return {key: float(row[key]) for key in row.keys()}
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+_BUCKET = re.compile(r'^rating_request_duration_seconds_bucket\{endpoint="([^"]+)",le="([^"]+)"\} ([0-9.e+]+)$')
+_SUM = re.compile(r'^rating_request_duration_seconds_(sum|count)\{endpoint="([^"]+)"\} ([0-9.e+]+)$')
+
+
+def agent_histograms(agent_url: str) -> dict[str, dict]:
+    """The agent's latency histogram per endpoint: cumulative bucket counts by upper bound, sum, count."""
+    with urllib.request.urlopen(agent_url + "/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found: dict[str, dict] = {}
+    for line in text.splitlines():
+        match = _BUCKET.match(line)
+        if match:
+            endpoint, bound, value = match.groups()
+            entry = found.setdefault(endpoint, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            entry["buckets"][float(bound)] = float(value)
+            continue
+        match = _SUM.match(line)
+        if match:
+            kind, endpoint, value = match.groups()
+            found.setdefault(endpoint, {"buckets": {}, "sum": 0.0, "count": 0.0})[kind] = float(value)
+    return found
+
+
+def histogram_summary(before: dict, after: dict) -> dict[str, dict]:
+    out = {}
+    for endpoint, now in after.items():
+        was = before.get(endpoint, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        count = now["count"] - was["count"]
+        if count <= 0:
+            continue
+        bounds = sorted(now["buckets"])
+        cumulative = [(b, now["buckets"][b] - was["buckets"].get(b, 0.0)) for b in bounds]
+
+        def bound_of(share: float) -> float:
+            for b, c in cumulative:
+                if c >= share * count:
+                    return b
+            return float("inf")
+
+        out[endpoint] = {"count": count, "mean_ms": 1000 * (now["sum"] - was["sum"]) / count,
+                         "p50_ms": 1000 * bound_of(0.5), "p99_ms": 1000 * bound_of(0.99),
+                         "over_5ms": 1 - dict(cumulative).get(0.005, 0.0) / count}
+    return out
+
+
+# ---- Kamailio's RTIME log lines (RATING_TIMING) ----
+
+_RTIME = re.compile(r"RTIME (send|recv) (\S+) (\S+) (\d+\.\d+)(?: (\d+) (\d+))?")
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def kamailio_timings(log_text: str) -> dict[str, dict]:
+    """Per operation: the time from just before http_async_query to the start of the answer's route (ms),
+    and curl's own duration of the transfer (ms)."""
+    sent: dict[str, tuple[str, float]] = {}
+    answered: dict[str, tuple[float, float]] = {}
+    for match in _RTIME.finditer(log_text):
+        kind, op, key, moment, curl_us, _status = match.groups()
+        if kind == "send":
+            sent[key] = (op, float(moment))
+        else:
+            answered[key] = (float(moment), int(curl_us or 0) / 1000.0)
+    waits: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+    curls: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+    unanswered = {op: 0 for op in OPERATIONS}
+    for key, (op, moment) in sent.items():
+        if key not in answered:
+            unanswered[op] = unanswered.get(op, 0) + 1
+            continue
+        done, curl_ms = answered[key]
+        waits.setdefault(op, []).append(1000 * (done - moment))
+        curls.setdefault(op, []).append(curl_ms)
+    out = {}
+    for op, values in waits.items():
+        if not values and not unanswered.get(op):
+            continue
+        out[op] = {"count": len(values), "unanswered": unanswered.get(op, 0),
+                   "p50_ms": percentile(values, 0.5), "p90_ms": percentile(values, 0.9),
+                   "p99_ms": percentile(values, 0.99), "max_ms": max(values, default=float("nan")),
+                   "over_100ms": sum(v > 100 for v in values) / max(len(values), 1),
+                   "curl_p50_ms": percentile(curls[op], 0.5), "curl_p99_ms": percentile(curls[op], 0.99)}
+    return out
+
+
+def sipp_rtts(workdir: Path) -> list[float]:
+    """INVITE -> 200 times (ms) of the calls of the SIPp caller run in `workdir` (-trace_rtt)."""
+    values: list[float] = []
+    for path in workdir.glob("*_rtt.csv"):
+        for line in path.read_text(errors="replace").splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 2:
+                try:
+                    values.append(float(parts[1]))
+                except ValueError:
+                    pass
+        path.unlink()
+    return values
+
+
+# ---- the SIPp caller ----
+
+def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace, during=None) -> dict:
+    """One SIPp caller at a fixed rate; returns its counters, its own CPU and the answered calls/s.
+    `during` is called every 0.1 s while it runs."""
     port = free_port()
     stat_file = workdir / f"caller-{port}.csv"
     argv = [
@@ -86,9 +392,26 @@ def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace) -> dict:
         "-trace_stat", "-stf", str(stat_file), "-fd", "1",
         "-trace_err", "-error_file", str(workdir / f"caller-{port}.errors"),
     ]
+    if args.breakdown:
+        argv += ["-trace_rtt", "-rtt_freq", "1"]
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=args.timeout + 30,
-                          stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL)
+    deadline = started + args.timeout + 30
+    usage = None
+    status = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            _, status, usage = os.wait4(process.pid, 0)
+            break
+        if during:
+            during()
+        time.sleep(0.1)
+    process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
     stats = read_stats(stat_file)
     answered = stats.get("SuccessfulCall(C)", 0)
@@ -102,25 +425,371 @@ def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace) -> dict:
         "retransmissions": stats.get("Retransmissions(C)", 0),
         "seconds": round(elapsed, 2),
         "calls_per_s": answered / busy,
-        "sipp_exit": done.returncode,
+        "sipp_exit": process.returncode,
+        "caller_cpu_s": usage.ru_utime + usage.ru_stime if usage else 0.0,
+        "failures": {k: v for k, v in stats.items() if k.startswith("Failed") and k != "FailedCall(C)" and v},
     }
+
+
+# ---- the cost of the configuration's JSON handling ----
+
+JSON_LOOPS = 20000
+# one call's JSON work in rating.cfg: the authorization body (4 jansson_set) and its answer (authorized,
+# units, carriers, their count, then the first carrier), the begin body (4) and its answer (ok), the end
+# body (6) and its answer (transaction_tag, ok)
+_JSON_PHASES = {
+    "empty": "",
+    "per_call": """
+        $var(b) = "{}";
+        jansson_set("string", "transaction_tag", "$var(ci)", "$var(b)");
+        jansson_set("string", "account_tag", "$var(acc)", "$var(b)");
+        jansson_set("string", "source", "$var(fu)", "$var(b)");
+        jansson_set("string", "destination", "$var(tu)", "$var(b)");
+        jansson_get("authorized", "$var(answer)", "$var(x)");
+        jansson_get("max_available_units", "$var(answer)", "$var(x)");
+        jansson_get("carriers", "$var(answer)", "$var(c)");
+        jansson_array_size("", "$var(c)", "$var(x)");
+        jansson_array_size("", "$var(c)", "$var(x)");
+        jansson_get("[0]", "$var(c)", "$var(x)");
+        $var(b) = "{}";
+        jansson_set("string", "transaction_tag", "$var(ci)", "$var(b)");
+        jansson_set("string", "account_tag", "$var(acc)", "$var(b)");
+        jansson_set("string", "source", "$var(fu)", "$var(b)");
+        jansson_set("string", "destination", "$var(tu)", "$var(b)");
+        jansson_get("ok", "$var(ok)", "$var(x)");
+        $var(b) = "{}";
+        jansson_set("string", "transaction_tag", "$var(ci)", "$var(b)");
+        jansson_set("string", "account_tag", "$var(acc)", "$var(b)");
+        jansson_set("string", "source", "$var(fu)", "$var(b)");
+        jansson_set("string", "destination", "$var(tu)", "$var(b)");
+        jansson_set("string", "timestamp_begin", "$var(ts)", "$var(b)");
+        jansson_set("string", "timestamp_end", "$var(ts)", "$var(b)");
+        jansson_get("transaction_tag", "$var(ok)", "$var(x)");
+        jansson_get("ok", "$var(ok)", "$var(x)");
+""",
+    # the same as rating.cfg does it now: bodies written out (route RATING_BODY), "ok" checked by a regular
+    # expression (route RATING_CHECK_OK), the kept end's Call-ID not read back from the answer
+    "per_call_direct": """
+        $var(r_all) = $var(ci) + $var(acc) + $var(fu) + $var(tu);
+        if ($var(r_all) =~ "[\\"\\\\[:cntrl:]]") { $var(b) = ""; }
+        $var(b) = "{\\"transaction_tag\\":\\"" + $var(ci) + "\\",\\"account_tag\\":\\"" + $var(acc)
+            + "\\",\\"source\\":\\"" + $var(fu) + "\\",\\"destination\\":\\"" + $var(tu) + "\\"}";
+        jansson_get("authorized", "$var(answer)", "$var(x)");
+        jansson_get("max_available_units", "$var(answer)", "$var(x)");
+        jansson_get("carriers", "$var(answer)", "$var(c)");
+        jansson_array_size("", "$var(c)", "$var(x)");
+        jansson_array_size("", "$var(c)", "$var(x)");
+        jansson_get("[0]", "$var(c)", "$var(x)");
+        $var(r_all) = $var(ci) + $var(acc) + $var(fu) + $var(tu);
+        if ($var(r_all) =~ "[\\"\\\\[:cntrl:]]") { $var(b) = ""; }
+        $var(b) = "{\\"transaction_tag\\":\\"" + $var(ci) + "\\",\\"account_tag\\":\\"" + $var(acc)
+            + "\\",\\"source\\":\\"" + $var(fu) + "\\",\\"destination\\":\\"" + $var(tu) + "\\"}";
+        if ($var(ok) =~ "^\\{\\"ok\\":true[,}]") { $var(x) = 1; }
+        $var(r_all) = $var(ci) + $var(acc) + $var(fu) + $var(tu);
+        if ($var(r_all) =~ "[\\"\\\\[:cntrl:]]") { $var(b) = ""; }
+        $var(b) = "{\\"transaction_tag\\":\\"" + $var(ci) + "\\",\\"account_tag\\":\\"" + $var(acc)
+            + "\\",\\"source\\":\\"" + $var(fu) + "\\",\\"destination\\":\\"" + $var(tu)
+            + "\\",\\"timestamp_begin\\":\\"" + $var(ts) + "\\",\\"timestamp_end\\":\\"" + $var(ts) + "\\"}";
+        if ($var(ok) =~ "^\\{\\"ok\\":true[,}]") { $var(x) = 1; }
+""",
+    "one_body_jansson": """
+        $var(b) = "{}";
+        jansson_set("string", "transaction_tag", "$var(ci)", "$var(b)");
+        jansson_set("string", "account_tag", "$var(acc)", "$var(b)");
+        jansson_set("string", "source", "$var(fu)", "$var(b)");
+        jansson_set("string", "destination", "$var(tu)", "$var(b)");
+""",
+    "one_get": """
+        jansson_get("authorized", "$var(answer)", "$var(x)");
+""",
+}
+
+
+def _kamailio_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def json_cost(workdir: Path, loops: int = JSON_LOOPS) -> dict[str, float]:
+    """µs per iteration of each JSON phase, the empty loop's time subtracted, in a Kamailio of its own."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    answer = json.dumps({
+        "tenant": "default", "transaction_tag": "3a1f8c2e7b9d4f60@127.0.0.1", "account_tag": ACCOUNT,
+        "destination_account_tag": None, "authorized": True, "authorized_destination": False,
+        "unauthorized_account_tag": None, "unauthorized_reason": None, "max_available_units": 3600,
+        "balance": 999999999, "carriers": ["UDP:127.0.0.1:5070"]})
+    # compact, as the agent (orjson) writes it
+    ok = json.dumps({"ok": True, "tenant": "default", "transaction_tag": "3a1f8c2e7b9d4f60@127.0.0.1",
+                     "account_tag": ACCOUNT, "destination_account_tag": None}, separators=(",", ":"))
+    body = []
+    for name, code in _JSON_PHASES.items():
+        body.append(f"""
+    $var(i) = 0;
+    $var(t0) = $TV(Sn);
+    while ($var(i) < {loops}) {{
+        $var(i) = $var(i) + 1;{code}
+    }}
+    xlog("L_ALERT", "JSONBENCH {name} $var(t0) $TV(Sn)\\n");""")
+    cfg = f"""#!KAMAILIO
+debug=1
+log_stderror=yes
+children=1
+disable_tcp=yes
+listen=udp:127.0.0.1:{free_port()}
+max_while_loops={loops + 10}
+mpath="{system_modules_dir()}"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "jansson.so"
+
+event_route[core:worker-one-init] {{
+    $var(ci) = "3a1f8c2e7b9d4f60@127.0.0.1";
+    $var(acc) = "{ACCOUNT}";
+    $var(fu) = "sip:{ACCOUNT}@127.0.0.1:5062";
+    $var(tu) = "sip:{NUMBER}@127.0.0.1:5060";
+    $var(ts) = "1764600000.123456";
+    $var(answer) = {_kamailio_string(answer)};
+    $var(ok) = {_kamailio_string(ok)};
+    $var(x) = 0;
+    $var(c) = "";{''.join(body)}
+    xlog("L_ALERT", "JSONBENCH done\\n");
+}}
+
+request_route {{
+    drop;
+}}
+"""
+    path = workdir / "json-bench.cfg"
+    path.write_text(cfg)
+    log_path = workdir / "json-bench.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(["kamailio", "-f", str(path), "-DD", "-E", "-m", "64", "-M", "8", "-Y", str(workdir),
+                                    "-w", str(workdir)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "JSONBENCH done" not in log_path.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise SetupError(f"the JSON benchmark Kamailio exited: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+    times = {m.group(1): float(m.group(3)) - float(m.group(2))
+             for m in re.finditer(r"JSONBENCH (\w+) (\d+\.\d+) (\d+\.\d+)", log_path.read_text(errors="replace"))}
+    empty = times.get("empty", 0.0)
+    return {name: 1e6 * (seconds - empty) / loops for name, seconds in times.items() if name != "empty"}
+
+
+# ---- one measured run of one mode ----
+
+class ConfigKamailio(Kamailio):
+    """A harness Kamailio whose kamailio.cfg and rating.cfg come from another folder (an A/B of the config)."""
+
+    config_dir: Path | None = None
+
+    def write_config(self) -> Path:
+        cfg = super().write_config()
+        if self.config_dir is not None:
+            for name in ("kamailio.cfg", "rating.cfg"):
+                shutil.copy(self.config_dir / name, self.workdir / name)
+        return cfg
+
+
+def measure(mode: str, round_no: int, defines: dict, config_dir: Path | None, components: dict, auth_db: str,
+            workdir: Path, args: argparse.Namespace) -> dict:
+    agent, redis, postgres = components["agent"], components["redis"], components["postgres"]
+    carrier = components["carrier"]
+    kamailio = ConfigKamailio(workdir / f"kamailio-{mode}-{round_no}", defines={**defines, "WITH_AUTH": False},
+                              auth_db=auth_db, ip_auth=True, shm_mb=args.shm_mb)
+    kamailio.config_dir = config_dir
+    kamailio.start()
+    try:
+        print(f"{mode} (round {round_no}): {args.calls} calls at {args.rate:g}/s, {args.hold_ms} ms each, "
+              f"load average {os.getloadavg()[0]:.2f} ...", flush=True)
+        roots = {"kamailio": kamailio.process.pid, "agent": agent.process.pid, "redis": redis.process.pid,
+                 "postgres": postgres.process.pid, "carrier": carrier.process.pid}
+        watch = (ConnectionWatch(agent.port if "WITH_RATING" in defines else None, kamailio.process.pid)
+                 if args.breakdown else None)
+        if args.breakdown:
+            redis_before, pg_before = redis_info(redis.url), postgres_stats(postgres.url)
+            hist_before, opens_before = agent_histograms(agent.url), passive_opens()
+            udp_before = udp_counters()
+        load_before = os.getloadavg()[0]
+        cpu_before = cpu_snapshot(roots)
+        if watch:
+            watch.start()
+        result = run_load(kamailio.workdir, kamailio.port, args)
+        if watch:
+            watch.stop()
+        if args.breakdown:
+            time.sleep(1.0 + 2.5)  # the last calls' ends, the agent's once-a-second metrics flush
+        cpu_after = cpu_snapshot(roots)
+        result["load_average"] = (load_before + os.getloadavg()[0]) / 2
+        calls = max(result["created"], 1)
+        http_pids = watch.pids if watch else set()
+        cpu: dict[str, float] = {}
+        for name, after in cpu_after.items():
+            before = cpu_before.get(name, {})
+            for pid, (comm, ticks) in after.items():
+                used = ticks - before.get(pid, (comm, 0))[1]
+                if name == "kamailio":
+                    part = "kamailio http workers" if pid in http_pids else "kamailio other"
+                elif name == "agent":
+                    part = AGENT_PARTS.get(comm, "agent workers" if comm.startswith("rating-worker") else "agent other")
+                elif name == "carrier":
+                    part = "sipp carrier"
+                else:
+                    part = name
+                cpu[part] = cpu.get(part, 0.0) + used
+        cpu = {part: 1000 * ticks / TICKS / calls for part, ticks in cpu.items()}
+        cpu["sipp caller"] = 1000 * result["caller_cpu_s"] / calls
+        result["cpu_ms"] = cpu
+        result["kamailio_ms"] = cpu.get("kamailio http workers", 0.0) + cpu.get("kamailio other", 0.0)
+        result["agent_ms"] = sum(v for k, v in cpu.items() if k.startswith("agent"))
+        if args.breakdown:
+            rtts = sipp_rtts(kamailio.workdir)
+            result["invite_200_ms"] = {"p50": percentile(rtts, 0.5), "p90": percentile(rtts, 0.9),
+                                       "p99": percentile(rtts, 0.99), "over_500": sum(v > 500 for v in rtts)}
+            redis_after, pg_after = redis_info(redis.url), postgres_stats(postgres.url)
+            result["redis_per_call"] = {k: (redis_after[k] - redis_before.get(k, 0)) / calls for k in redis_after
+                                        if redis_after[k] - redis_before.get(k, 0)}
+            result["postgres_per_call"] = {k: (pg_after[k] - pg_before[k]) / calls for k in pg_after}
+            result["agent_latency"] = histogram_summary(hist_before, agent_histograms(agent.url))
+            udp_after = udp_counters()
+            result["udp_drops_machine"] = udp_after.get("RcvbufErrors", 0) - udp_before.get("RcvbufErrors", 0)
+            result["kamailio_waits"] = watch.wait_summary(http_pids)
+            if "WITH_RATING" in defines:
+                result["connections"] = {"distinct_seen": len(watch.seen), "most_at_once": watch.most,
+                                         "open_at_end": len(agent_connections(agent.port)),
+                                         "passive_opens_machine": passive_opens() - opens_before,
+                                         "http_worker_pids": len(http_pids)}
+                result["kamailio_latency"] = kamailio_timings(kamailio.log())
+    finally:
+        kamailio.stop()
+    if agent.process is None or agent.process.poll() is not None:
+        raise SetupError(f"the agent exited during the {mode} run: {agent.log_path.read_text()[-3000:]}")
+    return result
+
+
+# ---- reporting ----
+
+def spread(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    print()
+    print(f"{args.calls} calls per round at {args.rate:g}/s, {args.hold_ms} ms each; median (min-max) of "
+          f"{args.rounds} round(s)")
+    print(f"{'mode':<8} {'answered/s':>20} {'failed':>12} {'retrans':>16} {'kamailio CPU ms/call':>22} "
+          f"{'agent CPU ms/call':>20} {'load avg':>16}")
+    for mode, rounds in results.items():
+        print(f"{mode:<8} {spread([r['calls_per_s'] for r in rounds], 1):>20} "
+              f"{spread([r['failed'] for r in rounds], 0):>12} {spread([r['retransmissions'] for r in rounds], 0):>16} "
+              f"{spread([r['kamailio_ms'] for r in rounds]):>22} {spread([r['agent_ms'] for r in rounds]):>20} "
+              f"{spread([r['load_average'] for r in rounds]):>16}")
+    for mode, rounds in results.items():
+        failures: dict[str, int] = {}
+        for r in rounds:
+            for k, v in r["failures"].items():
+                failures[k] = failures.get(k, 0) + v
+        if failures:
+            print(f"  {mode} failures (all rounds): {failures}")
+    relay = [r["calls_per_s"] for r in results.get("relay", [])]
+    rating = [r["calls_per_s"] for r in results.get("rating", [])]
+    if relay and rating:
+        ratio = statistics.median(rating) / statistics.median(relay)
+        print(f"ratio rating/relay (answered calls/s, medians): {ratio:.3f}")
+    if not args.breakdown:
+        return
+
+    print("\nCPU per call (ms), median (min-max) of the rounds")
+    parts = sorted({p for rounds in results.values() for r in rounds for p in r["cpu_ms"]})
+    print(f"{'component':<24}" + "".join(f"{mode:>24}" for mode in results))
+    for part in parts:
+        print(f"{part:<24}" + "".join(f"{spread([r['cpu_ms'].get(part, 0.0) for r in rounds], 3):>24}"
+                                      for rounds in results.values()))
+    print(f"{'total':<24}" + "".join(f"{spread([sum(r['cpu_ms'].values()) for r in rounds], 3):>24}"
+                                     for rounds in results.values()))
+
+    print("\nSIPp: INVITE -> 200 (ms), calls answered later than 500 ms; UDP datagrams dropped on full "
+          "sockets (machine-wide)")
+    for mode, rounds in results.items():
+        print(f"  {mode:<8} p50 {spread([r['invite_200_ms']['p50'] for r in rounds], 1)}  "
+              f"p90 {spread([r['invite_200_ms']['p90'] for r in rounds], 1)}  "
+              f"p99 {spread([r['invite_200_ms']['p99'] for r in rounds], 1)}  "
+              f"> 500 ms: {spread([r['invite_200_ms']['over_500'] for r in rounds], 0)}  "
+              f"UDP drops: {spread([r['udp_drops_machine'] for r in rounds], 0)}")
+    print("\nWhere Kamailio's processes wait (share of /proc/PID/wchan samples, last round)")
+    for mode, rounds in results.items():
+        for kind, where in rounds[-1]["kamailio_waits"].items():
+            print(f"  {mode:<8} {kind:<13} " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in where.items()))
+
+    for mode, rounds in results.items():
+        if "kamailio_latency" not in rounds[0]:
+            continue
+        print(f"\n{mode}: agent requests as Kamailio saw them (send -> answer route, ms) | curl's own time | "
+              f"as the agent saw them (its histogram: bucket bounds)")
+        for op in OPERATIONS:
+            k = [r["kamailio_latency"].get(op) for r in rounds if r["kamailio_latency"].get(op)]
+            a = [r["agent_latency"][AGENT_ENDPOINTS[op]] for r in rounds if AGENT_ENDPOINTS[op] in r["agent_latency"]]
+            if not k:
+                print(f"  {op}: no RTIME lines (--no-timing?)")
+            else:
+                print(f"  {op:<18} n {spread([x['count'] for x in k], 0)}  p50 {spread([x['p50_ms'] for x in k])}  "
+                      f"p90 {spread([x['p90_ms'] for x in k])}  p99 {spread([x['p99_ms'] for x in k])}  "
+                      f"max {spread([x['max_ms'] for x in k], 0)}  "
+                      f">100ms {spread([100 * x['over_100ms'] for x in k], 1)}%  "
+                      f"unanswered {spread([x['unanswered'] for x in k], 0)}")
+                print(f"  {'':<18} curl p50 {spread([x['curl_p50_ms'] for x in k])}  "
+                      f"p99 {spread([x['curl_p99_ms'] for x in k])}")
+            if a:
+                print(f"  {'':<18} agent mean {spread([x['mean_ms'] for x in a], 3)}  "
+                      f"p50 <= {spread([x['p50_ms'] for x in a], 1)}  p99 <= {spread([x['p99_ms'] for x in a], 1)}  "
+                      f"> 5 ms {spread([100 * x['over_5ms'] for x in a], 1)}%")
+        c = [r["connections"] for r in rounds]
+        print(f"  connections Kamailio -> agent: distinct seen {spread([x['distinct_seen'] for x in c], 0)}, "
+              f"most at once {spread([x['most_at_once'] for x in c], 0)}, open at the end "
+              f"{spread([x['open_at_end'] for x in c], 0)}, held by {spread([x['http_worker_pids'] for x in c], 0)} "
+              f"Kamailio processes; machine-wide accepts during the run "
+              f"{spread([x['passive_opens_machine'] for x in c], 0)} (for {args.calls * 3} requests)")
+        redis_keys = sorted({k for r in rounds for k in r["redis_per_call"]})
+        print("  Redis per call: " + ", ".join(f"{k} {spread([r['redis_per_call'].get(k, 0) for r in rounds])}"
+                                               for k in redis_keys))
+        print("  PostgreSQL per call: " + ", ".join(
+            f"{k} {spread([r['postgres_per_call'][k] for r in rounds])}" for k in rounds[0]["postgres_per_call"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=300, help="offered calls per second (default 300)")
-    parser.add_argument("--calls", type=int, default=3000, help="calls per mode (default 3000)")
+    parser.add_argument("--calls", type=int, default=3000, help="calls per mode and round (default 3000)")
     parser.add_argument("--hold-ms", type=int, default=100, help="length of each call in ms (default 100)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every mode, taking turns (default 1)")
+    parser.add_argument("--modes", default="relay,rating", help="modes to run (default relay,rating; every --config "
+                        "is added)")
     parser.add_argument("--timeout", type=int, default=120, help="seconds at most per mode (default 120)")
     parser.add_argument("--shm-mb", type=int, default=256, help="Kamailio shared memory in MB (default 256)")
     parser.add_argument("--children", type=int, default=4, help="Kamailio UDP workers (default 4)")
-    parser.add_argument("--http-workers", type=int, default=4, help="http_async_client workers (default 4)")
+    parser.add_argument("--http-workers", type=int, default=None,
+                        help="http_async_client workers (default: the configuration's own)")
     parser.add_argument("--agent-workers", type=int, default=None,
                         help="agent worker processes (default: the agent's own default, one per core)")
+    parser.add_argument("--breakdown", action="store_true", help="per call: CPU per component, latency of each "
+                        "agent request, connections, Redis and PostgreSQL work, JSON cost (see above)")
+    parser.add_argument("--no-timing", action="store_true", help="with --breakdown: no RATING_TIMING log lines")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=DIR",
+                        help="also run mode NAME: rating with the kamailio.cfg and rating.cfg of folder DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with all logs")
     args = parser.parse_args(argv)
-    if args.calls <= 0 or args.rate <= 0:
-        parser.error("--calls and --rate must be positive")
+    if args.calls <= 0 or args.rate <= 0 or args.rounds <= 0:
+        parser.error("--calls, --rate and --rounds must be positive")
 
     try:
         ensure_kamailio()
@@ -130,7 +799,8 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="sip-load-"))
     redis = postgres = agent = carrier = None
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {}
+    json_costs = None
     try:
         redis = RedisServer(workdir / "redis").start()
         postgres = PostgresServer(workdir / "postgres").start()
@@ -144,29 +814,33 @@ def main(argv: list[str] | None = None) -> int:
         catalog_file.write_text(json.dumps(catalog(carrier.port)))
         agent.cli("import", "catalog", str(catalog_file))
         agent.start()
+        components = {"agent": agent, "redis": redis, "postgres": postgres, "carrier": carrier}
 
         common = {"SIP_CHILDREN": args.children, "DEBUG_LEVEL": 1, "TM_FR_TIMER": 2000,
                   "TM_FR_INV_TIMER": 10000}
+        rating = {**common, "WITH_RATING": None, "RATING_AGENT_URL": f'"{agent.url}"', "RATING_AGENT_TIMEOUT": 1900}
+        if args.http_workers is not None:
+            rating["RATING_HTTP_WORKERS"] = args.http_workers
+        if args.breakdown and not args.no_timing:
+            rating["RATING_TIMING"] = None
         modes = {
-            "relay": {**common, "RELAY_DESTINATION": f'"sip:127.0.0.1:{carrier.port}"'},
-            "rating": {**common, "WITH_RATING": None, "RATING_AGENT_URL": f'"{agent.url}"',
-                       "RATING_AGENT_TIMEOUT": 1900, "RATING_HTTP_WORKERS": args.http_workers},
+            "relay": ({**common, "RELAY_DESTINATION": f'"sip:127.0.0.1:{carrier.port}"'}, None),
+            "rating": (rating, None),
         }
-        for mode, defines in modes.items():
-            kamailio = Kamailio(workdir / f"kamailio-{mode}", defines={**defines, "WITH_AUTH": False},
-                                auth_db=auth_db, ip_auth=True, shm_mb=args.shm_mb).start()
-            try:
-                print(f"{mode}: {args.calls} calls at {args.rate:g}/s, {args.hold_ms} ms each ...", flush=True)
-                kamailio_cpu = cpu_seconds(kamailio.process.pid, group=True)
-                agent_cpu = cpu_seconds(agent.process.pid, group=True)
-                results[mode] = run_load(workdir / f"kamailio-{mode}", kamailio.port, args)
-                calls = max(results[mode]["created"], 1)
-                results[mode]["kamailio_ms"] = 1000 * (cpu_seconds(kamailio.process.pid, group=True) - kamailio_cpu) / calls
-                results[mode]["agent_ms"] = 1000 * (cpu_seconds(agent.process.pid, group=True) - agent_cpu) / calls
-            finally:
-                kamailio.stop()
-            if agent.process is None or agent.process.poll() is not None:
-                raise SetupError(f"the agent exited during the {mode} run: {agent.log_path.read_text()[-3000:]}")
+        wanted = [m for m in args.modes.split(",") if m in modes]
+        for named in args.config:
+            name, _, folder = named.partition("=")
+            if not folder or name in ("relay", "rating"):
+                raise SetupError(f"--config {named}: expected NAME=DIR with NAME not relay or rating")
+            modes[name] = (rating, Path(folder).resolve())
+            wanted.append(name)
+        if args.breakdown:
+            json_costs = [json_cost(workdir / f"json-bench-{n}") for n in range(3)]
+        for round_no in range(1, args.rounds + 1):
+            for mode in wanted:
+                defines, config_dir = modes[mode]
+                results.setdefault(mode, []).append(
+                    measure(mode, round_no, defines, config_dir, components, auth_db, workdir, args))
     except (SetupError, RuntimeError, TimeoutError) as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
@@ -181,16 +855,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print()
-    print(f"{'mode':<8} {'answered/s':>10} {'answered':>9} {'failed':>7} {'unfinished':>10} "
-          f"{'retrans':>8} {'seconds':>8} {'kamailio CPU ms/call':>21} {'agent CPU ms/call':>18}")
-    for mode, r in results.items():
-        print(f"{mode:<8} {r['calls_per_s']:>10.1f} {r['answered']:>9} {r['failed']:>7} {r['unfinished']:>10} "
-              f"{r['retransmissions']:>8} {r['seconds']:>8} {r['kamailio_ms']:>21.2f} {r['agent_ms']:>18.2f}")
-    relay, rating = results["relay"], results["rating"]
-    ratio = rating["calls_per_s"] / relay["calls_per_s"] if relay["calls_per_s"] else float("nan")
-    print(f"ratio rating/relay (answered calls/s): {ratio:.3f}")
-    return 0 if rating["failed"] == 0 and relay["failed"] == 0 else 1
+    report(results, args)
+    if json_costs:
+        print("\nJSON handling in Kamailio's configuration (µs of one Kamailio process, empty loop subtracted; "
+              "median (min-max) of 3 runs): "
+              + ", ".join(f"{k} {spread([c[k] for c in json_costs], 1)}" for k in json_costs[0]))
+    failed = any(r["failed"] for rounds in results.values() for r in rounds)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
