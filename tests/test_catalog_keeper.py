@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from agent.keys import CATALOG
+from agent.store.importer import OVERLAY_LIMIT
 from tests.conftest import AgentProcess, run_cli
 from tests.test_transaction import catalog, post, prepaid, records
 
@@ -55,6 +56,24 @@ async def test_a_call_authorized_before_a_deck_swap_is_charged_at_the_rate_it_wa
     assert await stack.balance("a") == 10_000 - 10
 
 
+async def test_a_small_deck_upload_is_laid_over_the_deck_without_building_a_new_one(agent, stack):
+    client = await agent(catalog(prepaid("a", 10_000)))
+    builds = "SELECT count(*) FROM catalog_changes WHERE kind IN ('bulk', 'deck')"
+    before = await stack.database.fetchval(builds)
+    reply = await client.post("/management/pricelists/p1/rates?carrier_tag=c1&replace=true",
+                              data=b"prefix,rate\n39,5\n3904,7\n", headers={"Content-Type": "text/csv"})
+    assert reply.status == 200, await reply.text()
+    assert await stack.database.fetchval(builds) == before  # one rate change, read by every agent
+    # the very next authorization is rated with it: 3904 only at c1, 7 a second
+    answer = await post(client, "authorization", transaction_tag="n", account_tag="a", destination="39040")
+    assert answer["max_available_units"] == 10_000 // 7
+    await post(client, "rollback", transaction_tag="n")
+    # elsewhere under 39, c2 at 2 a second now beats c1 at 5 (was 1)
+    answer = await post(client, "authorization", transaction_tag="m", account_tag="a", destination="3905")
+    assert (answer["max_available_units"], answer["carriers"]) == (
+        10_000 // 2, ["TCP:gw.example.com:5061", "UDP:10.0.0.1:5060"])
+
+
 def _mapped_decks(pid: int) -> set[str]:
     return {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
             if line.endswith("columns.bin")}
@@ -67,8 +86,10 @@ async def test_a_restarted_worker_maps_the_deck_that_is_active(stack, tmp_path):
     agent = AgentProcess(stack.redis_url, stack.database_url, tmp_path, workers=1).start()
     try:
         async with aiohttp.ClientSession() as session:
+            # more rates than an import lays over the deck: a new deck is built and activated
+            body = "prefix,rate\n39,4\n" + "".join(f"{3900000 + i},4\n" for i in range(OVERLAY_LIMIT))
             async with session.post(agent.url + "/management/pricelists/p1/rates?carrier_tag=c1&replace=true",
-                                    data=b"prefix,rate\n39,4\n") as reply:
+                                    data=body.encode()) as reply:
                 assert reply.status == 200, await reply.text()
 
             async def worker_pid() -> int:

@@ -3,8 +3,9 @@
 Query parameters: `carrier_tag` (for rows without one), `tenant` (default "default"), `replace` (true: the
 deck becomes the whole tariff of its pricelist/carrier pairs). Every row belongs to the pricelist and
 tenant of the URL. The body is parsed as it arrives and copied into PostgreSQL, merged in one transaction;
-then the tenant's deck is built (in a child process) and activated, and the answer comes once every agent
-rates with it; each call is rated entirely on the old deck or on the new one. Answers
+a deck changing few rates (importer.OVERLAY_LIMIT) is laid over the tenant's deck as rate changes, a larger
+one makes the tenant's deck built (in a child process) and activated; the answer comes once every agent
+rates with it, and each call is rated entirely on the old rates or on the new ones. Answers
 `{"rows", "removed", "seconds"}`; a bad row answers 422 naming its line, and nothing is changed.
 Needs the management token when one is configured.
 """

@@ -151,15 +151,20 @@ class RateTable(Lookups):
                     found.append((key, rates))
         return found
 
-    def over(self, base: Layer, changes: dict[tuple[bool, str], Group]) -> "Layered":
-        """A copy of this layer with `changes` (key -> its whole new group, best first) put in, over `base`."""
+    def over(self, base: Layer, changes: dict[tuple[bool, str], Group], size: int | None = None) -> "Layered":
+        """A copy of this layer with `changes` (key -> its whole new group, best first) put in, over `base`.
+
+        `size`: the rates visible through this layer over `base` before the changes (None: this layer is
+        empty). The new size is counted from the changed keys alone: the cost follows the change, not the
+        changes piled up since the deck."""
         upper = self.copy()
+        size = base.size if size is None else size
         for (is_raw, key), rates in changes.items():
+            before = self.group(is_raw, key)
+            size += len(rates) - len(base.group(is_raw, key) or () if before is None else before)
             upper.put(is_raw, key, rates)
         upper.number_lengths = tuple(sorted({len(k) for k in upper.numbers}, reverse=True))
         upper.raw_lengths = tuple(sorted({len(k) for k in upper.raw}, reverse=True))
-        size = base.size + sum(len(group) - len(base.group(is_raw, key) or ()) for is_raw, index in
-                               ((False, upper.numbers), (True, upper.raw)) for key, group in index.items())
         return Layered(base, upper, size)
 
     def copy(self) -> "RateTable":

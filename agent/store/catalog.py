@@ -64,9 +64,9 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
     """`table` with the rates named by `identities` ([pricelist, carrier, prefix]) as they are stored now."""
     wanted = {tuple(i) for i in identities}
     if isinstance(table, Layered):
-        base, upper = table.base, table.upper
+        base, upper, size = table.base, table.upper, table.size
     else:
-        base, upper = table, _EMPTY
+        base, upper, size = table, _EMPTY, None
     groups: dict[tuple[bool, str], tuple[Rate, ...]] = {}
     if wanted:
         pricelists, carriers, prefixes = (list(column) for column in zip(*wanted))
@@ -84,7 +84,7 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
                 current = base.group(is_raw, key) or ()
             kept = [r for r in current if _identity(r) not in wanted]
             groups[(is_raw, key)] = tuple(sorted(kept + rates, key=Rate.order_key))
-    return upper.over(base, groups)
+    return upper.over(base, groups, size)
 
 
 async def _tenant_table(connection, folder: Path, tenant: str, covers: int | None) -> Layered:

@@ -36,16 +36,15 @@ class Recorder:
     """Collects the changes of one transaction; `write` appends them just before commit."""
 
     def __init__(self) -> None:
-        self._pending: dict[tuple[str, str], list] = {}
+        self._pending: dict[tuple[str, str], dict] = {}  # subjects by a hashable form, in order
         self._bulk: set[str] = set()  # kept past `write`, for the caller
 
     def add(self, tenant: str, kind: str, *subjects: Any) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown change kind {kind!r}")
-        found = self._pending.setdefault((tenant, kind), [])
+        found = self._pending.setdefault((tenant, kind), {})
         for subject in subjects:
-            if subject not in found:
-                found.append(subject)
+            found.setdefault(json.dumps(subject, sort_keys=True), subject)
 
     def __bool__(self) -> bool:
         return bool(self._pending)
@@ -62,7 +61,8 @@ class Recorder:
         self._bulk = self.bulk
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         last = 0
-        for (tenant, kind), subjects in self._pending.items():
+        for (tenant, kind), found in self._pending.items():
+            subjects = list(found.values())
             subject = subjects[0] if kind == "deck" else subjects
             last = await connection.fetchval(
                 "INSERT INTO catalog_changes (tenant, kind, subject) VALUES ($1, $2, $3::jsonb) RETURNING seq",

@@ -2,9 +2,9 @@
 
 Decks live under `--deck-dir`, one folder per database (named by its `catalog_identity`, so agents of two
 databases never share a deck), then per tenant, then per version: the folder is named by the change-log
-position the deck covers. A deck is built after a bulk change (deck import, pricelist or carrier renamed
-or deleted) or when too many single-rate changes piled up over the current one, by whoever made the change
-or by `ensure` at start; it is activated by a `deck` change row naming what it covers, and every agent of
+position the deck covers. A deck is built after a bulk change (a deck import changing more rates than
+importer.OVERLAY_LIMIT, a pricelist or carrier renamed or deleted) or when too many rate changes piled up
+over the current one, by whoever made the change or by `ensure` at start; it is activated by a `deck` change row naming what it covers, and every agent of
 the host then maps the newest local deck covering at least that much.
 
 Builds run outside the serving processes: in the supervisor before the workers start, in the CLI, or in
@@ -33,7 +33,7 @@ from ..pricing.rate import Rate
 from . import changes
 
 log = logging.getLogger(__name__)
-COMPACT_AFTER = 10_000  # single-rate changes over a deck after which a fresh deck is built
+COMPACT_AFTER = 10_000  # rates changed over a deck (rate changes) after which a fresh deck is built
 _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
 
 
@@ -84,7 +84,8 @@ async def stale_tenants(connection: asyncpg.Connection) -> list[str]:
         "  WHERE kind = 'deck' GROUP BY tenant)"
         " SELECT c.tenant FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
         " WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0) GROUP BY c.tenant"
-        " HAVING bool_or(c.kind = 'bulk') OR count(*) > $1", COMPACT_AFTER)
+        " HAVING bool_or(c.kind = 'bulk')"
+        " OR coalesce(sum(jsonb_array_length(c.subject)) FILTER (WHERE c.kind = 'rate'), 0) > $1", COMPACT_AFTER)
     return [row["tenant"] for row in rows]
 
 
@@ -180,16 +181,23 @@ async def ensure(pool: asyncpg.Pool, root: str | os.PathLike) -> list[deck.DeckI
     return [info for info in built if info is not None]
 
 
-async def follow(settings: Settings, pool: asyncpg.Pool, redis, interval: float = 1.0) -> None:
+async def follow(settings: Settings, pool: asyncpg.Pool, redis, interval: float = 1.0,
+                 writer_grace: float = 5.0) -> None:
     """The host's deck builder (in the housekeeper): builds whatever `lacking` finds, in a child process,
-    and publishes it. Usually the writer of a bulk change has done so already; this catches a writer that
-    died before, and decks activated by another host."""
+    and publishes it. Usually the writer of a bulk change does so itself: a tenant changed in bulk is left
+    to its writer for `writer_grace` seconds (a second build beside the writer's would only wait for its
+    lock and take CPU from the serving processes); this catches a writer that died before, and decks
+    activated by another host."""
+    first_seen: dict[str, float] = {}
     while True:
         await asyncio.sleep(interval)
         try:
             stale, absent = await lacking(pool, settings.decks)
-            if stale or absent:
-                await publish(settings, pool, redis, {*stale, *absent})
+            now = time.monotonic()
+            first_seen = {tenant: first_seen.get(tenant, now) for tenant in stale}
+            overdue = [tenant for tenant, seen in first_seen.items() if now - seen >= writer_grace]
+            if overdue or absent:
+                await publish(settings, pool, redis, {*overdue, *absent})
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - try again at the next look

@@ -388,9 +388,16 @@ class DeckResult:
     rows: int
     replaced: int
     tenants: set[str]  # whose decks must be built again
+    overlaid: int = 0  # rates changed few enough to be laid over the current deck (rate changes)
+
+
+# An import that changes at most this many rates is recorded as rate changes, which every agent lays over
+# its deck by reading just those rates (work in proportion to the change); a larger one builds a new deck.
+OVERLAY_LIMIT = 1_000
 
 
 _KEY = ("tenant", "pricelist_tag", "prefix", "carrier_tag")
+_IDENTITY = "tenant, pricelist_tag, carrier_tag, prefix"  # what a rate change names (store/changes.py)
 _VALUES = RATE_COLUMNS[4:]
 # Sorting the deck by prefix first: PostgreSQL's abbreviated keys work on the first sort column (tenant
 # and pricelist are mostly one value); "C" compares bytes. Either order groups equal keys alike.
@@ -493,10 +500,14 @@ async def import_rates(
                         " USING (tenant, pricelist_tag, carrier_tag))")
                     if not stored:
                         # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
-                        await connection.execute(
-                            f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck")
+                        insert = f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck"
+                        if count <= OVERLAY_LIMIT:
+                            touched = await connection.fetch(f"{insert} RETURNING {_IDENTITY}")
+                        else:
+                            await connection.execute(insert)
+                            touched = None
                     else:
-                        replaced = await _merge(connection, merged, ids, replace)
+                        replaced, touched = await _merge(connection, merged, ids, replace)
                     await connection.execute("SET LOCAL rating.rate_references = ''")
                 break
             except asyncpg.UniqueViolationError:
@@ -506,15 +517,22 @@ async def import_rates(
         await connection.execute("DROP TABLE rate_deck, rate_deck_pairs")  # and rate_deck_ids (owned)
         own = recorder is None
         recorder = changes.Recorder() if own else recorder
-        for tenant in tenants:
-            recorder.add(tenant, "bulk")
+        if touched is None:
+            for tenant in tenants:
+                recorder.add(tenant, "bulk")
+        else:
+            for tenant, pricelist, carrier, prefix in touched:
+                recorder.add(tenant, "rate", [pricelist, carrier, prefix])
+            tenants = set()
         if own:
             await recorder.write(connection)
-    return DeckResult(count, replaced, tenants)
+    return DeckResult(count, replaced, tenants, 0 if touched is None else len(touched))
 
 
-async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace: bool) -> int:
-    """Merges the deck into pairs that have rates; returns how many rates `replace` deleted."""
+async def _merge(connection: asyncpg.Connection, merged: str, ids: str,
+                 replace: bool) -> tuple[int, list[asyncpg.Record] | None]:
+    """Merges the deck into pairs that have rates. Returns how many rates `replace` deleted, and the
+    identities (_IDENTITY) of every rate added, changed or deleted, if there are at most OVERLAY_LIMIT."""
     await connection.execute("ANALYZE rate_deck")  # sizes for the join (a nested loop over millions is minutes)
     columns = ", ".join(RATE_COLUMNS)
     on = " AND ".join(f"r.{c} = deck.{c}" for c in _KEY)
@@ -529,11 +547,18 @@ async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace:
         f" FROM rate_deck_pairs)) r ON {on} WHERE r.id IS NULL OR deck.prefix IS NULL OR {differs}"
     )
     await connection.execute("ANALYZE rate_deck_changes")
+    few = await connection.fetchval("SELECT count(*) FROM rate_deck_changes") <= OVERLAY_LIMIT
+    touched = await connection.fetch(f"SELECT {_IDENTITY} FROM rate_deck_changes WHERE prefix IS NOT NULL") \
+        if few else None
     replaced = 0
     if replace:
-        status = await connection.execute(
-            "DELETE FROM pricelist_rates r USING rate_deck_changes c WHERE c.prefix IS NULL AND r.id = c.stored")
-        replaced = int(status.split()[-1])
+        delete = "DELETE FROM pricelist_rates r USING rate_deck_changes c WHERE c.prefix IS NULL AND r.id = c.stored"
+        if few:
+            gone = await connection.fetch(f"{delete} RETURNING {', '.join(f'r.{c}' for c in _IDENTITY.split(', '))}")
+            touched += gone
+            replaced = len(gone)
+        else:
+            replaced = int((await connection.execute(delete)).split()[-1])
     await connection.execute(
         f"UPDATE pricelist_rates r SET {', '.join(f'{c} = c.{c}' for c in _VALUES)} FROM rate_deck_changes c"
         " WHERE c.stored IS NOT NULL AND c.prefix IS NOT NULL AND r.id = c.stored"
@@ -543,7 +568,7 @@ async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace:
         f" WHERE stored IS NULL ORDER BY {_ORDER}"
     )
     await connection.execute("DROP TABLE rate_deck_changes")
-    return replaced
+    return replaced, touched
 
 
 _CARRIER = ("carrier_tag", "host", "port", "protocol", "active")

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from agent.store import importer
 from agent.store.importer import ImportError_, csv_rates, import_rates
 from tests.conftest import run_cli
 from tests.test_transaction import at, catalog, post, prepaid, records
@@ -188,17 +189,26 @@ async def test_an_unknown_pricelist_aborts_the_deck(stack):
         await import_rates(stack.database, csv_rates([HEADER, "44,1,1,0,0,x\n"], "default", "nope", "c1"))
 
 
-async def test_a_replace_rewrites_only_what_changed(stack):
+@pytest.mark.parametrize("overlay_limit", [importer.OVERLAY_LIMIT, 2])
+async def test_a_replace_rewrites_only_what_changed(stack, monkeypatch, overlay_limit):
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", overlay_limit)
     await stack.load(catalog(prepaid("a")))
     first = [HEADER, "4401,1,60,0,0,a\n", "4402,2,60,0,0,b\n", "4403,3,60,0,0,c\n"]
     await import_rates(stack.database, csv_rates(first, "default", "p2", "c1"))
     before = {r["prefix"]: (r["id"], r["xmin"]) for r in await stack.database.fetch(
         "SELECT prefix, id, xmin::text FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c1'")}
     again = [HEADER, "4401,1,60,0,0,a\n", "4402,20,60,0,0,b\n", "4404,4,60,0,0,d\n", "4404,40,60,0,0,d\n"]
-    bulk = "SELECT count(*) FROM catalog_changes WHERE kind = 'bulk' AND tenant = 'default'"
-    changes_before = await stack.database.fetchval(bulk)
+    logged = "SELECT kind, subject FROM catalog_changes WHERE tenant = 'default' AND seq > $1 ORDER BY seq"
+    seq_before = await stack.database.fetchval("SELECT max(seq) FROM catalog_changes")
     result = await import_rates(stack.database, csv_rates(again, "default", "p2", "c1"), replace=True)
-    assert (result.rows, result.replaced, result.tenants) == (4, 1, {"default"})
+    new_changes = [(r["kind"], json.loads(r["subject"])) for r in await stack.database.fetch(logged, seq_before)]
+    if overlay_limit >= 3:  # three rates changed: laid over the deck as rate changes, no deck to build
+        assert (result.rows, result.replaced, result.tenants, result.overlaid) == (4, 1, set(), 3)
+        assert [kind for kind, _ in new_changes] == ["rate"]
+        assert sorted(new_changes[0][1]) == [["p2", "c1", "4402"], ["p2", "c1", "4403"], ["p2", "c1", "4404"]]
+    else:  # more than the limit: a new deck, in the same transaction
+        assert (result.rows, result.replaced, result.tenants, result.overlaid) == (4, 1, {"default"}, 0)
+        assert new_changes == [("bulk", [])]
     after = {r["prefix"]: (r["id"], r["xmin"], r["rate"]) for r in await stack.database.fetch(
         "SELECT prefix, id, xmin::text, rate FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c1'")}
     assert set(after) == {"4401", "4402", "4404"}  # 4403 is gone
@@ -208,17 +218,18 @@ async def test_a_replace_rewrites_only_what_changed(stack):
     # c2's rate in p2 belongs to another pair: replace leaves it
     assert await stack.database.fetchval(
         "SELECT rate FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c2'") == 10
-    assert await stack.database.fetchval(bulk) == changes_before + 1  # in the same transaction
 
 
-async def test_nothing_changed_writes_nothing_but_the_change_row(stack):
+async def test_a_deck_that_changes_nothing_writes_nothing(stack):
     await stack.load(catalog(prepaid("a")))
     lines = list(deck(500))
     await import_rates(stack.database, csv_rates(lines, "default", "p2", "c1"))
     xmins = await stack.database.fetchval("SELECT array_agg(xmin::text ORDER BY id) FROM pricelist_rates")
+    seq = await stack.database.fetchval("SELECT max(seq) FROM catalog_changes")
     result = await import_rates(stack.database, csv_rates(lines, "default", "p2", "c1"), replace=True)
-    assert (result.rows, result.replaced) == (500, 0)
+    assert (result.rows, result.replaced, result.tenants, result.overlaid) == (500, 0, set(), 0)
     assert await stack.database.fetchval("SELECT array_agg(xmin::text ORDER BY id) FROM pricelist_rates") == xmins
+    assert await stack.database.fetchval("SELECT max(seq) FROM catalog_changes") == seq  # nothing to apply
 
 
 async def test_a_deck_and_a_catalog_import_in_one_transaction(stack):
