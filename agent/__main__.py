@@ -1,4 +1,5 @@
-"""Command line: `python -m agent serve | migrate | import catalog FILE | import rates FILE | balance ...`."""
+"""Command line: `python -m agent serve | migrate | import catalog FILE | import rates FILE | balance ... |
+rerate ...`."""
 
 from __future__ import annotations
 
@@ -167,6 +168,52 @@ def _outbox(settings: Settings, args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def _rerate(settings: Settings, args: argparse.Namespace) -> int:
+    """Prices finished calls again on the catalog PostgreSQL holds (the decks this host lacks are built first)."""
+    import cache
+    from .app import until_ready
+    from .graphql.scalars import parse_moment
+    from .store import decks
+    from .store.catalog import load_catalog
+    from .store.database import create_pool, migrate
+    from .store.rerate import SAMPLE_LIMIT, rerate
+
+    if not 0 <= args.limit <= SAMPLE_LIMIT:
+        print(f"error: --limit must be between 0 and {SAMPLE_LIMIT}", file=sys.stderr)
+        return 2
+    try:
+        start, end = parse_moment(args.start), parse_moment(args.end)
+    except ValueError as exc:
+        print(f"error: --from/--to: {exc}", file=sys.stderr)
+        return 2
+    if end <= start:
+        print("error: --to must be after --from", file=sys.stderr)
+        return 2
+
+    async def run():
+        pool = await create_pool(settings.database_url, max_size=3)
+        client = cache.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+        try:
+            await until_ready("Redis", lambda: cache.load_library(client))
+            async with pool.acquire() as connection:
+                await migrate(connection)
+            await decks.ensure(pool, settings.decks)
+            catalog = await load_catalog(pool, settings.decks)
+            return await rerate(pool, client, catalog, args.tenant, args.account_tag, start, end,
+                                dry_run=not args.apply, sample=args.limit)
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    found = asyncio.run(run())
+    summary = {key: getattr(found, key) for key in (
+        "id", "dry_run", "tenant", "account_tag", "catalog_version", "examined", "changed", "skipped", "delta",
+        "settled")}
+    summary.update({"from": found.start.isoformat(), "to": found.end.isoformat(), "calls": found.calls})
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rating-agent", description=__doc__)
     Settings.add_arguments(parser)
@@ -196,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     balance.add_argument("account_tag")
     balance.add_argument("amount", type=int)
     balance.add_argument("--tenant", default="default")
+    rerate = commands.add_parser(
+        "rerate", help="price the finished calls begun in [--from, --to) again on the current catalog",
+        description="Without --apply only the differences are printed; with it the new fees are written to the"
+                    " records and the differences to the balances through the ledger, exactly once.")
+    rerate.add_argument("--tenant", default="default")
+    rerate.add_argument("--account", dest="account_tag", help="only this account's calls (default: the tenant's)")
+    rerate.add_argument("--from", dest="start", required=True, help="ISO-8601 instant (no offset: UTC)")
+    rerate.add_argument("--to", dest="end", required=True, help="ISO-8601 instant, excluded")
+    rerate.add_argument("--apply", action="store_true", help="write the changes (default: a dry run)")
+    rerate.add_argument("--limit", type=int, default=100, help="changed calls listed in the output (default 100)")
     return parser
 
 
@@ -245,6 +302,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         _balance(settings, args)
     elif args.command == "outbox":
         _outbox(settings, args)
+    elif args.command == "rerate":
+        return _rerate(settings, args)
     return 0
 
 

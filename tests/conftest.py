@@ -89,7 +89,8 @@ async def stack(redis_server, postgres_server):
     connection = await asyncpg.connect(postgres_server.url)
     await migrate(connection)
     await connection.execute(
-        "TRUNCATE carriers, pricelists, pricelist_rates, accounts, transactions, ledger, catalog_changes CASCADE"
+        "TRUNCATE carriers, pricelists, pricelist_rates, accounts, transactions, ledger, catalog_changes, rerates,"
+        " rerate_adjustments CASCADE"
     )
     yield Stack(redis_server.url, postgres_server.url, client, connection)
     await connection.close()
