@@ -219,8 +219,11 @@ class Transactions:
             parties, details = fragments.parties(plan.parties)
             reason = plan.refusal.value if plan.refusal else ""
             refused = plan.refused_tag or ""
+        # a refused account may have been created or changed since this worker's catalog: Redis checks it
+        keys = (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG, account_key(tenant, refused)) if refused else \
+            (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG)
         return fcall(
-            "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG),
+            "rating_authorize", keys,
             (now_ms(), self._limits, int(begin), tenant, tag, parties, meta_json(request, details), reason,
              refused, at, version, call_identity()),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib.resources import files
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -126,6 +126,9 @@ async def move_balance(
     return int(reply)
 
 
-async def publish_catalog(client: aioredis.Redis, version: int) -> int:
-    """Makes catalog change `version` (committed) the one every authorization must be planned on."""
-    return int(await client.execute_command(*fcall("rating_publish", (CATALOG,), (version,))))
+async def publish_catalog(client: aioredis.Redis, version: int,
+                          accounts: Iterable[tuple[str, str]] | None = None) -> int:
+    """Makes catalog change `version` (committed) the one every authorization must be planned on; for a
+    change of `accounts` (tenant, tag) alone, only the calls of those accounts."""
+    keys = (CATALOG, *(account_key(tenant, tag) for tenant, tag in accounts or ()))
+    return int(await client.execute_command(*fcall("rating_publish", keys, (version,))))

@@ -4,7 +4,8 @@
 Live call state, changed atomically: one FCALL per HTTP request.
 
 Keys
-  account  HASH  balance, reserved (held by open calls)
+  account  HASH  balance, reserved (held by open calls), cv (the newest catalog change of the account
+                 alone, see publish)
   open     SET   the call keys an account holds open (authorized or running), one set per direction
                  (inbound, outbound): their sizes are what the concurrency limits count
   call     HASH  an open call (authorized, begun): its state in fields (st ci tn tt ta u bal rv p tb ts tu),
@@ -19,7 +20,8 @@ Keys
                  writes its current state itself (agent/store/writer.py catch_up), versioned by Redis'
                  clock when the state was written (ts/tu; cm/cu in documents).
   catalog  STRING the newest catalog change published by a writer (agent/store/changes.py): a call planned
-                 on an older catalog is answered `stale` before anything is written, and re-planned
+                 on an older catalog is answered `stale` before anything is written, and re-planned; a
+                 change of accounts alone moves their `cv` instead, making stale only their calls
   broken   SET   call keys the expiry failed to finish, for an operator to look at
   stats    HASH  service-wide totals for metrics: running (begun calls), charges and charged (count and
                  amount charged), refunded (amount). Open calls (authorized or running) are the members
@@ -258,11 +260,14 @@ local function begin_call(doc, key, deadlines, begin_ms, grace)
 end
 
 -- Decides a new authorization from the parties planned by the agent (limits, balances, units).
-local function decide(parties, reason, refused_tag, share, cap)
+local function decide(parties, reason, refused_tag, share, cap, version)
   local units = cap
   local balance = 0
   for index, party in ipairs(parties) do
-    local held = redis.call('HMGET', party.k, 'balance', 'reserved')
+    local held = redis.call('HMGET', party.k, 'balance', 'reserved', 'cv')
+    if held[3] and tonumber(held[3]) > version then  -- the account changed after the plan's catalog
+      return nil, index, tonumber(held[3])
+    end
     if not held[1] then  -- no live balance: never made up here (see unseeded)
       return nil, index
     end
@@ -329,10 +334,15 @@ local function settings_of(text)
 end
 
 -- The reply to a call planned on a catalog older than the one published: nothing was done; the balance
--- field carries the version to catch up with.
-local function stale(catalog_key, version)
+-- field carries the version to catch up with. Changes of accounts alone are published in the account
+-- (`cv`, see publish), so they make stale only the calls of that account; `refused` is the key of an
+-- account the plan did not find or refused (one created or changed since the plan's catalog, perhaps).
+local function stale(catalog_key, version, refused)
   local published = tonumber(redis.call('GET', catalog_key) or '0')
-  if published > tonumber(version) then
+  if refused then
+    published = math.max(published, tonumber(redis.call('HGET', refused, 'cv') or '0'))
+  end
+  if published > version then
     return {0, 'stale', '', '', 0, published}
   end
 end
@@ -344,7 +354,7 @@ local function unseeded(parties, index)
   return {0, 'unseeded', '', parties[index].a, index, 0}
 end
 
--- KEYS call, deadlines, outbox, catalog
+-- KEYS call, deadlines, outbox, catalog[, the refused account (see stale)]
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
 --      agent could not plan: a begin with only the transaction tag), meta_json, refusal reason ('' if
 --      none), refused tag, at_ms (authorization or begin time), catalog version planned on, call identity
@@ -374,13 +384,17 @@ local function authorize(keys, args)
   if args[6] == '' then
     return {0, 'missing', '', '', 0, 0}
   end
-  local outdated = stale(keys[4], args[11])
+  local version = tonumber(args[11])
+  local outdated = stale(keys[4], version, keys[5])
   if outdated then
     return outdated
   end
   local parties = cjson.decode(args[6])
-  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap)
+  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap, version)
   if reason == nil then
+    if units then
+      return {0, 'stale', '', '', 0, units}
+    end
     return unseeded(parties, refused_tag)
   end
   doc = {ci = args[12], tn = args[4], tt = args[5], ck = key, ta = at, rs = reason, rt = refused_tag, bal = balance, p = parties}
@@ -535,13 +549,18 @@ end
 --      cap_s (mode 'ended')
 local function record(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
-  local outdated = stale(keys[4], args[10])
+  local version = tonumber(args[10])
+  local outdated = stale(keys[4], version)
   if outdated then
     return outdated
   end
   local parties = cjson.decode(args[5])
   for index, party in ipairs(parties) do
-    if redis.call('HEXISTS', party.k, 'balance') == 0 then
+    local held = redis.call('HMGET', party.k, 'balance', 'cv')
+    if held[2] and tonumber(held[2]) > version then
+      return {0, 'stale', '', '', 0, tonumber(held[2])}
+    end
+    if not held[1] then
       return unseeded(parties, index)
     end
   end
@@ -678,13 +697,21 @@ local function price(keys, args)
           max_units(tariff, share_of(tonumber(args[n - 2]), tonumber(args[n - 1])), tonumber(args[n]))}
 end
 
--- KEYS catalog; ARGV version: publishes a committed catalog change (never moves back)
+-- KEYS catalog[, account...]; ARGV version: publishes a committed catalog change (never moves back).
+-- With accounts (a change of those accounts alone), in each account's `cv` instead of the catalog key,
+-- so that only their calls are planned again; returns the catalog key's version.
 local function publish(keys, args)
   local version = tonumber(args[1])
-  if version > tonumber(redis.call('GET', keys[1]) or '0') then
+  if #keys > 1 then
+    for index = 2, #keys do
+      if version > tonumber(redis.call('HGET', keys[index], 'cv') or '0') then
+        redis.call('HSET', keys[index], 'cv', args[1])
+      end
+    end
+  elseif version > tonumber(redis.call('GET', keys[1]) or '0') then
     redis.call('SET', keys[1], args[1])
   end
-  return tonumber(redis.call('GET', keys[1]))
+  return tonumber(redis.call('GET', keys[1]) or '0')
 end
 
 redis.register_function('rating_authorize', authorize)

@@ -62,7 +62,8 @@ async def writing(info) -> AsyncIterator[tuple[Any, changes.Recorder]]:
             yield connection, recorder
             seq = await recorder.write(connection)
     if seq:
-        await decks.publish(app_of(info)[SETTINGS], pool_of(info), redis_of(info), recorder.bulk)
+        await decks.publish(app_of(info)[SETTINGS], pool_of(info), redis_of(info), recorder.bulk,
+                            accounts=recorder.accounts_alone)
 
 
 def crud(

@@ -22,11 +22,14 @@ from .common import app_of, query, reading, redis_of
 from .transactions import transaction
 
 
-async def current_catalog(info) -> Catalog:
-    """This process's catalog, caught up with the change Redis says is the newest (read-your-writes: a
-    quote right after a rate was changed prices with the change)."""
+async def current_catalog(info, tenant: str, account_tag: str) -> Catalog:
+    """This process's catalog, caught up with the change Redis says is the newest for this account
+    (read-your-writes: a quote right after a rate or the account was changed prices with the change)."""
     keeper = app_of(info)[CATALOG]
-    published = int(await redis_of(info).get(cache.CATALOG) or 0)
+    async with redis_of(info).pipeline(transaction=False) as pipe:
+        pipe.get(cache.CATALOG)
+        pipe.hget(account_key(tenant, account_tag), "cv")
+        published = max(int(found or 0) for found in await pipe.execute())
     if keeper.get().version < published:
         return await keeper.catch_up(published)
     return keeper.get()
@@ -78,7 +81,7 @@ async def resolve_quote(_, info, account_tag, destination, duration, tenant="def
     if not 0 <= duration <= settings.max_units:
         raise ManagementError(f"duration: must be between 0 and {settings.max_units} seconds (--max-units)")
     at = at or datetime.now(timezone.utc)
-    catalog = await current_catalog(info)
+    catalog = await current_catalog(info, tenant, account_tag)
     plan = plan_call(catalog, tenant, account_tag, None, destination, at)  # as an authorization plans it
     if plan.refusal is Reason.NOT_FOUND and plan.refused_tag == account_tag:
         raise ManagementError(f"account_tag: Account with tag = {account_tag} not found in tenant {tenant}!")

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from ..keys import DATABASE
+from ..keys import CATALOG, DATABASE
 from ..store import management as repo
 from ..store.management import ManagementError
 from ..store.rerate import SAMPLE_LIMIT, rerate
 from .common import app_of, mutation, reading, redis_of
-from .quote import current_catalog
 
 
 def rerate_dict(found) -> dict:
@@ -33,7 +32,7 @@ async def resolve_rerate(_, info, tenant="default", account_tag=None, dry_run=Tr
         async with reading(info) as connection:
             if not await repo.tag_exists(connection, "accounts", "account_tag", tenant, account_tag):
                 raise ManagementError(f"account_tag: Account with tag = {account_tag} not found in tenant {tenant}!")
-    catalog = await current_catalog(info)
+    catalog = await app_of(info)[CATALOG].catch_up()  # every change PostgreSQL holds
     found = await rerate(app_of(info)[DATABASE], redis_of(info), catalog, tenant, account_tag, start, end,
                          dry_run=dry_run is not False, sample=limit)
     return rerate_dict(found)

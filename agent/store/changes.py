@@ -38,6 +38,7 @@ class Recorder:
     def __init__(self) -> None:
         self._pending: dict[tuple[str, str], dict] = {}  # subjects by a hashable form, in order
         self._bulk: set[str] = set()  # kept past `write`, for the caller
+        self._accounts: list[tuple[str, str]] | None = None  # likewise (accounts_alone)
 
     def add(self, tenant: str, kind: str, *subjects: Any) -> None:
         if kind not in KINDS:
@@ -54,11 +55,22 @@ class Recorder:
         """Tenants changed in bulk: their decks must be built again before the change is published."""
         return {tenant for tenant, kind in self._pending if kind == "bulk"} | self._bulk
 
+    @property
+    def accounts_alone(self) -> list[tuple[str, str]] | None:
+        """The (tenant, account_tag) changed, when accounts are all that changed: published in those
+        accounts only (cache.publish_catalog), so calls of other accounts need not catch up; else None."""
+        if self._accounts is not None:
+            return self._accounts
+        if not self._pending or any(kind != "account" for _, kind in self._pending):
+            return None
+        return [(tenant, tag) for (tenant, _), found in self._pending.items() for tag in found.values()]
+
     async def write(self, connection: asyncpg.Connection) -> int:
         """Appends the rows (one per tenant and kind); returns the last sequence number, 0 if none."""
         if not self._pending:
             return 0
         self._bulk = self.bulk
+        self._accounts = self.accounts_alone
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         last = 0
         for (tenant, kind), found in self._pending.items():

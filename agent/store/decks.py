@@ -223,15 +223,16 @@ async def build_elsewhere(settings: Settings) -> None:
 
 
 async def publish(settings: Settings, pool: asyncpg.Pool, redis, rebuilt: Iterable[str] = (),
-                  build=build_elsewhere) -> int:
+                  build=build_elsewhere, accounts: Iterable[tuple[str, str]] | None = None) -> int:
     """After a committed catalog change: builds the decks its bulk changes need, then publishes the change
-    log's position in Redis, from where every authorization learns it (read-your-writes)."""
+    log's position in Redis, from where every authorization learns it (read-your-writes); for a change of
+    `accounts` alone (Recorder.accounts_alone), only their authorizations."""
     if rebuilt:
         await build(settings)
     async with pool.acquire() as connection:
         seq = await changes.last_seq(connection)
     try:
-        return await cache.publish_catalog(redis, seq)
+        return await cache.publish_catalog(redis, seq, accounts)
     except cache.UNAVAILABLE as exc:  # committed all the same: agents find it in the log within a second
         log.warning("catalog change %d not published (Redis: %s)", seq, exc)
         return 0

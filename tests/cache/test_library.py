@@ -283,6 +283,39 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
     assert reply[:2] == [1, "authorized"] and await client.exists(key) == 1
 
 
+async def test_a_change_of_one_account_makes_stale_only_the_calls_of_that_account(stack):
+    import orjson
+
+    client = stack.redis
+    parties = {tag: {"k": cache.account_key("t", tag), "o": cache.open_calls_key("t", tag, False), "a": tag,
+                     "cr": 0, "mt": -1, "mi": -1, "mo": -1, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 1, 1, 0, -1]}
+               for tag in ("a", "b")}
+    for party in parties.values():
+        await client.hset(party["k"], "balance", 100)
+    assert await cache.publish_catalog(client, 4) == 4
+    # change 9 changed account a alone: the catalog key stays at 4, a's calls need a catalog of 9
+    assert await cache.publish_catalog(client, 9, [("t", "a")]) == 4
+    assert await cache.publish_catalog(client, 8, [("t", "a")]) == 4  # never moves back either
+    assert await client.hget(parties["a"]["k"], "cv") == "9"
+
+    def authorize(tag: str, version: int, refused: str = ""):
+        keys = (cache.call_key("t", tag), cache.DEADLINES, cache.OUTBOX, cache.CATALOG)
+        sent = "[]" if refused else orjson.dumps([parties[tag]]).decode()
+        return client.execute_command(*cache.fcall(
+            "rating_authorize", keys + ((cache.account_key("t", refused),) if refused else ()),
+            (1, "120000,100,14400,3600,30000", 0, "t", tag, sent, "{}", "NOT_FOUND" if refused else "",
+             refused, 1, version, "c1")))
+
+    assert (await authorize("b", 4))[:2] == [1, "authorized"]
+    assert await authorize("a", 8) == [0, "stale", "", "", 0, 9]
+    assert await client.exists(cache.call_key("t", "a")) == 0
+    assert (await authorize("a", 9))[:2] == [1, "authorized"]
+    # an account the plan did not find, created by change 12 since: stale, not refused
+    assert await cache.publish_catalog(client, 12, [("t", "new")]) == 4
+    assert await authorize("new", 11, refused="new") == [0, "stale", "", "", 0, 12]
+    assert (await authorize("new", 12, refused="new"))[:3] == [0, "refused", "NOT_FOUND"]
+
+
 async def test_a_lost_balance_is_seeded_from_postgresql_or_from_the_newest_move_the_outbox_still_holds(stack):
     client = stack.redis
     key = cache.account_key("t", "a")
