@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Everything else is optional.
 PYTHON ?= python3
 
-.PHONY: install run test test-fast fuzz bench bench-table bench-instructions clean
+.PHONY: install run test test-fast fuzz bench bench-table bench-instructions load clean
 
 install:
 	@./devstack/install.sh
@@ -28,6 +28,19 @@ bench-table: install
 bench-instructions: install
 	command -v valgrind >/dev/null || apt-get install -y valgrind
 	$(PYTHON) loadtest/bench_instructions.py
+
+# the Locust call-flow scenario against the running `make run` stack (start it first, in another terminal):
+# fitting data generated and imported, then call setups/s, latency percentiles and refusals printed
+LOAD_USERS ?= 50
+LOAD_SPAWN_RATE ?= 50
+LOAD_DURATION ?= 30s
+LOAD_HOLD ?= 1
+LOAD_REFUSALS ?= 0.1
+LOAD_PREFIXES ?= 100000
+LOAD_ACCOUNTS ?= 1000
+load: install
+	$(PYTHON) loadtest/load.py --users $(LOAD_USERS) --spawn-rate $(LOAD_SPAWN_RATE) --duration $(LOAD_DURATION) \
+		--hold $(LOAD_HOLD) --refusals $(LOAD_REFUSALS) --prefixes $(LOAD_PREFIXES) --accounts $(LOAD_ACCOUNTS)
 
 clean:
 	rm -rf .data .pytest_cache .hypothesis

@@ -37,6 +37,12 @@ REQUESTS = Counter("rating_requests_total", "Call requests answered (REST, Graph
 LATENCY = Histogram("rating_request_duration_seconds", "HTTP request latency", ["endpoint"],
                     buckets=_LATENCY_BUCKETS)
 AUTHORIZATIONS = Counter("rating_authorizations_total", "Authorization answers", ["outcome", "reason"])
+IN_FLIGHT = Gauge("rating_requests_in_flight",
+                  "Call requests a worker has started and not answered (sampled at each flush and scrape)",
+                  multiprocess_mode="livesum")
+SHED = Counter("rating_requests_shed_total",
+               "Call requests refused at once with 503 because their worker had --max-in-flight requests in flight",
+               ["endpoint"])
 REDIS_ROUND_TRIP = Histogram("rating_redis_round_trip_seconds", "Time of one pipelined batch to Redis",
                              buckets=_LATENCY_BUCKETS)
 REDIS_BATCH = Histogram("rating_redis_batch_commands", "Commands per pipelined batch", buckets=_BATCH_BUCKETS)
@@ -169,6 +175,8 @@ class Tally:
     def __init__(self) -> None:
         self._requests: dict[tuple[str, int], int] = {}
         self._outcomes: dict[tuple[str, str], int] = {}
+        self._shed: dict[str, int] = {}
+        self.in_flight = None  # the front door's count (http/front.py InFlight), sampled at each flush
         self._latency: dict[str, _Histogram] = {}
         self.redis_round_trip = _Histogram(REDIS_ROUND_TRIP, _upper_bounds(_LATENCY_BUCKETS))
         self.redis_batch = _Histogram(REDIS_BATCH, _upper_bounds(_BATCH_BUCKETS))
@@ -185,6 +193,9 @@ class Tally:
         key = ("authorized", "") if authorized else ("refused", reason or "")
         self._outcomes[key] = self._outcomes.get(key, 0) + 1
 
+    def shed(self, endpoint: str) -> None:
+        self._shed[endpoint] = self._shed.get(endpoint, 0) + 1
+
     def redis_batch_done(self, seconds: float, commands: int) -> None:
         self.redis_round_trip.observe(seconds)
         self.redis_batch.observe(commands)
@@ -196,6 +207,11 @@ class Tally:
         outcomes, self._outcomes = self._outcomes, {}
         for labels, count in outcomes.items():
             AUTHORIZATIONS.labels(*labels).inc(count)
+        shed, self._shed = self._shed, {}
+        for endpoint, count in shed.items():
+            SHED.labels(endpoint).inc(count)
+        if self.in_flight is not None:
+            IN_FLIGHT.set(self.in_flight.count)
         for histogram in (*self._latency.values(), self.redis_round_trip, self.redis_batch):
             histogram.flush()
 

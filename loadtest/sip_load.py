@@ -2,6 +2,7 @@
 
     python loadtest/sip_load.py [--rate 300] [--calls 3000] [--hold-ms 100] [--rounds 1]
     python loadtest/sip_load.py --breakdown --rate 200 --calls 2000 --rounds 3
+    python loadtest/sip_load.py --overload --modes rating --rate 300 --calls 3000 --rounds 3 [--max-in-flight 0]
 
 Starts on free loopback ports, in a temporary folder: Redis, PostgreSQL, the agent
 (`python -m agent serve`), one SIPp carrier answering every call, then for each mode a Kamailio from
@@ -36,6 +37,11 @@ mode and round, `--timeout` seconds per mode and round at most.
     jansson_array_size calls of one call in a loop and times them against an empty loop.
 The log lines cost Kamailio CPU themselves: `--no-timing` leaves them out (CPU then as in production).
 
+`--overload` (past the clean rate): a call refused by the rating (500 Rating is not available, 503 Rating is
+overloaded: loadtest/sip/uac_overload.xml) is an outcome, not a failure; it reports the offered and answered
+calls per second (the goodput), the refusals and their INVITE -> refusal times (> 50 ms counted), and INVITE ->
+200. `--max-in-flight N` sets the agent's bound (0: none), for a run without it to compare with.
+
 Needs kamailio, sipp and http_async_client.so (kamailio/build-http-async-client.sh provides them).
 """
 
@@ -67,6 +73,7 @@ from kamailio_harness import (  # noqa: E402
 )
 
 LOAD_UAC = ROOT / "loadtest" / "sip" / "uac_load.xml"
+OVERLOAD_UAC = ROOT / "loadtest" / "sip" / "uac_overload.xml"  # --overload: refusals are an expected outcome
 ACCOUNT = "load-caller"
 NUMBER = "39040123456"
 OPERATIONS = ("authorization", "begin_transaction", "end_transaction")
@@ -377,6 +384,31 @@ def sipp_rtts(workdir: Path) -> list[float]:
     return values
 
 
+def overload_outcome(workdir: Path, result: dict, args: argparse.Namespace) -> dict:
+    """--overload: answered and refused calls from the caller's response times (uac_overload.xml: timer 1 is
+    INVITE -> 200, 2 INVITE -> 503 (shed by the agent), 3 INVITE -> 500 (too slow)), the goodput, and how fast
+    the refusals came."""
+    times: dict[str, list[float]] = {"1": [], "2": [], "3": []}
+    for path in workdir.glob("*_rtt.csv"):
+        for line in path.read_text(errors="replace").splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 3 and parts[2].strip() in times:
+                try:
+                    times[parts[2].strip()].append(float(parts[1]))
+                except ValueError:
+                    pass
+    answered, shed, slow = times["1"], times["2"], times["3"]
+    refused = shed + slow
+    busy = max(result["seconds"] - args.hold_ms / 1000.0, 1e-6)
+    return {"answered": len(answered), "refused": len(refused), "shed": len(shed), "timed_out": len(slow),
+            "calls_per_s": len(answered) / busy, "offered_per_s": result["created"] / busy,
+            "refusal_ms": {"p50": percentile(refused, 0.5), "p99": percentile(refused, 0.99),
+                           "max": max(refused, default=float("nan")), "over_50": sum(v > 50 for v in refused)},
+            "shed_ms": {"p50": percentile(shed, 0.5), "p99": percentile(shed, 0.99),
+                        "over_50": sum(v > 50 for v in shed)},
+            "answer_ms": {"p50": percentile(answered, 0.5), "p99": percentile(answered, 0.99)}}
+
+
 # ---- the SIPp caller ----
 
 def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace, during=None) -> dict:
@@ -385,14 +417,15 @@ def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace, during=No
     port = free_port()
     stat_file = workdir / f"caller-{port}.csv"
     argv = [
-        "sipp", f"127.0.0.1:{proxy_port}", "-sf", str(LOAD_UAC), "-s", NUMBER, "-set", "account", ACCOUNT,
+        "sipp", f"127.0.0.1:{proxy_port}", "-sf", str(OVERLOAD_UAC if args.overload else LOAD_UAC), "-s", NUMBER,
+        "-set", "account", ACCOUNT,
         "-i", "127.0.0.1", "-p", str(port), "-m", str(args.calls), "-r", str(args.rate), "-rp", "1000",
         "-d", str(args.hold_ms), "-l", str(max(args.calls, 10)), "-nostdin", "-max_socket", "65000",
         "-timeout", f"{args.timeout}s", "-recv_timeout", "10000", "-max_retrans", "5",
         "-trace_stat", "-stf", str(stat_file), "-fd", "1",
         "-trace_err", "-error_file", str(workdir / f"caller-{port}.errors"),
     ]
-    if args.breakdown:
+    if args.breakdown or args.overload:
         argv += ["-trace_rtt", "-rtt_freq", "1"]
     started = time.monotonic()
     process = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -619,6 +652,8 @@ def measure(mode: str, round_no: int, defines: dict, config_dir: Path | None, co
         if watch:
             watch.start()
         result = run_load(kamailio.workdir, kamailio.port, args)
+        if args.overload:
+            result.update(overload_outcome(kamailio.workdir, result, args))
         if watch:
             watch.stop()
         if args.breakdown:
@@ -701,6 +736,26 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
                 failures[k] = failures.get(k, 0) + v
         if failures:
             print(f"  {mode} failures (all rounds): {failures}")
+    if args.overload:
+        print("\n--overload: answered calls (goodput) and refusals (500/503 from the rating) per round; "
+              "median (min-max)")
+        for mode, rounds in results.items():
+            def of(*path, digits=1):
+                values = []
+                for r in rounds:
+                    value = r
+                    for key in path:
+                        value = value[key]
+                    values.append(value)
+                return spread(values, digits)
+
+            print(f"  {mode:<8} offered/s {of('offered_per_s')}  answered/s {of('calls_per_s')}  refused "
+                  f"{of('refused', digits=0)}  refusal ms p50 {of('refusal_ms', 'p50')} p99 {of('refusal_ms', 'p99')} "
+                  f"max {of('refusal_ms', 'max', digits=0)}  refused > 50 ms {of('refusal_ms', 'over_50', digits=0)}  "
+                  f"INVITE -> 200 ms p50 {of('answer_ms', 'p50')} p99 {of('answer_ms', 'p99')}")
+            print(f"  {'':<8} of the refused: 503 (shed by the agent) {of('shed', digits=0)}, ms p50 "
+                  f"{of('shed_ms', 'p50')} p99 {of('shed_ms', 'p99')}, > 50 ms {of('shed_ms', 'over_50', digits=0)}; "
+                  f"500 (authorization too slow) {of('timed_out', digits=0)}")
     relay = [r["calls_per_s"] for r in results.get("relay", [])]
     rating = [r["calls_per_s"] for r in results.get("rating", [])]
     if relay and rating:
@@ -787,7 +842,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="append", default=[], metavar="NAME=DIR",
                         help="also run mode NAME: rating with the kamailio.cfg and rating.cfg of folder DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with all logs")
+    parser.add_argument("--overload", action="store_true", help="a refusal by the rating (500, 503) is an outcome, "
+                        "not a failure: report answered calls/s (goodput), refusals and how fast they came")
+    parser.add_argument("--max-in-flight", type=int, default=None,
+                        help="the agent's --max-in-flight (default: the agent's own; 0: no bound)")
     args = parser.parse_args(argv)
+    if args.overload and args.breakdown:
+        parser.error("--overload and --breakdown are separate runs")
     if args.calls <= 0 or args.rate <= 0 or args.rounds <= 0:
         parser.error("--calls, --rate and --rounds must be positive")
 
@@ -809,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         add_trusted_peer(auth_db, ACCOUNT, port=0)
         carrier = Carrier(workdir / "carrier", "uas.xml", "UDP").start()
         agent = AgentProcess(redis.url, postgres.url, workdir, log_level="WARNING",
-                             workers=args.agent_workers if args.agent_workers is not None else 0)
+                             workers=args.agent_workers if args.agent_workers is not None else 0,
+                             **({"max_in_flight": args.max_in_flight} if args.max_in_flight is not None else {}))
         catalog_file = workdir / "catalog.json"
         catalog_file.write_text(json.dumps(catalog(carrier.port)))
         agent.cli("import", "catalog", str(catalog_file))
