@@ -48,6 +48,21 @@ async def expire_calls(call: Callable[..., Awaitable[Any]], settings: Settings) 
             log.exception("expiry: unexpected failure")
 
 
+async def keep_library(redis, interval: float = 60.0) -> None:
+    """Says which library version this host's agent uses, and deletes the versions no agent has used for an
+    hour (cache.sweep_libraries): a rolling upgrade leaves no old functions behind."""
+    while True:
+        try:
+            deleted = await cache.sweep_libraries(redis)
+            if deleted:
+                log.info("Redis function libraries no agent uses any more, deleted: %s", ", ".join(deleted))
+        except UNAVAILABLE as exc:
+            log.warning("library sweep: Redis unavailable (%s)", exc)
+        except Exception:  # noqa: BLE001 - the task must outlive any single failure
+            log.exception("library sweep: unexpected failure")
+        await asyncio.sleep(interval)
+
+
 def outbox_writer(settings: Settings, pool_factory) -> tuple[OutboxWriter, Any]:
     """A writer with its own Redis client: a blocking stream read must not trip the hot path's timeout."""
     client = cache.connect(settings.redis_url, timeout=5.0)
@@ -87,6 +102,7 @@ async def housekeep(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(writer.run(), name="outbox-writer"),
         asyncio.create_task(expire_calls(redis.execute_command, settings), name="call-expiry"),
         asyncio.create_task(_follow_decks(settings, pool_factory, redis), name="deck-builder"),
+        asyncio.create_task(keep_library(redis), name="library-sweep"),
     ]
     if reconcile.enabled(settings):  # --kamailio-rpc: end the calls no Kamailio has any more
         tasks.append(asyncio.create_task(reconcile.reconcile(settings, redis), name="kamailio-reconcile"))

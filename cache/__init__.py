@@ -2,11 +2,21 @@
 
 Every HTTP request costs one FCALL. Calls made by concurrent requests are sent together, a few per write
 (auto-pipelining), which roughly doubles throughput over one round trip each.
+
+The library is loaded under a name that carries its version (the hash of rating.lua): `rating_<version>`,
+its functions `rating_<version>_authorize` and so on (`fcall` takes the plain names). So agents of two
+releases rate side by side against one Redis during a rolling upgrade, each through its own functions over
+the same keys (a new library must read what the previous one wrote). Every agent notes the library it uses
+in `rating:libraries` (name -> when last seen) when it loads it and from its housekeeper every minute; a
+library no agent has noted for `LIBRARY_IDLE` is deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
+import time
 from importlib.resources import files
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +29,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import PipelinedConnection
 
-LIBRARY = files(__package__).joinpath("rating.lua").read_text()
+_SOURCE = files(__package__).joinpath("rating.lua").read_text()
+VERSION = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
+LIBRARY_NAME = f"rating_{VERSION}"
+LIBRARIES = "rating:libraries"  # library name -> ms when an agent last said it uses it
+LIBRARY_IDLE = 3600.0  # seconds without an agent noting a library before it is deleted
+_REGISTERED = re.compile(r"(redis\.register_function\W+(?:function_name\s*=\s*)?')rating_(\w+)'")
+FUNCTIONS = {f"rating_{name}": f"{LIBRARY_NAME}_{name}" for _, name in _REGISTERED.findall(_SOURCE)}
+LIBRARY = _REGISTERED.sub(lambda m: f"{m.group(1)}{LIBRARY_NAME}_{m.group(2)}'",
+                          _SOURCE.replace("#!lua name=rating\n", f"#!lua name={LIBRARY_NAME}\n", 1))
+if not LIBRARY.startswith(f"#!lua name={LIBRARY_NAME}\n") or len(FUNCTIONS) != LIBRARY.count("register_function"):
+    raise RuntimeError("cache/rating.lua: its name line or a function registration is not as expected")
+_OURS = re.compile(r"rating(_[0-9a-f]{12})?")  # this library's names, of any version (and before versions)
 DEADLINES = "rating:deadlines"
 OUTBOX = "rating:outbox"
 OUTBOX_GROUP = "pg-writer"
@@ -62,7 +83,35 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
 
 
 async def load_library(client: aioredis.Redis) -> None:
+    """Loads this version of the library (noted in use first, so no sweep removes it meanwhile)."""
+    await note_library(client)
     await client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+
+
+async def note_library(client: aioredis.Redis) -> None:
+    await client.hset(LIBRARIES, LIBRARY_NAME, int(time.time() * 1000))
+
+
+async def sweep_libraries(client: aioredis.Redis, idle: float = LIBRARY_IDLE) -> list[str]:
+    """Notes this agent's library in use and deletes the versions no agent has noted for `idle` seconds
+    (and the unversioned one of before); returns the names deleted."""
+    await note_library(client)
+    now = time.time() * 1000
+    seen = {name: int(ms) for name, ms in (await client.hgetall(LIBRARIES)).items()}
+    deleted = []
+    for entry in await client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "rating*"):
+        fields = dict(zip(entry[::2], entry[1::2])) if isinstance(entry, list) else entry
+        name = fields.get("library_name")
+        if name is None or name == LIBRARY_NAME or not _OURS.fullmatch(name):
+            continue
+        if now - seen.get(name, 0) > idle * 1000:
+            try:
+                await client.execute_command("FUNCTION", "DELETE", name)
+            except ResponseError:  # deleted by another agent meanwhile
+                pass
+            await client.hdel(LIBRARIES, name)
+            deleted.append(name)
+    return deleted
 
 
 class AutoPipeline:
@@ -92,7 +141,8 @@ class AutoPipeline:
 
 
 def fcall(function: str, keys: Sequence[str], args: Sequence[Any]) -> tuple:
-    return ("FCALL", function, len(keys), *keys, *args)
+    """The FCALL of one of the library's functions, by its plain name (`rating_authorize`)."""
+    return ("FCALL", FUNCTIONS[function], len(keys), *keys, *args)
 
 
 def stream_id(version: int) -> str:

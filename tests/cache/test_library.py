@@ -6,7 +6,9 @@ driven against agent/pricing/decision.py on thousands of generated calls: reserv
 credit limits, the reservation share, concurrency limits, the --max-units cap and capped durations.
 """
 
+import hashlib
 import itertools
+import time
 
 import orjson
 import pytest
@@ -36,8 +38,50 @@ def test_library_loads_and_registers_every_function(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
     names = {f["name"] for lib in client.execute_command("FUNCTION", "LIST") for f in _functions(lib)}
-    assert {"rating_authorize", "rating_finish", "rating_rollback", "rating_record", "rating_expire",
-            "rating_balance", "rating_seed", "rating_price"} <= names
+    plain = {"rating_authorize", "rating_finish", "rating_rollback", "rating_record", "rating_expire",
+             "rating_balance", "rating_seed", "rating_price", "rating_publish"}
+    assert set(cache.FUNCTIONS) == plain
+    assert {name.replace("rating_", f"{cache.LIBRARY_NAME}_", 1) for name in plain} <= names
+
+
+async def test_two_versions_of_the_library_rate_side_by_side_over_the_same_keys(stack):
+    """A rolling upgrade: the next version (here: this library with one more comment line) is loaded beside
+    this one, each agent calls its own functions, and both see one balance and one set of calls."""
+    client = stack.redis
+    source = cache._SOURCE + "\n-- the next release\n"
+    version = hashlib.sha1(source.encode()).hexdigest()[:12]
+    name = f"rating_{version}"
+    await client.execute_command("FUNCTION", "LOAD", "REPLACE", source.replace(
+        "#!lua name=rating\n", f"#!lua name={name}\n", 1).replace("function('rating_", f"function('{name}_").replace(
+        "function_name = 'rating_", f"function_name = '{name}_"))
+    await client.hset(cache.LIBRARIES, name, int(time.time() * 1000))  # as its agent notes it (load_library)
+    party = {"k": cache.account_key("t", "a"), "o": cache.open_calls_key("t", "a", False), "a": "a", "cr": 0,
+             "mt": 2, "mi": -1, "mo": -1, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 1, 1, 0, -1]}
+    await client.hset(party["k"], "balance", 100)
+
+    def authorize(function: str, tag: str):
+        return client.execute_command(
+            "FCALL", function, 4, cache.call_key("t", tag), cache.DEADLINES, cache.OUTBOX, cache.CATALOG,
+            1000, "120000,100,14400,3600,30000", 0, "t", tag, orjson.dumps([party]).decode(), "{}", "", "", 1000,
+            0, f"id-{tag}")
+
+    old, new = cache.FUNCTIONS["rating_authorize"], f"{name}_authorize"
+    assert (await authorize(old, "x"))[:5] == [1, "authorized", "", "", 100]
+    # the next version sees the reservation and the open call the first one made: 0 left, one slot left
+    assert (await authorize(new, "y"))[:4] == [0, "refused", "BALANCE_INSUFFICIENT", "a"]
+    assert (await client.execute_command("FCALL", f"{name}_rollback", 3, cache.call_key("t", "x"),
+                                         cache.DEADLINES, cache.OUTBOX, 2000, 3600))[:2] == [1, "rolledback"]
+    assert (await authorize(old, "z"))[:5] == [1, "authorized", "", "", 100]
+    # the sweep keeps every library an agent noted within the hour, and deletes the others
+    assert await cache.sweep_libraries(client) == []
+    await client.hset(cache.LIBRARIES, name, 1)  # last noted in 1970
+    await client.execute_command("FUNCTION", "LOAD", "REPLACE", "#!lua name=rating\n"
+                                 "redis.register_function('rating_authorize', function() return 0 end)")
+    assert sorted(await cache.sweep_libraries(client)) == sorted([name, "rating"])
+    listed = {(lib if isinstance(lib, dict) else dict(zip(lib[::2], lib[1::2])))["library_name"]
+              for lib in await client.execute_command("FUNCTION", "LIST")}
+    assert listed == {cache.LIBRARY_NAME}
+    assert await client.hkeys(cache.LIBRARIES) == [cache.LIBRARY_NAME]
 
 
 def _functions(library):
@@ -69,7 +113,7 @@ PRICE = settings(max_examples=300, deadline=None, derandomize=True,
 def test_lua_walks_every_schedule_as_the_kernel(lua, tariff, duration, available, share, cap):
     client = lua
     schedule = tariff.schedule()
-    lua_fee, lua_units = client.execute_command("FCALL", "rating_price", 0, *schedule, duration, available, share, cap)
+    lua_fee, lua_units = client.execute_command("FCALL", cache.FUNCTIONS["rating_price"], 0, *schedule, duration, available, share, cap)
     usable = available if share >= 100 or available <= 0 else available * share // 100
     assert lua_fee == walk_fee(schedule, duration)
     assert lua_units == walk_units(schedule, usable, cap)
@@ -103,7 +147,7 @@ def test_lua_walks_twenty_thousand_schedules_as_the_kernel(lua):
                       rng.choice([100, rng.randint(1, 100)]), rng.choice([14400, rng.randint(1, 100_000)])))
     pipe = lua.pipeline(transaction=False)
     for schedule, duration, available, share, cap in cases:
-        pipe.execute_command("FCALL", "rating_price", 0, *schedule, duration, available, share, cap)
+        pipe.execute_command("FCALL", cache.FUNCTIONS["rating_price"], 0, *schedule, duration, available, share, cap)
     for (schedule, duration, available, share, cap), answer in zip(cases, pipe.execute()):
         usable = available if share >= 100 or available <= 0 else available * share // 100
         assert answer == [walk_fee(schedule, duration), walk_units(schedule, usable, cap)], (schedule, duration,
@@ -120,7 +164,7 @@ def test_a_tariff_left_by_an_older_agent_in_an_open_call_prices_as_its_schedule(
     client = lua
     tariff = Rate("t", "p", "c", "39", connect_fee, rate, increment, free)
     legacy = [connect_fee, rate, tariff.increment, free]
-    assert client.execute_command("FCALL", "rating_price", 0, *legacy, duration, available, 100, cap) == [
+    assert client.execute_command("FCALL", cache.FUNCTIONS["rating_price"], 0, *legacy, duration, available, 100, cap) == [
         walk_fee(tariff.schedule(), duration), walk_units(tariff.schedule(), available, cap)]
 
 
@@ -253,7 +297,7 @@ def test_malformed_settings_are_refused_by_the_library(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
     with pytest.raises(redis.ResponseError, match="settings must be five integers"):
-        client.execute_command("FCALL", "rating_authorize", 3, "rating:c:1:t:x", cache.DEADLINES, cache.OUTBOX,
+        client.execute_command("FCALL", cache.FUNCTIONS["rating_authorize"], 3, "rating:c:1:t:x", cache.DEADLINES, cache.OUTBOX,
                                1, "3600000,100", 0, "t", "x", "[]", "{}", "", "", 1)
 
 
