@@ -228,6 +228,14 @@ class Transactions:
              refused, at, version, call_identity()),
         )
 
+    async def _published(self, tenant: str, account_tag: str | None) -> int:
+        """The newest catalog change a call of `account_tag` must be planned on (see cache/rating.lua, stale)."""
+        catalog = self.redis.call("GET", CATALOG)
+        if not account_tag:
+            return int(await catalog or 0)
+        account = self.redis.call("HGET", account_key(tenant, account_tag), "cv")
+        return max(int(found or 0) for found in await asyncio.gather(catalog, account))
+
     async def _seeded(self, request: dict[str, Any], reply: list) -> None:
         """Gives Redis the balance PostgreSQL holds for the account it has none for (`unseeded`)."""
         try:
@@ -355,6 +363,12 @@ class Transactions:
         for _ in range(_TRIES):
             plan, fragments = self._plan(request, begin)
             if plan.refusal is not None or not plan.parties:
+                # nothing goes to Redis: ask it whether the refusal stands on an older catalog than published
+                published = 0 if claimed else await self._published(request["tenant"], plan.refused_tag)
+                if published > fragments.catalog.version:
+                    await self._caught_up(published)
+                    claimed = _CAUGHT_UP
+                    continue
                 return {"ok": False, **_echo(request)}
             parties, details = fragments.parties(plan.parties)
             reply = await self.redis.call(*fcall(

@@ -66,6 +66,21 @@ async def test_a_change_through_one_process_rates_the_very_next_authorization_on
             answer = await post(session, second.url, "/v1/authorization",
                                 {"transaction_tag": "off", "account_tag": "a", "destination": "39040"})
             assert answer["unauthorized_reason"] == "NOT_ACTIVE"
+            # without PostgreSQL's notifications (what Redis holds is then all that tells of a change):
+            await stack.database.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+            # switched on again: the plan that refused it named it to Redis, which says it changed
+            await post(session, first.url, "/graphql",
+                       {"query": 'mutation { updateAccount(account_tag:"a", active:true) { id } }'})
+            assert await units(session, second.url, "on") == 200
+            # a record of an account created a moment ago is charged by the other process at once
+            data = await post(session, first.url, "/graphql", {"query": """mutation { createAccount(
+                account_tag:"rec", type:PREPAID, balance:100, pricelist_tags:["p1"]) { id } }"""})
+            assert "errors" not in data
+            answer = await post(session, second.url, "/v1/record_transaction", {
+                "transaction_tag": "rec-1", "account_tag": "rec", "destination": "39040",
+                "timestamp_begin": "2030-01-01T10:00:00Z", "timestamp_end": "2030-01-01T10:00:10Z"})
+            assert answer["ok"] is True
     finally:
         first.stop()
         second.stop()
