@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -83,6 +84,10 @@ async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
     await runner.setup()
     try:
         front.install(runner.server, app)
+        # What start-up made (modules, the catalog snapshot) lives as long as the worker: kept out of the
+        # garbage collector's full passes, which would otherwise walk it again and again while serving.
+        gc.collect()
+        gc.freeze()
         await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
         log.info("serving on http://%s:%d", settings.host, settings.port)
         await stop.wait()
