@@ -35,11 +35,14 @@ began), expired (never began) or recorded (a one-shot record). Repeating any ste
 time and changes nothing.
 
 Pricing walks the price schedule the agent sends with each party (agent/pricing/rate.py, Schedule):
-{connect_fee, block_s, block_price, increment_s, increment_price, minimum_s, cap (-1: none)}. The kernel
+{connect_fee, block_s, block_price, increment_s, increment_price, minimum_s, cap (-1: none)}, and for a
+pricelist with decimal prices two more, {unit (10^scale), rounding (0 up, 1 half_even, 2 down)}: the
+amounts are then in 1/unit of money and the capped total is rounded once (money). The kernel
 makes it from the rate (billing scheme, free increments, minimum, cap); this library only walks it, and the
 tests drive these functions against the kernel's walks and decision (agent/pricing/decision.py). Every amount
 stays below 2**53 (exact in a double): rates are bounded at import for calls up to LONGEST_CALL seconds,
-and --max-units may not exceed it (settings_of).
+and --max-units may not exceed it (settings_of); a scaled amount stays below 2^53 - unit, so a budget
+(at most the fee of a call the balance cannot pay + unit - 1) is exact too.
 ]]
 
 local FINAL = {ended = true, refused = true, rolledback = true, cancelled = true, expired = true, recorded = true}
@@ -67,6 +70,32 @@ local function schedule_of(tariff)
   return {tariff[1], tariff[3], tariff[2], tariff[3], tariff[2], 0, -1}
 end
 
+-- agent/pricing/rate.py money: a non-negative amount below 2^53 in 1/unit of money, rounded once. fmod is
+-- exact on doubles, and the amount less its rest is a multiple of unit, so the quotient is exact too.
+local function money(amount, unit, rounding)
+  local rest = math.fmod(amount, unit)
+  local whole = (amount - rest) / unit
+  if rest == 0 or rounding == 2 then
+    return whole
+  end
+  if rounding == 1 and (rest * 2 < unit or rest * 2 == unit and math.fmod(whole, 2) == 0) then
+    return whole
+  end
+  return whole + 1
+end
+
+-- agent/pricing/rate.py budget: the largest amount in 1/unit that rounds to at most `available` money
+-- (available * unit < 2^53: called only when the balance does not pay the longest call, see max_units)
+local function budget(available, unit, rounding)
+  if rounding == 0 then
+    return available * unit
+  end
+  if rounding == 2 then
+    return available * unit + unit - 1
+  end
+  return available * unit + unit / 2 - math.fmod(available, 2)
+end
+
 -- agent/pricing/rate.py walk_fee
 local function fee(tariff, duration)
   if type(tariff) ~= 'table' then
@@ -84,6 +113,9 @@ local function fee(tariff, duration)
   if s[7] >= 0 and amount > s[7] then
     amount = s[7]
   end
+  if s[8] and s[8] > 1 then
+    return money(amount, s[8], s[9])
+  end
   return amount
 end
 
@@ -100,6 +132,9 @@ local function max_units(tariff, available, cap)
     return cap
   end
   local spare = available - s[1] - s[3]
+  if s[8] and s[8] > 1 then
+    spare = budget(available, s[8], s[9]) - s[1] - s[3]
+  end
   if spare < 0 or s[5] == 0 then
     return 0
   end
@@ -686,7 +721,8 @@ end
 
 -- The walks alone, for the tests that hold them to the kernel's on many schedules quickly (the decisions
 -- themselves are tested through rating_authorize and rating_finish).
--- ARGV the schedule's numbers (7, or a legacy tariff's 4), then duration, available, share_pct, cap
+-- ARGV the schedule's numbers (7, 9 with decimal prices, or a legacy tariff's 4), then duration, available,
+--      share_pct, cap
 local function price(keys, args)
   local tariff = {}
   for index = 1, #args - 4 do

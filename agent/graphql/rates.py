@@ -1,11 +1,16 @@
-"""Pricelist rates. A rate names its pricelist and carrier by tag or by id; both must exist in its tenant."""
+"""Pricelist rates. A rate names its pricelist and carrier by tag or by id; both must exist in its tenant.
+
+Prices are stored as integers of the pricelist's money scale (`connect_fee`, `rate`, `maximum_cost`); the
+`*_decimal` arguments give them as decimal text (`0.0085`), converted exactly with that scale, and the
+`*_decimal` fields read them back so.
+"""
 
 from __future__ import annotations
 
 from ariadne import ObjectType
 
 from ..store import management as repo
-from ..store.importer import check_scheme
+from ..store.importer import check_scheme, scaled_price
 from ..store.management import RATES, ManagementError
 from .common import crud, reading
 
@@ -20,7 +25,36 @@ async def _tag_of(connection, table: str, column: str, record_id) -> tuple[str, 
     return None if row is None else (row["tenant"], row[column])
 
 
+_DECIMALS = {"connect_fee_decimal": "connect_fee", "rate_decimal": "rate", "maximum_cost_decimal": "maximum_cost"}
+
+
+async def _scale_of(connection, tenant: str | None, tag: str | None) -> int:
+    if tenant is None or tag is None:
+        return 0
+    return await connection.fetchval(
+        "SELECT scale FROM pricelists WHERE tenant = $1 AND pricelist_tag = $2", tenant, tag) or 0
+
+
 async def prepare(connection, args: dict) -> dict:
+    """The references (`_references`), then the decimal prices as integers of the pricelist's scale."""
+    decimals = {name: args[name] for name in _DECIMALS if name in args}
+    args = await _references(connection, {k: v for k, v in args.items() if k not in _DECIMALS})
+    if decimals:
+        existing = await repo.fetch_by_id(connection, RATES, args["id"]) if args.get("id") is not None else None
+        tenant = args.get("tenant") or (existing or {}).get("tenant") or "default"
+        scale = await _scale_of(connection, tenant, args.get("pricelist_tag") or (existing or {}).get("pricelist_tag"))
+        for name, value in decimals.items():
+            column = _DECIMALS[name]
+            if args.get(column) is not None and value is not None:
+                raise ManagementError(f"Give {column} or {name}, not both!")
+            try:
+                args[column] = scaled_price(value, name, scale, None)
+            except ValueError as exc:
+                raise ManagementError(f"{exc}!") from None
+    return args
+
+
+async def _references(connection, args: dict) -> dict:
     """Turns pricelist_id/carrier_id into tags (a given tag wins) and checks both references exist."""
     args = dict(args)
     pricelist_id, carrier_id = args.pop("pricelist_id", None), args.pop("carrier_id", None)
@@ -68,8 +102,9 @@ async def check(connection, values: dict, old: dict | None) -> None:
     """The import's checks of the pricing columns, on the rate as it will be stored (a null clears a column
     to its default)."""
     merged = {**(old or {}), **values}
+    scale = await _scale_of(connection, merged.get("tenant") or "default", merged.get("pricelist_tag"))
     try:
-        check_scheme({name: value for name, value in merged.items() if value is not None})
+        check_scheme({name: value for name, value in merged.items() if value is not None}, scale)
     except ValueError as exc:
         raise ManagementError(f"{exc}!") from None
 
@@ -96,5 +131,26 @@ async def resolve_pricelist_id(rate, info):
 async def resolve_carrier_id(rate, info):
     return await _id_of(info, "carriers", "carrier_tag", rate)
 
+
+def decimal_text(amount: int | None, scale: int) -> str | None:
+    """An integer of 10**-scale units as decimal text: 85 at scale 4 is 0.0085."""
+    if amount is None or not scale:
+        return None if amount is None else str(amount)
+    digits = str(amount).rjust(scale + 1, "0")
+    return f"{digits[:-scale]}.{digits[-scale:]}"
+
+
+def _decimal_field(name: str) -> None:
+    @pricelist_rate.field(f"{name}_decimal")
+    async def resolve(rate, info):
+        if rate.get(name) is None:
+            return None
+        async with reading(info) as connection:
+            scale = await _scale_of(connection, rate.get("tenant"), rate.get("pricelist_tag"))
+        return decimal_text(rate[name], scale)
+
+
+for _name in _DECIMALS.values():
+    _decimal_field(_name)
 
 bindables = [pricelist_rate]

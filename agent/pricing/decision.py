@@ -2,8 +2,10 @@
 (`decide`, the reservations of `authorize`, the charges of `finish`) given the live state it reads.
 
 The Redis library is the one that runs; this is its definition, and the property tests drive the real Redis
-functions against it (tests/cache/test_library.py). Money is integers only; see rate.py for the bounds that
-keep every amount exact in Redis.
+functions against it (tests/cache/test_library.py, tests/pricing/test_decimal_prices.py for scaled
+tariffs). Money is integers only: a schedule with decimal prices is walked in its own units and every fee,
+units' price and reservation here is already rounded to money by the walks (rate.walk_fee, walk_units); see
+rate.py for the bounds that keep every amount exact in Redis.
 """
 
 from __future__ import annotations

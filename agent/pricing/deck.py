@@ -9,7 +9,8 @@ maps the files: the operating system keeps one copy in its page cache however ma
   kernel's `Rate.order_key`); per rate its source (pricelist and carrier), tariff, description and the
   form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff its
   connect fee, rate, increment, free increments, effective dates and billing scheme (first increment,
-  minimum duration, maximum cost; -1 where a rate has none); per number slot its chain
+  minimum duration, maximum cost; -1 where a rate has none) and its pricelist's money scale and rounding
+  (decimal prices, rate.py); per number slot its chain
   (`chain_offsets[slot]..chain_offsets[slot+1]` in `chain`, decks without dates only): the offer codes
   (`offer_codes`) of the first rate of each source along the key's prefixes, what routing reads.
 * `descriptions.marisa`: the distinct descriptions; `meta.json`: counts, section offsets, the sources and
@@ -48,10 +49,10 @@ from typing import Iterable
 import marisa_trie
 import numpy as np
 
-from .rate import MONEY_LIMIT, Rate
+from .rate import MONEY_LIMIT, ROUNDINGS, Rate
 from .table import Group, Lookups, key_of
 
-FORMAT = 3  # 3: the billing scheme columns
+FORMAT = 4  # 3: the billing scheme columns; 4: the pricelist's scale and rounding
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
@@ -59,8 +60,9 @@ _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
 _RATE_COLUMNS = (("source", "I"), ("tariff", "I"), ("description", "I"), ("form", "H"))
 _TARIFF_COLUMNS = (("connect_fee", "q"), ("rate", "q"), ("rate_increment", "q"), ("interval_start", "q"),
                    ("start", "q"), ("end", "q"), ("initial_increment", "q"), ("minimum_duration", "q"),
-                   ("maximum_cost", "q"))
+                   ("maximum_cost", "q"), ("scale", "q"), ("rounding", "q"))
 _NONE = -1  # initial_increment and maximum_cost not given
+_ROUNDING_CODES = {name.encode(): code for code, name in enumerate(ROUNDINGS)}  # as COPY writes the column
 
 
 def micros(moment: datetime | None) -> int:
@@ -144,7 +146,8 @@ def tariff_of(rate: Rate) -> tuple[int, ...]:
     """A rate's tariff as the deck stores it (_TARIFF_COLUMNS)."""
     return (rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start, micros(rate.datetime_start),
             micros(rate.datetime_end), _NONE if rate.initial_increment is None else rate.initial_increment,
-            rate.minimum_duration, _NONE if rate.maximum_cost is None else rate.maximum_cost)
+            rate.minimum_duration, _NONE if rate.maximum_cost is None else rate.maximum_cost, rate.scale,
+            ROUNDINGS.index(rate.rounding))
 
 
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
@@ -187,15 +190,16 @@ class TextRows:
 
     Nothing here costs a Python object per row: a block is one byte array, its separators found at once;
     a prefix of digits only (nearly all of them) becomes an integer sort key, which is all its key needs,
-    and the pricelist..datetime_end stretch of a row (its source and tariff) and its description are
+    and the pricelist..datetime_end stretch of a row (its source and tariff, its pricelist's scale and
+    rounding included) and its description are
     numbered by distinct value through a hash, every hash match checked byte for byte. Each distinct value
     is decoded once; the other prefixes go through `key_of` one by one.
     """
 
     COLUMNS = ("prefix", "pricelist_tag", "carrier_tag", "connect_fee", "rate", "rate_increment", "interval_start",
-               "initial_increment", "minimum_duration", "maximum_cost", "datetime_start", "datetime_end",
-               "description")
-    _STRETCH_END = 11  # the source-and-tariff stretch: fields 1..11; the description is the last field
+               "initial_increment", "minimum_duration", "maximum_cost", "scale", "rounding", "datetime_start",
+               "datetime_end", "description")
+    _STRETCH_END = 13  # the source-and-tariff stretch: fields 1..13; the description is the last field
     BLOCK = 16 << 20  # bytes parsed at a time
 
     def __init__(self) -> None:
@@ -312,7 +316,7 @@ class TextRows:
 
     def moments(self) -> list[str]:
         """The distinct dates of the rows, as COPY wrote them (for the caller to read as timestamps)."""
-        found = dict.fromkeys(moment for fields in self._split() for moment in fields[9:11])
+        found = dict.fromkeys(moment for fields in self._split() for moment in fields[11:13])
         found.pop(b"\\N", None)
         return [moment.decode() for moment in found]
 
@@ -362,11 +366,11 @@ class TextRows:
             written = tuple(tariff)
             found = tariff_ids.get(written)
             if found is None:
-                fee, rate, increment, free, first, minimum, most, start, end = written
+                fee, rate, increment, free, first, minimum, most, scale, rounding, start, end = written
                 found = tariff_ids[written] = tariffs.setdefault(
                     (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
                      micros_of[end.decode()], _NONE if first == b"\\N" else int(first), int(minimum),
-                     _NONE if most == b"\\N" else int(most)), len(tariffs))
+                     _NONE if most == b"\\N" else int(most), int(scale), _ROUNDING_CODES[rounding]), len(tariffs))
             tariff_of.append(found)
         stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
         texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
@@ -416,25 +420,37 @@ def _dense_ranks(keys: list) -> np.ndarray:
 
 def price_keys(tariffs: list[tuple]) -> list[tuple]:
     """Per tariff (as _TARIFF_COLUMNS), a key that orders as (price per second, connect fee, scheme) of
-    `Rate.order_key` (`Rate.scheme_key`; a tariff of six columns is one without a scheme).
+    `Rate.order_key` (`Rate.scheme_key`; a tariff of six columns is one without a scheme, of nine one of
+    integer money).
 
-    `Rate.price_per_second` is a Fraction; over a common multiple of the increments the same order is one
-    of integers, far cheaper to compare for a million tariffs. A pathological common multiple keeps the
-    fractions.
+    `Rate.price_per_second` is a Fraction of money; over a common multiple of the increments (times the
+    scales' units) the same order is one of integers, far cheaper to compare for a million tariffs. A
+    pathological common multiple keeps the fractions. Amounts of other scales compare as money: over the
+    largest unit.
     """
     increments = {n: Rate("", "", None, "", rate_increment=n).increment for n in {t[2] for t in tariffs}}
-    scale = math.lcm(*increments.values()) if increments else 1
-    if scale.bit_length() > 256:
-        return [(Fraction(t[1], increments[t[2]]), t[0], *_scheme(t, increments[t[2]])) for t in tariffs]
-    return [(t[1] * (scale // increments[t[2]]), t[0], *_scheme(t, increments[t[2]])) for t in tariffs]
+    units = {t: 10 ** _scale_of(t) for t in tariffs}
+    top = max(units.values(), default=1)
+    periods = {(increments[t[2]], unit) for t, unit in units.items()}
+    common = math.lcm(*(increment * unit for increment, unit in periods)) if periods else 1
+    if common.bit_length() > 256:
+        return [(Fraction(t[1], increments[t[2]] * units[t]), Fraction(t[0], units[t]),
+                 *_scheme(t, increments[t[2]], units[t], top)) for t in tariffs]
+    return [(t[1] * (common // (increments[t[2]] * units[t])), t[0] * (top // units[t]),
+             *_scheme(t, increments[t[2]], units[t], top)) for t in tariffs]
 
 
-def _scheme(tariff: tuple, increment: int) -> tuple[int, int, int]:
-    """`Rate.scheme_key` of a tariff of the deck."""
+def _scale_of(tariff: tuple) -> int:
+    return tariff[9] if len(tariff) > 9 else 0
+
+
+def _scheme(tariff: tuple, increment: int, unit: int = 1, top: int = 1) -> tuple[int, int, int]:
+    """`Rate.scheme_key` of a tariff of the deck, its cap counted in 1/`top` of money."""
     if len(tariff) < 9:
-        return (0, 0, MONEY_LIMIT)
+        return (0, 0, MONEY_LIMIT * top)
     first = tariff[6] if tariff[6] > 0 else increment
-    return (max(tariff[7], 0), first - increment, MONEY_LIMIT if tariff[8] == _NONE else tariff[8])
+    return (max(tariff[7], 0), first - increment,
+            MONEY_LIMIT * top if tariff[8] == _NONE else tariff[8] * (top // unit))
 
 
 def order_ranks(columns: Columns) -> list[np.ndarray]:
@@ -754,18 +770,19 @@ class Deck(Lookups):
         pricelist, carrier = self.sources[self.source[i]]
         head, key_follows = self._forms[self._form[i]]
         rate = _Draft(self.tenant, pricelist, carrier, head + key if key_follows else head, tariff[0], tariff[1],
-                      tariff[2], tariff[3], text, tariff[4], tariff[5], tariff[6], tariff[7], tariff[8])
+                      tariff[2], tariff[3], text, tariff[4], tariff[5], tariff[6], tariff[7], tariff[8], tariff[9],
+                      tariff[10])
         rate.__class__ = Rate
         return rate
 
     def _tariff_values(self, t: int) -> tuple:
         if len(self._tariff_memo) >= _MEMO_LIMIT:
             self._tariff_memo.clear()
-        connect_fee, rate, increment, free, start, end, first, minimum, most = self._tariffs
+        connect_fee, rate, increment, free, start, end, first, minimum, most, scale, rounding = self._tariffs
         dates = (_moment(start[t]), _moment(end[t])) if self.dated else (None, None)
         found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates,
                                         None if first[t] == _NONE else first[t], minimum[t],
-                                        None if most[t] == _NONE else most[t])
+                                        None if most[t] == _NONE else most[t], scale[t], ROUNDINGS[rounding[t]])
         return found
 
     def _text(self, d: int) -> str:

@@ -44,9 +44,11 @@ class Explanation(NamedTuple):
 def explain(rate: Rate, duration: int) -> Explanation:
     """The fee of an answered call of `duration` seconds on `rate`, segment by segment."""
     schedule = rate.schedule()
-    connect_fee, block, block_price, increment, increment_price, minimum, cap = schedule
+    connect_fee, block, block_price, increment, increment_price, minimum, cap = schedule[:7]
     billed = max(duration, minimum, 0)
-    uncapped = schedule._replace(minimum=0, cap=-1)  # the plain walk, measured between billed lengths
+    # the plain walk, measured between billed lengths; with decimal prices each length's fee is rounded, so
+    # the segments are money and add up to the fee rounded once
+    uncapped = schedule._replace(minimum=0, cap=-1)
 
     def walk(seconds: int) -> int:
         return walk_fee(uncapped, seconds)
@@ -147,4 +149,5 @@ def rate_of_snapshot(tenant: str, snapshot: dict) -> Rate | None:
         rate=int(snapshot.get("rate") or 0), rate_increment=int(snapshot.get("rate_increment") or 1),
         interval_start=int(snapshot.get("interval_start") or 0), description=snapshot.get("description"),
         initial_increment=snapshot.get("initial_increment"),
-        minimum_duration=int(snapshot.get("minimum_duration") or 0), maximum_cost=snapshot.get("maximum_cost"))
+        minimum_duration=int(snapshot.get("minimum_duration") or 0), maximum_cost=snapshot.get("maximum_cost"),
+        scale=int(snapshot.get("scale") or 0), rounding=snapshot.get("rounding") or "up")

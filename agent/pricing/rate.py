@@ -18,14 +18,22 @@ rate plus three optional fields; the fee of an answered call of `duration` secon
 A rate without the new fields gives exactly Canyan's fee, `connect_fee + max(0, ceil(d / rate_increment) −
 interval_start) × rate`.
 
+Decimal prices: a pricelist has a money `scale` (0..MAX_SCALE decimal digits below the account's integer
+unit) and a `rounding` (`up`, `half_even`, `down`). Its rates' `connect_fee`, `rate` and `maximum_cost` are
+integers in units of 10**-scale (`0.0085` at scale 4 is 85). Steps 1-5 run exactly in those units and the
+total is rounded once, to the integer unit, with the pricelist's rounding. Scale 0 (the default) is
+today's integer money: nothing is rounded.
+
 `Rate.schedule()` turns this into a `Schedule` of seven integers (free increments folded into the block),
-which is what crosses to Redis: cache/rating.lua walks the very same schedule (`fee`, `max_units`) and
+nine with decimal prices (10**scale and the rounding), which is what crosses to Redis: cache/rating.lua walks the very same schedule (`fee`, `max_units`) and
 knows nothing of the rate's columns, so the formula lives here and only the walks exist twice (the tests
 drive the real Redis functions against `fee`, `max_units` and pricing/decision.py).
 
 Exactness in Redis: Lua numbers are doubles, exact below 2**53. Calls last at most LONGEST_CALL seconds
 (the Redis library refuses a --max-units above it), and a rate is refused at import unless every amount it
-can produce for such a call, and every price of its schedule, stays below MONEY_LIMIT (`limit_error`).
+can produce for such a call, and every price of its schedule, stays below MONEY_LIMIT (`limit_error`); a
+scaled amount stays below MONEY_LIMIT − 10**scale, so that the budget a balance buys (`budget`, at most
+the fee of the call it cannot pay + 10**scale − 1) is exact too.
 """
 
 from __future__ import annotations
@@ -37,14 +45,18 @@ from typing import NamedTuple
 
 LONGEST_CALL = 10_000_000  # seconds (115 days): no duration priced anywhere is longer (--max-units at most)
 MONEY_LIMIT = 2**53  # every amount stays below: exact in a double (Redis' Lua)
+MAX_SCALE = 6  # decimal digits of a price below the integer unit
+ROUNDINGS = ("up", "half_even", "down")  # a pricelist's rounding; its index is the schedule's code
 
 
 class Schedule(NamedTuple):
-    """A rate's prices as the walks read them (cache/rating.lua reads the same seven numbers, in order).
+    """A rate's prices as the walks read them (cache/rating.lua reads the same numbers, in order: seven for
+    a pricelist of scale 0, nine with `unit` and `rounding` otherwise; see Rate.tariff).
 
     A call of s > 0 billed seconds costs connect_fee + block_price + ceil((s − block) / increment) ×
     increment_price (the last term only when s > block), capped at `cap` (−1: no cap); 0 s costs the
-    connect fee alone. Billed seconds are max(duration, minimum).
+    connect fee alone. Billed seconds are max(duration, minimum). Amounts are in units of 1/`unit` of
+    money; the capped total is rounded once to money (`money`).
     """
 
     connect_fee: int
@@ -54,6 +66,8 @@ class Schedule(NamedTuple):
     increment_price: int
     minimum: int  # seconds billed at least
     cap: int  # the most a call costs, or -1
+    unit: int = 1  # 10**scale: schedule amounts per unit of money (1: they are money)
+    rounding: int = 0  # how a total becomes money: ROUNDINGS index (0 up, 1 half_even, 2 down)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,12 @@ class Rate:
     initial_increment: int | None = None  # seconds of the first block; None: rate_increment
     minimum_duration: int = 0
     maximum_cost: int | None = None
+    scale: int = 0  # the pricelist's: amounts above are in units of 10**-scale
+    rounding: str = "up"  # the pricelist's, one of ROUNDINGS
+
+    @property
+    def unit(self) -> int:
+        return 10 ** self.scale if self.scale > 0 else 1
 
     @property
     def increment(self) -> int:
@@ -97,20 +117,20 @@ class Rate:
 
     def price_per_second(self) -> Fraction:
         """What a second of the increments costs, the measure least-cost routing compares first."""
-        return Fraction(self.rate, self.increment)
+        return Fraction(self.rate, self.increment * self.unit)
 
     def scheme_key(self) -> tuple:
         """After (price per second, connect fee), what makes one scheme cheaper than another at that price:
         a lower minimum duration, a shorter first block beyond one increment, a lower cap (none: highest).
-        All zero for a rate without the new fields, so such decks order as before."""
-        cap = self.maximum_cost if self.maximum_cost is not None else MONEY_LIMIT
+        All zero for a rate without the new fields, so such decks order as before. Amounts compare as money."""
+        cap = Fraction(self.maximum_cost, self.unit) if self.maximum_cost is not None else MONEY_LIMIT
         return (max(self.minimum_duration, 0), self.first_increment - self.increment, cap)
 
     def order_key(self) -> tuple:
         """Total order of rates competing for one prefix: cheapest per second, lower connect fee, the scheme
         (`scheme_key`), then pricelist and carrier tags, the prefix as written and the tariff, so no choice
         depends on load order."""
-        return (self.price_per_second(), self.connect_fee, *self.scheme_key(), self.pricelist_tag,
+        return (self.price_per_second(), Fraction(self.connect_fee, self.unit), *self.scheme_key(), self.pricelist_tag,
                 self.carrier_tag or "", self.prefix, self.interval_start, self.rate_increment)
 
     def snapshot(self) -> dict:
@@ -132,6 +152,9 @@ class Rate:
             found["minimum_duration"] = self.minimum_duration
         if self.maximum_cost is not None:
             found["maximum_cost"] = self.maximum_cost
+        if self.scale:
+            found["scale"] = self.scale
+            found["rounding"] = self.rounding
         return found
 
     def schedule(self) -> Schedule:
@@ -145,16 +168,48 @@ class Rate:
             block, price = min(first, LONGEST_CALL), -(-self.rate * first // increment)
         cap = -1 if self.maximum_cost is None else max(self.maximum_cost, 0)
         return Schedule(self.connect_fee, block, price, increment, self.rate,
-                        min(max(self.minimum_duration, 0), LONGEST_CALL), cap)
+                        min(max(self.minimum_duration, 0), LONGEST_CALL), cap, self.unit,
+                        ROUNDINGS.index(self.rounding) if self.unit > 1 else 0)
 
     def tariff(self) -> list[int]:
-        """The schedule as the Redis library reads it."""
-        return list(self.schedule())
+        """The schedule as the Redis library reads it: the seven numbers of integer money as before (what an
+        agent sends per call does not grow), nine for a scaled pricelist."""
+        schedule = self.schedule()
+        return list(schedule) if schedule.unit > 1 else list(schedule[:7])
+
+
+def money(amount: int, unit: int, rounding: int) -> int:
+    """A non-negative amount of 1/`unit` units rounded once to money: up, half to even, or down."""
+    if unit <= 1:
+        return amount
+    whole, rest = divmod(amount, unit)
+    if rest == 0 or rounding == 2:
+        return whole
+    if rounding == 1 and (2 * rest < unit or 2 * rest == unit and whole % 2 == 0):
+        return whole
+    return whole + 1
+
+
+def budget(available: int, unit: int, rounding: int) -> int:
+    """The largest amount of 1/`unit` units that rounds (`money`) to at most `available` (>= 0) money."""
+    if unit <= 1:
+        return available
+    if rounding == 0:
+        return available * unit
+    if rounding == 2:
+        return available * unit + unit - 1
+    return available * unit + unit // 2 - available % 2  # a tie rounds to the even neighbour
 
 
 def walk_fee(schedule: Schedule, duration: int) -> int:
-    """The fee of an answered call of `duration` seconds on `schedule` (the connect fee even for 0 s)."""
-    connect_fee, block, block_price, increment, increment_price, minimum, cap = schedule
+    """The fee of an answered call of `duration` seconds on `schedule` (the connect fee even for 0 s), in
+    money: the exact amount (`walk_amount`) rounded once."""
+    return money(walk_amount(schedule, duration), schedule.unit, schedule.rounding)
+
+
+def walk_amount(schedule: Schedule, duration: int) -> int:
+    """The fee of `walk_fee` before it is rounded: in the schedule's units, exact."""
+    connect_fee, block, block_price, increment, increment_price, minimum, cap = schedule[:7]
     billed = max(duration, minimum, 0)
     amount = connect_fee
     if billed > 0:
@@ -171,9 +226,11 @@ def walk_units(schedule: Schedule, available: int, cap: int) -> int:
 
     A call that can cost anything needs a positive available balance covering the least an answered call
     costs (the connect fee, and the minimum duration's price). The answer is `cap` when the balance pays a
-    call of `cap` seconds, else the end of the last increment it pays (free increments included).
+    call of `cap` seconds, else the end of the last increment it pays (free increments included). A scaled
+    schedule walks the largest exact amount whose rounded fee the balance pays (`budget`), so the units
+    granted never cost more than `available` once rounded.
     """
-    connect_fee, block, block_price, increment, increment_price, _, most = schedule
+    connect_fee, block, block_price, increment, increment_price, _, most = schedule[:7]
     if most == 0 or connect_fee == 0 and block_price == 0 and increment_price == 0:
         return cap
     if available <= 0 or available < walk_fee(schedule, 0):
@@ -181,7 +238,7 @@ def walk_units(schedule: Schedule, available: int, cap: int) -> int:
     if walk_fee(schedule, cap) <= available:
         return cap
     # the balance does not pay `cap` seconds, so the cap of the schedule (if any) exceeds it: it plays no part
-    spare = available - connect_fee - block_price
+    spare = budget(available, schedule.unit, schedule.rounding) - connect_fee - block_price
     if spare < 0 or increment_price == 0:
         return 0
     return block + spare // increment_price * increment
@@ -199,13 +256,18 @@ def max_units(rate: Rate, available: int, cap: int) -> int:
 
 def limit_error(rate: Rate) -> tuple[str, str] | None:
     """(column, message) when an amount of `rate` could leave the exact range of the Redis library: a price
-    of its schedule, its cap, or the fee of a LONGEST_CALL-second call without the cap."""
+    of its schedule, its cap, or the fee of a LONGEST_CALL-second call without the cap (in the schedule's
+    units, with room for a budget above it: `walk_units`)."""
+    if not 0 <= rate.scale <= MAX_SCALE:
+        return "scale", f"scale must be between 0 and {MAX_SCALE}"
+    if rate.rounding not in ROUNDINGS:
+        return "rounding", f"rounding must be one of {', '.join(ROUNDINGS)}"
     schedule = rate.schedule()
     for column, amount in (("connect_fee", schedule.connect_fee), ("rate", schedule.block_price),
                            ("rate", schedule.increment_price), ("maximum_cost", schedule.cap)):
         if amount >= MONEY_LIMIT:
             return column, f"{column} must be below 2**53"
-    if walk_fee(schedule._replace(cap=-1), LONGEST_CALL) >= MONEY_LIMIT:
+    if walk_amount(schedule._replace(cap=-1), LONGEST_CALL) + schedule.unit - 1 >= MONEY_LIMIT:
         return "rate", f"the fee of a {LONGEST_CALL} s call must stay below 2**53"
     return None
 

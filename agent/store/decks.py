@@ -95,13 +95,15 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
     shared: dict = {}  # one string object per repeated tag or description
     rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
-        " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost"
-        " FROM pricelist_rates WHERE tenant = $1 AND active" + where,
+        " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
+        " scale, rounding FROM pricelist_rates JOIN pricelists USING (tenant, pricelist_tag)"  # its money scale
+        " WHERE tenant = $1 AND active" + where,
         tenant, *params)
     return [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
-                 connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum, most)
-            for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum, most
-            in rows]
+                 connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum, most,
+                 scale, shared.setdefault(rounding, rounding))
+            for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum, most,
+            scale, rounding in rows]
 
 
 async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Columns:
@@ -114,7 +116,8 @@ async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Colu
     try:
         await connection.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         await connection.copy_from_query(
-            f"SELECT {', '.join(deck.TextRows.COLUMNS)} FROM pricelist_rates WHERE tenant = $1 AND active", tenant,
+            f"SELECT {', '.join(deck.TextRows.COLUMNS)} FROM pricelist_rates"
+            " JOIN pricelists USING (tenant, pricelist_tag) WHERE tenant = $1 AND active", tenant,  # scale, rounding
             output=rows.feed)
         await rows.finish()
     finally:

@@ -8,6 +8,7 @@ balance change, so the ledger records them.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import io
 import re
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import asyncpg
 
 from ..http.validation import as_datetime
-from ..pricing.rate import LONGEST_CALL, MONEY_LIMIT, Rate, limit_error
+from ..pricing.rate import LONGEST_CALL, MAX_SCALE, MONEY_LIMIT, ROUNDINGS, Rate, limit_error
 from . import changes
 
 RATE_COLUMNS = (
@@ -86,8 +87,57 @@ def _bounded(value: Any, name: str, default: int | None) -> int | None:
 _SAFE_PRICE, _SAFE_BLOCK = 10**8, 10**7
 
 
+# The money scale of each pricelist (tenant, pricelist_tag) that has one (decimal prices), as the import
+# running in this context read it in its transaction (import_rates sets it): rate_row turns the prices of
+# such a pricelist's rows into integers of its scale, whoever calls it while the import streams its rows.
+_SCALES: contextvars.ContextVar[dict[tuple[str, str], int]] = contextvars.ContextVar("import_scales", default={})
+_DECIMAL = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
+_PRICES = ("connect_fee", "rate", "maximum_cost")  # the columns written in the pricelist's scale
+
+
+def scaled_price(value: Any, name: str, scale: int, default: int | None) -> int | None:
+    """A price written with up to `scale` decimals (text, or an integer) as an integer of 10**-scale units:
+    `0.0085` at scale 4 is 85, `2` is 20000. Read from the text, never through a float."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"{name} must be an integer or a decimal written as text, got {value!r}")
+    if isinstance(value, int):
+        whole, decimals = value, ""
+        if whole < 0:
+            raise ValueError(f"{name} must not be negative")
+    else:
+        text = str(value).strip()
+        found = _DECIMAL.fullmatch(text) if text.isascii() else None
+        if found is None or not (found[1] or found[2]):
+            raise ValueError(f"{name} must be a decimal number, got {value!r}")
+        whole, decimals = int(found[1] or "0"), found[2] or ""
+        if len(decimals) > scale:
+            raise ValueError(f"{name} has more than {scale} decimals (the pricelist's scale), got {value!r}")
+    number = whole * 10**scale + int(decimals.ljust(scale, "0") or "0")
+    if number >= MONEY_LIMIT:
+        raise ValueError(f"{name} must be below 2**53 in units of 10**-{scale}")
+    return number
+
+
+def pricelist_terms(item: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(scale, rounding) of a pricelist as given (None: not given); ValueError when out of range."""
+    scale, rounding = item.get("scale"), item.get("rounding")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= MAX_SCALE):
+        raise ValueError(f"scale must be an integer from 0 to {MAX_SCALE}")
+    if rounding is not None and rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}")
+    return scale, rounding
+
+
+async def read_scales(connection: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """The pricelists with a money scale (few; the others are integer money)."""
+    return {(r["tenant"], r["pricelist_tag"]): r["scale"]
+            for r in await connection.fetch("SELECT tenant, pricelist_tag, scale FROM pricelists WHERE scale > 0")}
+
+
 def scheme_error(connect_fee: int, rate: int, increment: int, interval: int, initial: int | None,
-                 minimum: int, maximum: int | None) -> tuple[str, str] | None:
+                 minimum: int, maximum: int | None, scale: int = 0) -> tuple[str, str] | None:
     """(column, message) when a rate's billing scheme cannot be priced (checked values, see rate_row)."""
     if initial is not None:
         if initial == 0:
@@ -98,24 +148,28 @@ def scheme_error(connect_fee: int, rate: int, increment: int, interval: int, ini
             and (maximum is None or maximum < MONEY_LIMIT):
         return None
     return limit_error(Rate("", "", None, "", connect_fee, rate, increment, interval, initial_increment=initial,
-                            minimum_duration=minimum, maximum_cost=maximum))
+                            minimum_duration=minimum, maximum_cost=maximum, scale=scale))
 
 
-def check_scheme(values: dict[str, Any]) -> None:
-    """rate_row's checks of the pricing columns of one rate given as a mapping (GraphQL): ValueError."""
+def check_scheme(values: dict[str, Any], scale: int = 0) -> None:
+    """rate_row's checks of the pricing columns of one rate given as a mapping (GraphQL; prices already in
+    units of the pricelist's `scale`): ValueError."""
     numbers = [_bounded(values.get(name), name, default) for name, default in (
         ("connect_fee", 0), ("rate", 0), ("rate_increment", 1), ("interval_start", 0), ("initial_increment", None),
         ("minimum_duration", 0), ("maximum_cost", None))]
-    found = scheme_error(*numbers)
+    found = scheme_error(*numbers, scale)
     if found is not None:
         raise ValueError(found[1])
 
 
-def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: str | None) -> tuple:
+def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: str | None,
+             scales: dict[tuple[str, str], int] | None = None) -> tuple:
     """One validated pricelist-rate row in RATE_COLUMNS order.
 
     Runs for every row of a deck given as rows: plain ASCII digits (the usual form) are read without the
-    general checks of _int; below 10**18 and 10**9 they fit bigint and integer columns.
+    general checks of _int; below 10**18 and 10**9 they fit bigint and integer columns. The prices of a
+    pricelist with a money scale (`scales`, by default those of the running import: _SCALES) are read as
+    decimals of that scale (`scaled_price`).
     """
     get = raw.get
     prefix = get("prefix")
@@ -136,10 +190,14 @@ def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: s
                     if "\x00" in str(v))
         raise ValueError(f"{name} must not contain NUL characters")
     fee, rate, increment, interval = get("connect_fee"), get("rate"), get("rate_increment"), get("interval_start")
+    scales = _SCALES.get() if scales is None else scales
+    scale = scales.get((row_tenant, pricelist_tag), 0) if scales else 0
+    if scale:
+        fee, rate = scaled_price(fee, "connect_fee", scale, 0), scaled_price(rate, "rate", scale, 0)
     fee = int(fee) if fee.__class__ is str and len(fee) < 19 and fee.isdigit() and fee.isascii() \
-        else _bounded(fee, "connect_fee", 0)
+        else fee if scale else _bounded(fee, "connect_fee", 0)
     rate = int(rate) if rate.__class__ is str and len(rate) < 19 and rate.isdigit() and rate.isascii() \
-        else _bounded(rate, "rate", 0)
+        else rate if scale else _bounded(rate, "rate", 0)
     increment = int(increment) if increment.__class__ is str and len(increment) < 10 and increment.isdigit() \
         and increment.isascii() else _bounded(increment, "rate_increment", 1)
     interval = int(interval) if interval.__class__ is str and len(interval) < 10 and interval.isdigit() \
@@ -148,8 +206,8 @@ def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: s
     initial, minimum, maximum = get("initial_increment"), get("minimum_duration"), get("maximum_cost")
     initial = _bounded(initial, "initial_increment", None)
     minimum = 0 if minimum is None or minimum == "" else _bounded(minimum, "minimum_duration", 0)
-    maximum = _bounded(maximum, "maximum_cost", None)
-    found = scheme_error(fee, rate, increment, interval, initial, minimum, maximum)
+    maximum = scaled_price(maximum, "maximum_cost", scale, None) if scale else _bounded(maximum, "maximum_cost", None)
+    found = scheme_error(fee, rate, increment, interval, initial, minimum, maximum, scale)
     if found is not None:
         raise ValueError(found[1])
     return (
@@ -260,6 +318,8 @@ class CsvDeck:
         self.layout = [index[name] if name in index and last[name] == i else -1 for i, name in enumerate(header)]
         self.columns = [RATE_COLUMNS[k] if k >= 0 else f"ignored_{i}" for i, k in enumerate(self.layout)]
         fields = [_FREE if k < 0 else _FIELD.get(RATE_COLUMNS[k]) for k in self.layout]
+        if self._scaled(last):  # a price goes to COPY as written only in integer money: others via rate_row
+            fields = ["" if k >= 0 and RATE_COLUMNS[k] in _PRICES else field for k, field in zip(self.layout, fields)]
         for column, flag in (("pricelist_tag", self.pricelist), ("carrier_tag", self.carrier)):
             if column in last:
                 fields[last[column]] = _FREE if flag else r'[^,"\r\n\x00]+'
@@ -279,6 +339,17 @@ class CsvDeck:
                     fields[last["rate_increment"]] = _INCREMENT_NAMED
                     fields[position] = _INITIAL
             self.line = re.compile(",".join(fields) + r"\n").fullmatch
+
+    def _scaled(self, last: dict[str, int]) -> bool:
+        """Whether a line of the deck may belong to a pricelist with a money scale (of the running import)."""
+        scales = _SCALES.get()
+        if not scales:
+            return False
+        if "tenant" in last:
+            return True
+        if "pricelist_tag" in last or not self.pricelist:
+            return any(tenant == self.tenant for tenant, _ in scales)
+        return (self.tenant, self.pricelist) in scales
 
     def _row(self, fields: list[str]) -> tuple:
         width = len(fields)
@@ -430,102 +501,122 @@ async def import_rates(
     deck = rows if isinstance(rows, CsvDeck) else None
     async with connection.transaction():
         await connection.execute(f"SET LOCAL work_mem = '{_WORK_MEM}'")
-        ignored = [c for c in deck.copy_columns() if c not in RATE_COLUMNS] if deck is not None else []
+        # rows already made (a list) were read with the scales of their maker: checked below, not re-read
+        used = _SCALES.get() if isinstance(rows, (list, tuple)) else await read_scales(connection)
+        token = _SCALES.set(used)
+        try:
+            return await _import_rates(connection, rows, deck, replace, recorder, used)
+        finally:
+            _SCALES.reset(token)
+
+
+async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | None, replace: bool,
+                        recorder: changes.Recorder | None, used: dict[tuple[str, str], int]) -> DeckResult:
+    """import_rates in its transaction, the rows read with the pricelists' scales `used`."""
+    ignored = [c for c in deck.copy_columns() if c not in RATE_COLUMNS] if deck is not None else []
+    await connection.execute(
+        "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
+        " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
+        " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
+        " minimum_duration integer, maximum_cost bigint, line bigint"
+        + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
+    )
+    if deck is not None:
+        status = await connection.copy_to_table(
+            "rate_deck", source=deck.source(), columns=deck.copy_columns(), format="csv")
+    else:
+        status = await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
+    count = int(status.split()[-1])
+    if count == 0:
+        await connection.execute("DROP TABLE rate_deck")
+        return DeckResult(0, 0, set())
+    # What a CSV deck left empty (NULL here) takes the flags and the defaults of rate_row.
+    tenant = _literal(deck.tenant) if deck is not None else "NULL"
+    pricelist = _literal(deck.pricelist) if deck is not None and deck.pricelist else "NULL"
+    carrier = _literal(deck.carrier) if deck is not None and deck.carrier else "NULL"
+    given = (
+        f"coalesce(tenant, {tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag,"
+        f" coalesce(carrier_tag, {carrier}) AS carrier_tag, prefix, coalesce(connect_fee, 0) AS connect_fee,"
+        " coalesce(rate, 0) AS rate, coalesce(rate_increment, 1) AS rate_increment,"
+        " coalesce(interval_start, 0) AS interval_start, description, datetime_start, datetime_end,"
+        " coalesce(active, true) AS active, initial_increment, coalesce(minimum_duration, 0) AS minimum_duration,"
+        " maximum_cost, ctid AS place"
+    )
+    # The deck as it merges: one row per key, the last one given. The table was created and filled by
+    # one COPY in this transaction: its rows lie in the order of the deck (ctid).
+    merged = (f"(SELECT DISTINCT ON ({_ORDER}) * FROM (SELECT {given} FROM rate_deck) given"
+              f" ORDER BY {_ORDER}, place DESC)")
+    await connection.execute(
+        "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
+        f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
+        f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM rate_deck) raw"
+    )
+    # The references, checked once per pair and locked as a foreign key locks them: deleting or renaming
+    # them waits for this transaction (the insert trigger of migration 004 is told not to do it again).
+    for table, tag in (("carriers", "carrier_tag"), ("pricelists", "pricelist_tag")):
         await connection.execute(
-            "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
-            " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
-            " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
-            " minimum_duration integer, maximum_cost bigint, line bigint"
-            + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
-        )
-        if deck is not None:
-            status = await connection.copy_to_table(
-                "rate_deck", source=deck.source(), columns=deck.copy_columns(), format="csv")
-        else:
-            status = await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
-        count = int(status.split()[-1])
-        if count == 0:
-            await connection.execute("DROP TABLE rate_deck")
-            return DeckResult(0, 0, set())
-        # What a CSV deck left empty (NULL here) takes the flags and the defaults of rate_row.
-        tenant = _literal(deck.tenant) if deck is not None else "NULL"
-        pricelist = _literal(deck.pricelist) if deck is not None and deck.pricelist else "NULL"
-        carrier = _literal(deck.carrier) if deck is not None and deck.carrier else "NULL"
-        given = (
-            f"coalesce(tenant, {tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag,"
-            f" coalesce(carrier_tag, {carrier}) AS carrier_tag, prefix, coalesce(connect_fee, 0) AS connect_fee,"
-            " coalesce(rate, 0) AS rate, coalesce(rate_increment, 1) AS rate_increment,"
-            " coalesce(interval_start, 0) AS interval_start, description, datetime_start, datetime_end,"
-            " coalesce(active, true) AS active, initial_increment, coalesce(minimum_duration, 0) AS minimum_duration,"
-            " maximum_cost, ctid AS place"
-        )
-        # The deck as it merges: one row per key, the last one given. The table was created and filled by
-        # one COPY in this transaction: its rows lie in the order of the deck (ctid).
-        merged = (f"(SELECT DISTINCT ON ({_ORDER}) * FROM (SELECT {given} FROM rate_deck) given"
-                  f" ORDER BY {_ORDER}, place DESC)")
-        await connection.execute(
-            "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
-            f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
-            f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM rate_deck) raw"
-        )
-        # The references, checked once per pair and locked as a foreign key locks them: deleting or renaming
-        # them waits for this transaction (the insert trigger of migration 004 is told not to do it again).
-        for table, tag in (("carriers", "carrier_tag"), ("pricelists", "pricelist_tag")):
-            await connection.execute(
-                f"SELECT 1 FROM {table} t WHERE (t.tenant, t.{tag}) IN (SELECT tenant, {tag} FROM rate_deck_pairs)"
-                " FOR KEY SHARE OF t")
-        missing = await connection.fetchrow(
-            "SELECT d.pricelist_tag, d.carrier_tag, d.tenant,"
-            " p.pricelist_tag IS NULL AS no_pricelist, c.carrier_tag IS NULL AS no_carrier"
-            " FROM rate_deck_pairs d"
-            " LEFT JOIN pricelists p USING (tenant, pricelist_tag)"
-            " LEFT JOIN carriers c ON c.tenant = d.tenant AND c.carrier_tag = d.carrier_tag"
-            " WHERE p.pricelist_tag IS NULL OR c.carrier_tag IS NULL LIMIT 1"
-        )
-        if missing is not None:
-            what = (f"Price list with tag = {missing['pricelist_tag']}" if missing["no_pricelist"]
-                    else f"Carrier with tag = {missing['carrier_tag']}")
-            raise ImportError_(f"{what} not found in tenant {missing['tenant']}!")
-        columns = ", ".join(RATE_COLUMNS)
-        await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
-        ids = f"('{_id_prefix()}' || lpad(to_hex(nextval('rate_deck_ids')), 12, '0'))::uuid"
-        replaced = 0
-        for attempt in range(3):
-            try:
-                # a savepoint: a rate another writer adds meanwhile (unique violation) makes the merge run again
-                async with connection.transaction():
-                    await connection.execute("SET LOCAL rating.rate_references = 'checked'")
-                    stored = await connection.fetchval(
-                        "SELECT EXISTS (SELECT 1 FROM pricelist_rates r JOIN rate_deck_pairs p"
-                        " USING (tenant, pricelist_tag, carrier_tag))")
-                    if not stored:
-                        # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
-                        insert = f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck"
-                        if count <= OVERLAY_LIMIT:
-                            touched = await connection.fetch(f"{insert} RETURNING {_IDENTITY}")
-                        else:
-                            await connection.execute(insert)
-                            touched = None
+            f"SELECT 1 FROM {table} t WHERE (t.tenant, t.{tag}) IN (SELECT tenant, {tag} FROM rate_deck_pairs)"
+            " FOR KEY SHARE OF t")
+    missing = await connection.fetchrow(
+        "SELECT d.pricelist_tag, d.carrier_tag, d.tenant,"
+        " p.pricelist_tag IS NULL AS no_pricelist, c.carrier_tag IS NULL AS no_carrier"
+        " FROM rate_deck_pairs d"
+        " LEFT JOIN pricelists p USING (tenant, pricelist_tag)"
+        " LEFT JOIN carriers c ON c.tenant = d.tenant AND c.carrier_tag = d.carrier_tag"
+        " WHERE p.pricelist_tag IS NULL OR c.carrier_tag IS NULL LIMIT 1"
+    )
+    if missing is not None:
+        what = (f"Price list with tag = {missing['pricelist_tag']}" if missing["no_pricelist"]
+                else f"Carrier with tag = {missing['carrier_tag']}")
+        raise ImportError_(f"{what} not found in tenant {missing['tenant']}!")
+    # The scales the prices were read with are those of the pricelists now locked (a writer changes the
+    # scale of a pricelist with rates only under FOR UPDATE, which waits for this transaction).
+    for row in await connection.fetch(
+            "SELECT tenant, pricelist_tag, scale FROM pricelists JOIN rate_deck_pairs USING (tenant, pricelist_tag)"):
+        if row["scale"] != used.get((row["tenant"], row["pricelist_tag"]), 0):
+            raise ImportError_(f"Price list with tag = {row['pricelist_tag']} has scale {row['scale']} in tenant"
+                               f" {row['tenant']}: its prices were read with scale "
+                               f"{used.get((row['tenant'], row['pricelist_tag']), 0)}, import again!")
+    columns = ", ".join(RATE_COLUMNS)
+    await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
+    ids = f"('{_id_prefix()}' || lpad(to_hex(nextval('rate_deck_ids')), 12, '0'))::uuid"
+    replaced = 0
+    for attempt in range(3):
+        try:
+            # a savepoint: a rate another writer adds meanwhile (unique violation) makes the merge run again
+            async with connection.transaction():
+                await connection.execute("SET LOCAL rating.rate_references = 'checked'")
+                stored = await connection.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pricelist_rates r JOIN rate_deck_pairs p"
+                    " USING (tenant, pricelist_tag, carrier_tag))")
+                if not stored:
+                    # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
+                    insert = f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck"
+                    if count <= OVERLAY_LIMIT:
+                        touched = await connection.fetch(f"{insert} RETURNING {_IDENTITY}")
                     else:
-                        replaced, touched = await _merge(connection, merged, ids, replace)
-                    await connection.execute("SET LOCAL rating.rate_references = ''")
-                break
-            except asyncpg.UniqueViolationError:
-                if attempt == 2:
-                    raise
-        tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
-        await connection.execute("DROP TABLE rate_deck, rate_deck_pairs")  # and rate_deck_ids (owned)
-        own = recorder is None
-        recorder = changes.Recorder() if own else recorder
-        if touched is None:
-            for tenant in tenants:
-                recorder.add(tenant, "bulk")
-        else:
-            for tenant, pricelist, carrier, prefix in touched:
-                recorder.add(tenant, "rate", [pricelist, carrier, prefix])
-            tenants = set()
-        if own:
-            await recorder.write(connection)
+                        await connection.execute(insert)
+                        touched = None
+                else:
+                    replaced, touched = await _merge(connection, merged, ids, replace)
+                await connection.execute("SET LOCAL rating.rate_references = ''")
+            break
+        except asyncpg.UniqueViolationError:
+            if attempt == 2:
+                raise
+    tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
+    await connection.execute("DROP TABLE rate_deck, rate_deck_pairs")  # and rate_deck_ids (owned)
+    own = recorder is None
+    recorder = changes.Recorder() if own else recorder
+    if touched is None:
+        for tenant in tenants:
+            recorder.add(tenant, "bulk")
+    else:
+        for tenant, pricelist, carrier, prefix in touched:
+            recorder.add(tenant, "rate", [pricelist, carrier, prefix])
+        tenants = set()
+    if own:
+        await recorder.write(connection)
     return DeckResult(count, replaced, tenants, 0 if touched is None else len(touched))
 
 
@@ -588,6 +679,31 @@ def _str_list(value: Any, name: str) -> list[str]:
     return value
 
 
+async def set_terms(connection: asyncpg.Connection, recorder: changes.Recorder, tenant: str, tag: str,
+                    scale: int | None, rounding: str | None) -> None:
+    """Checks a change of a stored pricelist's scale or rounding (None: unchanged), before it is written.
+
+    The scale gives its rates' stored integers their meaning: it changes only while the pricelist has no
+    rates. A new rounding prices its rates anew: the tenant's deck is built again (a bulk change). The row
+    is locked FOR UPDATE, which waits for an import reading the pricelist (FOR KEY SHARE) to finish.
+    """
+    stored = await connection.fetchrow(
+        "SELECT scale, rounding FROM pricelists WHERE tenant = $1 AND pricelist_tag = $2 FOR UPDATE", tenant, tag)
+    if stored is None:
+        return
+    changed_scale = scale is not None and scale != stored["scale"]
+    changed_rounding = rounding is not None and rounding != stored["rounding"]
+    if not (changed_scale or changed_rounding):
+        return
+    has_rates = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pricelist_rates WHERE tenant = $1 AND pricelist_tag = $2)", tenant, tag)
+    if not has_rates:
+        return
+    if changed_scale:
+        raise ValueError(f"scale cannot change while the pricelist has rates (it is {stored['scale']})")
+    recorder.add(tenant, "bulk")
+
+
 async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any],
                          set_balances: bool = False) -> dict[str, Any]:
     """Upserts the carriers, pricelists, rates and accounts of a JSON document in one transaction.
@@ -613,18 +729,31 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
             )
             recorder.add(item.get("tenant", default_tenant), "carrier", item["carrier_tag"])
         for item in document.get("pricelists", []):
+            tenant = item.get("tenant", default_tenant)
+            try:
+                scale, rounding = pricelist_terms(item)
+                await set_terms(connection, recorder, tenant, item["pricelist_tag"], scale, rounding)
+            except ValueError as exc:
+                raise ImportError_(f"pricelist {item.get('pricelist_tag')!r}: {exc}") from None
             await connection.execute(
-                "INSERT INTO pricelists (tenant, pricelist_tag, name, currency) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (tenant, pricelist_tag) DO UPDATE SET name = excluded.name, currency = excluded.currency",
-                item.get("tenant", default_tenant), item["pricelist_tag"], item.get("name"), item.get("currency"),
+                "INSERT INTO pricelists (tenant, pricelist_tag, name, currency, scale, rounding)"
+                " VALUES ($1, $2, $3, $4, coalesce($5, 0), coalesce($6, 'up'))"
+                " ON CONFLICT (tenant, pricelist_tag) DO UPDATE SET name = excluded.name, currency = excluded.currency,"
+                " scale = coalesce($5, pricelists.scale), rounding = coalesce($6, pricelists.rounding)",
+                tenant, item["pricelist_tag"], item.get("name"), item.get("currency"), scale, rounding,
             )
         rates = document.get("rates", [])
         if rates:
+            scales = await read_scales(connection)  # with the pricelists just written
             try:
-                rows = [(*rate_row(r, default_tenant, None, None), n) for n, r in enumerate(rates)]
+                rows = [(*rate_row(r, default_tenant, None, None, scales), n) for n, r in enumerate(rates)]
             except ValueError as exc:
                 raise ImportError_(f"rates: {exc}") from None
-            await import_rates(connection, rows, recorder=recorder)
+            token = _SCALES.set(scales)
+            try:
+                await import_rates(connection, rows, recorder=recorder)
+            finally:
+                _SCALES.reset(token)
         for item in document.get("accounts", []):
             tenant = item.get("tenant", default_tenant)
             try:

@@ -357,3 +357,102 @@ async def test_a_30_6_call_with_a_minimum_and_a_cap_is_granted_reserved_and_char
     await post(client, "begin", transaction_tag="n", account_tag="b", timestamp_begin=at(200))
     await post(client, "end", transaction_tag="n", timestamp_end=at(800))  # 600 s: the cap
     assert await stack.balance("b") == 1000 - 60 - 100
+
+
+# --- decimal prices: a pricelist's money scale ----------------------------------------------------------------------
+
+def scaled_catalog(scale: int = 4, rounding: str = "up") -> dict:
+    document = catalog(prepaid("a"))
+    document["pricelists"].append({"pricelist_tag": "p4", "scale": scale, "rounding": rounding})
+    return document
+
+
+async def stored_prices(stack, pricelist: str) -> dict[str, tuple]:
+    rows = await stack.database.fetch(
+        "SELECT prefix, connect_fee, rate, maximum_cost FROM pricelist_rates WHERE pricelist_tag = $1", pricelist)
+    return {row["prefix"]: (row["connect_fee"], row["rate"], row["maximum_cost"]) for row in rows}
+
+
+async def test_csv_prices_with_decimals_are_imported_exactly_in_the_pricelists_scale(stack):
+    await stack.load(scaled_catalog())
+    lines = ["prefix,rate,rate_increment,connect_fee,maximum_cost\n", "39,0.0085,60,0.5,12.25\n", "44,2,60,,\n",
+             "45,.0001,1,0.0000,\n", "46,,1,3.,1\n"]
+    result = await import_rates(stack.database, csv_rates(lines, "default", "p4", "c1"))
+    assert result.rows == 4
+    assert await stored_prices(stack, "p4") == {"39": (5000, 85, 122500), "44": (0, 20000, None), "45": (0, 1, None),
+                                                "46": (30000, 0, 10000)}
+    # a deck naming its pricelists in a column: each row in its own pricelist's scale
+    lines = ["prefix,pricelist_tag,rate\n", "33,p4,0.0125\n", "33,p1,7\n"]
+    await import_rates(stack.database, csv_rates(lines, "default", None, "c1"))
+    assert (await stored_prices(stack, "p4"))["33"] == (0, 125, None)
+    assert (await stored_prices(stack, "p1"))["33"] == (0, 7, None)
+
+
+async def test_more_decimals_than_the_scale_are_refused_with_the_line_and_column_and_nothing_is_imported(stack):
+    await stack.load(scaled_catalog())
+    cases = [
+        (["prefix,rate\n", "39,0.0085\n", "40,0.00855\n"], "line 3: rate has more than 4 decimals"),
+        (["prefix,connect_fee\n", "39,1.23456\n"], "line 2: connect_fee has more than 4 decimals"),
+        (["prefix,rate\n", "39,1e-3\n"], "line 2: rate must be a decimal number"),
+        (["prefix,rate\n", "39,-0.5\n"], "line 2: rate must be a decimal number"),
+        (["prefix,rate\n", "39,0,5\n", "40,0.5.1\n"], "line 3: rate must be a decimal number"),
+        (["prefix,maximum_cost\n", "39,900719925474.0992\n"], "line 2: maximum_cost must be below 2**53"),
+    ]
+    for lines, message in cases:
+        with pytest.raises(ImportError_, match=message.replace("*", r"\*")):
+            await import_rates(stack.database, csv_rates(lines, "default", "p4", "c1"))
+    # a pricelist of scale 0 keeps integer money and its messages
+    with pytest.raises(ImportError_, match="line 2: rate must be an integer"):
+        await import_rates(stack.database, csv_rates(["prefix,rate\n", "39,0.5\n"], "default", "p1", "c1"))
+    assert await stack.database.fetchval("SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p4'") == 0
+
+
+async def test_rows_read_without_the_pricelists_scale_are_refused(stack):
+    await stack.load(scaled_catalog())
+    rows = list(csv_rates(["prefix,rate\n", "39,85\n"], "default", "p4", "c1"))  # read outside an import
+    with pytest.raises(ImportError_, match="p4 has scale 4 in tenant default: its prices were read with scale 0"):
+        await import_rates(stack.database, rows)
+
+
+async def test_a_json_catalog_gives_pricelists_their_terms_and_rates_their_decimals(stack):
+    document = scaled_catalog(2, "half_even")
+    document["rates"] = [{"pricelist_tag": "p4", "carrier_tag": "c1", "prefix": "39", "rate": "0.07",
+                          "connect_fee": 1, "maximum_cost": "3.5"}]
+    await stack.load(document)
+    row = await stack.database.fetchrow("SELECT scale, rounding FROM pricelists WHERE pricelist_tag = 'p4'")
+    assert (row["scale"], row["rounding"]) == (2, "half_even")
+    assert await stored_prices(stack, "p4") == {"39": (100, 7, 350)}
+    # loading it again without the terms keeps them; a new rounding is taken, a new scale is refused
+    document["pricelists"][-1] = {"pricelist_tag": "p4"}
+    await stack.load(document)
+    document["pricelists"][-1] = {"pricelist_tag": "p4", "rounding": "down"}
+    summary = await stack.load(document)
+    assert "default" in summary["rebuild"]  # the deck prices every rate of p4 anew
+    assert await stack.database.fetchval("SELECT rounding FROM pricelists WHERE pricelist_tag = 'p4'") == "down"
+    document["pricelists"][-1] = {"pricelist_tag": "p4", "scale": 3}
+    with pytest.raises(ImportError_, match="scale cannot change while the pricelist has rates"):
+        await stack.load(document)
+    for bad, message in (({"scale": 7}, "scale must be an integer from 0 to 6"),
+                         ({"rounding": "nearest"}, "rounding must be one of up, half_even, down")):
+        document["pricelists"][-1] = {"pricelist_tag": "p5", **bad}
+        with pytest.raises(ImportError_, match=message):
+            await stack.load(document)
+    document["pricelists"][-1] = {"pricelist_tag": "p4"}
+    document["rates"][0]["rate"] = 0.07  # a float is never read as money
+    with pytest.raises(ImportError_, match="rate must be an integer or a decimal written as text"):
+        await stack.load(document)
+
+
+def decimal_deck(rows: int, seed: int = 7):
+    rng = random.Random(seed)
+    yield HEADER
+    for i in range(rows):
+        yield f"{39000000 + i},0.{rng.randint(1, 5000):04d},60,0,0,Italy {i % 17}\n"
+
+
+async def test_a_100000_row_decimal_deck_imports(stack):
+    await stack.load(scaled_catalog())
+    result = await import_rates(stack.database, csv_rates(decimal_deck(100_000), "default", "p4", "c1"))
+    assert result.rows == 100_000
+    assert await stack.database.fetchval(
+        "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p4' AND rate BETWEEN 1 AND 5000") == 100_000
