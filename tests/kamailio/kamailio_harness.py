@@ -523,6 +523,37 @@ def wait_for(probe, timeout: float = 5.0, interval: float = 0.05):
     return value
 
 
+@dataclass
+class RigBase:
+    """What a Kamailio test module's rig starts from (rig_base)."""
+
+    base: Path
+    redis: object  # devstack.RedisServer (imported when used: loadtest scripts use this module without it)
+    database_url: str
+    auth_db: str
+
+
+def rig_base(tmp_path_factory, server_url: str, name: str) -> RigBase:
+    """The start of every Kamailio test module's rig: Kamailio checked (its tests fail, never skip, when it
+    cannot run), a folder, and the module's own Redis, rating database and auth database (other test
+    modules empty the shared ones between their tests). `name`: lowercase letters, for the names."""
+    import asyncio
+
+    import pytest
+
+    from devstack import RedisServer
+
+    try:
+        ensure_kamailio()
+    except SetupError as exc:
+        pytest.fail(f"Kamailio end-to-end tests cannot run: {exc}", pytrace=False)
+    base = tmp_path_factory.mktemp(f"kamailio-{name}")
+    suffix = uuid.uuid4().hex[:8]
+    database_url = asyncio.run(create_database(server_url, f"kamailio_{name}_{suffix}"))
+    auth_db = asyncio.run(create_auth_database(server_url, f"kamailio_{name}_auth_{suffix}"))
+    return RigBase(base, RedisServer(base / "redis").start(), database_url, auth_db)
+
+
 async def create_database(server_url: str, name: str) -> str:
     """A new empty database `name` on the PostgreSQL server of `server_url`; its URL."""
     import asyncpg

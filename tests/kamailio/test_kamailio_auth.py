@@ -18,11 +18,9 @@ Every wait is on a condition with a bound.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +33,9 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
 
 import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
-from devstack import RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, create_database, wait_for, Kamailio, SetupError, add_subscriber, add_trusted_peer, create_auth_database, ensure_kamailio,
-    free_low_port, run_callers, subscriber_password,
+    Carrier, Kamailio, add_subscriber, add_trusted_peer, free_low_port, rig_base, run_callers, subscriber_password,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -105,16 +102,8 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, postgres_server):
-    try:
-        ensure_kamailio()
-    except SetupError as exc:
-        pytest.fail(f"Kamailio end-to-end tests cannot run: {exc}", pytrace=False)
-
-    base = tmp_path_factory.mktemp("kamailio-auth")
-    redis_server = RedisServer(base / "redis").start()
-    suffix = uuid.uuid4().hex[:8]
-    database_url = asyncio.run(create_database(postgres_server.url, f"kamailio_auth_rating_{suffix}"))
-    auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_auth_{suffix}"))
+    start = rig_base(tmp_path_factory, postgres_server.url, "auth")
+    base, redis_server, database_url, auth_db = start.base, start.redis, start.database_url, start.auth_db
     for account in SUBSCRIBERS:
         add_subscriber(auth_db, account)
     peer_port, tagless_port, pinger_port = free_low_port(), free_low_port(), free_low_port()

@@ -34,10 +34,9 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
 import state  # noqa: E402
 from cache import call_key, open_calls_key  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
-from devstack import RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, create_database, wait_for, Kamailio, SetupError, add_subscriber, create_auth_database, create_dialog_database, ensure_kamailio,
-    free_port, run_callers, subscriber_password,
+    Carrier, Kamailio, add_subscriber, create_dialog_database, free_port, rig_base, run_callers, subscriber_password,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -144,17 +143,9 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, postgres_server):
-    try:
-        ensure_kamailio()
-    except SetupError as exc:
-        pytest.fail(f"Kamailio end-to-end tests cannot run: {exc}", pytrace=False)
-
-    base = tmp_path_factory.mktemp("kamailio-faults")
-    redis_server = RedisServer(base / "redis").start()
-    suffix = uuid.uuid4().hex[:8]
-    database_url = asyncio.run(create_database(postgres_server.url, f"kamailio_faults_{suffix}"))
-    dialog_db = asyncio.run(create_dialog_database(postgres_server.url, f"kamailio_dialogs_{suffix}"))
-    auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_faults_auth_{suffix}"))
+    start = rig_base(tmp_path_factory, postgres_server.url, "faults")
+    base, redis_server, database_url, auth_db = start.base, start.redis, start.database_url, start.auth_db
+    dialog_db = asyncio.run(create_dialog_database(postgres_server.url, f"kamailio_dialogs_{uuid.uuid4().hex[:8]}"))
     for account in ACCOUNTS:
         add_subscriber(auth_db, account)
     carrier = Carrier(base / "carriers", "uas.xml", "UDP")

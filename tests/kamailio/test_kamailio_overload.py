@@ -10,7 +10,6 @@ was refused. The refusal times are printed (pytest -s) for the record, not asser
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -29,10 +28,8 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
 
 import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
-from devstack import RedisServer  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, SetupError, add_subscriber, create_auth_database, create_database, ensure_kamailio,
-    run_callers, subscriber_password, wait_for,
+    Carrier, Kamailio, add_subscriber, rig_base, run_callers, subscriber_password, wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -95,16 +92,8 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, postgres_server):
-    try:
-        ensure_kamailio()
-    except SetupError as exc:
-        pytest.fail(f"Kamailio end-to-end tests cannot run: {exc}", pytrace=False)
-
-    base = tmp_path_factory.mktemp("kamailio-overload")
-    redis_server = RedisServer(base / "redis").start()
-    suffix = uuid.uuid4().hex[:8]
-    database_url = asyncio.run(create_database(postgres_server.url, f"kamailio_overload_{suffix}"))
-    auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_overload_auth_{suffix}"))
+    start = rig_base(tmp_path_factory, postgres_server.url, "overload")
+    base, redis_server, database_url, auth_db = start.base, start.redis, start.database_url, start.auth_db
     add_subscriber(auth_db, ACCOUNT)
     carrier = Carrier(base / "carriers", "uas.xml", "UDP")
     agent = kamailio = None

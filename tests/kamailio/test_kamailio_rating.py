@@ -9,13 +9,10 @@ two answering (UDP and TCP), one busy (486), one broken (503), and two ports whe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import signal
 import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +26,7 @@ import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
 from devstack import RedisServer, wait_for_port  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, create_database, wait_for, Kamailio, SetupError, add_subscriber, create_auth_database, ensure_kamailio, free_port, run_callers,
-    subscriber_password,
+    Carrier, Kamailio, add_subscriber, free_port, rig_base, run_callers, subscriber_password, wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -142,20 +138,10 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, postgres_server):
-    try:
-        ensure_kamailio()
-    except SetupError as exc:
-        pytest.fail(f"Kamailio end-to-end tests cannot run: {exc}", pytrace=False)
-
-    base = tmp_path_factory.mktemp("kamailio-e2e")
-    # Own Redis and own database: other test modules empty the shared ones between their tests.
-    redis = RedisServer(base / "redis").start()
-    name = f"kamailio_e2e_{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_database(postgres_server.url, name))
-    database_url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    start = rig_base(tmp_path_factory, postgres_server.url, "e2e")
+    base, redis, database_url, auth_db = start.base, start.redis, start.database_url, start.auth_db
     # callers authenticate by digest (WITH_AUTH): every account of the tests, and k-ghost (no rating
     # account), is a subscriber
-    auth_db = asyncio.run(create_auth_database(postgres_server.url, f"kamailio_e2e_auth_{name[-8:]}"))
 
     carriers = {
         "k-answer": Carrier(base / "carriers", "uas.xml", "UDP"),
