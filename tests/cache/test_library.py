@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import cache
 from agent.pricing.decision import Standing, charges, decide
-from agent.pricing.rate import LONGEST_CALL, Rate, duration_seconds, limit_error, walk_fee, walk_units
+from agent.pricing.rate import (LONGEST_CALL, MAX_SCALE, ROUNDINGS, Rate, duration_seconds, limit_error, walk_fee,
+                                walk_units)
 
 money = st.integers(min_value=0, max_value=10**12)
 small = st.integers(min_value=0, max_value=10_000)
@@ -119,9 +120,9 @@ def test_lua_walks_every_schedule_as_the_kernel(lua, tariff, duration, available
     assert lua_units == walk_units(schedule, usable, cap)
 
 
-def random_rate(rng) -> Rate:
+def random_rate(rng, scaled: bool = False) -> Rate:
     """What `scheme_rates` draws, from a seeded generator: thousands of cases cost milliseconds, not the
-    milliseconds each of a hypothesis example."""
+    milliseconds each of a hypothesis example. `scaled`: with decimal prices (a scale and a rounding)."""
     while True:
         price = rng.choice([50, 10_000, 10**8 - 1])
         increment = rng.choice([0, 1, 6, 30, 60, rng.randint(1, 3600)])
@@ -130,7 +131,8 @@ def random_rate(rng) -> Rate:
                       rng.choice([0, 0, 1, rng.randint(0, 100)]),
                       initial_increment=None if blocks is None else blocks * max(increment, 1),
                       minimum_duration=rng.choice([0, 0, 30, 60, rng.randint(0, 7200)]),
-                      maximum_cost=rng.choice([None, None, 0, rng.randint(0, 10**6), rng.randint(0, 10**12)]))
+                      maximum_cost=rng.choice([None, None, 0, rng.randint(0, 10**6), rng.randint(0, 10**12)]),
+                      **({"scale": rng.randint(1, MAX_SCALE), "rounding": rng.choice(ROUNDINGS)} if scaled else {}))
         if limit_error(tariff) is None:
             return tariff
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from cache import OUTBOX
-
 from agent.keys import DATABASE
 from agent.store.writer import catch_up
 from tests.conftest import run_cli
+from tests.graphql.test_quote import drained
 
 T0 = "2030-01-01T10:00:00Z"
 
@@ -132,14 +131,6 @@ async def test_rerate_with_a_corrected_deck_dry_run_then_apply_then_apply_again(
     # every explanation adds up to its record's fee
     for row in (await api(FEES))["allTransactions"]:
         assert row["explain"]["fee"] == row["fee"]
-
-
-async def drained(stack, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while await stack.redis.xlen(OUTBOX):
-        assert loop.time() < deadline, "outbox not drained in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_rerate_refuses_bad_input_naming_the_field(gql):

@@ -17,7 +17,7 @@ import cache
 from agent.pricing import deck
 from agent.pricing.rate import (LONGEST_CALL, MAX_SCALE, ROUNDINGS, Rate, Schedule, budget, fee, limit_error, money,
                                 walk_amount, walk_fee, walk_units)
-from tests.cache.test_library import check_call, lua, random_call  # noqa: F401 (lua: the fixture)
+from tests.cache.test_library import check_call, lua, random_call, random_rate  # noqa: F401 (lua: the fixture)
 from tests.test_transaction import at, post, records
 
 DECIMAL_ROUNDING = {"up": ROUND_CEILING, "half_even": ROUND_HALF_EVEN, "down": ROUND_FLOOR}
@@ -39,19 +39,7 @@ def scaled_rates(prices=st.integers(0, 10**8 - 1)):
 
 
 def random_scaled_rate(rng) -> Rate:
-    """What `scaled_rates` draws, from a seeded generator (thousands of cases in milliseconds)."""
-    while True:
-        price = rng.choice([50, 10_000, 10**8 - 1])
-        increment = rng.choice([0, 1, 6, 30, 60, rng.randint(1, 3600)])
-        blocks = rng.choice([None, None, 1, 5, rng.randint(1, 20)])
-        tariff = Rate("t", "p", "c", "39", rng.randint(0, price), rng.randint(0, price), increment,
-                      rng.choice([0, 0, 1, rng.randint(0, 100)]),
-                      initial_increment=None if blocks is None else blocks * max(increment, 1),
-                      minimum_duration=rng.choice([0, 0, 30, 60, rng.randint(0, 7200)]),
-                      maximum_cost=rng.choice([None, None, 0, rng.randint(0, 10**6), rng.randint(0, 10**12)]),
-                      scale=rng.randint(1, MAX_SCALE), rounding=rng.choice(ROUNDINGS))
-        if limit_error(tariff) is None:
-            return tariff
+    return random_rate(rng, scaled=True)
 
 
 # --- the kernel ----------------------------------------------------------------------------------------------------
