@@ -204,6 +204,7 @@ class Transactions:
         plan = plan_call(
             catalog, tenant, request["account_tag"], request["destination_account_tag"],
             request.get("destination"), _moment(at) if catalog.table(tenant).dated else _UNDATED,
+            request.get("source"),  # the caller: rates with a source prefix match it
         )
         return plan, self._fragments
 

@@ -82,7 +82,7 @@ async def resolve_quote(_, info, account_tag, destination, duration, tenant="def
         raise ManagementError(f"duration: must be between 0 and {settings.max_units} seconds (--max-units)")
     at = at or datetime.now(timezone.utc)
     catalog = await current_catalog(info, tenant, account_tag)
-    plan = plan_call(catalog, tenant, account_tag, None, destination, at)  # as an authorization plans it
+    plan = plan_call(catalog, tenant, account_tag, None, destination, at, source)  # as an authorization plans it
     if plan.refusal is Reason.NOT_FOUND and plan.refused_tag == account_tag:
         raise ManagementError(f"account_tag: Account with tag = {account_tag} not found in tenant {tenant}!")
     answer = {

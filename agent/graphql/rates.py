@@ -3,18 +3,52 @@
 Prices are stored as integers of the pricelist's money scale (`connect_fee`, `rate`, `maximum_cost`); the
 `*_decimal` arguments give them as decimal text (`0.0085`), converted exactly with that scale, and the
 `*_decimal` fields read them back so.
+
+A rate may have a `source_prefix` (origin rating): it is part of the rate's identity (migration 009), so
+a rate named by tenant, pricelist_tag, carrier_tag and prefix is the one of the `source_prefix` given
+too (none: the rate for any origin, the only one a Canyan deck has).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+
 from ariadne import ObjectType
 
 from ..store import management as repo
-from ..store.importer import check_scheme, scaled_price
-from ..store.management import RATES, ManagementError
-from .common import crud, reading
+from ..store.importer import check_scheme, scaled_price, source_prefix
+from ..store.management import ManagementError
+from .common import crud, mutation, query, reading
 
 pricelist_rate = ObjectType("PricelistRate")
+# The management entity with the source prefix, a column written like the others; the natural key stays
+# (pricelist_tag, carrier_tag, prefix) for the messages and checks, and `_named` adds the source prefix.
+RATES = dataclasses.replace(
+    repo.RATES, columns=(*repo.RATES.columns, "source_prefix"), exact=(*repo.RATES.exact, "source_prefix"),
+    cleared={**repo.RATES.cleared, "source_prefix": ""})
+
+
+def _origin(args: dict) -> dict:
+    """`args` with its source prefix normalized as stored (a GraphQL error naming the field otherwise)."""
+    if args.get("source_prefix") is None:
+        return args
+    try:
+        return {**args, "source_prefix": source_prefix(args["source_prefix"])}
+    except ValueError as exc:
+        raise ManagementError(f"{exc}!") from None
+
+
+async def _named(connection, args: dict) -> str | None:
+    """The id of the rate named by tenant + key + source prefix (none given: ''), or None."""
+    return await connection.fetchval(
+        "SELECT id::text FROM pricelist_rates WHERE tenant = $1 AND pricelist_tag = $2 AND carrier_tag = $3"
+        " AND prefix = $4 AND source_prefix = $5", args.get("tenant") or "default", args["pricelist_tag"],
+        args["carrier_tag"], args["prefix"], args.get("source_prefix") or "")
+
+
+def _keyed(args: dict) -> bool:
+    return args.get("id") is None and all(args.get(name) is not None for name in RATES.key)
 
 
 async def _tag_of(connection, table: str, column: str, record_id) -> tuple[str, str] | None:
@@ -36,9 +70,14 @@ async def _scale_of(connection, tenant: str | None, tag: str | None) -> int:
 
 
 async def prepare(connection, args: dict) -> dict:
-    """The references (`_references`), then the decimal prices as integers of the pricelist's scale."""
+    """The references (`_references`), the rate named with its source prefix, then the decimal prices as
+    integers of the pricelist's scale."""
     decimals = {name: args[name] for name in _DECIMALS if name in args}
-    args = await _references(connection, {k: v for k, v in args.items() if k not in _DECIMALS})
+    args = await _references(connection, _origin({k: v for k, v in args.items() if k not in _DECIMALS}))
+    if _keyed(args):
+        # named by its key: the rate of this origin, else a new one (never another origin's rate, which
+        # the key alone would find)
+        args["id"] = await _named(connection, args) or str(uuid.uuid4())
     if decimals:
         existing = await repo.fetch_by_id(connection, RATES, args["id"]) if args.get("id") is not None else None
         tenant = args.get("tenant") or (existing or {}).get("tenant") or "default"
@@ -110,6 +149,28 @@ async def check(connection, values: dict, old: dict | None) -> None:
 
 
 crud(RATES, "PricelistRates", where=where, prepare=prepare, check=check)
+
+
+def _by_origin(resolvers: dict, name: str) -> None:
+    """Wraps the resolver reading or deleting one rate: a rate named by its key is the one of the source
+    prefix given (none: any origin's rate)."""
+    inner = resolvers[name]
+
+    async def resolve(parent, info, **args):
+        args = _origin(args)
+        if _keyed(args):
+            async with reading(info) as connection:
+                found = await _named(connection, args)
+            if found is None:
+                return None
+            args = {"id": found}
+        return await inner(parent, info, **{k: v for k, v in args.items() if k != "source_prefix"})
+
+    resolvers[name] = resolve
+
+
+_by_origin(query._resolvers, "PricelistRate")
+_by_origin(mutation._resolvers, "deletePricelistRate")
 
 
 async def _id_of(info, table: str, column: str, rate: dict):

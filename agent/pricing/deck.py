@@ -10,11 +10,12 @@ maps the files: the operating system keeps one copy in its page cache however ma
   form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff its
   connect fee, rate, increment, free increments, effective dates and billing scheme (first increment,
   minimum duration, maximum cost; -1 where a rate has none) and its pricelist's money scale and rounding
-  (decimal prices, rate.py); per number slot its chain
+  (decimal prices, rate.py) and its source prefix (origin rating: `origin_code`); per number slot its chain
   (`chain_offsets[slot]..chain_offsets[slot+1]` in `chain`, decks without dates only): the offer codes
-  (`offer_codes`) of the first rate of each source along the key's prefixes, what routing reads.
+  (`offer_codes`) of the first rate of each source along the key's prefixes, what routing reads (decks
+  without source prefixes: a caller's number then plays no part).
 * `descriptions.marisa`: the distinct descriptions; `meta.json`: counts, section offsets, the sources and
-  forms, and the change-log position the deck covers.
+  forms, the distinct source prefixes, and the change-log position the deck covers.
 
 A deck is built from `Columns` (every rate as indexes into tables of distinct keys, sources, tariffs...),
 with numpy over whole columns: `columns_of` makes them from `Rate` objects, `TextRows` from PostgreSQL's
@@ -50,9 +51,9 @@ import marisa_trie
 import numpy as np
 
 from .rate import MONEY_LIMIT, ROUNDINGS, Rate
-from .table import Group, Lookups, key_of
+from .table import NO_ORIGINS, Group, Lookups, Origins, key_of
 
-FORMAT = 4  # 3: the billing scheme columns; 4: the pricelist's scale and rounding
+FORMAT = 5  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
@@ -60,9 +61,19 @@ _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
 _RATE_COLUMNS = (("source", "I"), ("tariff", "I"), ("description", "I"), ("form", "H"))
 _TARIFF_COLUMNS = (("connect_fee", "q"), ("rate", "q"), ("rate_increment", "q"), ("interval_start", "q"),
                    ("start", "q"), ("end", "q"), ("initial_increment", "q"), ("minimum_duration", "q"),
-                   ("maximum_cost", "q"), ("scale", "q"), ("rounding", "q"))
+                   ("maximum_cost", "q"), ("scale", "q"), ("rounding", "q"), ("source_prefix", "q"))
 _NONE = -1  # initial_increment and maximum_cost not given
 _ROUNDING_CODES = {name.encode(): code for code, name in enumerate(ROUNDINGS)}  # as COPY writes the column
+
+
+def origin_code(source_prefix: str) -> int:
+    """A source prefix (at most MAX_SOURCE_PREFIX digits) as a tariff column: its digits after a leading 1,
+    which keeps its leading zeros; _NONE for none."""
+    return int("1" + source_prefix) if source_prefix else _NONE
+
+
+def origin_of(code: int) -> str:
+    return "" if code == _NONE else str(code)[1:]
 
 
 def micros(moment: datetime | None) -> int:
@@ -147,7 +158,7 @@ def tariff_of(rate: Rate) -> tuple[int, ...]:
     return (rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start, micros(rate.datetime_start),
             micros(rate.datetime_end), _NONE if rate.initial_increment is None else rate.initial_increment,
             rate.minimum_duration, _NONE if rate.maximum_cost is None else rate.maximum_cost, rate.scale,
-            ROUNDINGS.index(rate.rounding))
+            ROUNDINGS.index(rate.rounding), origin_code(rate.source_prefix))
 
 
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
@@ -197,9 +208,9 @@ class TextRows:
     """
 
     COLUMNS = ("prefix", "pricelist_tag", "carrier_tag", "connect_fee", "rate", "rate_increment", "interval_start",
-               "initial_increment", "minimum_duration", "maximum_cost", "scale", "rounding", "datetime_start",
-               "datetime_end", "description")
-    _STRETCH_END = 13  # the source-and-tariff stretch: fields 1..13; the description is the last field
+               "initial_increment", "minimum_duration", "maximum_cost", "scale", "rounding", "source_prefix",
+               "datetime_start", "datetime_end", "description")
+    _STRETCH_END = 14  # the source-and-tariff stretch: fields 1..14; the description is the last field
     BLOCK = 16 << 20  # bytes parsed at a time
 
     def __init__(self) -> None:
@@ -316,7 +327,7 @@ class TextRows:
 
     def moments(self) -> list[str]:
         """The distinct dates of the rows, as COPY wrote them (for the caller to read as timestamps)."""
-        found = dict.fromkeys(moment for fields in self._split() for moment in fields[11:13])
+        found = dict.fromkeys(moment for fields in self._split() for moment in fields[12:14])
         found.pop(b"\\N", None)
         return [moment.decode() for moment in found]
 
@@ -366,11 +377,12 @@ class TextRows:
             written = tuple(tariff)
             found = tariff_ids.get(written)
             if found is None:
-                fee, rate, increment, free, first, minimum, most, scale, rounding, start, end = written
+                fee, rate, increment, free, first, minimum, most, scale, rounding, origin, start, end = written
                 found = tariff_ids[written] = tariffs.setdefault(
                     (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
                      micros_of[end.decode()], _NONE if first == b"\\N" else int(first), int(minimum),
-                     _NONE if most == b"\\N" else int(most), int(scale), _ROUNDING_CODES[rounding]), len(tariffs))
+                     _NONE if most == b"\\N" else int(most), int(scale), _ROUNDING_CODES[rounding],
+                     int(b"1" + origin) if origin else _NONE), len(tariffs))
             tariff_of.append(found)
         stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
         texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
@@ -456,10 +468,11 @@ def _scheme(tariff: tuple, increment: int, unit: int = 1, top: int = 1) -> tuple
 def order_ranks(columns: Columns) -> list[np.ndarray]:
     """Per rate, sort keys (most significant first) ordering the rates of one key as `Rate.order_key` does:
     (price per second, connect fee, scheme), (pricelist, carrier or ""), the prefix as written, (free
-    increments, increment)."""
+    increments, increment, source prefix)."""
     head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff]
     source = _dense_ranks([(pricelist, carrier or "") for pricelist, carrier in columns.sources])[columns.source]
-    tail = _dense_ranks([(t[3], t[2]) for t in columns.tariffs])[columns.tariff]
+    tail = _dense_ranks([(t[3], t[2], origin_of(t[11]) if len(t) > 11 else "")
+                         for t in columns.tariffs])[columns.tariff]
     written = np.zeros(len(columns.key), dtype=np.int32)
     if len(columns.forms) > 1:
         # Only the rates of keys written in more than one way compare their prefixes as written.
@@ -632,8 +645,9 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     used = np.zeros(len(columns.tariffs), dtype=bool)
     used[columns.tariff] = True
     dated = bool(np.any(tariffs[used][:, 4:6] != _NO_MOMENT))
+    origins = sorted({origin_of(code) for code in np.unique(tariffs[used][:, 11]).tolist()} - {""})
     chain_offsets, chain = np.zeros(slots + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    if not dated and len(columns.numbers):  # routing reads the chains of undated decks only
+    if not dated and not origins and len(columns.numbers):  # the chains of decks routing reads by column only
         offer = offer_codes(columns, source_rank)[order]
         chain_offsets, chain = _chains(columns.numbers, number_order, tries[0][1], slots, offsets, offer,
                                        len(sources))
@@ -675,7 +689,7 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
             out.write(values.tobytes())
     meta = {
         "format": FORMAT, "tenant": tenant, "covers": covers, "numbers": len(columns.numbers),
-        "raw": len(columns.raw), "rates": len(columns.key), "dated": dated, "sections": sections,
+        "raw": len(columns.raw), "rates": len(columns.key), "dated": dated, "origins": origins, "sections": sections,
         "sources": [list(pair) for pair in sources], "forms": [list(form) for form in columns.forms],
     }
     (partial / "meta.json").write_text(json.dumps(meta))
@@ -703,6 +717,7 @@ class Deck(Lookups):
         self.size: int = meta["rates"]
         self.dated: bool = meta["dated"]
         self.has_raw = meta["raw"] > 0
+        self.origins: Origins = Origins.of(meta["origins"]) if meta["origins"] else NO_ORIGINS
         self._raw_base = meta["numbers"]
         # (pricelist_tag, carrier_tag) per source, numbered in carrier tag order (offer_codes)
         self.sources: list[tuple[str, str | None]] = [tuple(pair) for pair in meta["sources"]]
@@ -731,7 +746,7 @@ class Deck(Lookups):
         self._last: tuple[str | None, list] = (None, [])  # the last number looked up, and its matches
 
     def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
-        if self.dated:  # a rate's eligibility then depends on the call's time too: no chains
+        if self.dated or self.origins:  # eligibility then depends on the call's time or caller too: no chains
             return None
         return self, self._numbers.prefixes(number)
 
@@ -771,18 +786,19 @@ class Deck(Lookups):
         head, key_follows = self._forms[self._form[i]]
         rate = _Draft(self.tenant, pricelist, carrier, head + key if key_follows else head, tariff[0], tariff[1],
                       tariff[2], tariff[3], text, tariff[4], tariff[5], tariff[6], tariff[7], tariff[8], tariff[9],
-                      tariff[10])
+                      tariff[10], tariff[11])
         rate.__class__ = Rate
         return rate
 
     def _tariff_values(self, t: int) -> tuple:
         if len(self._tariff_memo) >= _MEMO_LIMIT:
             self._tariff_memo.clear()
-        connect_fee, rate, increment, free, start, end, first, minimum, most, scale, rounding = self._tariffs
+        connect_fee, rate, increment, free, start, end, first, minimum, most, scale, rounding, origin = self._tariffs
         dates = (_moment(start[t]), _moment(end[t])) if self.dated else (None, None)
         found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates,
                                         None if first[t] == _NONE else first[t], minimum[t],
-                                        None if most[t] == _NONE else most[t], scale[t], ROUNDINGS[rounding[t]])
+                                        None if most[t] == _NONE else most[t], scale[t], ROUNDINGS[rounding[t]],
+                                        origin_of(origin[t]))
         return found
 
     def _text(self, d: int) -> str:

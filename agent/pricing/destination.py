@@ -66,3 +66,17 @@ def prefix_key(prefix: str) -> tuple[bool, str, int]:
     if skip == 0:
         return False, digits, len(digits)
     return True, prefix, len(rest)
+
+
+def source_prefix_of(text: str | None, limit: int) -> str:
+    """A rate's source prefix as stored: the digits the caller's number (`number_of(source)`) must start
+    with, written as a number prefix is (`+39`, `sip:39`, `39 06` are `39`, `3906`); "" (or None): any
+    origin. ValueError unless it is at most `limit` digits once normalized."""
+    if text is None or not text.strip():
+        return ""
+    is_raw, key, _ = prefix_key(text.strip())
+    if is_raw or not (key.isascii() and key.isdigit()):
+        raise ValueError(f"source_prefix must be digits (a number prefix such as 39 or +39), got {text!r}")
+    if len(key) > limit:
+        raise ValueError(f"source_prefix must be at most {limit} digits, got {text!r}")
+    return key

@@ -52,7 +52,7 @@ class Plan(NamedTuple):
 
 
 def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | None, at: datetime,
-          main_rate: Rate | None = None):
+          main_rate: Rate | None = None, source: str | None = None):
     """[main] + its linked accounts (one level, unknown tags ignored), or a refusal."""
     parties = [Party(main, inbound, True, main_rate)]
     if not main.linked_accounts:
@@ -67,7 +67,7 @@ def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | Non
             continue
         if not linked.active:
             return Reason.NOT_ACTIVE, linked.account_tag
-        rate = None if inbound else destination_rate(catalog, linked, destination, at)
+        rate = None if inbound else destination_rate(catalog, linked, destination, at, source)
         parties.append(Party(linked, inbound, False, rate))
     return parties, None
 
@@ -89,8 +89,10 @@ def plan_call(
     destination_account_tag: str | None,
     destination: str | None,
     at: datetime,
+    source: str | None = None,
 ) -> Plan:
-    """The parties of a call and its carriers, or the reason it cannot be rated at all."""
+    """The parties of a call and its carriers, or the reason it cannot be rated at all; `source` is the
+    caller (the authorization's `source`), matched against the rates' source prefixes."""
     if not account_tag and not destination_account_tag:
         return Plan(refusal=Reason.NOT_FOUND, refused_tag=None)
     parties: list[Party] = []
@@ -99,8 +101,8 @@ def plan_call(
         account = _usable(catalog, tenant, account_tag)
         if isinstance(account, Plan):
             return account
-        rate, routes = route(catalog, account, destination, at)
-        outbound, failed_tag = _side(catalog, account, False, destination, at, rate)
+        rate, routes = route(catalog, account, destination, at, source=source)
+        outbound, failed_tag = _side(catalog, account, False, destination, at, rate, source)
         if failed_tag is not None:
             return Plan(refusal=outbound, refused_tag=failed_tag)
         if rate is None:

@@ -89,10 +89,13 @@ class Quote(NamedTuple):
 
 
 def quote(catalog: Catalog, tenant: str, account_tag: str, destination: str, duration: int, at: datetime,
-          standings: list[Standing] | None = None, share: int = 100, cap: int = 0) -> Quote:
-    """The call as an authorization at `at` would plan it and an end after `duration` seconds would charge
-    it; with the parties' live `standings` (one per planned party), the authorization's decision too."""
-    return priced(plan_call(catalog, tenant, account_tag, None, destination, at), duration, standings, share, cap)
+          standings: list[Standing] | None = None, share: int = 100, cap: int = 0,
+          source: str | None = None) -> Quote:
+    """The call (from caller `source`) as an authorization at `at` would plan it and an end after
+    `duration` seconds would charge it; with the parties' live `standings` (one per planned party), the
+    authorization's decision too."""
+    return priced(plan_call(catalog, tenant, account_tag, None, destination, at, source), duration, standings, share,
+                  cap)
 
 
 def priced(plan: Plan, duration: int, standings: list[Standing] | None = None, share: int = 100,
@@ -126,14 +129,14 @@ def _limit(value: int | None) -> int:
 
 
 def reprice(catalog: Catalog, tenant: str, account_tag: str, destination: str | None, at: datetime,
-            duration: int) -> tuple[Rate, int] | None:
+            duration: int, source: str | None = None) -> tuple[Rate, int] | None:
     """(rate, fee) a finished outbound call of `duration` billed seconds gets from `catalog`: the rate the
     account's authorization at `at` would use, charged as an end charges. None: the account is unknown or
     the destination has no rate for it any more."""
     account = catalog.account(tenant, account_tag)
     if account is None:
         return None
-    rate = destination_rate(catalog, account, destination, at)
+    rate = destination_rate(catalog, account, destination, at, source)
     if rate is None:
         return None
     return rate, charges((rate.schedule(),), duration, duration)[0]
@@ -150,4 +153,5 @@ def rate_of_snapshot(tenant: str, snapshot: dict) -> Rate | None:
         interval_start=int(snapshot.get("interval_start") or 0), description=snapshot.get("description"),
         initial_increment=snapshot.get("initial_increment"),
         minimum_duration=int(snapshot.get("minimum_duration") or 0), maximum_cost=snapshot.get("maximum_cost"),
-        scale=int(snapshot.get("scale") or 0), rounding=snapshot.get("rounding") or "up")
+        scale=int(snapshot.get("scale") or 0), rounding=snapshot.get("rounding") or "up",
+        source_prefix=snapshot.get("source_prefix") or "")

@@ -46,6 +46,7 @@ from typing import NamedTuple
 LONGEST_CALL = 10_000_000  # seconds (115 days): no duration priced anywhere is longer (--max-units at most)
 MONEY_LIMIT = 2**53  # every amount stays below: exact in a double (Redis' Lua)
 MAX_SCALE = 6  # decimal digits of a price below the integer unit
+MAX_SOURCE_PREFIX = 16  # digits of a rate's source prefix (E.164 numbers have at most 15)
 ROUNDINGS = ("up", "half_even", "down")  # a pricelist's rounding; its index is the schedule's code
 
 
@@ -88,6 +89,7 @@ class Rate:
     maximum_cost: int | None = None
     scale: int = 0  # the pricelist's: amounts above are in units of 10**-scale
     rounding: str = "up"  # the pricelist's, one of ROUNDINGS
+    source_prefix: str = ""  # the caller's number must start with it (digits, normalized); "": any origin
 
     @property
     def unit(self) -> int:
@@ -131,7 +133,11 @@ class Rate:
         (`scheme_key`), then pricelist and carrier tags, the prefix as written and the tariff, so no choice
         depends on load order."""
         return (self.price_per_second(), Fraction(self.connect_fee, self.unit), *self.scheme_key(), self.pricelist_tag,
-                self.carrier_tag or "", self.prefix, self.interval_start, self.rate_increment)
+                self.carrier_tag or "", self.prefix, self.interval_start, self.rate_increment, self.source_prefix)
+
+    def serves(self, caller: str) -> bool:
+        """Whether the rate applies to a call from `caller` (the caller's number, `destination.number_of`)."""
+        return not self.source_prefix or caller.startswith(self.source_prefix)
 
     def snapshot(self) -> dict:
         """The rate as stored with a call (Canyan's `destination_rate`); the scheme fields only when set, so
@@ -155,6 +161,8 @@ class Rate:
         if self.scale:
             found["scale"] = self.scale
             found["rounding"] = self.rounding
+        if self.source_prefix:
+            found["source_prefix"] = self.source_prefix
         return found
 
     def schedule(self) -> Schedule:

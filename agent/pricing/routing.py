@@ -12,6 +12,10 @@ is active and is allowed by the account's `carrier_tags` (none listed: all carri
 * Each carrier is offered at its own best eligible rate (same choice, per carrier); carriers are ordered
   by that rate's price per second, its connect fee, its scheme, the longer prefix, then carrier tag. Every
   carrier appears at most once.
+* Origin: a rate with a `source_prefix` serves only callers whose number (`number_of(source)`) starts
+  with it. The most specific destination prefix still wins first; among the rates of one destination
+  prefix, those of the longest matching source prefix come first (a matching source prefix beats none),
+  then the order above. A deck without source prefixes routes exactly as before.
 * `carrier_tags_override` replaces the routing: exactly those carriers, existing and active, in the
   order given. The price is still the account's own best eligible rate.
 """
@@ -59,7 +63,8 @@ _ROUTES_LIMIT = 200_000  # remembered routing results per catalog snapshot
 _UNSEEN = object()
 
 
-def route(catalog: Catalog, account: Account, destination: str | None, at: datetime, carriers: bool = True) -> Result:
+def route(catalog: Catalog, account: Account, destination: str | None, at: datetime, carriers: bool = True,
+          source: str | None = None) -> Result:
     """The rate pricing the call and its carriers, cheapest first.
 
     The table keeps each prefix's rates best first, so the first usable rate met is the price and the
@@ -67,16 +72,16 @@ def route(catalog: Catalog, account: Account, destination: str | None, at: datet
     routing profile (tenant, pricelists, carrier filter and override) and on the destination's longest
     matching prefix, so the snapshot remembers it per pair, unless a rate met has effective dates.
 
-    On a deck without dates whose columns hold every match (no change laid over them, no URI prefixes),
-    `_route_columns` reads the columns instead of `Rate` objects; `_route_rates` is the reference it equals
-    (tests/pricing/test_routing_columns.py).
+    On a deck without dates or source prefixes whose columns hold every match (no change laid over them,
+    no URI prefixes), `_route_columns` reads the columns instead of `Rate` objects; `_route_rates` is the
+    reference it equals (tests/pricing/test_routing_columns.py). `source`: the caller (origin rating).
     """
     if not destination:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
     table = catalog.table(account.tenant)
     walk = None if table.has_raw else table.deck_keys(number_of(destination))
     if walk is None:
-        return _route_rates(catalog, account, destination, at, carriers)
+        return _route_rates(catalog, account, destination, at, carriers, source)
     deck, keys = walk
     if not keys:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
@@ -148,15 +153,30 @@ def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[st
     return price, tuple([carrier_of[code % sources] for code in sorted(offers.values())])
 
 
-def _route_rates(catalog: Catalog, account: Account, destination: str, at: datetime, carriers: bool) -> Result:
+def _for_caller(rates: tuple[Rate, ...], caller: str) -> tuple[Rate, ...] | list[Rate]:
+    """The rates of one destination prefix that serve `caller`, longest source prefix first, each length in
+    the group's order (the sort is stable)."""
+    if not any(rate.source_prefix for rate in rates):
+        return rates
+    serving = [rate for rate in rates if rate.serves(caller)]
+    serving.sort(key=lambda rate: -len(rate.source_prefix))
+    return serving
+
+
+def _route_rates(catalog: Catalog, account: Account, destination: str, at: datetime, carriers: bool,
+                 source: str | None = None) -> Result:
     """`route` over `Rate` objects, in one pass over the matches: the reference."""
     tenant = account.tenant
     table = catalog.table(tenant)
+    origins = table.origins
+    caller = number_of(source) if origins and source else ""
     longest = table.longest(destination)
     key = None
     if longest is not None:
         key = (tenant, longest[0], account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
                carriers)
+        if origins:  # the longest source prefix the caller matches decides which rates serve it
+            key += (origins.longest(caller),)
         found = catalog.routes.get(key)
         if found is not None:
             return found
@@ -166,6 +186,8 @@ def _route_rates(catalog: Catalog, account: Account, destination: str, at: datet
     dated = False
     sources: dict[tuple[str, str | None], Carrier | None] = {}  # _eligible per (pricelist, carrier) met
     for specificity, rates in table.matches(destination):
+        if origins:
+            rates = _for_caller(rates, caller)
         for rate in rates:
             pair = (rate.pricelist_tag, rate.carrier_tag)
             carrier = sources.get(pair, _UNSEEN)
@@ -201,13 +223,14 @@ def _route_rates(catalog: Catalog, account: Account, destination: str, at: datet
     return result
 
 
-def destination_rate(catalog: Catalog, account: Account, destination: str | None, at: datetime) -> Rate | None:
-    """The rate that prices a call from `account` to `destination`, or None (unreachable)."""
-    return route(catalog, account, destination, at, carriers=False)[0]
+def destination_rate(catalog: Catalog, account: Account, destination: str | None, at: datetime,
+                     source: str | None = None) -> Rate | None:
+    """The rate that prices a call from `account` (caller `source`) to `destination`, or None (unreachable)."""
+    return route(catalog, account, destination, at, carriers=False, source=source)[0]
 
 
 def least_cost_routing(
-    catalog: Catalog, account: Account, destination: str | None, at: datetime
+    catalog: Catalog, account: Account, destination: str | None, at: datetime, source: str | None = None
 ) -> list[Carrier]:
     """The carriers for this call, cheapest first."""
-    return list(route(catalog, account, destination, at)[1])
+    return list(route(catalog, account, destination, at, source=source)[1])

@@ -26,10 +26,43 @@ if TYPE_CHECKING:
 Group = tuple[Rate, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Origins:
+    """The distinct source prefixes of a layer's rates (origin rating), and their lengths longest first."""
+
+    prefixes: frozenset[str] = frozenset()
+    lengths: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, prefixes: Iterable[str]) -> "Origins":
+        found = frozenset(p for p in prefixes if p)
+        return cls(found, tuple(sorted({len(p) for p in found}, reverse=True))) if found else NO_ORIGINS
+
+    def __bool__(self) -> bool:
+        return bool(self.prefixes)
+
+    def __or__(self, other: "Origins") -> "Origins":
+        if not other or other.prefixes <= self.prefixes:
+            return self
+        return other if not self else Origins.of(self.prefixes | other.prefixes)
+
+    def longest(self, caller: str) -> str:
+        """The longest source prefix the caller's number starts with ("": none). Every source prefix a
+        caller matches is a prefix of this one, so it alone decides which rates serve the caller."""
+        for size in self.lengths:
+            if size <= len(caller) and caller[:size] in self.prefixes:
+                return caller[:size]
+        return ""
+
+
+NO_ORIGINS = Origins()
+
+
 class Layer(Protocol):
     size: int
     dated: bool
     has_raw: bool
+    origins: Origins  # some rate has a source prefix: routing then reads Rate objects
 
     def number_matches(self, number: str) -> list[tuple[str, Group]]:
         """(key, rates) of every number key `number` starts with, longest first."""
@@ -87,6 +120,7 @@ class RateTable(Lookups):
     raw_lengths: tuple[int, ...] = ()
     size: int = 0
     dated: bool = False  # some rate has effective dates: only then does a call's time matter
+    origins: Origins = NO_ORIGINS  # source prefixes of the rates put in (a removed one may stay: harmless)
 
     @classmethod
     def build(cls, rates: Iterable[Rate]) -> "RateTable":
@@ -107,6 +141,8 @@ class RateTable(Lookups):
         self.size += 1
         if rate.datetime_start is not None or rate.datetime_end is not None:
             self.dated = True
+        if rate.source_prefix and rate.source_prefix not in self.origins.prefixes:
+            self.origins = self.origins | Origins.of((rate.source_prefix,))
 
     def put(self, is_raw: bool, key: str, rates: Group) -> None:
         """Sets a key's whole group (an empty group hides the key of a layer below); call `freeze` after."""
@@ -115,6 +151,8 @@ class RateTable(Lookups):
         index[key] = rates
         if any(r.datetime_start is not None or r.datetime_end is not None for r in rates):
             self.dated = True
+        if any(r.source_prefix for r in rates):
+            self.origins = self.origins | Origins.of(r.source_prefix for r in rates)
 
     def freeze(self) -> "RateTable":
         """Orders each prefix's rates best first and computes the probe lengths; call after the last change."""
@@ -165,11 +203,11 @@ class RateTable(Lookups):
             upper.put(is_raw, key, rates)
         upper.number_lengths = tuple(sorted({len(k) for k in upper.numbers}, reverse=True))
         upper.raw_lengths = tuple(sorted({len(k) for k in upper.raw}, reverse=True))
-        return Layered(base, upper, size)
+        return Layered(base, upper, size, base.origins | upper.origins)
 
     def copy(self) -> "RateTable":
         return RateTable(dict(self.numbers), dict(self.raw), self.number_lengths, self.raw_lengths, self.size,
-                         self.dated)
+                         self.dated, self.origins)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +217,7 @@ class Layered(Lookups):
     base: Layer
     upper: RateTable
     size: int  # rates visible through both layers
+    origins: Origins = NO_ORIGINS  # of both layers
 
     @property
     def dated(self) -> bool:

@@ -96,14 +96,14 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
     rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
         " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
-        " scale, rounding FROM pricelist_rates JOIN pricelists USING (tenant, pricelist_tag)"  # its money scale
-        " WHERE tenant = $1 AND active" + where,
+        " scale, rounding, source_prefix FROM pricelist_rates JOIN pricelists USING (tenant, pricelist_tag)"
+        " WHERE tenant = $1 AND active" + where,  # the join: the pricelist's money scale and rounding
         tenant, *params)
     return [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
                  connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum, most,
-                 scale, shared.setdefault(rounding, rounding))
+                 scale, shared.setdefault(rounding, rounding), shared.setdefault(origin, origin))
             for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum, most,
-            scale, rounding in rows]
+            scale, rounding, origin in rows]
 
 
 async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Columns:

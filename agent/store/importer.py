@@ -22,13 +22,14 @@ from typing import Any, Callable, Iterable, Iterator
 import asyncpg
 
 from ..http.validation import as_datetime
-from ..pricing.rate import LONGEST_CALL, MAX_SCALE, MONEY_LIMIT, ROUNDINGS, Rate, limit_error
+from ..pricing.destination import source_prefix_of
+from ..pricing.rate import LONGEST_CALL, MAX_SCALE, MAX_SOURCE_PREFIX, MONEY_LIMIT, ROUNDINGS, Rate, limit_error
 from . import changes
 
 RATE_COLUMNS = (
     "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
     "interval_start", "description", "datetime_start", "datetime_end", "active",
-    "initial_increment", "minimum_duration", "maximum_cost",
+    "initial_increment", "minimum_duration", "maximum_cost", "source_prefix",
 )
 _BOOL = {"1": True, "true": True, "yes": True, "t": True, "0": False, "false": False, "no": False, "f": False}
 
@@ -210,11 +211,21 @@ def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: s
     found = scheme_error(fee, rate, increment, interval, initial, minimum, maximum, scale)
     if found is not None:
         raise ValueError(found[1])
+    origin = get("source_prefix")
+    origin = origin if origin.__class__ is str and origin.isdigit() and origin.isascii() \
+        and len(origin) <= MAX_SOURCE_PREFIX else source_prefix(origin)
     return (
         row_tenant, pricelist_tag, carrier_tag, prefix, fee, rate, increment, interval, description,
         _moment(get("datetime_start")), _moment(get("datetime_end")),
-        True if active is None or active == "" else _bool(active), initial, minimum, maximum,
+        True if active is None or active == "" else _bool(active), initial, minimum, maximum, origin,
     )
+
+
+def source_prefix(value: Any) -> str:
+    """A rate's source prefix as stored (destination.source_prefix_of): "" for none; ValueError."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"source_prefix must be text, got {value!r}")
+    return source_prefix_of(value, MAX_SOURCE_PREFIX)
 
 
 # A CSV line that needs no Python: every field of the header's columns in a form PostgreSQL reads exactly
@@ -232,6 +243,7 @@ _FIELD = {
     "initial_increment": "",  # empty in a batch; see _INITIAL for a line
     "minimum_duration": "[0-9]{0,7}",  # below LONGEST_CALL
     "maximum_cost": "[0-9]{0,15}",  # below 2**53
+    "source_prefix": f"[0-9]{{0,{MAX_SOURCE_PREFIX}}}",  # digits: normalized already
 }
 # A line's first increment is taken as it is when it is one increment (written as rate_increment is) or the
 # rate is per second (rate_increment empty, 0 or 1): a multiple either way. Other values go through rate_row.
@@ -467,12 +479,16 @@ class DeckResult:
 OVERLAY_LIMIT = 1_000
 
 
-_KEY = ("tenant", "pricelist_tag", "prefix", "carrier_tag")
+# A rate is one per (tenant, pricelist, prefix, carrier, source prefix) (migration 009). A rate change still
+# names [pricelist, carrier, prefix] (store/changes.py): whoever applies it re-reads the rates of every
+# origin under that name (store/catalog._overlay), so that coarser name is enough.
+_KEY = ("tenant", "pricelist_tag", "prefix", "carrier_tag", "source_prefix")
 _IDENTITY = "tenant, pricelist_tag, carrier_tag, prefix"  # what a rate change names (store/changes.py)
-_VALUES = RATE_COLUMNS[4:]
+_VALUES = tuple(c for c in RATE_COLUMNS[4:] if c not in _KEY)
 # Sorting the deck by prefix first: PostgreSQL's abbreviated keys work on the first sort column (tenant
 # and pricelist are mostly one value); "C" compares bytes. Either order groups equal keys alike.
-_ORDER = 'prefix COLLATE "C", carrier_tag COLLATE "C", pricelist_tag COLLATE "C", tenant COLLATE "C"'
+_ORDER = ('prefix COLLATE "C", carrier_tag COLLATE "C", pricelist_tag COLLATE "C", tenant COLLATE "C",'
+          ' source_prefix COLLATE "C"')
 _WORK_MEM = "512MB"  # the deck's sort and the merge's hash join in memory up to about two million rows
 
 
@@ -518,7 +534,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
         " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
         " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
-        " minimum_duration integer, maximum_cost bigint, line bigint"
+        " minimum_duration integer, maximum_cost bigint, source_prefix text, line bigint"
         + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
     )
     if deck is not None:
@@ -540,7 +556,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         " coalesce(rate, 0) AS rate, coalesce(rate_increment, 1) AS rate_increment,"
         " coalesce(interval_start, 0) AS interval_start, description, datetime_start, datetime_end,"
         " coalesce(active, true) AS active, initial_increment, coalesce(minimum_duration, 0) AS minimum_duration,"
-        " maximum_cost, ctid AS place"
+        " maximum_cost, coalesce(source_prefix, '') AS source_prefix, ctid AS place"
     )
     # The deck as it merges: one row per key, the last one given. The table was created and filled by
     # one COPY in this transaction: its rows lie in the order of the deck (ctid).

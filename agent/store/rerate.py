@@ -45,7 +45,7 @@ MARKERS = "rating:rerate:{}"  # Redis hash per rerate: adjustment id -> 1 once i
 SAMPLE_LIMIT = 10_000
 
 _BATCH = (
-    "SELECT id, tenant, transaction_tag, call_id, account_tag, state, destination, destination_rate, duration,"
+    "SELECT id, tenant, transaction_tag, call_id, account_tag, state, source, destination, destination_rate, duration,"
     " fee, timestamp_auth, timestamp_begin FROM transactions"
     " WHERE tenant = $1 AND ($2::text IS NULL OR account_tag = $2) AND state IN ('ended', 'recorded')"
     " AND NOT inbound AND duration IS NOT NULL AND fee IS NOT NULL"
@@ -146,7 +146,8 @@ async def _batch(connection, catalog: Catalog, result: Rerate, cursor: tuple, sa
         for row in rows:
             result.examined += 1
             at = row["timestamp_auth"] or row["timestamp_begin"]
-            priced = reprice(catalog, row["tenant"], row["account_tag"], row["destination"], at, row["duration"])
+            priced = reprice(catalog, row["tenant"], row["account_tag"], row["destination"], at, row["duration"],
+                             row["source"])
             if priced is None:
                 result.skipped += 1
                 continue

@@ -156,16 +156,17 @@ def random_rates(rng, count: int) -> list[tuple]:
     for _ in range(count):
         pricelist, carrier = rng.choice(tags), rng.choice(carriers)
         prefix = rng.choice(_PREFIXES) if rng.random() < 0.5 else str(rng.randrange(10**rng.randrange(1, 12)))
-        if (pricelist, carrier, prefix) in seen:
+        origin = rng.choice(["", "", "", "39", "0", "06123", "1" * 16])  # source prefixes (origin rating)
+        if (pricelist, carrier, prefix, origin) in seen:
             continue
-        seen.add((pricelist, carrier, prefix))
+        seen.add((pricelist, carrier, prefix, origin))
         start = rng.choice([None, None, START, START.replace(microsecond=0)])
         increment = rng.choice([0, 1, 6, 60])
         rows.append(("t", pricelist, carrier, prefix, rng.randrange(4), rng.choice([0, 1, 7, 2**40]),
                      increment, rng.randrange(3), rng.choice([None, *_ODD_TEXTS]), start,
                      rng.choice([None, None, START.replace(year=2031)]),
                      rng.choice([None, None, max(increment, 1) * rng.randrange(1, 6)]), rng.choice([0, 0, 30, 61]),
-                     rng.choice([None, None, 0, 2**40])))
+                     rng.choice([None, None, 0, 2**40]), origin))
     return rows
 
 
@@ -177,7 +178,8 @@ async def store(connection, rows: list[tuple]) -> None:
                                  [(tag,) for tag in {row[2] for row in rows}])
     await connection.copy_records_to_table("pricelist_rates", records=rows, columns=[
         "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
-        "interval_start", "description", "datetime_start", "datetime_end", *_SCHEME])
+        "interval_start", "description", "datetime_start", "datetime_end", *_SCHEME,
+        *(("source_prefix",) if rows and len(rows[0]) > 14 else ())])
 
 
 _SCHEME = ("initial_increment", "minimum_duration", "maximum_cost")

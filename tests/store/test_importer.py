@@ -236,7 +236,8 @@ async def test_a_deck_and_a_catalog_import_in_one_transaction(stack):
     await stack.load(catalog(prepaid("a")))
     async with stack.database.transaction():
         await import_rates(stack.database, csv_rates([HEADER, "4401,1,60,0,0,a\n"], "default", "p2", "c1"))
-        await import_rates(stack.database, [("default", "p2", "c1", "4402", 0, 2, 60, 0, None, None, None, True, None, 0, None, 1)])
+        await import_rates(stack.database, [("default", "p2", "c1", "4402", 0, 2, 60, 0, None, None, None, True, None, 0,
+                                             None, "", 1)])
     assert await stack.database.fetchval(
         "SELECT count(*) FROM pricelist_rates WHERE prefix IN ('4401', '4402')") == 2
 
@@ -456,3 +457,63 @@ async def test_a_100000_row_decimal_deck_imports(stack):
     assert result.rows == 100_000
     assert await stack.database.fetchval(
         "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p4' AND rate BETWEEN 1 AND 5000") == 100_000
+
+
+# --- origin rating (source_prefix) ---------------------------------------------------------------------------
+
+ORIGINS = [
+    "prefix,rate,source_prefix,description\n",
+    "4601,1,,any origin\n",  # the fast path: empty
+    "4601,3,3906,Rome callers\n",  # the fast path: digits
+    '4601,4,"+39 02",Milan callers\n',  # normalized by rate_row: 3902
+    "4602,2,0612,\n",
+]
+
+
+async def test_a_deck_with_source_prefixes_stores_one_rate_per_origin_by_either_path(stack):
+    await stack.load(catalog(prepaid("a")))
+    rows = csv_rates(ORIGINS, "default", "p1", "c1")
+    rows.copy_columns()
+    assert [bool(rows.line(line)) for line in ORIGINS[1:]] == [True, True, False, True]
+    await import_rates(stack.database, csv_rates(ORIGINS, "default", "p1", "c1"))
+    await import_rates(stack.database, list(csv_rates(ORIGINS, "default", "p2", "c1")))
+    query = ("SELECT prefix, source_prefix, rate FROM pricelist_rates WHERE pricelist_tag = $1 AND prefix LIKE '46%'"
+             " ORDER BY prefix, source_prefix")
+    fast = [tuple(r) for r in await stack.database.fetch(query, "p1")]
+    assert fast == [("4601", "", 1), ("4601", "3902", 4), ("4601", "3906", 3), ("4602", "0612", 2)]
+    assert fast == [tuple(r) for r in await stack.database.fetch(query, "p2")]
+    # merged by (prefix, carrier, source prefix): a changed origin's rate changes alone; replace removes the
+    # origins the deck no longer lists
+    result = await import_rates(stack.database, csv_rates(
+        ["prefix,rate,source_prefix\n", "4601,1,\n", "4601,9,3906\n", "4602,2,0612\n"], "default", "p1", "c1"),
+        replace=True)
+    assert result.replaced >= 1
+    assert [tuple(r) for r in await stack.database.fetch(query, "p1")] == [
+        ("4601", "", 1), ("4601", "3906", 9), ("4602", "0612", 2)]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("sip:alice@", "line 2: source_prefix must be digits"),
+    ("39x", "line 2: source_prefix must be digits"),
+    ("1" * 17, "line 2: source_prefix must be at most 16 digits"),
+])
+async def test_a_bad_source_prefix_is_refused_with_its_line_and_nothing_is_imported(stack, value, message):
+    await stack.load(catalog(prepaid("a")))
+    before = await stack.database.fetchval("SELECT count(*) FROM pricelist_rates")
+    with pytest.raises(ImportError_, match=message):
+        await import_rates(stack.database, csv_rates(
+            ["prefix,rate,source_prefix\n", f"4701,1,{value}\n", "4702,1,39\n"], "default", "p1", "c1"))
+    assert await stack.database.fetchval("SELECT count(*) FROM pricelist_rates") == before
+
+
+async def test_a_json_catalog_takes_source_prefixes_and_refuses_a_bad_one(stack):
+    document = catalog(prepaid("a"), rates=[
+        {"pricelist_tag": "p1", "carrier_tag": "c1", "prefix": "39", "rate": 1},
+        {"pricelist_tag": "p1", "carrier_tag": "c1", "prefix": "39", "rate": 2, "source_prefix": "+3906"}])
+    await stack.load(document)
+    assert [tuple(r) for r in await stack.database.fetch(
+        "SELECT source_prefix, rate FROM pricelist_rates WHERE prefix = '39' ORDER BY source_prefix")] == [
+        ("", 1), ("3906", 2)]
+    with pytest.raises(ImportError_, match="rates: source_prefix must be text"):
+        await stack.load(catalog(prepaid("a"), rates=[
+            {"pricelist_tag": "p1", "carrier_tag": "c1", "prefix": "40", "rate": 1, "source_prefix": 3906}]))
