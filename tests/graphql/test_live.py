@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import aiohttp
-import pytest
 
 from tests.conftest import AgentProcess
 
