@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from cache import DEADLINES, UNAVAILABLE
+from cache import call as callstate
 
 from . import metrics
 from .config import Settings
@@ -135,13 +136,14 @@ class Reconciler:
             chunk = keys[start:start + _CHUNK]
             pipe = self.redis.pipeline(transaction=False)
             for key in chunk:
-                pipe.hmget(key, "st", "tn", "tt", "tb", "doc")
+                pipe.hmget(key, callstate.STATE, callstate.TENANT, callstate.TAG, callstate.BEGUN_AT,
+                           callstate.DOCUMENT)
             for key, (state, tenant, tag, begin, doc) in zip(chunk, await pipe.execute()):
-                if doc:  # an open call in the document form of older versions
+                if doc:  # an open call kept as a document (cache/rating.lua, save)
                     try:
                         parsed = orjson.loads(doc)
-                        state, tenant, tag = parsed.get("st"), parsed.get("tn"), parsed.get("tt")
-                        begin = parsed.get("tb")
+                        state, begin = parsed.get(callstate.STATE), parsed.get(callstate.BEGUN_AT)
+                        tenant, tag, _ = callstate.identity(parsed)
                     except (orjson.JSONDecodeError, AttributeError):
                         continue
                 if state == "begun" and tenant is not None and tag is not None and begin not in (None, ""):

@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 
 from cache import CATALOG, DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key
+from cache import call as callstate
 
 from .config import Settings
 from .logs import Throttled
@@ -80,6 +81,12 @@ def _limit(value: int | None) -> int:
 _META = ("account_tag", "destination_account_tag", "source", "source_ip", "destination", "carrier_ip", "tags")
 _STORED = ("account_tag", "source", "source_ip", "destination", "carrier_ip")  # what a record tells of its call
 _FRAGMENTS_LIMIT = 200_000  # rates remembered per snapshot: a bound for tables of millions of prefixes
+# the byte templates of what each call sends (cache/call.py names the fields): a party after its account's
+# cached piece, a party's details in meta, and meta's key for them
+_PARTY = b'%%s,"%s":%%d,"%s":%%d,"%s":%%d,"%s":%%s}' % tuple(
+    name.encode() for name in (callstate.INBOUND, callstate.PRIMARY, callstate.CHARGED, callstate.SCHEDULE))
+_DETAILS = b'{"%s":%%s,"%s":%%s}' % (callstate.DETAIL_RATE.encode(), callstate.DETAIL_TAGS.encode())
+_PARTY_DETAILS = b',"%s":' % callstate.PARTY_DETAILS.encode()
 
 
 class Fragments:
@@ -104,16 +111,16 @@ class Fragments:
         if found is None or found[2] is not account:
             tenant, tag = account.tenant, account.account_tag
             party = {
-                "k": account_key(tenant, tag),
-                "o": open_calls_key(tenant, tag, inbound),
-                "a": tag,
-                "cr": account.credit,
-                "mt": _limit(account.max_concurrent_transactions),
-                "mi": _limit(account.max_inbound_transactions),
-                "mo": _limit(account.max_outbound_transactions),
+                callstate.ACCOUNT_KEY: account_key(tenant, tag),
+                callstate.OPEN_KEY: open_calls_key(tenant, tag, inbound),
+                callstate.ACCOUNT: tag,
+                callstate.CREDIT: account.credit,
+                callstate.MAX_TOTAL: _limit(account.max_concurrent_transactions),
+                callstate.MAX_INBOUND: _limit(account.max_inbound_transactions),
+                callstate.MAX_OUTBOUND: _limit(account.max_outbound_transactions),
             }
             if account.max_concurrent_transactions is not None:
-                party["ox"] = open_calls_key(tenant, tag, not inbound)
+                party[callstate.OTHER_OPEN_KEY] = open_calls_key(tenant, tag, not inbound)
             # the account is kept with its pieces: its id cannot be reused by another object meanwhile
             found = accounts[id(account)] = (orjson.dumps(party)[:-1], orjson.dumps(list(account.tags)), account)
         return found
@@ -134,16 +141,16 @@ class Fragments:
         for party in parties:
             account, tags, _ = self._account(party.account, party.inbound)
             tariff, snapshot = self._rate(party.rate)[:2]
-            lua.append(b'%s,"i":%d,"pr":%d,"c":%d,"r":%s}' % (
+            lua.append(_PARTY % (
                 account, party.inbound, party.primary, party.spends_balance, tariff))
-            details.append(b'{"rate":%s,"tg":%s}' % (snapshot, tags))
+            details.append(_DETAILS % (snapshot, tags))
         return b"[" + b",".join(lua) + b"]", b"[" + b",".join(details) + b"]"
 
 
 def meta_json(request: dict[str, Any], details: bytes = b"[]", *extra: str) -> bytes:
     """The request fields stored with a call (and `extra` ones) plus its parties' details, as one document
     the Redis library keeps without reading it."""
-    return orjson.dumps({key: request.get(key) for key in (*_META, *extra)})[:-1] + b',"pm":' + details + b"}"
+    return orjson.dumps({key: request.get(key) for key in (*_META, *extra)})[:-1] + _PARTY_DETAILS + details + b"}"
 
 
 def _echo(request: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 --[[
 Live call state, changed atomically: one FCALL per HTTP request.
 
-Keys
+Keys (their fields and the call document's keys are named for the agent in cache/call.py)
   account  HASH  balance, reserved (held by open calls), cv (the newest catalog change of the account
                  alone, see publish)
   open     SET   the call keys an account holds open (authorized or running), one set per direction

@@ -156,7 +156,7 @@ async def test_sigterm_under_load_loses_no_answered_request_and_no_charge(loaded
         assert agent.process.wait(30) == 0
     finally:
         agent.stop()
-    from agent.store.records import decode_call
+    from cache.call import decode as decode_call
     from cache import call_key
 
     for tag, state in reset.items():

@@ -317,7 +317,7 @@ async def test_a_call_stored_as_a_document_by_an_earlier_version_is_begun_and_en
 
 
 async def test_a_tag_reused_after_a_refusal_is_stored_afresh(agent, stack):
-    from agent.store.records import decode_call
+    from cache.call import decode as decode_call
     from cache import call_key
 
     client = await agent(catalog(prepaid("a", 1000), prepaid("zero", 0)))

@@ -18,11 +18,12 @@ from ariadne import ObjectType
 
 import cache
 from cache import account_key, call_key, open_calls_keys
+from cache import call as callstate
 
 from ..keys import CATALOG, TRANSACTIONS
 from ..store import management as repo
 from ..store.management import ACCOUNTS, ManagementError
-from ..store.records import decode_call, moment, party_details
+from ..store.records import moment, party_details
 from ..transaction import now_ms
 from .common import app_of, crud, mutation, query, reading, redis_of
 
@@ -33,27 +34,27 @@ LONG_RUNNING_MS = 3 * 3600 * 1000
 
 def account_transaction(doc: dict, meta: dict, account_tag: str) -> dict | None:
     """The running-transaction view of one account's side of a call held in Redis."""
-    found = [(i, p) for i, p in enumerate(doc.get("p") or []) if p.get("a") == account_tag]
+    found = [(i, p) for i, p in enumerate(doc.get(callstate.PARTIES) or []) if p.get(callstate.ACCOUNT) == account_tag]
     if not found:
         return None
     index, party = found[0]
-    state = doc.get("st")
+    state = doc.get(callstate.STATE)
     rate, party_tags = party_details(party, meta, index)
     tags = list(meta.get("tags") or [])
     return {
-        "transaction_tag": doc.get("tt"),
+        "transaction_tag": doc.get(callstate.TAG),
         "proxy_tag": None,
         "source": meta.get("source"),
         "source_ip": meta.get("source_ip"),
         "destination": meta.get("destination"),
         "carrier_ip": meta.get("carrier_ip"),
         "tags": tags + [t for t in party_tags if t not in tags],
-        "destination_rate": {**rate, "tenant": doc.get("tn")} if rate is not None else None,
+        "destination_rate": {**rate, "tenant": doc.get(callstate.TENANT)} if rate is not None else None,
         "in_progress": state == "begun",
-        "inbound": bool(party.get("i")),
-        "primary": bool(party.get("pr")),
-        "timestamp_begin": moment(doc.get("tb")),
-        "timestamp_end": moment(doc.get("te")),
+        "inbound": bool(party.get(callstate.INBOUND)),
+        "primary": bool(party.get(callstate.PRIMARY)),
+        "timestamp_begin": moment(doc.get(callstate.BEGUN_AT)),
+        "timestamp_end": moment(doc.get(callstate.ENDED_AT)),
         "state": state,
     }
 
@@ -62,7 +63,7 @@ async def read_call(redis, tenant: str, transaction_tag: str, account_tag: str) 
     fields = await redis.hgetall(call_key(tenant, transaction_tag))
     if not fields:
         return None
-    doc, meta = decode_call(fields)
+    doc, meta = callstate.decode(fields)
     return account_transaction(doc, meta, account_tag)
 
 
@@ -85,7 +86,7 @@ async def open_calls(redis, tenant: str, account_tag: str) -> list[dict]:
     for fields in await pipe.execute():
         if not fields:
             continue
-        entry = account_transaction(*decode_call(fields), account_tag)
+        entry = account_transaction(*callstate.decode(fields), account_tag)
         if entry is not None:
             entries.append(entry)
     return entries

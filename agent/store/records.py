@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from cache import call as callstate
+
 COLUMNS = (
     "tenant", "transaction_tag", "account_tag", "state", "source", "source_ip", "destination", "carrier_ip",
     "tags", "authorized", "unauthorized_reason", "destination_rate", "timestamp_auth", "timestamp_begin",
@@ -27,7 +29,7 @@ def stream_version(entry_id: str) -> int:
 def open_version(doc: dict) -> int:
     """The version of an open call's state (authorized, begun): from the Redis clock reading the library
     stamps it with, just below any outbox id (`ms-seq`) Redis can give a later change of the call."""
-    return int(doc.get("cm") or 0) * 1_000_000 - 1000 + int(doc.get("cu") or 0)
+    return int(doc.get(callstate.CLOCK_MS) or 0) * 1_000_000 - 1000 + int(doc.get(callstate.CLOCK_MICROS) or 0)
 
 
 def moment(ms: Any) -> datetime | None:
@@ -44,21 +46,21 @@ def _list(value: Any) -> list:
 def party_details(party: dict, meta: dict, index: int) -> tuple[dict | None, list]:
     """(rate snapshot, account tags) of the call's `index`-th party: kept in `meta` (`pm`) since the
     parties sent to Redis carry only what the Redis library reads; older calls kept them in the party."""
-    details = meta.get("pm")
+    details = meta.get(callstate.PARTY_DETAILS)
     source = details[index] if isinstance(details, list) and index < len(details) else party
     source = source if isinstance(source, dict) else {}
     rate = source.get("rate")
-    return (rate if isinstance(rate, dict) else None), _list(source.get("tg"))
+    return (rate if isinstance(rate, dict) else None), _list(source.get(callstate.DETAIL_TAGS))
 
 
 def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
     """One record per account taking part in the call (an early refusal: per tag of the request)."""
-    state = doc.get("st")
-    recorded = state == "recorded" or bool(doc.get("rec"))
-    parties = _list(doc.get("p"))
+    state = doc.get(callstate.STATE)
+    recorded = state == "recorded" or bool(doc.get(callstate.RECORDED))
+    parties = _list(doc.get(callstate.PARTIES))
     if not parties:
         parties = [
-            {"a": meta.get(field), "i": inbound, "pr": 1}
+            {callstate.ACCOUNT: meta.get(field), callstate.INBOUND: inbound, callstate.PRIMARY: 1}
             for field, inbound in (("account_tag", 0), ("destination_account_tag", 1))
             if meta.get(field)
         ]
@@ -67,15 +69,15 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
         reason = meta.get("unauthorized_reason")
     else:
         authorized = state != "refused"
-        reason = doc.get("rs") or None
+        reason = doc.get(callstate.REASON) or None
     request_tags = _list(meta.get("tags"))
     rows = []
     for index, party in enumerate(parties):
-        rate, party_tags = party_details(party, meta, index) if doc.get("p") else (None, [])
+        rate, party_tags = party_details(party, meta, index) if doc.get(callstate.PARTIES) else (None, [])
         rows.append({
-            "tenant": doc.get("tn"),
-            "transaction_tag": doc.get("tt"),
-            "account_tag": party.get("a"),
+            "tenant": doc.get(callstate.TENANT),
+            "transaction_tag": doc.get(callstate.TAG),
+            "account_tag": party.get(callstate.ACCOUNT),
             "state": state,
             "source": meta.get("source"),
             "source_ip": meta.get("source_ip"),
@@ -85,48 +87,23 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
             "authorized": authorized,
             "unauthorized_reason": reason,
             "destination_rate": rate,
-            "timestamp_auth": moment(doc.get("ta")),
-            "timestamp_begin": moment(doc.get("tb")),
-            "timestamp_end": moment(doc.get("te")),
-            "primary": bool(party.get("pr")),
-            "inbound": bool(party.get("i")),
-            "duration": doc.get("d") if state in ("ended", "recorded") else None,
-            "fee": party.get("f") if state in ("ended", "recorded") else None,
-            "max_available_units": doc.get("u") if not recorded else None,
+            "timestamp_auth": moment(doc.get(callstate.AUTHORIZED_AT)),
+            "timestamp_begin": moment(doc.get(callstate.BEGUN_AT)),
+            "timestamp_end": moment(doc.get(callstate.ENDED_AT)),
+            "primary": bool(party.get(callstate.PRIMARY)),
+            "inbound": bool(party.get(callstate.INBOUND)),
+            "duration": doc.get(callstate.DURATION) if state in ("ended", "recorded") else None,
+            "fee": party.get(callstate.FEE) if state in ("ended", "recorded") else None,
+            "max_available_units": doc.get(callstate.UNITS) if not recorded else None,
             "version": version,
-            "call_id": doc.get("ci") or "",
+            "call_id": doc.get(callstate.CALL_ID) or "",
         })
     return rows
 
 
-_INTEGERS = ("ta", "u", "bal", "tb")
-
-
-def decode_call(fields: dict[str, str]) -> tuple[dict, dict]:
-    """(doc, meta) from a call hash or an outbox entry: a document (a final call), or an open call's
-    fields (cache/rating.lua, Keys), read into the same document."""
-    meta = orjson.loads(fields.get("meta") or "{}")
-    if "doc" in fields or "st" not in fields:
-        return orjson.loads(fields.get("doc") or "{}"), meta
-    doc: dict[str, Any] = {"st": fields["st"], "ci": fields.get("ci"), "tn": fields.get("tn"), "tt": fields.get("tt"),
-                           "rs": "", "rt": ""}
-    for name in _INTEGERS:
-        if fields.get(name):
-            doc[name] = int(fields[name])
-    if fields.get("ts"):  # Redis' TIME when the state was written: seconds, microseconds
-        seconds, micros = int(fields["ts"]), int(fields.get("tu") or 0)
-        doc["cm"], doc["cu"] = seconds * 1000 + micros // 1000, micros % 1000
-    parties = orjson.loads(fields.get("p") or "[]")
-    for party, reserved in zip(parties, (fields.get("rv") or "").split(",")):
-        if isinstance(party, dict) and reserved:
-            party["rv"] = int(reserved)
-    doc["p"] = parties
-    return doc, meta
-
-
 def is_removed(doc: dict) -> bool:
     """A rolled-back one-shot record: it no longer exists for readers."""
-    return bool(doc.get("removed"))
+    return bool(doc.get(callstate.REMOVED))
 
 
 # The records of the newest call under a transaction tag (a tag used again is another call: call_id).
@@ -147,7 +124,7 @@ async def read_records(redis, pool, tenant: str, transaction_tag: str) -> list[d
 
     fields = await redis.hgetall(call_key(tenant, transaction_tag))
     if fields:
-        doc, meta = decode_call(fields)
+        doc, meta = callstate.decode(fields)
         if is_removed(doc):
             return []
         return [row for row in records_of(doc, meta, 0) if row["account_tag"]]

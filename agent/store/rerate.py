@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from cache import OUTBOX, account_key, call_key, fcall, seed_balance
+from cache import call as callstate
 
 from ..pricing.catalog import Catalog
 from ..pricing.quote import reprice
@@ -209,7 +210,7 @@ async def _move(redis: aioredis.Redis, adjustment) -> None:
                 await pipe.watch(key, markers)
                 if await pipe.hexists(markers, field_name):
                     return
-                doc, meta = await pipe.hmget(key, "doc", "meta")
+                doc, meta = await pipe.hmget(key, callstate.DOCUMENT, callstate.META)
                 refreshed = _refreshed(doc, meta, adjustment)
                 pipe.multi()
                 pipe.hset(markers, field_name, 1)
@@ -230,20 +231,21 @@ def _refreshed(doc_text: str | None, meta_text: str | None, adjustment) -> dict 
     if not doc_text or adjustment["fee"] is None:
         return None
     doc = orjson.loads(doc_text)
-    if (doc.get("ci") or "") != adjustment["call_id"] or doc.get("st") not in ("ended", "recorded") \
-            or doc.get("removed"):
+    if callstate.identity(doc)[2] != adjustment["call_id"] or doc.get(callstate.STATE) not in ("ended", "recorded") \
+            or doc.get(callstate.REMOVED):
         return None
     meta = orjson.loads(meta_text or "{}")
     rate = adjustment["destination_rate"]
     rate = orjson.loads(rate) if isinstance(rate, str) else rate
     changed = False
-    for index, party in enumerate(doc.get("p") or []):
-        if isinstance(party, dict) and party.get("a") == adjustment["account_tag"] and not party.get("i"):
-            party["f"] = adjustment["fee"]
-            details = meta.get("pm")
+    for index, party in enumerate(doc.get(callstate.PARTIES) or []):
+        if isinstance(party, dict) and party.get(callstate.ACCOUNT) == adjustment["account_tag"] \
+                and not party.get(callstate.INBOUND):
+            party[callstate.FEE] = adjustment["fee"]
+            details = meta.get(callstate.PARTY_DETAILS)
             if isinstance(details, list) and index < len(details) and isinstance(details[index], dict):
-                details[index]["rate"] = rate
+                details[index][callstate.DETAIL_RATE] = rate
             changed = True
     if not changed:
         return None
-    return {"doc": orjson.dumps(doc).decode(), "meta": orjson.dumps(meta).decode()}
+    return {callstate.DOCUMENT: orjson.dumps(doc).decode(), callstate.META: orjson.dumps(meta).decode()}

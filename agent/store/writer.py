@@ -31,9 +31,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from cache import DEADLINES, OUTBOX, OUTBOX_GROUP, UNAVAILABLE, call_key
+from cache import call as callstate
 
 from .database import deadline
-from .records import COLUMNS, decode_call, is_removed, open_version, records_of, stream_version
+from .records import COLUMNS, is_removed, open_version, records_of, stream_version
 
 DEAD_LETTERS = "rating:outbox:dead"
 # What the content of an entry makes PostgreSQL (or the decoding here) refuse: trying again cannot help.
@@ -93,18 +94,18 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
     balances: dict[tuple[str, str], tuple[int, int]] = {}
     for entry_id, fields in entries:
         version = stream_version(entry_id)
-        if fields.get("e") == "ledger":
-            key = (fields["tn"], fields["a"])
+        if fields.get(callstate.ENTRY) == callstate.LEDGER:
+            key = (fields[callstate.TENANT], fields[callstate.ACCOUNT])
             ledger_rows.append((
-                entry_id, version, fields["tn"], fields["a"], fields["k"], int(fields["amt"]),
-                int(fields["bal"]), fields.get("tt") or None, int(fields["at"]),
+                entry_id, version, *key, fields[callstate.MOVE], int(fields[callstate.AMOUNT]),
+                int(fields[callstate.BALANCE]), fields.get(callstate.TAG) or None, int(fields[callstate.MOVED_AT]),
             ))
-            balances[key] = (int(fields["bal"]), version)  # written as integers by the library: no floats
-        elif fields.get("e") == "txn":
-            doc, meta = decode_call(fields)
-            latest[(doc.get("tn"), doc.get("tt"), doc.get("ci") or "")] = (version, doc, meta)
+            balances[key] = (int(fields[callstate.BALANCE]), version)  # integers as the library writes them
+        elif fields.get(callstate.ENTRY) == callstate.TXN:
+            doc, meta = callstate.decode(fields)
+            latest[callstate.identity(doc)] = (version, doc, meta)
     for version, doc, meta in open_calls:
-        key = (doc.get("tn"), doc.get("tt"), doc.get("ci") or "")
+        key = callstate.identity(doc)
         if key not in latest or latest[key][0] < version:
             latest[key] = (version, doc, meta)
     upserts, deletes = [], []
@@ -144,8 +145,8 @@ async def open_call_states(redis: aioredis.Redis, tenant: str | None = None) -> 
             pipe.hgetall(key)
         for fields in await pipe.execute():
             if fields:
-                doc, meta = decode_call(fields)
-                if doc.get("st") in ("authorized", "begun"):
+                doc, meta = callstate.decode(fields)
+                if doc.get(callstate.STATE) in ("authorized", "begun"):
                     found.append((open_version(doc), doc, meta))
     return found
 
@@ -158,12 +159,11 @@ async def _changed(connection: asyncpg.Connection, calls: list[tuple[int, dict, 
         "SELECT tenant, transaction_tag, call_id, max(version) AS version FROM transactions"
         " WHERE (tenant, transaction_tag, call_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
         " GROUP BY 1, 2, 3",
-        [doc.get("tn") for _, doc, _ in calls], [doc.get("tt") for _, doc, _ in calls],
-        [doc.get("ci") or "" for _, doc, _ in calls],
+        [doc.get(callstate.TENANT) for _, doc, _ in calls], [doc.get(callstate.TAG) for _, doc, _ in calls],
+        [doc.get(callstate.CALL_ID) or "" for _, doc, _ in calls],
     )
     stored = {(row["tenant"], row["transaction_tag"], row["call_id"]): row["version"] for row in rows}
-    return [call for call in calls
-            if stored.get((call[1].get("tn"), call[1].get("tt"), call[1].get("ci") or ""), -1) < call[0]]
+    return [entry for entry in calls if stored.get(callstate.identity(entry[1]), -1) < entry[0]]
 
 
 async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit: int = 10_000,
