@@ -23,10 +23,155 @@ STAMP="$MODULES_DIR/$MODULE.version"
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
 
+# Our change to the module, applied to the unpacked source before it is compiled (see loadtest/BENCHMARKS.md,
+# "SIP throughput"):
+# - two module parameters for libcurl's multi handle, curl_maxconnects (CURLMOPT_MAXCONNECTS) and
+#   curl_max_host_connections (CURLMOPT_MAX_HOST_CONNECTIONS); left at 0 they change nothing. Without the
+#   first, curl's idle connection cache shrinks to 4 connections per transfer still running, so after every
+#   burst of requests it closes the connections the next burst opens again;
+# - a query is handed to an HTTP worker without waiting: when every worker's queue (a datagram socket pair) is
+#   full, http_async_query fails at once instead of blocking the SIP worker, or the HTTP worker whose route
+#   sends a query (two HTTP workers writing to each other's full queue stopped Kamailio for good);
+# - an HTTP worker takes up to 64 queued queries per wake-up instead of one.
+module_patch() {
+    cat <<'PATCH'
+--- a/src/modules/http_async_client/async_http.c
++++ b/src/modules/http_async_client/async_http.c
+@@ -38,6 +38,7 @@
+ #include <netinet/in.h>
+ #include <arpa/inet.h>
+ #include <fcntl.h>
++#include <errno.h>
+ 
+ #include <event2/event.h>
+ 
+@@ -294,8 +295,9 @@
+ 
+ 	if ((received = recvfrom(worker->notication_socket[0],
+ 			&aq, sizeof(async_query_t*),
+-			0, NULL, 0)) < 0) {
+-		LM_ERR("failed to read from socket (%d: %s)\n", errno, strerror(errno));
++			MSG_DONTWAIT, NULL, 0)) < 0) {
++		if (errno != EAGAIN && errno != EWOULDBLOCK)
++			LM_ERR("failed to read from socket (%d: %s)\n", errno, strerror(errno));
+ 		return;
+ 	}
+ 
+@@ -432,9 +434,24 @@
+ 	return;
+ }
+ 
++/* Takes up to 64 queued queries per wake-up rather than one per turn of the event loop: fewer epoll
++ * rounds, and curl starts the new transfers together. */
++static void notification_socket_batch_cb(int fd, short event, void *arg)
++{
++	const async_http_worker_t *worker = (async_http_worker_t *) arg;
++	async_query_t *peek;
++	int n;
++
++	for (n = 0; n < 64; n++) {
++		if (recv(worker->notication_socket[0], &peek, sizeof(peek), MSG_PEEK|MSG_DONTWAIT) != sizeof(peek))
++			break;
++		notification_socket_cb(fd, event, arg);
++	}
++}
++
+ int init_socket(async_http_worker_t *worker)
+ {
+-	worker->socket_event = event_new(worker->evbase, worker->notication_socket[0], EV_READ|EV_PERSIST, notification_socket_cb, worker);
++	worker->socket_event = event_new(worker->evbase, worker->notication_socket[0], EV_READ|EV_PERSIST, notification_socket_batch_cb, worker);
+ 	event_add(worker->socket_event, NULL);
+ 	return (0);
+ }
+@@ -620,7 +637,8 @@
+ 
+ int async_push_query(async_query_t *aq)
+ {
+-	int len;
++	int len = -1;
++	int i;
+ 	int worker;
+ 	static unsigned long rr = 0; /* round robin */
+ 
+@@ -628,10 +646,17 @@
+ 
+ 	query = ((str)aq->query);
+ 
+-	worker = rr++ % num_workers;
+-	len = write(workers[worker].notication_socket[1], &aq, sizeof(async_query_t*));
++	/* Never wait for a worker: a blocking write stalls the SIP worker (or the HTTP worker itself, when a
++	 * route it runs sends a query) once a worker's queue is full, and two HTTP workers writing to each
++	 * other's full queue never wake up again. Try each worker's queue once, then refuse the query. */
++	for (i = 0; i < num_workers; i++) {
++		worker = rr++ % num_workers;
++		len = send(workers[worker].notication_socket[1], &aq, sizeof(async_query_t*), MSG_DONTWAIT);
++		if (len > 0)
++			break;
++	}
+ 	if(len<=0) {
+-		LM_ERR("failed to pass the query to async workers\n");
++		LM_ERR("failed to pass the query to async workers (queues full)\n");
+ 		return -1;
+ 	}
+ 	LM_DBG("query sent [%.*s] (%p) to worker %d\n", query.len, query.s, aq, worker + 1);
+--- a/src/modules/http_async_client/http_async_client_mod.c
++++ b/src/modules/http_async_client/http_async_client_mod.c
+@@ -74,6 +74,9 @@
+ int tls_verify_host = 1; // By default verify host in HTTPS requests
+ int tls_verify_peer = 1; // By default verify peer in HTTPS requests
+ int curl_verbose = 0;
++/* libcurl multi handle: connection cache size and connections per host (0: libcurl's defaults) */
++int curl_maxconnects = 0;
++int curl_max_host_connections = 0;
+ int curl_follow_redirect = 0;
+ char* tls_client_cert = NULL; // client SSL certificate path, defaults to NULL
+ char* tls_client_key = NULL; // client SSL certificate key path, defaults to NULL
+@@ -152,6 +155,8 @@
+ 	{"tls_verify_peer",		INT_PARAM,		&tls_verify_peer},
+ 	{"curl_verbose",		INT_PARAM,		&curl_verbose},
+ 	{"curl_follow_redirect",	INT_PARAM,		&curl_follow_redirect},
++	{"curl_maxconnects",	INT_PARAM,		&curl_maxconnects},
++	{"curl_max_host_connections",	INT_PARAM,	&curl_max_host_connections},
+ 	{"tls_client_cert",		PARAM_STRING,	&tls_client_cert},
+ 	{"tls_client_key",		PARAM_STRING,	&tls_client_key},
+ 	{"tls_ca_path",			PARAM_STRING,	&tls_ca_path},
+--- a/src/modules/http_async_client/http_multi.c
++++ b/src/modules/http_async_client/http_multi.c
+@@ -403,6 +403,14 @@
+ 	curl_multi_setopt(g->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+ 	curl_multi_setopt(g->multi, CURLMOPT_TIMERDATA, g);
+ 	curl_multi_setopt(g->multi, CURLMOPT_PIPELINING, CURLPIPE_NOTHING);
++	/* By default the idle connection cache holds 4 connections per transfer in progress: once a burst
++	 * is over it shrinks and closes the connections the next burst opens again. */
++	if (curl_maxconnects > 0)
++		curl_multi_setopt(g->multi, CURLMOPT_MAXCONNECTS, (long)curl_maxconnects);
++	/* Transfers beyond this many connections to one host wait for a free connection
++	 * instead of opening a new one. */
++	if (curl_max_host_connections > 0)
++		curl_multi_setopt(g->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)curl_max_host_connections);
+ 
+ 	return init_http_m_table(hash_size);
+ }
+--- a/src/modules/http_async_client/http_multi.h
++++ b/src/modules/http_async_client/http_multi.h
+@@ -58,6 +58,8 @@
+ extern stat_var *timeouts;
+ extern int tls_version;
+ extern int curl_verbose;
++extern int curl_maxconnects;
++extern int curl_max_host_connections;
+ extern int curl_follow_redirect;
+ 
+ void set_curl_mem_callbacks(void);
+PATCH
+}
+# The stamp names the patch too: a module built from other sources (or none) is rebuilt.
+PATCH_ID="$(module_patch | sha256sum | cut -c1-12)"
+
 # kamailio-postgres-modules: db_postgres for the dialogs kept in PostgreSQL (WITH_DIALOG_DB)
 RUNTIME_PACKAGES=(kamailio kamailio-json-modules kamailio-extra-modules kamailio-utils-modules kamailio-postgres-modules
     sip-tester)
-BUILD_PACKAGES=(build-essential pkg-config libcurl4-openssl-dev libevent-dev libssl-dev xz-utils)
+BUILD_PACKAGES=(build-essential pkg-config libcurl4-openssl-dev libevent-dev libssl-dev xz-utils patch)
 export DEBIAN_FRONTEND=noninteractive
 
 log() { echo "[build-http-async-client] $*" >&2; }
@@ -96,11 +241,12 @@ install_packages "${RUNTIME_PACKAGES[@]}"
 command -v kamailio >/dev/null || die "kamailio binary not found after installation"
 VERSION="$(dpkg-query -W -f='${Version}' kamailio)"
 log "installed kamailio package version: $VERSION"
+BUILD_ID="$VERSION patch $PATCH_ID"
 
 # 2. Already built for this version? Then only check it.
-if [ "$FORCE" = 0 ] && [ -f "$SO" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$VERSION" ]; then
+if [ "$FORCE" = 0 ] && [ -f "$SO" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$BUILD_ID" ]; then
     if verify_module; then
-        log "up to date: $SO (kamailio $VERSION)"
+        log "up to date: $SO (kamailio $VERSION, patch $PATCH_ID)"
         exit 0
     fi
     log "existing module does not load; rebuilding"
@@ -169,6 +315,8 @@ log "unpacking $ORIG"
 tar -xf "$ORIG"
 [ -d "$SRC" ] || SRC="$(tar -tf "$ORIG" | head -n1 | cut -d/ -f1 | sed "s|^|$WORK_DIR/|")"
 [ -d "$SRC/src/modules/$MODULE" ] || die "no src/modules/$MODULE in $SRC"
+log "patching $MODULE (patch $PATCH_ID)"
+module_patch | (cd "$SRC" && patch -p1 --forward --quiet) || die "the module patch does not apply to $UPSTREAM"
 
 # 6. Configure like Debian's build and compile the one module.
 MULTIARCH="$(dirname "$(system_modules_dir)")"   # /usr/lib/<triplet>/kamailio
@@ -187,6 +335,6 @@ make -j"$(nproc)" modules modules="src/modules/$MODULE" >"$WORK_DIR/make-modules
 mkdir -p "$MODULES_DIR"
 install -m 0644 "src/modules/$MODULE/$MODULE.so" "$SO.tmp"
 mv -f "$SO.tmp" "$SO"
-echo "$VERSION" >"$STAMP"
+echo "$BUILD_ID" >"$STAMP"
 verify_module || { rm -f "$SO" "$STAMP"; die "built module does not load into kamailio $VERSION"; }
-log "built $SO for kamailio $VERSION"
+log "built $SO for kamailio $VERSION (patch $PATCH_ID)"

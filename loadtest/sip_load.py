@@ -2,6 +2,7 @@
 
     python loadtest/sip_load.py [--rate 300] [--calls 3000] [--hold-ms 100] [--rounds 1]
     python loadtest/sip_load.py --breakdown --rate 200 --calls 2000 --rounds 3
+    python loadtest/sip_load.py --step 150,200,250,300,400,600,800 --step-seconds 8 --rounds 2
     python loadtest/sip_load.py --overload --modes rating --rate 300 --calls 3000 --rounds 3 [--max-in-flight 0]
 
 Starts on free loopback ports, in a temporary folder: Redis, PostgreSQL, the agent
@@ -28,7 +29,8 @@ mode and round, `--timeout` seconds per mode and round at most.
   - the latency of each of the three agent requests as Kamailio saw it (RATING_TIMING: a log line when the
     request is sent and when its answer is routed; also curl's own duration) and as the agent saw it (its
     `rating_request_duration_seconds` histogram from /metrics, so percentiles are bucket bounds);
-  - SIPp's INVITE -> 200 time per call (-trace_rtt), retransmissions and failures;
+  - SIPp's INVITE -> 200 time per call (-trace_rtt), retransmissions and failures; UDP datagrams dropped, machine-
+    wide and per socket (Kamailio's SIP socket, the caller's, the carrier's: `ss -uam`, with their buffer sizes);
   - TCP connections between Kamailio and the agent (distinct ones seen by `ss` every 0.25 s, open at the
     end, and the kernel's passive opens during the run: machine-wide, so an upper bound);
   - Redis commands and writes per call (INFO: commandstats, rdb_changes_since_last_save, AOF bytes) and
@@ -36,6 +38,10 @@ mode and round, `--timeout` seconds per mode and round at most.
   - what the configuration's JSON handling costs: a Kamailio of its own runs the jansson_set / jansson_get /
     jansson_array_size calls of one call in a loop and times them against an empty loop.
 The log lines cost Kamailio CPU themselves: `--no-timing` leaves them out (CPU then as in production).
+
+`--step R1,R2,...` finds every mode's highest clean rate (0 failed calls and fewer than 1% of the calls
+retransmitted, in most rounds) among these rates, `--step-seconds` of calls per round, and prints the ratio of
+each rating mode's to the relay's. A mode not clean at a rate is not run at the higher ones.
 
 `--overload` (past the clean rate): a call refused by the rating (500 Rating is not available, 503 Rating is
 overloaded: loadtest/sip/uac_overload.xml) is an outcome, not a failure; it reports the offered and answered
@@ -174,6 +180,19 @@ def udp_counters() -> dict[str, int]:
     return dict(zip(lines[0][1:], map(int, lines[1][1:])))
 
 
+_UDP_SOCKET = re.compile(r"127\.0\.0\.1:(\d+)\s+\S+\s+skmem:\(([^)]*)\)")
+
+
+def udp_sockets() -> dict[int, tuple[int, int]]:
+    """Per UDP port on 127.0.0.1: (receive buffer in bytes, datagrams dropped on it so far) from `ss -uam`."""
+    done = subprocess.run(["ss", "-uamnH"], capture_output=True, text=True, timeout=10)
+    found = {}
+    for port, skmem in _UDP_SOCKET.findall(done.stdout):
+        fields = {f.rstrip("0123456789"): int(f.lstrip("abcdefghijklmnopqrstuvwxyz") or 0) for f in skmem.split(",")}
+        found[int(port)] = (fields.get("rb", 0), fields.get("d", 0))
+    return found
+
+
 def wchan(pid: int) -> str:
     """Where in the kernel a process sleeps ("0": running or runnable)."""
     try:
@@ -195,9 +214,14 @@ class ConnectionWatch(threading.Thread):
         self.pids: set[int] = set()
         self.most = 0
         self.waits: dict[int, dict[str, int]] = {}
+        # per UDP port: receive buffer, first and last drop count seen (a socket's count only grows)
+        self.udp: dict[int, list[int]] = {}
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
+        for port, (rcvbuf, drops) in udp_sockets().items():
+            seen = self.udp.setdefault(port, [rcvbuf, drops, drops])
+            seen[0], seen[2] = rcvbuf, max(seen[2], drops)
         if self.agent_port is None:
             return
         found = agent_connections(self.agent_port)
@@ -411,10 +435,10 @@ def overload_outcome(workdir: Path, result: dict, args: argparse.Namespace) -> d
 
 # ---- the SIPp caller ----
 
-def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace, during=None) -> dict:
+def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace, during=None, port: int | None = None) -> dict:
     """One SIPp caller at a fixed rate; returns its counters, its own CPU and the answered calls/s.
     `during` is called every 0.1 s while it runs."""
-    port = free_port()
+    port = port or free_port()
     stat_file = workdir / f"caller-{port}.csv"
     argv = [
         "sipp", f"127.0.0.1:{proxy_port}", "-sf", str(OVERLOAD_UAC if args.overload else LOAD_UAC), "-s", NUMBER,
@@ -425,6 +449,8 @@ def run_load(workdir: Path, proxy_port: int, args: argparse.Namespace, during=No
         "-trace_stat", "-stf", str(stat_file), "-fd", "1",
         "-trace_err", "-error_file", str(workdir / f"caller-{port}.errors"),
     ]
+    if args.sipp_buff:
+        argv += ["-buff_size", str(args.sipp_buff)]
     if args.breakdown or args.overload:
         argv += ["-trace_rtt", "-rtt_freq", "1"]
     started = time.monotonic()
@@ -651,7 +677,8 @@ def measure(mode: str, round_no: int, defines: dict, config_dir: Path | None, co
         cpu_before = cpu_snapshot(roots)
         if watch:
             watch.start()
-        result = run_load(kamailio.workdir, kamailio.port, args)
+        caller_port = free_port()
+        result = run_load(kamailio.workdir, kamailio.port, args, port=caller_port)
         if args.overload:
             result.update(overload_outcome(kamailio.workdir, result, args))
         if watch:
@@ -692,6 +719,11 @@ def measure(mode: str, round_no: int, defines: dict, config_dir: Path | None, co
             result["agent_latency"] = histogram_summary(hist_before, agent_histograms(agent.url))
             udp_after = udp_counters()
             result["udp_drops_machine"] = udp_after.get("RcvbufErrors", 0) - udp_before.get("RcvbufErrors", 0)
+            # which socket dropped them: Kamailio's SIP socket, the caller's, the carrier's
+            result["udp_sockets"] = {}
+            for name, port in (("kamailio", kamailio.port), ("caller", caller_port), ("carrier", carrier.port)):
+                rcvbuf, first, last = watch.udp.get(port, [0, 0, 0])
+                result["udp_sockets"][name] = {"rcvbuf": rcvbuf, "drops": last - first}
             result["kamailio_waits"] = watch.wait_summary(http_pids)
             if "WITH_RATING" in defines:
                 result["connections"] = {"distinct_seen": len(watch.seen), "most_at_once": watch.most,
@@ -781,6 +813,9 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
               f"p99 {spread([r['invite_200_ms']['p99'] for r in rounds], 1)}  "
               f"> 500 ms: {spread([r['invite_200_ms']['over_500'] for r in rounds], 0)}  "
               f"UDP drops: {spread([r['udp_drops_machine'] for r in rounds], 0)}")
+        print(f"  {'':<8} by socket: " + ", ".join(
+            f"{name} {spread([r['udp_sockets'][name]['drops'] for r in rounds], 0)} "
+            f"(buffer {rounds[-1]['udp_sockets'][name]['rcvbuf'] // 1024} KB)" for name in rounds[0]["udp_sockets"]))
     print("\nWhere Kamailio's processes wait (share of /proc/PID/wchan samples, last round)")
     for mode, rounds in results.items():
         for kind, where in rounds[-1]["kamailio_waits"].items():
@@ -821,6 +856,66 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
             f"{k} {spread([r['postgres_per_call'][k] for r in rounds])}" for k in rounds[0]["postgres_per_call"]))
 
 
+# ---- --step: the highest clean rate of every mode ----
+
+def round_clean(r: dict) -> bool:
+    """0 failed (or unfinished) calls and fewer than 1% of the calls retransmitted."""
+    return r["failed"] == 0 and r["unfinished"] <= 0 and r["retransmissions"] < 0.01 * max(r["created"], 1)
+
+
+def is_clean(rounds: list[dict]) -> bool:
+    """Clean in most rounds (the median round is clean): one round disturbed by another job on a shared machine
+    does not decide alone. `clean rounds` in the report shows how many were."""
+    return sum(map(round_clean, rounds)) * 2 > len(rounds)
+
+
+def step_rates(wanted: list[str], modes: dict, components: dict, auth_db: str, workdir: Path,
+               args: argparse.Namespace) -> dict[float, dict[str, list[dict]]]:
+    """Every mode at each rate of --step in turn (--rounds rounds, modes taking turns, --step-seconds of calls);
+    a mode that is not clean at a rate is not run at the higher ones."""
+    stepped: dict[float, dict[str, list[dict]]] = {}
+    active = list(wanted)
+    for rate in sorted(args.step):
+        if not active:
+            break
+        args.rate, args.calls = rate, max(int(rate * args.step_seconds), 1)
+        at_rate = stepped.setdefault(rate, {})
+        for round_no in range(1, args.rounds + 1):
+            for mode in active:
+                defines, config_dir = modes[mode]
+                at_rate.setdefault(mode, []).append(
+                    measure(mode, round_no, defines, config_dir, components, auth_db, workdir, args))
+        active = [mode for mode in active if is_clean(at_rate[mode])]
+    return stepped
+
+
+def report_steps(stepped: dict[float, dict[str, list[dict]]], args: argparse.Namespace) -> None:
+    print(f"\n--step: {args.step_seconds:g} s of calls per round, {args.rounds} round(s) per rate, {args.hold_ms} ms "
+          f"calls; a round is clean with 0 failed and < 1% of calls retransmitted, a rate when most rounds are; "
+          f"median (min-max)")
+    print(f"{'rate':>6} {'mode':<10} {'answered/s':>20} {'failed':>14} {'retrans':>16} {'clean rounds':>13} "
+          f"{'load avg':>16}")
+    best: dict[str, float] = {}
+    for rate, at_rate in sorted(stepped.items()):
+        for mode, rounds in at_rate.items():
+            clean = is_clean(rounds)
+            best.setdefault(mode, 0.0)
+            if clean:
+                best[mode] = max(best[mode], rate)
+            print(f"{rate:>6g} {mode:<10} {spread([r['calls_per_s'] for r in rounds], 1):>20} "
+                  f"{spread([r['failed'] for r in rounds], 0):>14} {spread([r['retransmissions'] for r in rounds], 0):>16} "
+                  f"{sum(map(round_clean, rounds)):>5}/{len(rounds)} {'yes' if clean else 'no':<5} "
+                  f"{spread([r['load_average'] for r in rounds]):>16}")
+    top = max(args.step)
+    print("highest clean rate: " + ", ".join(
+        f"{mode} {rate:g}/s" + (" (clean at every rate tried: at least that)" if rate == top else "")
+        for mode, rate in best.items()))
+    if best.get("relay"):
+        for mode, rate in best.items():
+            if mode != "relay":
+                print(f"ratio {mode}/relay (highest clean rates): {rate / best['relay']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=300, help="offered calls per second (default 300)")
@@ -832,6 +927,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=120, help="seconds at most per mode (default 120)")
     parser.add_argument("--shm-mb", type=int, default=256, help="Kamailio shared memory in MB (default 256)")
     parser.add_argument("--children", type=int, default=4, help="Kamailio UDP workers (default 4)")
+    parser.add_argument("--sipp-buff", type=int, default=None,
+                        help="the SIPp caller's socket buffer size in bytes (-buff_size; SIPp's default 65535)")
     parser.add_argument("--http-workers", type=int, default=None,
                         help="http_async_client workers (default: the configuration's own)")
     parser.add_argument("--agent-workers", type=int, default=None,
@@ -841,12 +938,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-timing", action="store_true", help="with --breakdown: no RATING_TIMING log lines")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=DIR",
                         help="also run mode NAME: rating with the kamailio.cfg and rating.cfg of folder DIR")
+    parser.add_argument("--step", type=lambda text: [float(v) for v in text.split(",")], default=None,
+                        metavar="R1,R2,...", help="find each mode's highest clean rate (0 failed, < 1%% of calls "
+                        "retransmitted, in most rounds) among these rates; --step-seconds of calls per round")
+    parser.add_argument("--step-seconds", type=float, default=10.0, help="with --step: seconds of calls per round")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with all logs")
     parser.add_argument("--overload", action="store_true", help="a refusal by the rating (500, 503) is an outcome, "
                         "not a failure: report answered calls/s (goodput), refusals and how fast they came")
     parser.add_argument("--max-in-flight", type=int, default=None,
                         help="the agent's --max-in-flight (default: the agent's own; 0: no bound)")
     args = parser.parse_args(argv)
+    if args.step and (args.overload or args.breakdown):
+        parser.error("--step runs without --overload and --breakdown")
     if args.overload and args.breakdown:
         parser.error("--overload and --breakdown are separate runs")
     if args.calls <= 0 or args.rate <= 0 or args.rounds <= 0:
@@ -862,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     redis = postgres = agent = carrier = None
     results: dict[str, list[dict]] = {}
     json_costs = None
+    stepped: dict[float, dict[str, list[dict]]] = {}
     try:
         redis = RedisServer(workdir / "redis").start()
         postgres = PostgresServer(workdir / "postgres").start()
@@ -898,7 +1002,11 @@ def main(argv: list[str] | None = None) -> int:
             wanted.append(name)
         if args.breakdown:
             json_costs = [json_cost(workdir / f"json-bench-{n}") for n in range(3)]
+        if args.step:
+            stepped = step_rates(wanted, modes, components, auth_db, workdir, args)
         for round_no in range(1, args.rounds + 1):
+            if args.step:
+                break
             for mode in wanted:
                 defines, config_dir = modes[mode]
                 results.setdefault(mode, []).append(
@@ -917,6 +1025,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.step:
+        report_steps(stepped, args)
+        return 0
     report(results, args)
     if json_costs:
         print("\nJSON handling in Kamailio's configuration (µs of one Kamailio process, empty loop subtracted; "
