@@ -93,17 +93,20 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
     """The tenant's active rates (optionally narrowed by `where`, with parameters from $2): a few of them,
     for changes laid over a deck (a whole deck is read with `read_columns`)."""
     shared: dict = {}  # one string object per repeated tag or description
+    # The pricelists' money scale and rounding apart: joined in, the prepared (generic) plan of a few named
+    # rates went through the pricelist to all of its rates (89 ms at 57,000 rates, the catch-up of every change).
+    money = {row[0]: (row[1], row[2]) for row in await connection.fetch(
+        "SELECT pricelist_tag, scale, rounding FROM pricelists WHERE tenant = $1", tenant)}
     rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
         " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
-        " scale, rounding, source_prefix FROM pricelist_rates JOIN pricelists USING (tenant, pricelist_tag)"
-        " WHERE tenant = $1 AND active" + where,  # the join: the pricelist's money scale and rounding
+        " source_prefix FROM pricelist_rates WHERE tenant = $1 AND active" + where,
         tenant, *params)
     return [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
                  connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum, most,
-                 scale, shared.setdefault(rounding, rounding), shared.setdefault(origin, origin))
+                 *money[pricelist], shared.setdefault(origin, origin))
             for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum, most,
-            scale, rounding, origin in rows]
+            origin in rows]
 
 
 async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Columns:
