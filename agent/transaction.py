@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import asyncpg
 import orjson
 
-from cache import CATALOG, DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key
+from cache import (CATALOG, DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key,
+                   published_for)
 from cache import call as callstate
 
 from .config import Settings
@@ -227,22 +228,14 @@ class Transactions:
             parties, details = fragments.parties(plan.parties)
             reason = plan.refusal.value if plan.refusal else ""
             refused = plan.refused_tag or ""
-        # a refused account may have been created or changed since this worker's catalog: Redis checks it
-        keys = (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG, account_key(tenant, refused)) if refused else \
-            (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG)
+        keys = (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG)
+        if refused:  # the account may have been created or changed since this worker's catalog: Redis checks it
+            keys += (account_key(tenant, refused),)
         return fcall(
             "rating_authorize", keys,
             (now_ms(), self._limits, int(begin), tenant, tag, parties, meta_json(request, details), reason,
              refused, at, version, call_identity()),
         )
-
-    async def _published(self, tenant: str, account_tag: str | None) -> int:
-        """The newest catalog change a call of `account_tag` must be planned on (see cache/rating.lua, stale)."""
-        catalog = self.redis.call("GET", CATALOG)
-        if not account_tag:
-            return int(await catalog or 0)
-        account = self.redis.call("HGET", account_key(tenant, account_tag), "cv")
-        return max(int(found or 0) for found in await asyncio.gather(catalog, account))
 
     async def _seeded(self, request: dict[str, Any], reply: list) -> None:
         """Gives Redis the balance PostgreSQL holds for the account it has none for (`unseeded`)."""
@@ -372,7 +365,7 @@ class Transactions:
             plan, fragments = self._plan(request, begin)
             if plan.refusal is not None or not plan.parties:
                 # nothing goes to Redis: ask it whether the refusal stands on an older catalog than published
-                published = 0 if claimed else await self._published(request["tenant"], plan.refused_tag)
+                published = 0 if claimed else await published_for(self.redis.call, request["tenant"], plan.refused_tag)
                 if published > fragments.catalog.version:
                     await self._caught_up(published)
                     claimed = _CAUGHT_UP

@@ -176,6 +176,17 @@ async def move_balance(
     return int(reply)
 
 
+async def published_for(call, tenant: str, account_tag: str | None) -> int:
+    """The newest catalog change a call of `account_tag` must be planned on: the catalog key's, or the
+    account's own (`cv`) when newer, as the library's `stale` compares them. `call` runs one command (the
+    hot path's AutoPipeline.call or a client's execute_command); both reads go out together."""
+    catalog = call("GET", CATALOG)
+    if not account_tag:
+        return int(await catalog or 0)
+    account = call("HGET", account_key(tenant, account_tag), "cv")
+    return max(int(found or 0) for found in await asyncio.gather(catalog, account))
+
+
 async def publish_catalog(client: aioredis.Redis, version: int,
                           accounts: Iterable[tuple[str, str]] | None = None) -> int:
     """Makes catalog change `version` (committed) the one every authorization must be planned on; for a

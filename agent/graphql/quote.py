@@ -26,10 +26,7 @@ async def current_catalog(info, tenant: str, account_tag: str) -> Catalog:
     """This process's catalog, caught up with the change Redis says is the newest for this account
     (read-your-writes: a quote right after a rate or the account was changed prices with the change)."""
     keeper = app_of(info)[CATALOG]
-    async with redis_of(info).pipeline(transaction=False) as pipe:
-        pipe.get(cache.CATALOG)
-        pipe.hget(account_key(tenant, account_tag), "cv")
-        published = max(int(found or 0) for found in await pipe.execute())
+    published = await cache.published_for(redis_of(info).execute_command, tenant, account_tag)
     if keeper.get().version < published:
         return await keeper.catch_up(published)
     return keeper.get()

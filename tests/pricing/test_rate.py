@@ -379,13 +379,7 @@ def canyan_units(tariff: Rate, available: int, cap: int) -> int:
                cap)
 
 
-schemes = st.builds(
-    rate,
-    connect_fee=st.integers(0, 500),
-    rate=st.integers(0, 500),
-    rate_increment=st.sampled_from([0, 1, 6, 30, 60]) | st.integers(1, 120),
-    interval_start=st.integers(0, 20),
-).flatmap(lambda r: st.builds(
+schemes = rates.flatmap(lambda r: st.builds(
     lambda first, minimum, most: Rate(r.tenant, r.pricelist_tag, r.carrier_tag, r.prefix, r.connect_fee, r.rate,
                                       r.rate_increment, r.interval_start, initial_increment=first,
                                       minimum_duration=minimum, maximum_cost=most),
