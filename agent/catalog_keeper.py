@@ -16,7 +16,7 @@ from typing import Iterable
 import asyncpg
 import redis.asyncio as aioredis
 
-from cache import UNAVAILABLE, account_key, seed_balance
+from cache import UNAVAILABLE, account_key, followers, seed_balance
 
 from .pricing.account import Account
 from .pricing.catalog import Catalog
@@ -55,6 +55,7 @@ class CatalogKeeper:
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
+        self.follower = followers.name()
         self.on_reload = lambda catalog, seconds, delay: None
 
     def get(self) -> Catalog:
@@ -134,9 +135,17 @@ class CatalogKeeper:
         """Listens first, then loads: a change committed in between is not missed."""
         self._listener = await self._listen()
         await self.load()
+        await self._report()  # waited for from now on
+
+    async def _report(self) -> None:
+        try:
+            await followers.report(self.redis, self.follower, self.current.version)
+        except UNAVAILABLE as exc:
+            log.debug("catalog: could not report change %d applied (%s)", self.current.version, exc)
 
     async def run(self) -> None:
-        """Applies changes when announced, and at least every second (announcements can be lost)."""
+        """Applies changes when announced, and at least every second (announcements can be lost); after
+        each look, notes in Redis the change applied, which writers wait for before they publish theirs."""
         listener = self._listener
         while True:
             try:
@@ -148,9 +157,15 @@ class CatalogKeeper:
                     pass
                 self._changed.clear()
                 await self.catch_up()
+                await self._report()
             except asyncio.CancelledError:
                 if listener is not None and not listener.is_closed():
                     await listener.close()
+                try:  # not waited for by the next writer
+                    async with asyncio.timeout(0.5):
+                        await followers.forget(self.redis, self.follower)
+                except (*UNAVAILABLE, asyncio.TimeoutError):
+                    pass
                 raise
             except Exception as exc:  # noqa: BLE001 - keep following the log whatever happened
                 log.warning("catalog: could not follow the change log (%r); retrying", exc)

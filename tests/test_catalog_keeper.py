@@ -163,3 +163,18 @@ async def test_changes_published_while_a_worker_catches_up_do_not_make_its_call_
     await cache.publish_catalog(stack.redis, client.app[CATALOG].get().version + 1)
     answer = await post(client, "authorization", transaction_tag="busy", account_tag="a", destination="39")
     assert answer["authorized"] is True and len(bumps) == 1
+
+
+async def test_every_running_agent_has_applied_a_change_before_its_upload_answers(agent, stack):
+    from cache import followers
+
+    first = await agent(catalog(prepaid("a", 10_000)))
+    second = await agent()
+    await stack.redis.hset(followers.FOLLOWERS, "dead:1:1", "0 1")  # long silent: not waited for, forgotten
+    reply = await first.post("/management/pricelists/p1/rates?carrier_tag=c1&replace=true",
+                             data=b"prefix,rate\n39,5\n", headers={"Content-Type": "text/csv"})
+    assert reply.status == 200, await reply.text()
+    seq = await stack.database.fetchval("SELECT max(seq) FROM catalog_changes")
+    # both caught up on the change's notification before it was published: no authorization has to wait
+    assert [c.app[CATALOG].get().version >= seq for c in (first, second)] == [True, True]
+    assert "dead:1:1" not in await stack.redis.hkeys(followers.FOLLOWERS)

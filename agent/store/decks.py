@@ -26,10 +26,11 @@ from typing import Iterable
 import asyncpg
 
 import cache
+from cache import followers
 
 from ..config import Settings
 from ..pricing import deck
-from ..pricing.rate import Rate
+from ..pricing.rate import Rate, stored_window
 from . import changes
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,9 @@ async def publish(settings: Settings, pool: asyncpg.Pool, redis, rebuilt: Iterab
     async with pool.acquire() as connection:
         seq = await changes.last_seq(connection)
     try:
+        # the processes catch up on the change's notification while still rating on the catalog before it
+        # (the change is not answered yet), so no authorization waits for their catch-up (cache/followers.py)
+        await followers.settle(redis, seq)
         return await cache.publish_catalog(redis, seq, accounts)
     except cache.UNAVAILABLE as exc:  # committed all the same: agents find it in the log within a second
         log.warning("catalog change %d not published (Redis: %s)", seq, exc)
