@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from cache import UNAVAILABLE, account_key, followers, seed_balance
 
+from . import metrics
 from .pricing.account import Account
 from .pricing.catalog import Catalog
 from .store import changes
@@ -84,6 +85,8 @@ class CatalogKeeper:
         stay below `target` only if the log does not hold it (a Redis that outlived its database): the
         caller decides. Waits (bounded) for a deck activated elsewhere to be built on this host."""
         deadline = time.monotonic() + _DECK_WAIT
+        if target and self.current.version < target:
+            metrics.CATALOG_WAITS.inc()
         while True:
             async with self._lock:
                 catalog = self.current

@@ -59,6 +59,9 @@ CATALOG_LOAD_SECONDS = Gauge("rating_catalog_load_seconds", "Seconds the last ca
 CATALOG_DELAY = Gauge("rating_catalog_reload_delay_seconds",
                       "Seconds from a catalog change's commit to its use by this process (last change)",
                       multiprocess_mode="max")
+CATALOG_WAITS = Counter("rating_catalog_waits_total",
+                        "Requests planned on a catalog older than the one published, made to wait for this "
+                        "process to catch up (writers wait for the processes before publishing: rare)")
 RATE_TABLE_SIZE = Gauge("rating_rate_table_prefixes", "Rates in the in-memory table", multiprocess_mode="max")
 CATALOG_VERSION = Gauge("rating_catalog_version", "Catalog snapshots loaded by this process",
                         multiprocess_mode="max")

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+from prometheus_client import REGISTRY
 
 from agent.keys import CATALOG
 from agent.store.importer import OVERLAY_LIMIT
@@ -178,3 +179,9 @@ async def test_every_running_agent_has_applied_a_change_before_its_upload_answer
     # both caught up on the change's notification before it was published: no authorization has to wait
     assert [c.app[CATALOG].get().version >= seq for c in (first, second)] == [True, True]
     assert "dead:1:1" not in await stack.redis.hkeys(followers.FOLLOWERS)
+    waits = REGISTRY.get_sample_value("rating_catalog_waits_total") or 0
+    for n, client in enumerate((first, second)):
+        answer = await post(client, "authorization", transaction_tag=f"w{n}", account_tag="a", destination="39040")
+        assert answer["max_available_units"] == 10_000 // 2  # c1 at 5 now, so c2 at 2: rated without catching up
+        await post(client, "rollback", transaction_tag=f"w{n}")
+    assert (REGISTRY.get_sample_value("rating_catalog_waits_total") or 0) == waits
