@@ -191,6 +191,16 @@ def _commands(agent: AgentProcess) -> list[str]:
     return sorted(Path(f"/proc/{pid}/comm").read_text().strip() for pid in agent.pids())
 
 
+def _niceness(agent: AgentProcess) -> dict[str, int]:
+    from pathlib import Path
+
+    found = {}
+    for pid in agent.pids():
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        found[Path(f"/proc/{pid}/comm").read_text().strip()] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return found
+
+
 async def test_the_manager_answers_graphql_on_the_agent_port_and_on_its_own(loaded, tmp_path):
     from devstack import free_port
 
@@ -198,6 +208,9 @@ async def test_the_manager_answers_graphql_on_the_agent_port_and_on_its_own(load
     agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path, workers=1, management_port=port).start()
     try:
         assert _commands(agent) == ["rating-keeper", "rating-manager", "rating-super", "rating-worker-0"]
+        # on a busy host the kernel serves the worker first (the deck builds the manager starts inherit it)
+        nice = _niceness(agent)
+        assert nice["rating-manager"] == nice["rating-worker-0"] + 5 == nice["rating-super"] + 5
         async with aiohttp.ClientSession() as session:
             for url in (agent.url, f"http://127.0.0.1:{port}"):
                 status, answer = await _post(session, url, "/graphql", {"query": '{ Account(account_tag:"a") { account_tag } }'})
