@@ -112,6 +112,7 @@ async def test_bulk_deck_over_http_switches_atomically(gql, stack):
             yield body[start:start + (1 << 16)]
 
     seen: set[int] = set()
+    unavailable: list[str] = []
     done = asyncio.Event()
 
     async def authorize_meanwhile():
@@ -121,6 +122,9 @@ async def test_bulk_deck_over_http_switches_atomically(gql, stack):
             n += 1
             reply = await client.post("/v1/authorization", json={
                 "transaction_tag": f"during-{n}", "account_tag": "a", "destination": "39000123"})
+            if reply.status == 503:  # Redis slower than --redis-timeout on an overloaded host: no price to check
+                unavailable.append((await reply.json())["detail"])
+                continue
             seen.add((await reply.json())["max_available_units"])
             await client.post("/v1/rollback_transaction", json={"transaction_tag": f"during-{n}", "account_tag": "a"})
             if stop:
@@ -141,6 +145,7 @@ async def test_bulk_deck_over_http_switches_atomically(gql, stack):
     assert await units_of(client, "after") == 500
     # every call was rated on the old deck (1000 units at 1/s) or on the new one (500 at 2/s), never a mix
     assert seen <= {1000, 500} and 500 in seen
+    assert all(why.startswith("Rating is not available") for why in unavailable), unavailable
     print(f"\n{size:,}-row deck over HTTP: imported and active in {elapsed:.2f} s; {probes} authorizations meanwhile")
     data = await api('{ _allPricelistRatesMeta(filter:{pricelist_tag:"p1"}) { count }'
                      ' allPricelistRates(filter:{prefix:"39000123"}) { rate description } }')
