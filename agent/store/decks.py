@@ -30,7 +30,7 @@ from cache import followers
 
 from ..config import Settings
 from ..pricing import deck
-from ..pricing.rate import Rate, stored_window
+from ..pricing.rate import Rate
 from . import changes
 
 log = logging.getLogger(__name__)
