@@ -80,7 +80,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await until_ready("Redis", lambda: cache.load_library(client))
     app[REDIS] = client
     app[PIPELINE] = AutoPipeline(settings.redis_url, client, settings.redis_timeout,
-                                  on_batch=metrics.ENDPOINTS.redis_batch_done, batch=settings.redis_batch)
+                                  on_batch=metrics.ENDPOINTS.redis_batch_done, batch=settings.redis_batch,
+                                  replicas=settings.redis_replicas)
     app[LIVE_STATE] = metrics.LiveState(client)
     yield
     await app[PIPELINE].close()

@@ -10,6 +10,7 @@ import argparse
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 
 def _setting(default: Any, help: str, secret: bool = False) -> Any:
@@ -27,6 +28,16 @@ class Settings:
     )
     workers: int = _setting(0, "worker processes sharing the port; 0 means one per CPU core")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding balances and reservations")
+    redis_sentinel: str = _setting(
+        "", "host:port,... of Redis Sentinels: Redis is the master they name --redis-sentinel-master (found again"
+        " after a failover); --redis-url then gives only the password and the database number"
+    )
+    redis_sentinel_master: str = _setting("rating", "the master's name in Redis Sentinel's configuration")
+    redis_replicas: int = _setting(
+        0, "replicas every call request's Redis writes must reach before it is answered (WAIT, within half of"
+        " --redis-timeout; else 503, and Kamailio's retries repeat it): a failover then loses no answered"
+        " request; 0: answer at once (replication is asynchronous)"
+    )
     database_url: str = _setting(
         "postgresql://postgres@127.0.0.1:5432/rating", "PostgreSQL holding the durable records"
     )
@@ -101,6 +112,19 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.redis_sentinel:
+            from cache import sentinel
+
+            if sentinel.is_sentinel(self.redis_url):
+                raise ValueError("redis_sentinel: --redis-url already names sentinels")
+            plain = urlsplit(self.redis_url)
+            db = plain.path.strip("/") or "0"
+            credentials = plain.netloc.rpartition("@")[0]
+            target = sentinel.url_of(self.redis_sentinel, self.redis_sentinel_master, int(db) if db.isdigit() else 0)
+            if credentials:
+                target = target.replace("://", f"://{credentials}@", 1)
+            sentinel.parse(target)  # refuses a malformed list
+            object.__setattr__(self, "redis_url", target)  # what every Redis client connects with
         if not 1 <= self.reservation_share <= 100:
             raise ValueError("reservation_share must be between 1 and 100")
         if self.workers < 0:
@@ -111,6 +135,8 @@ class Settings:
 
         if self.max_units > LONGEST_CALL:
             raise ValueError(f"max_units must be at most {LONGEST_CALL} seconds")
+        if self.redis_replicas < 0:
+            raise ValueError("redis_replicas must not be negative")
         if self.redis_batch < 1:
             raise ValueError("redis_batch must be at least 1")
         if self.max_in_flight < 0:

@@ -27,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import sentinel
 from .connection import PipelinedConnection
 
 _SOURCE = files(__package__).joinpath("rating.lua").read_text()
@@ -71,7 +72,10 @@ def call_key(tenant: str, transaction_tag: str) -> str:
 
 
 def connect(url: str, timeout: float) -> aioredis.Redis:
-    """A client that fails fast (no hidden retries) so the agent can answer 503 at once."""
+    """A client that fails fast (no hidden retries) so the agent can answer 503 at once; of the master
+    Sentinel names for a redis+sentinel:// URL (cache/sentinel.py)."""
+    if sentinel.is_sentinel(url):
+        return sentinel.connect(url, timeout, decode_responses=True, max_connections=64)
     return aioredis.from_url(
         url,
         socket_timeout=timeout,
@@ -117,9 +121,10 @@ async def sweep_libraries(client: aioredis.Redis, idle: float = LIBRARY_IDLE) ->
 class AutoPipeline:
     """The hot path's client: commands of one event-loop tick go to Redis in one write (see connection.py)."""
 
-    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None, batch: int = 12) -> None:
+    def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None, batch: int = 12,
+                 replicas: int = 0) -> None:
         self.client = client  # redis-py, for loading the library
-        self.connection = PipelinedConnection(url, timeout, on_batch, batch)
+        self.connection = PipelinedConnection(url, timeout, on_batch, batch, replicas)
 
     async def call(self, *command: Any) -> Any:
         """Runs one command; reloads the library once if Redis lost it, retries once if the link broke."""

@@ -24,12 +24,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import sentinel
+
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, timeout: float, on_batch: Callable[[float, int], None] | None, batch: int) -> None:
+    def __init__(self, timeout: float, on_batch: Callable[[float, int], None] | None, batch: int,
+                 replicas: int = 0) -> None:
         self.timeout = timeout
         self.batch = batch
         self.on_batch = on_batch
+        self.replicas = replicas
+        # each write ends with WAIT: its replies are held until as many replicas have it (or none of them is given)
+        self._wait = hiredis.pack_command(("WAIT", replicas, max(1, int(timeout * 500)))) if replicas else b""
         self.reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
         self.waiting: deque[asyncio.Future] = deque()
         self.batches: deque[list] = deque()  # [replies still due, time written, size] per write
@@ -57,22 +63,40 @@ class _Protocol(asyncio.Protocol):
                 self.batches.popleft()
                 if self.on_batch is not None:
                     self.on_batch(time.perf_counter() - batch[1], batch[2])
-            if future.done():
+            if self.replicas:
+                if batch[0] > 0:
+                    batch[3].append((future, reply))
+                    continue
+                replicated = isinstance(reply, int) and reply >= self.replicas
+                missing = None if replicated else RedisConnectionError(
+                    f"written on the master but on {reply} of {self.replicas} replicas within the timeout")
+                for held, answer in batch[3]:
+                    self._deliver(held, answer if missing is None or isinstance(answer, ResponseError) else missing)
                 continue
-            if isinstance(reply, ResponseError):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            self._deliver(future, reply)
+
+    def _deliver(self, future: asyncio.Future, reply: Any) -> None:
+        if future.done():
+            return
+        if not isinstance(reply, Exception):
+            future.set_result(reply)
+            return
+        future.set_exception(reply)
+        if str(reply).startswith("READONLY") and self.failure is None:
+            # a replica now (a failover demoted it): the next command connects to the master again
+            self.failure = RedisConnectionError(f"Redis is a replica now: {reply}")
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.failure is None:
             self.failure = RedisConnectionError(f"Redis connection lost: {exc or 'closed'}")
         if self._watchdog is not None:
             self._watchdog.cancel()
-        while self.waiting:
-            future = self.waiting.popleft()
+        held = [future for batch in self.batches if len(batch) > 3 for future, _ in batch[3]]
+        for future in (*held, *self.waiting):
             if not future.done():
                 future.set_exception(self.failure)
+        self.waiting.clear()
         self.batches.clear()
         self.transport = None
 
@@ -100,6 +124,11 @@ class _Protocol(asyncio.Protocol):
         if not self.usable:
             self.connection_lost(None)
             return
+        if self.replicas:
+            self.waiting.append(self.loop.create_future())  # WAIT's own reply
+            self.batches.append([size + 1, time.perf_counter(), size, []])
+            self.transport.write(data + self._wait)
+            return
         self.batches.append([size, time.perf_counter(), size])
         self.transport.write(data)
 
@@ -119,14 +148,16 @@ class PipelinedConnection:
     """`await connection.call(*command)`: one command, batched with the others of the same tick."""
 
     def __init__(self, url: str, timeout: float, on_batch: Callable[[float, int], None] | None = None,
-                 batch: int = 12) -> None:
-        options = parse_url(url)
+                 batch: int = 12, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.target = sentinel.parse(url) if sentinel.is_sentinel(url) else None
+        options = parse_url(url) if self.target is None else {}
         self.path = options.get("path")  # unix:///run/redis.sock: a Unix socket instead of TCP
         self.host = options.get("host", "127.0.0.1")
         self.port = int(options.get("port", 6379))
-        self.password = options.get("password")
-        self.username = options.get("username")
-        self.db = int(options.get("db", 0) or 0)
+        self.password = options.get("password") if self.target is None else self.target.password
+        self.username = options.get("username") if self.target is None else self.target.username
+        self.db = int(options.get("db", 0) or 0) if self.target is None else self.target.db
         self.timeout = timeout
         self.on_batch = on_batch
         self.batch = max(1, batch)
@@ -137,7 +168,9 @@ class PipelinedConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
-                factory = lambda: _Protocol(self.timeout, self.on_batch, self.batch)  # noqa: E731
+                if self.target is not None:  # asked at every connection: a failover moves the master
+                    self.host, self.port = await sentinel.master_address(self.target, self.timeout)
+                factory = lambda: _Protocol(self.timeout, self.on_batch, self.batch, self.replicas)  # noqa: E731
                 if self.path:
                     _, protocol = await loop.create_unix_connection(factory, self.path)
                 else:
@@ -147,7 +180,7 @@ class PipelinedConnection:
                     await protocol.send(hiredis.pack_command(("AUTH", *credentials)))
                 if self.db:
                     await protocol.send(hiredis.pack_command(("SELECT", self.db)))
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError, RedisConnectionError) as exc:  # (no master known: the latter)
             where = self.path or f"{self.host}:{self.port}"
             raise RedisConnectionError(f"cannot connect to Redis at {where}: {exc}") from None
         return protocol

@@ -303,3 +303,106 @@ async def test_duplicated_reordered_and_lost_events_charge_each_call_once(stack,
     finally:
         agent.stop()
     await _check(stack.redis, stack.database, load)
+
+
+@dataclass
+class Sentinels:
+    """A master, its two replicas and three sentinels watching them (master name `rating`), on loopback."""
+
+    folder: Path
+    master: RedisServer = None
+    replicas: list = field(default_factory=list)
+    processes: list = field(default_factory=list)
+    ports: list = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        from cache import sentinel
+
+        return sentinel.url_of(",".join(f"127.0.0.1:{port}" for port in self.ports), "rating")
+
+    def start(self) -> "Sentinels":
+        import subprocess
+
+        from devstack import free_port, wait_for_port
+
+        self.master = RedisServer(self.folder / "master").start()
+        self.replicas = [RedisServer(self.folder / f"replica-{n}",
+                                     options=("--replicaof", "127.0.0.1", str(self.master.port))).start()
+                         for n in range(2)]
+        for n in range(3):
+            port, folder = free_port(), self.folder / f"sentinel-{n}"
+            folder.mkdir(parents=True)
+            (folder / "sentinel.conf").write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\nlogfile {folder / 'sentinel.log'}\n"
+                f"sentinel monitor rating 127.0.0.1 {self.master.port} 2\n"
+                "sentinel down-after-milliseconds rating 1000\nsentinel failover-timeout rating 10000\n")
+            self.processes.append(subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", str(folder / "sentinel.conf"), "--sentinel"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.ports.append(port)
+            wait_for_port(port)
+        return self
+
+    def master_port(self) -> int:
+        import redis
+
+        with redis.Redis(port=self.ports[0], decode_responses=True) as client:
+            return int(client.execute_command("SENTINEL", "get-master-addr-by-name", "rating")[1])
+
+    def replicas_known(self) -> bool:
+        import redis
+
+        with redis.Redis(port=self.ports[0], decode_responses=True) as client:
+            known = str(client.execute_command("SENTINEL", "replicas", "rating"))
+        return all(str(replica.port) in known for replica in self.replicas) and "s_down" not in known
+
+    def stop(self) -> None:
+        from devstack import stop_process
+
+        for process in self.processes:
+            stop_process(process, 10)
+        for server in (*self.replicas, self.master):
+            if server is not None and server.process is not None:
+                server.stop()
+
+
+async def test_a_redis_master_killed_under_load_is_replaced_by_sentinel_and_rating_resumes(stack, tmp_path):
+    """kill -9 of the master: Sentinel promotes a replica (after --down-after 1 s and its vote), the agent
+    finds the new master through the sentinels and the calls go on; every call is charged once. With
+    --redis-replicas 1 no request is answered before a replica has its writes, so the failover loses none of
+    them (replication is asynchronous: without it, the last writes before the kill may be lost); the second
+    replica is the one the new master's writes wait for."""
+    servers = Sentinels(tmp_path / "redis").start()
+    redis = None
+    try:
+        for _ in range(200):  # bounded: the sentinels find the replica through the master (INFO)
+            if servers.replicas_known():
+                break
+            await asyncio.sleep(0.05)
+        assert servers.replicas_known()
+        redis = cache.connect(servers.url, 5.0)
+        agent = _agent(servers.url, stack.database_url, tmp_path, redis_timeout=1.0, redis_replicas=1).start()
+        old = servers.master.port
+
+        async def fault(_load):
+            servers.master.process.kill()
+            await asyncio.to_thread(servers.master.process.wait)
+            for _ in range(600):  # bounded: 30 s
+                if servers.master_port() != old:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("no failover")
+
+        try:
+            load = await _run(agent.url, fault, spacing=0.05)
+            await _drained(redis)
+            assert servers.master_port() in {replica.port for replica in servers.replicas}
+            await _check(redis, stack.database, load)
+            assert load.statuses[503] > 0  # rating did stop for the failover, and resumed by itself
+        finally:
+            agent.stop()
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        servers.stop()
