@@ -564,3 +564,11 @@ async def create_database(server_url: str, name: str) -> str:
     finally:
         await connection.close()
     return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def write_agent_list(path: Path, ports: list[int], set_id: int = 1) -> Path:
+    """The dispatcher list file of a Kamailio with WITH_RATING_DISPATCHER (its RATING_DISPATCHER_LIST): one line
+    per agent on 127.0.0.1, all in set `set_id` (RATING_DISPATCHER_SET)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{set_id} sip:127.0.0.1:{port}\n" for port in ports))
+    return path

@@ -1,0 +1,285 @@
+"""Several agent hosts behind one Kamailio (WITH_RATING_DISPATCHER), one of them killed mid-load.
+
+Two agents with their own folders, deck folders and ports rate against one Redis and one PostgreSQL;
+Kamailio's dispatcher spreads every request (authorization, begin, end, rollback, retries) over both, round
+robin. Agent A is SIGKILLed while calls are being set up and torn down. By design no caller notices: an
+authorization A refused or dropped is sent to B (the agents share the call state in Redis, so one that A had
+already reserved is answered as it stands), A is marked inactive at its first failure, ends A missed are
+retried on B. Then every invariant is checked: each answered call has exactly one call record, the balance
+is the initial one minus the records' fees, nothing is left reserved or open, calls placed while A is dead
+go through B, and A, started again, is back in the selection once its /ready answers.
+
+Every wait is on a condition with a bound; nothing relies on a sleep outracing a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# tests/ (state.py, conftest.py) and this folder (kamailio_harness.py) as import roots
+sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent))
+                if p not in sys.path]
+
+import state  # noqa: E402
+from conftest import AgentProcess, run_cli  # noqa: E402
+from kamailio_harness import (  # noqa: E402
+    Carrier, Kamailio, add_subscriber, rig_base, run_callers, subscriber_password, wait_for, write_agent_list,
+)
+
+pytestmark = pytest.mark.kamailio
+
+ACCOUNT = "h-caller"
+NUMBER = "39060000001"
+BALANCE = 10_000_000
+RATE = {"connect_fee": 5, "rate": 1, "rate_increment": 1, "interval_start": 0}
+LOAD_CALLS, LOAD_RATE, HOLD_MS = 80, 20, 1500
+# calls placed while agent A is dead, and after it is back
+LATER_CALLS = 12
+# failed calls allowed in the failover window: none, since an authorization A could not take is sent to B
+FAILOVER_FAILURES = 0
+
+
+def build_catalog(carrier_port: int) -> dict:
+    return {
+        "carriers": [{"carrier_tag": "h-answer", "host": "127.0.0.1", "port": carrier_port, "protocol": "UDP",
+                      "active": True}],
+        "pricelists": [{"pricelist_tag": "h-main", "name": "h-main", "currency": "EUR"}],
+        "rates": [{"pricelist_tag": "h-main", "carrier_tag": "h-answer", "prefix": "3906", "description": "hosts",
+                   **RATE}],
+        "accounts": [{"account_tag": ACCOUNT, "type": "PREPAID", "balance": BALANCE,
+                      "max_concurrent_transactions": 1000, "pricelist_tags": ["h-main"], "active": True}],
+    }
+
+
+def _metric(agent: AgentProcess, pattern: str) -> int:
+    """The sum of the agent's /metrics samples whose name and labels match `pattern`."""
+    with urllib.request.urlopen(agent.url + "/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return int(sum(float(v) for v in re.findall(rf"^{pattern} (\S+)$", text, re.M)))
+
+
+def authorizations(agent: AgentProcess) -> int:
+    """Authorizations the agent has answered."""
+    return _metric(agent, r"rating_authorizations_total\{[^}]*\}")
+
+
+def begins(agent: AgentProcess) -> int:
+    """Begins the agent has answered."""
+    return _metric(agent, r'rating_requests_total\{endpoint="[^"]*begin[^"]*"[^}]*\}')
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+async def _records(redis_url: str, database_url: str, call_ids: list[str]) -> dict[str, list[dict]]:
+    """The call records of ACCOUNT for each Call-ID (the agent's own read path: Redis, then PostgreSQL)."""
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    from agent.store.records import read_records
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        found = {}
+        for call_id in call_ids:
+            found[call_id] = [r for r in await read_records(client, pool, "default", call_id)
+                              if r["account_tag"] == ACCOUNT]
+        return found
+    finally:
+        await pool.close()
+        await client.aclose()
+
+
+@dataclass
+class Rig:
+    workdir: Path
+    redis_url: str
+    database_url: str
+    agents: tuple[AgentProcess, AgentProcess]
+    kamailio: Kamailio
+
+    def callers(self, name: str, calls: int):
+        return run_callers(self.workdir / name, self.kamailio.port, NUMBER, ACCOUNT, calls=calls, rate=LOAD_RATE,
+                           hold_ms=HOLD_MS, timeout=60, password=subscriber_password(ACCOUNT))
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, postgres_server):
+    start = rig_base(tmp_path_factory, postgres_server.url, "hosts")
+    base, redis_server, database_url, auth_db = start.base, start.redis, start.database_url, start.auth_db
+    add_subscriber(auth_db, ACCOUNT)
+    carrier = Carrier(base / "carriers", "uas.xml", "UDP")
+    agents: list[AgentProcess] = []
+    kamailio = None
+    try:
+        carrier.start()
+        (base / "catalog.json").write_text(json.dumps(build_catalog(carrier.port)))
+        run_cli("import", "catalog", str(base / "catalog.json"), redis_url=redis_server.url,
+                database_url=database_url)
+        for name in ("agent-a", "agent-b"):
+            # its own folder: its log, and its own deck folder (RATING_DECK_DIR), as on a host of its own
+            (base / name).mkdir()
+            # one after the other, from this thread: an agent dies with the thread that started it (PDEATHSIG)
+            agents.append(AgentProcess(redis_server.url, database_url, base / name).start())
+        listed = write_agent_list(base / "agents.list", [agent.port for agent in agents])
+        kamailio = Kamailio(
+            base / "kamailio", auth_db=auth_db,
+            defines={"WITH_RATING": None, "WITH_RATING_DISPATCHER": None,
+                     "RATING_DISPATCHER_LIST": f'"{listed}"', "RATING_AGENT_TIMEOUT": 1000,
+                     "RATING_RETRY_DELAY": 1, "RATING_RETRY_MAX": 5, "TM_FR_TIMER": 2000},
+        ).start()
+        yield Rig(base, redis_server.url, database_url, (agents[0], agents[1]), kamailio)
+    finally:
+        if kamailio:
+            kamailio.stop()
+        for agent in agents:
+            agent.stop()
+        carrier.stop()
+        redis_server.stop()
+
+
+def kill(agent: AgentProcess) -> None:
+    """SIGKILL to every process of the agent (supervisor, worker, housekeeper): nothing said on the way out."""
+    agent.signal_all(signal.SIGKILL)
+    agent.process.wait(10)
+    agent.process = None
+    assert wait_for(lambda: not _listening(agent.port), 10), "the killed agent's port still answers"
+
+
+def start_again(rig: Rig, agent: AgentProcess) -> None:
+    """Starts a killed agent again, on its port (as listed), and, when Kamailio had marked it down, waits until
+    its readiness check (every second) has put it back in the selection."""
+    if agent.process is not None:
+        return
+    down, back = (f"agent sip:127.0.0.1:{agent.port} is down", f"agent sip:127.0.0.1:{agent.port} is ready again")
+    log = rig.kamailio.log()
+    # marked when its last "down" is later than its last "back" (two requests may both log a "down")
+    seen, marked = log.count(back), log.rfind(down) > log.rfind(back)
+    agent.start()
+    assert not marked or wait_for(lambda: rig.kamailio.log().count(back) > seen, 15), rig.kamailio.log()[-3000:]
+
+
+def test_an_agent_killed_mid_load_loses_and_doubles_nothing(rig):
+    a, b = rig.agents
+    start_again(rig, a)
+    before = state.balance(rig.redis_url, ACCOUNT)
+
+    load: dict = {}
+    caller = threading.Thread(target=lambda: load.setdefault("run", rig.callers("callers-load", LOAD_CALLS)),
+                              daemon=True)
+    caller.start()
+    # mid-load: both agents have taken authorizations, and most calls are still to come
+    assert wait_for(lambda: min(authorizations(a), authorizations(b)) >= 5, 20, interval=0.1), \
+        (authorizations(a), authorizations(b), rig.kamailio.log()[-3000:])
+    taken_by_a = authorizations(a)
+    kill(a)
+    caller.join(90)
+    assert not caller.is_alive(), "the SIPp callers did not finish"
+    run = load["run"]
+    assert len(run.results) == LOAD_CALLS, run.output
+    failed = [r for r in run.results.values() if (r.code, r.bye) != (200, 200)]
+    assert len(failed) <= FAILOVER_FAILURES, (failed, rig.kamailio.log()[-5000:])
+    log = rig.kamailio.log()
+    assert f"agent sip:127.0.0.1:{a.port} is down" in log, log[-5000:]
+
+    # while A is dead, every call goes through B
+    while_dead = rig.callers("callers-dead", LATER_CALLS)
+    assert [r.code for r in while_dead.results.values()] == [200] * LATER_CALLS, while_dead.output
+    assert all(r.bye == 200 for r in while_dead.results.values()), while_dead.output
+
+    # every end reached an agent (some of them retried on B): nothing held, nothing open
+    assert wait_for(lambda: state.open_calls(rig.redis_url, ACCOUNT) == 0
+                    and state.reserved(rig.redis_url, ACCOUNT) == 0, 30, interval=0.2), \
+        (state.open_calls(rig.redis_url, ACCOUNT), state.reserved(rig.redis_url, ACCOUNT), log[-5000:])
+
+    answered = [r.call_id for r in [*run.results.values(), *while_dead.results.values()] if r.code == 200]
+    records = asyncio.run(_records(rig.redis_url, rig.database_url, answered))
+    twice = {call_id: found for call_id, found in records.items() if len(found) != 1}
+    assert not twice, twice
+    ended = [found[0] for found in records.values()]
+    assert all(r["timestamp_end"] and r["fee"] >= RATE["connect_fee"] for r in ended), ended
+    charged = sum(r["fee"] for r in ended)
+    assert before - state.balance(rig.redis_url, ACCOUNT) == charged
+
+    print(f"\n{LOAD_CALLS} calls under load, agent A killed after {taken_by_a} authorizations; "
+          f"failed: {len(failed)}; {LATER_CALLS} more while A was dead, all answered; charged {charged}")
+
+
+def test_a_killed_agent_started_again_is_back_in_the_selection(rig):
+    a, b = rig.agents
+    if a.process is not None:  # run on its own: the first test did not kill A
+        kill(a)
+        rig.callers("callers-dead-again", LATER_CALLS)  # some go to A: Kamailio marks it
+    assert f"agent sip:127.0.0.1:{a.port} is down" in rig.kamailio.log()
+    start_again(rig, a)
+    taken_by_b = authorizations(b)
+    run = rig.callers("callers-back", LATER_CALLS)
+    assert [r.code for r in run.results.values()] == [200] * LATER_CALLS, run.output
+    # both take calls again (A counts from 0: it was started again)
+    assert authorizations(a) > 0 and authorizations(b) > taken_by_b
+    assert wait_for(lambda: state.open_calls(rig.redis_url, ACCOUNT) == 0
+                    and state.reserved(rig.redis_url, ACCOUNT) == 0, 30, interval=0.2)
+
+
+def test_ends_an_agent_killed_mid_call_missed_are_retried_on_the_other(rig):
+    """Calls up and running, no request in flight: agent A dies, and the ends of the calls it took (hashed to it)
+    find it gone. Each is kept and retried, on B, and charged the call's real length."""
+    a, b = rig.agents
+    start_again(rig, a)
+    calls, hold_ms = 16, 3000
+    before = state.balance(rig.redis_url, ACCOUNT)
+    retries_before = rig.kamailio.log().count("retrying end_transaction for")
+    begun_by_a = begins(a)
+    load: dict = {}
+    caller = threading.Thread(target=lambda: load.setdefault("run", run_callers(
+        rig.workdir / "callers-ends", rig.kamailio.port, NUMBER, ACCOUNT, calls=calls, rate=20, hold_ms=hold_ms,
+        timeout=60, password=subscriber_password(ACCOUNT))), daemon=True)
+    caller.start()
+    # every call begun (Redis holds them), and some of them by A (the Call-ID hash sends about half there)
+    assert wait_for(lambda: _begun(rig) == calls, 15, interval=0.1), _begun(rig)
+    assert wait_for(lambda: begins(a) > begun_by_a, 5), "no call of the batch went to agent A"
+    kill(a)
+    caller.join(60)
+    assert not caller.is_alive(), "the SIPp callers did not finish"
+    run = load["run"]
+    assert [(r.code, r.bye) for r in run.results.values()] == [(200, 200)] * calls, run.output
+    assert wait_for(lambda: state.open_calls(rig.redis_url, ACCOUNT) == 0
+                    and state.reserved(rig.redis_url, ACCOUNT) == 0, 30, interval=0.2), rig.kamailio.log()[-5000:]
+    log = rig.kamailio.log()
+    assert log.count("retrying end_transaction for") > retries_before, log[-5000:]
+    records = asyncio.run(_records(rig.redis_url, rig.database_url, list(run.results)))
+    assert all(len(found) == 1 for found in records.values()), records
+    ended = [found[0] for found in records.values()]
+    # the real length, though some ends reached an agent seconds later (timestamp_end is Kamailio's)
+    assert all(hold_ms / 1000 <= r["duration"] <= hold_ms / 1000 + 1.5 for r in ended), ended
+    assert before - state.balance(rig.redis_url, ACCOUNT) == sum(r["fee"] for r in ended)
+
+
+def _begun(rig: Rig) -> int:
+    import redis
+
+    from cache import open_calls_key
+
+    client = redis.Redis.from_url(rig.redis_url, decode_responses=True)
+    try:
+        keys = client.smembers(open_calls_key("default", ACCOUNT, False))
+        return sum(1 for key in keys if client.hget(key, "st") == "begun")
+    finally:
+        client.close()
