@@ -237,6 +237,7 @@ class AgentProcess:
 
     def __init__(self, redis_url: str, database_url: str, log_dir: Path, **settings) -> None:
         self.port = free_port()
+        self.root = ROOT  # the source tree it runs from (a benchmark may run another checkout's agent)
         self.env = {
             **os.environ,
             "RATING_HOST": "127.0.0.1",
@@ -256,7 +257,7 @@ class AgentProcess:
 
     def cli(self, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """Runs `python -m agent ARGV...` with this agent's settings; raises on failure."""
-        done = subprocess.run([sys.executable, "-m", "agent", *argv], cwd=ROOT, env=self.env,
+        done = subprocess.run([sys.executable, "-m", "agent", *argv], cwd=self.root, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"agent {' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
@@ -266,7 +267,7 @@ class AgentProcess:
         with open(self.log_path, "ab") as log:
             # Its own process group (so its whole tree can be measured or signalled), stopped with us.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "serve"], cwd=ROOT, env=self.env,
+                [sys.executable, "-m", "agent", "serve"], cwd=self.root, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=_die_with_parent(),
             )

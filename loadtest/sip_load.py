@@ -14,6 +14,9 @@ kamailio/kamailio.cfg and a SIPp caller making `--calls` calls at `--rate` calls
   rating  the same plus the agent: authorization (transaction suspended), begin and end per call
   NAME    (with --config NAME=DIR, repeatable) rating with the kamailio.cfg and rating.cfg of DIR instead: an
           A/B of configuration changes against the same agent, Redis and PostgreSQL, in the same run
+  NAME    (with --agent NAME=DIR, repeatable) rating through the agent of source tree DIR (e.g. a worktree of an
+          earlier commit), with a Redis and a PostgreSQL of its own so that each agent's CPU, commands and
+          rows are counted apart: an A/B of agent changes in the same run
 
 and prints, per mode, answered calls per second, failed calls and retransmissions, then the ratio
 rating/relay. With `--rounds N` the modes take turns N times and every number is the median of the rounds,
@@ -38,6 +41,9 @@ mode and round, `--timeout` seconds per mode and round at most.
   - what the configuration's JSON handling costs: a Kamailio of its own runs the jansson_set / jansson_get /
     jansson_array_size calls of one call in a loop and times them against an empty loop.
 The log lines cost Kamailio CPU themselves: `--no-timing` leaves them out (CPU then as in production).
+
+The agent reaches Redis over its Unix socket, as README advises for an agent on Redis' host (cheaper than TCP for
+both); `--redis-tcp` uses TCP instead.
 
 `--step R1,R2,...` finds every mode's highest clean rate (0 failed calls and fewer than 1% of the calls
 retransmitted, in most rounds) among these rates, `--step-seconds` of calls per round, and prints the ratio of
@@ -869,7 +875,7 @@ def is_clean(rounds: list[dict]) -> bool:
     return sum(map(round_clean, rounds)) * 2 > len(rounds)
 
 
-def step_rates(wanted: list[str], modes: dict, components: dict, auth_db: str, workdir: Path,
+def step_rates(wanted: list[str], modes: dict, stacks: dict, auth_db: str, workdir: Path,
                args: argparse.Namespace) -> dict[float, dict[str, list[dict]]]:
     """Every mode at each rate of --step in turn (--rounds rounds, modes taking turns, --step-seconds of calls);
     a mode that is not clean at a rate is not run at the higher ones."""
@@ -884,7 +890,7 @@ def step_rates(wanted: list[str], modes: dict, components: dict, auth_db: str, w
             for mode in active:
                 defines, config_dir = modes[mode]
                 at_rate.setdefault(mode, []).append(
-                    measure(mode, round_no, defines, config_dir, components, auth_db, workdir, args))
+                    measure(mode, round_no, defines, config_dir, stacks[mode], auth_db, workdir, args))
         active = [mode for mode in active if is_clean(at_rate[mode])]
     return stepped
 
@@ -938,6 +944,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-timing", action="store_true", help="with --breakdown: no RATING_TIMING log lines")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=DIR",
                         help="also run mode NAME: rating with the kamailio.cfg and rating.cfg of folder DIR")
+    parser.add_argument("--agent", action="append", default=[], metavar="NAME=DIR",
+                        help="also run mode NAME: rating through the agent of source tree DIR (its own Redis and "
+                        "PostgreSQL)")
+    parser.add_argument("--redis-tcp", action="store_true", help="the agents reach Redis over TCP, not its Unix socket")
     parser.add_argument("--step", type=lambda text: [float(v) for v in text.split(",")], default=None,
                         metavar="R1,R2,...", help="find each mode's highest clean rate (0 failed, < 1%% of calls "
                         "retransmitted, in most rounds) among these rates; --step-seconds of calls per round")
@@ -963,6 +973,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="sip-load-"))
     redis = postgres = agent = carrier = None
+    others: list = []  # what --agent started: its agent, Redis and PostgreSQL
     results: dict[str, list[dict]] = {}
     json_costs = None
     stepped: dict[float, dict[str, list[dict]]] = {}
@@ -973,13 +984,20 @@ def main(argv: list[str] | None = None) -> int:
         auth_db = asyncio.run(create_auth_database(postgres.url, "kamailio_auth"))
         add_trusted_peer(auth_db, ACCOUNT, port=0)
         carrier = Carrier(workdir / "carrier", "uas.xml", "UDP").start()
-        agent = AgentProcess(redis.url, postgres.url, workdir, log_level="WARNING",
-                             workers=args.agent_workers if args.agent_workers is not None else 0,
-                             **({"max_in_flight": args.max_in_flight} if args.max_in_flight is not None else {}))
         catalog_file = workdir / "catalog.json"
         catalog_file.write_text(json.dumps(catalog(carrier.port)))
-        agent.cli("import", "catalog", str(catalog_file))
-        agent.start()
+
+        def start_agent(redis_server: RedisServer, database: PostgresServer, tree: Path | None) -> AgentProcess:
+            started = AgentProcess(redis_server.url if args.redis_tcp else redis_server.socket_url, database.url,
+                                   workdir, log_level="WARNING",
+                                   workers=args.agent_workers if args.agent_workers is not None else 0,
+                                   **({"max_in_flight": args.max_in_flight} if args.max_in_flight is not None else {}))
+            if tree is not None:
+                started.root = tree
+            started.cli("import", "catalog", str(catalog_file))
+            return started.start()
+
+        agent = start_agent(redis, postgres, None)
         components = {"agent": agent, "redis": redis, "postgres": postgres, "carrier": carrier}
 
         common = {"SIP_CHILDREN": args.children, "DEBUG_LEVEL": 1, "TM_FR_TIMER": 2000,
@@ -1000,23 +1018,39 @@ def main(argv: list[str] | None = None) -> int:
                 raise SetupError(f"--config {named}: expected NAME=DIR with NAME not relay or rating")
             modes[name] = (rating, Path(folder).resolve())
             wanted.append(name)
+        stacks = {mode: components for mode in modes}
+        for named in args.agent:
+            name, _, folder = named.partition("=")
+            if not folder or name in modes:
+                raise SetupError(f"--agent {named}: expected NAME=DIR with NAME not relay, rating or a --config name")
+            own_redis = RedisServer(workdir / f"redis-{name}").start()
+            others.append(own_redis)
+            own_postgres = PostgresServer(workdir / f"postgres-{name}").start()
+            others.append(own_postgres)
+            own_agent = start_agent(own_redis, own_postgres, Path(folder).resolve())
+            others.append(own_agent)
+            modes[name] = ({**rating, "RATING_AGENT_URL": f'"{own_agent.url}"'}, None)
+            stacks[name] = {"agent": own_agent, "redis": own_redis, "postgres": own_postgres, "carrier": carrier}
+            wanted.append(name)
         if args.breakdown:
             json_costs = [json_cost(workdir / f"json-bench-{n}") for n in range(3)]
         if args.step:
-            stepped = step_rates(wanted, modes, components, auth_db, workdir, args)
+            stepped = step_rates(wanted, modes, stacks, auth_db, workdir, args)
         for round_no in range(1, args.rounds + 1):
             if args.step:
                 break
             for mode in wanted:
                 defines, config_dir = modes[mode]
                 results.setdefault(mode, []).append(
-                    measure(mode, round_no, defines, config_dir, components, auth_db, workdir, args))
+                    measure(mode, round_no, defines, config_dir, stacks[mode], auth_db, workdir, args))
     except (SetupError, RuntimeError, TimeoutError) as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        for component in (agent, carrier, redis):
-            if component:
+        for component in (agent, carrier, redis, *others):
+            if isinstance(component, PostgresServer):
+                component.stop("immediate")
+            elif component:
                 component.stop()
         if postgres:
             postgres.stop("immediate")

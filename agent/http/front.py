@@ -55,9 +55,10 @@ def install(server: web.Server, app: web.Application) -> InFlight:
     setup and before it accepts connections: each connection takes the handler when it opens).
     Returns the worker's in-flight count (for tests and probes)."""
     through_app = server.request_handler
-    endpoints = rest.direct(app)
     flight = InFlight(app[SETTINGS].max_in_flight)
     ENDPOINTS.in_flight = flight
+    # bounded, each call endpoint counts itself in flight while it runs (rest.answer)
+    endpoints = rest.direct(app, flight if flight.limit else None)
     if not flight.limit:
         get = endpoints.get
 
@@ -76,13 +77,6 @@ def install(server: web.Server, app: web.Application) -> InFlight:
               for path, (_, operation) in rest.ENDPOINTS_BY_PATH.items()}
     route_of = routes.get
 
-    async def counted(endpoint, request: web.BaseRequest) -> web.StreamResponse:
-        flight.count += 1
-        try:
-            return await endpoint(request)
-        finally:
-            flight.count -= 1
-
     async def shed(request: web.BaseRequest, operation: str) -> web.StreamResponse:
         started = time.perf_counter()
         ENDPOINTS.shed(operation)
@@ -98,7 +92,7 @@ def install(server: web.Server, app: web.Application) -> InFlight:
                 endpoint, operation, sheddable = route
                 if sheddable and flight.count >= limit:
                     return shed(request, operation)
-                return counted(endpoint, request)
+                return endpoint(request)
         return through_app(request)
 
     server.request_handler = front_door

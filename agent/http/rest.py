@@ -46,55 +46,64 @@ Endpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 async def answer(request: web.BaseRequest, settings: Settings, operate: Callable[[dict], Awaitable[dict[str, Any]]],
-                 fields: tuple[Field, ...], operation: str) -> web.Response:
-    """One call operation: the request validated, performed, answered and counted."""
+                 fields: tuple[Field, ...], operation: str, flight: Any = None) -> web.Response:
+    """One call operation: the request validated, performed, answered and counted. While it runs, it counts
+    in `flight` (the front door's in-flight count, when bounded): here rather than in a coroutine around this one."""
     started = time.perf_counter()
-    refused = guarded(settings) and refusal(request, settings, operation)  # most deployments guard nothing
-    if refused:
-        response = detail(refused[1], refused[0])
-        if refused[0] == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="rating-agent"'
-    else:
-        try:
-            result = await operate(validate(parse_body(await request.read()), fields))
-        except Unparsable as exc:
-            response = detail(str(exc), 400)
-        except ValidationFailed as exc:
-            response = detail(exc.errors, 422)
-        except Conflict as exc:
-            response = detail(str(exc), 409)
-        except Invalid as exc:
-            response = detail([field_error(exc.field, exc.message)], 422)
-        except CatalogBehind as exc:
-            _WARNINGS.warn("%s: %s", request.path, exc)
-            response = detail(f"Rating is not available: {exc}", 503)
-        except UNAVAILABLE as exc:
-            _WARNINGS.warn("%s: Redis unavailable: %r", request.path, exc)
-            response = detail(UNAVAILABLE_DETAIL, 503)
-        except ResponseError as exc:  # LOADING, BUSY, OOM, READONLY, a script error: nothing was done
-            reason = str(exc).split(" ", 1)[0] or "error"
-            _WARNINGS.warn("%s: Redis refused: %s", request.path, exc)
-            response = detail(REFUSED_DETAIL.format(reason), 503)
+    if flight is not None:
+        flight.count += 1
+    try:
+        refused = guarded(settings) and refusal(request, settings, operation)  # most deployments guard nothing
+        if refused:
+            response = detail(refused[1], refused[0])
+            if refused[0] == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="rating-agent"'
         else:
-            if operation == "authorization":
-                ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
-            response = json_response(result)
+            try:
+                result = await operate(validate(parse_body(await request.read()), fields))
+            except Unparsable as exc:
+                response = detail(str(exc), 400)
+            except ValidationFailed as exc:
+                response = detail(exc.errors, 422)
+            except Conflict as exc:
+                response = detail(str(exc), 409)
+            except Invalid as exc:
+                response = detail([field_error(exc.field, exc.message)], 422)
+            except CatalogBehind as exc:
+                _WARNINGS.warn("%s: %s", request.path, exc)
+                response = detail(f"Rating is not available: {exc}", 503)
+            except UNAVAILABLE as exc:
+                _WARNINGS.warn("%s: Redis unavailable: %r", request.path, exc)
+                response = detail(UNAVAILABLE_DETAIL, 503)
+            except ResponseError as exc:  # LOADING, BUSY, OOM, READONLY, a script error: nothing was done
+                reason = str(exc).split(" ", 1)[0] or "error"
+                _WARNINGS.warn("%s: Redis refused: %s", request.path, exc)
+                response = detail(REFUSED_DETAIL.format(reason), 503)
+            else:
+                if operation == "authorization":
+                    ENDPOINTS.authorization(result["authorized"], result["unauthorized_reason"])
+                response = json_response(result)
+    finally:
+        if flight is not None:
+            flight.count -= 1
     ENDPOINTS.observe(operation, response.status, time.perf_counter() - started)
     return response
 
 
-def _bound(settings: Settings, transactions: Transactions, fields: tuple[Field, ...], operation: str) -> Endpoint:
+def _bound(settings: Settings, transactions: Transactions, fields: tuple[Field, ...], operation: str,
+           flight: Any) -> Endpoint:
     operate = getattr(transactions, operation)
 
     def endpoint(request: web.BaseRequest) -> Awaitable[web.Response]:
-        return answer(request, settings, operate, fields, operation)
+        return answer(request, settings, operate, fields, operation, flight)
 
     return endpoint
 
 
-def direct(app: web.Application) -> dict[str, Endpoint]:
-    """The endpoints by path, bound to the state of `app` (started), for the front door (front.py)."""
-    return {path: _bound(app[SETTINGS], app[TRANSACTIONS], fields, operation)
+def direct(app: web.Application, flight: Any = None) -> dict[str, Endpoint]:
+    """The endpoints by path, bound to the state of `app` (started), for the front door (front.py); each
+    counts in `flight` while it runs (see answer)."""
+    return {path: _bound(app[SETTINGS], app[TRANSACTIONS], fields, operation, flight)
             for path, (fields, operation) in ENDPOINTS_BY_PATH.items()}
 
 

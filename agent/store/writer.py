@@ -196,10 +196,19 @@ class OutboxWriter:
         on_dead: Callable[[int], None] | None = None,
         timeout: float = 30.0,
         forget_idle: float = 600.0,
+        linger: float = 0.25,
     ) -> None:
         self.redis = redis
         self.timeout = timeout  # seconds one batch may take (see database.deadline)
+        self.linger = linger
         self.claim_idle_ms = int(claim_idle * 1000)
+        # entries become claimable only after claim_idle: looking for them twice per claim_idle is enough
+        # (every pass did, one XAUTOCLAIM per batch)
+        self._claim_every = claim_idle / 2
+        self._next_claim = 0.0
+        # entries this consumer read and may not have acknowledged: only at start and after a pass that failed
+        # (every pass read its pending list, one XREADGROUP per batch)
+        self._unsure = True
         # a consumer silent this long holds no entries (they are claimed after claim_idle): it is gone
         self.forget_idle_ms = int(max(forget_idle * 1000, 2 * self.claim_idle_ms))
         self._next_forget = 0.0
@@ -273,26 +282,45 @@ class OutboxWriter:
             self.on_dead(len(refused))
 
     async def drain_once(self, block: int | None = None) -> int:
-        """Writes what is pending for this consumer, abandoned entries, then new ones. Returns the count."""
+        """Writes what may be pending for this consumer, abandoned entries (when due), then new ones. Returns
+        the count. A read that returns less than a batch ends its source: what arrives meanwhile is the next
+        pass's (one read fewer per batch)."""
         total = 0
-        for source in ("pending", "abandoned", "new"):
-            while True:
+        try:
+            for source in ("pending", "abandoned", "new"):
+                if source == "pending" and not self._unsure:
+                    continue
+                if source == "abandoned":
+                    if time.monotonic() < self._next_claim:
+                        await self._forget_dead_consumers()
+                        continue
+                    self._next_claim = time.monotonic() + self._claim_every
+                while True:
+                    if source == "pending":
+                        read = await self._read("0", None)
+                        entries = [e for e in read if e[1]]
+                    elif source == "abandoned":
+                        read = entries = await self._claim_abandoned()
+                    else:
+                        read = entries = await self._read(">", block if total == 0 else None)
+                    if entries:
+                        await self._deliver(entries)
+                        total += len(entries)
+                    if not entries or len(read) < self.batch:
+                        break
                 if source == "pending":
-                    entries = [e for e in await self._read("0", None) if e[1]]
-                elif source == "abandoned":
-                    entries = await self._claim_abandoned()
-                else:
-                    entries = await self._read(">", block if total == 0 else None)
-                if not entries:
-                    break
-                await self._deliver(entries)
-                total += len(entries)
+                    self._unsure = False
+        except BaseException:  # cancelled or failed in the middle of a batch: it may be pending, unacknowledged
+            self._unsure = True
+            raise
         return total
 
-    async def run(self, linger: float = 0.05) -> None:
-        """Writes until cancelled. After a pass that found little, it waits `linger` seconds so that the next
-        pass writes a larger batch: the per-batch cost (transaction, staging, acknowledgement) dominates
-        small batches, and a few tens of milliseconds more write-behind lag cost nothing."""
+    async def run(self, linger: float | None = None) -> None:
+        """Writes until cancelled. After a pass that found less than a batch, it waits `linger` seconds
+        (default: the writer's) so that the next pass writes a larger batch: the per-batch cost (transaction,
+        staging, merge, acknowledgement) dominates small batches. The entries wait in the stream, as durable
+        as Redis is: a writer stopped while it waits loses nothing (its final drain, or any writer, takes them)."""
+        linger = self.linger if linger is None else linger
         while True:
             try:
                 await ensure_group(self.redis)

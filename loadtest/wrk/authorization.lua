@@ -8,6 +8,8 @@
 -- them). RUN_ID (default: the start time) keeps the tags of one run apart from those of another against
 -- the same Redis, so no request is answered from the state of an earlier call with the same tag.
 -- At the end one line `WRK_JSON {...}` sums the run up for loadtest/bench_auth.py (latencies in us).
+-- With RATING_WRK_PACE_MS set, each connection waits that many ms before each request (a paced load, for the
+-- latency at a given rate: about connections * 1000 / pace requests/s while answers are much quicker).
 
 local accounts, destinations = {}, {}
 local run_id = tostring(os.time())
@@ -43,6 +45,13 @@ function init(args)
   math.randomseed(thread_id * 7919 + #run_id)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+end
+
+local pace = tonumber(os.getenv("RATING_WRK_PACE_MS") or "")
+if pace then
+  function delay()
+    return pace
+  end
 end
 
 function request()

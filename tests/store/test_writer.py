@@ -242,3 +242,49 @@ async def test_consumers_of_writers_long_gone_are_unregistered_and_the_live_one_
     writer._next_forget = 0.0
     await writer.drain_once()
     assert {c["name"] for c in await stack.redis.xinfo_consumers(OUTBOX, OUTBOX_GROUP)} == {writer.name}
+
+
+async def test_entries_waiting_out_the_linger_are_written_by_the_final_drain_when_the_writer_stops(stack):
+    """The writer waits `linger` after a small batch so that the next one is larger: the entries wait in the
+    stream meanwhile, and a writer stopped during the wait writes them in its final drain (nothing lost)."""
+    import asyncio
+
+    from agent.housekeeping import final_drain
+    from agent.store.database import create_pool
+    from agent.store.writer import OutboxWriter
+    from cache import OUTBOX
+
+    pool = await create_pool(stack.database_url, max_size=1)
+
+    async def pool_factory():
+        return pool
+
+    def move(tag: str) -> dict:
+        return {"e": "ledger", "tn": "default", "a": "a", "k": "set", "amt": "1", "bal": "1", "tt": tag, "at": "0"}
+
+    async def ledger_tags() -> set:
+        return {row["transaction_tag"] for row in await stack.database.fetch("SELECT transaction_tag FROM ledger")}
+
+    writer = OutboxWriter(stack.redis, pool_factory, linger=3600.0)
+    await stack.redis.xadd(OUTBOX, move("first"))
+    task = asyncio.create_task(writer.run())
+    try:
+        for _ in range(200):  # bounded: 10 s for the first batch
+            if await ledger_tags() == {"first"}:
+                break
+            await asyncio.sleep(0.05)
+        assert await ledger_tags() == {"first"}  # then it lingers for an hour
+        for tag in ("second", "third"):
+            await stack.redis.xadd(OUTBOX, move(tag))
+        await asyncio.sleep(0.2)
+        assert await ledger_tags() == {"first"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    try:
+        await final_drain(writer, timeout=10)
+    finally:
+        await pool.close()
+    assert await ledger_tags() == {"first", "second", "third"}
+    assert await stack.redis.xlen(OUTBOX) == 0
+    assert (await stack.redis.xpending(OUTBOX, "pg-writer"))["pending"] == 0
