@@ -98,6 +98,7 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
+    from .store.decks import ImportBuild
     from .store.importer import csv_rates, import_rates, open_text
 
     size = os.path.getsize(args.file) if args.file != "-" else None
@@ -118,17 +119,26 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
     def progress(lines: int) -> None:
         bar.set_postfix_str(f"{lines:,} rows", refresh=False)
 
+    def say(text: str) -> None:
+        if not args.quiet:
+            bar.write(text, file=sys.stderr)
+
+    # A deck changing many rates is built here, from the import's own rows while PostgreSQL writes them,
+    # and activated once committed (store/decks.ImportBuild).
+    build = ImportBuild(settings.decks, say)
     try:
         with open_text(args.file) as handle:
             rows = csv_rates(counted(handle), args.tenant, args.pricelist, args.carrier, progress)
 
             async def work(connection):
-                result = await import_rates(connection, rows, args.replace)
-                return result
+                return await import_rates(connection, rows, args.replace, build=build)
 
             result = asyncio.run(_with_database(settings, work))
     finally:
         bar.close()
+    for info in result.built:
+        print(f"deck of tenant {info.tenant!r}: {info.rates:,} rates, {info.bytes / 1e6:.1f} MB, activated"
+              f" (covers change {info.covers}) in {info.folder}", file=sys.stderr)
     asyncio.run(_publish(settings, result.tenants))
     print(f"rates={result.rows} removed={result.replaced}")
 

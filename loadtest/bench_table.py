@@ -40,6 +40,7 @@ import gc
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -115,6 +116,24 @@ def memory(agent, deck_dir: str) -> dict:
     pids = agent.pids()
     return {"processes": len(pids), "pss": sum(pss_kb(p) for p in pids) * 1024,
             "deck_pss": sum(pss_kb(p, deck_dir) for p in pids) * 1024}
+
+
+POSTGRES_PID: int | None = None  # the bench's PostgreSQL server (its CPU time, with its ended backends')
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process and of its children, ended (waited for) or running; 0 if gone."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    for n, current in enumerate(_children(pid)):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times = [int(v) for v in fields[11:15]]  # utime, stime, cutime, cstime
+        total += sum(times if n == 0 else times[:2])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def drop_page_cache(folder: Path) -> None:
@@ -248,6 +267,8 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
     workers = workers_of(agent)
     result: dict = {"workers": len(workers)}
     before = await _changes(watcher)
+    # CPU used by the import (the CLI) and by PostgreSQL meanwhile: the work, whatever else shares the cores
+    cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(POSTGRES_PID))
     wall, started = time.time(), time.perf_counter()
     deadline = started + args.timeout
     if args.load == "copy":
@@ -289,14 +310,21 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
             process.kill()
             await process.wait()
     _, errors = output.result()
-    built = re.search(r"^(.*)deck of tenant '[^']*': (\d+) rates read in ([\d.]+)s, built in ([\d.]+)s",
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cli_cpu"] = children.ru_utime + children.ru_stime - cpu_before[0].ru_utime - cpu_before[0].ru_stime
+    result["postgres_cpu"] = cpu_seconds(POSTGRES_PID) - cpu_before[1]
+    built = re.search(r"^(.*)deck of tenant '[^']*': (\d+) rates read in ([\d.]+)s, built in ([\d.]+)s(.*)$",
                       errors.decode(), re.M)
     result["built_by"] = "the agent's deck builder (housekeeper)" if built is None else f"`{' '.join(argv[:2])}`"
     if built is not None:
         result.update(rows=int(built.group(2)), read=float(built.group(3)), build=float(built.group(4)))
+        # built by the import itself, from its own rows while PostgreSQL writes them (store/decks.ImportBuild)
+        result["during_import"] = "during its merge" in built.group(5)
         logged = _log_moment(built.group(1))
         if logged is not None:  # the build's start, from the log line written at its end
-            result["build_start"] = logged - wall - result["read"] - result["build"]
+            result["build_start"] = logged - wall - result["build"]
+            if not result["during_import"]:
+                result["build_start"] -= result["read"]
     result.update({name: moment - started for name, moment in moments.items()})
     result["first_authorized"] = None if authorized is None else authorized - started
     return result
@@ -437,10 +465,24 @@ def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict
         lines.append(f"| load into PostgreSQL (COPY, keys added back) | {loaded['copy_seconds']:.1f} |"
                      " bench's own COPY, not the CLI import |")
     import_end = loaded.get("build_start", loaded["bulk"])
-    if args.load == "cli":
+    if loaded.get("during_import"):  # the import builds the deck itself while PostgreSQL merges
+        begun = loaded.get("build_start", float("nan"))
+        lines += [
+            f"| (a) import into PostgreSQL (`python -m agent import rates`), building the deck alongside |"
+            f" {loaded['bulk']:.1f} | start to its commit (`bulk` change visible) |",
+            f"| (a) of which: the CSV staged and the rates read for the build, until the build starts |"
+            f" {begun:.1f} | start to the build's start (CLI log line) |",
+            f"| (a) of which: the rates read for the build (COPY out of the import's transaction, parsed) |"
+            f" {loaded['read']:.1f} | CLI log line |",
+            f"| (a) of which, in a thread beside PostgreSQL's writes: building the files | {loaded['build']:.1f} |"
+            " CLI log line |",
+            f"| (a) of which: PostgreSQL's writes left after the build's start | {loaded['bulk'] - begun:.1f} |"
+            " the build's start to the commit |",
+        ]
+    elif args.load == "cli":
         lines.append(f"| (a) import into PostgreSQL (`python -m agent import rates`) | {loaded['bulk']:.1f} |"
                      " start to its `bulk` change visible |")
-    if "read" in loaded:
+    if "read" in loaded and not loaded.get("during_import"):
         between = max(0.0, import_end - loaded["bulk"])
         lines += [
             f"| (b) deck build: from the `bulk` change to the build's start | {between:.1f} |"
@@ -448,12 +490,17 @@ def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict
             f"| (b) deck build: reading PostgreSQL (`read_columns`) | {loaded['read']:.1f} | CLI log line |",
             f"| (b) deck build: building the files (`build_columns`) | {loaded['build']:.1f} | CLI log line |",
         ]
+    whole = "(b) after the commit: the build's end awaited, the deck sealed and activated" \
+        if loaded.get("during_import") else "(b) deck build, whole"
     lines += [
-        f"| (b) deck build, whole: `bulk` change to the `deck` change | {loaded['deck'] - loaded['bulk']:.1f} |"
+        f"| {whole}: `bulk` change to the `deck` change | {loaded['deck'] - loaded['bulk']:.1f} |"
         f" polling catalog_changes; built by {loaded['built_by']} |",
         f"| (c) activation: `deck` change to every worker mapping it | {loaded['mapped'] - loaded['deck']:.2f} |"
         f" polling /proc/PID/maps of {loaded['workers']} workers |",
         f"| upload start to every worker rating with the deck | **{loaded['mapped']:.1f}** | (a)+(b)+(c) |",
+        f"| CPU seconds meanwhile: the import's process / PostgreSQL (all its processes) |"
+        f" {loaded.get('cli_cpu', float('nan')):.1f} / {loaded.get('postgres_cpu', float('nan')):.1f} |"
+        " /proc, getrusage: the work, whatever else shares the cores |",
         f"| upload start to the first authorization rated on it | {loaded['first_authorized'] or float('nan'):.1f}"
         " | polling /v1/authorization |",
         f"| agent start with the deck built, to the first authorization | **{start['first_authorized']:.2f}** |"
@@ -540,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
             postgres = PostgresServer(workdir / "postgres")
             stops.append(lambda: postgres.stop("immediate"))
             postgres.start()
+            global POSTGRES_PID
+            POSTGRES_PID = postgres.process.pid
             gen = generated(args, workdir, log)
             out, seconds = run_cli(redis.url, postgres.url, "import", "catalog", str(gen.catalog))
             log(f"catalog: {out} ({seconds:.1f}s); starting the agent without rates")

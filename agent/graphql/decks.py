@@ -4,7 +4,8 @@ Query parameters: `carrier_tag` (for rows without one), `tenant` (default "defau
 deck becomes the whole tariff of its pricelist/carrier pairs). Every row belongs to the pricelist and
 tenant of the URL. The body is parsed as it arrives and copied into PostgreSQL, merged in one transaction;
 a deck changing few rates (importer.OVERLAY_LIMIT) is laid over the tenant's deck as rate changes, a larger
-one makes the tenant's deck built (in a child process) and activated; the answer comes once every agent
+one has the tenant's deck built from the import's own rows while PostgreSQL merges them (in a thread of
+this process, store/decks.ImportBuild) and activated once committed; the answer comes once every agent
 rates with it, and each call is rated entirely on the old rates or on the new ones. Answers
 `{"rows", "removed", "seconds"}`; a bad row answers 422 naming its line, and nothing is changed.
 Needs the management token when one is configured.
@@ -121,7 +122,9 @@ async def upload_deck(request: web.Request) -> web.Response:
     started = time.perf_counter()
     try:
         async with request.app[DATABASE].acquire() as connection:
-            result = await import_rates(connection, deck_rows(request.content, tenant, pricelist, carrier), replace)
+            # a deck changing many rates is built here while PostgreSQL merges it (store/decks.ImportBuild)
+            result = await import_rates(connection, deck_rows(request.content, tenant, pricelist, carrier), replace,
+                                        build=decks.ImportBuild(request.app[SETTINGS].decks))
     except ImportError_ as exc:
         return detail(str(exc), 422)
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:

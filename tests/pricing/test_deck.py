@@ -87,6 +87,33 @@ def test_a_deck_folder_appears_whole_or_not_at_all(tmp_path):
     assert not (tmp_path / "v1.partial").exists()
 
 
+@settings(max_examples=80, deadline=None)
+@given(items=st.lists(rates, max_size=30, unique_by=lambda r: (r.pricelist_tag, r.carrier_tag, r.prefix)),
+       seed=st.integers(0, 2**32))
+def test_the_deck_files_depend_on_the_rates_not_on_their_order(tmp_path_factory, items, seed):
+    """A deck built from an import's rows and one read back from PostgreSQL come in different orders
+    (store/decks.ImportBuild): the files must be the same all the same."""
+    import random
+
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    folders = [tmp_path_factory.mktemp("order") / "v" for _ in range(2)]
+    for folder, order in zip(folders, (items, shuffled)):
+        deck.build(folder, "t", order, 7)
+    for name in ("columns.bin", "descriptions.marisa", "meta.json", "numbers.marisa", "raw.marisa"):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+
+
+def test_a_deck_written_apart_is_sealed_with_what_it_covers(tmp_path):
+    partial = tmp_path / "import-1.partial"
+    deck.write_columns(partial, "t", deck.columns_of([Rate("t", "p", "c", "39", rate=5)]))
+    assert not (tmp_path / "12").exists()
+    info = deck.seal(partial, tmp_path / "12", 12)
+    assert (info.covers, info.rates, info.keys) == (12, 1, 1) and not partial.exists()
+    mapped = deck.Deck(tmp_path / "12")
+    assert mapped.covers == 12 and mapped.group(False, "39")[0].rate == 5
+
+
 _SPELLINGS = ["39", "+39", "tel:+39", "sip:39", "39-", "3-9", "(39)"]  # one key, written seven ways
 
 
