@@ -24,6 +24,7 @@ from .config import Settings
 from .logs import Throttled
 from .pricing.catalog import Catalog
 from .pricing.plan import Party, Plan, plan_call
+from .pricing.rate import tariff_numbers
 
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,9 @@ class Fragments:
         for party in parties:
             account, tags, _ = self._account(party.account, party.inbound)
             tariff, snapshot = self._rate(party.rate)[:2]
+            if party.timeline is not None:  # time windows: the rates in force over the call, per call, kept
+                tariff = orjson.dumps(tariff_numbers(party.timeline))  # with its rate for the record's explain
+                snapshot = orjson.dumps({**party.rate.snapshot(), "timeline": tariff_numbers(party.timeline)})
             lua.append(_PARTY % (
                 account, party.inbound, party.primary, party.spends_balance, tariff))
             details.append(_DETAILS % (snapshot, tags))
@@ -209,10 +213,13 @@ class Transactions:
         if self._fragments.catalog is not catalog:
             self._fragments = Fragments(catalog)
         tenant = request["tenant"]
+        dated = catalog.table(tenant).dated
         plan = plan_call(
             catalog, tenant, request["account_tag"], request["destination_account_tag"],
-            request.get("destination"), _moment(at) if catalog.table(tenant).dated else _UNDATED,
+            request.get("destination"), _moment(at) if dated else _UNDATED,
             request.get("source"),  # the caller: rates with a source prefix match it
+            # time windows: a party's timeline covers the answer delay and the longest grant
+            self.settings.authorization_ttl + self.settings.max_units if dated else 0,
         )
         return plan, self._fragments
 
@@ -303,8 +310,21 @@ class Transactions:
 
     async def begin(self, request: dict[str, Any]) -> dict[str, Any]:
         at = to_ms(request["timestamp_begin"])
-        outcome, _ = await self._settle(request, at, True,
-                                        bool(request["account_tag"] or request["destination_account_tag"]))
+        if not (request["account_tag"] or request["destination_account_tag"]):
+            outcome, _ = await self._settle(request, at, True, False)
+            return {"ok": outcome.ok, **_echo(request)}
+        # Most begins follow their authorization: sent unplanned first ('-'), Redis begins the call it holds;
+        # the plan and the parties' JSON are needed only when it answers `missing` (no call, or one a new
+        # authorization may replace: cache/rating.lua, authorize)
+        tenant, tag = request["tenant"], request["transaction_tag"]
+        reply = await self.redis.call(*fcall(
+            "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG),
+            (now_ms(), self._limits, 1, tenant, tag, "-", "{}", "", "", at, 0, ""),
+        ))
+        if reply[1] == "missing":
+            outcome, _ = await self._settle(request, at, True, True)
+        else:
+            outcome = _settled(reply, request)
         return {"ok": outcome.ok, **_echo(request)}
 
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:

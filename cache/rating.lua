@@ -39,7 +39,9 @@ Pricing walks the price schedule the agent sends with each party (agent/pricing/
 pricelist with decimal prices two more, {unit (10^scale), rounding (0 up, 1 half_even, 2 down)}: the
 amounts are then in 1/unit of money and the capped total is rounded once (money). The kernel
 makes it from the rate (billing scheme, free increments, minimum, cap); this library only walks it, and the
-tests drive these functions against the kernel's walks and decision (agent/pricing/decision.py). Every amount
+tests drive these functions against the kernel's walks and decision (agent/pricing/decision.py). A party
+priced by time windows sends a timeline instead: {{start_s, nine numbers}, ...} (see in_force), walked from
+the authorization's moment for its units and reservation and from the answer for its charge. Every amount
 stays below 2**53 (exact in a double): rates are bounded at import for calls up to LONGEST_CALL seconds,
 and --max-units may not exceed it (settings_of); a scaled amount stays below 2^53 - unit, so a budget
 (at most the fee of a call the balance cannot pay + unit - 1) is exact too.
@@ -96,10 +98,114 @@ local function budget(available, unit, rounding)
   return available * unit + unit / 2 - math.fmod(available, 2)
 end
 
--- agent/pricing/rate.py walk_fee
-local function fee(tariff, duration)
+-- Time windows (agent/pricing/rate.py Timeline): a party priced by windowed rates sends a list of pieces
+-- {start (epoch s), the nine numbers of a schedule}, each in force from its start on; the walks below follow
+-- rate.py in_force, walk_amount_at, walk_units_at, the call's seconds counted from its answer (start_ms).
+local function in_force(line, start_ms)
+  local found = {}
+  for index, piece in ipairs(line) do
+    local offset = 0
+    if index > 1 then
+      offset = math.max(0, math.ceil((piece[1] * 1000 - start_ms) / 1000))
+    end
+    local schedule = {piece[2], piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9], piece[10]}
+    if #found > 0 and offset <= found[#found][1] then
+      found[#found] = {offset, schedule}
+    else
+      found[#found + 1] = {offset, schedule}
+    end
+  end
+  return found
+end
+
+-- rate.py _priced: the price of the first `seconds` billed seconds, connect fee, minimum and cap aside
+local function priced(s, seconds)
+  if seconds <= 0 then
+    return 0
+  end
+  if seconds <= s[2] then
+    return s[3]
+  end
+  return s[3] + math.ceil((seconds - s[2]) / s[4]) * s[5]
+end
+
+local function fee_at(pieces, duration)
+  local head = pieces[1][2]
+  local billed = math.max(duration, head[6], 0)
+  local amount = head[1]
+  for index, piece in ipairs(pieces) do
+    if piece[1] >= billed then
+      break
+    end
+    local upto = billed
+    if pieces[index + 1] and pieces[index + 1][1] < billed then
+      upto = pieces[index + 1][1]
+    end
+    amount = amount + priced(piece[2], upto) - priced(piece[2], piece[1])
+  end
+  if head[7] >= 0 and amount > head[7] then
+    amount = head[7]
+  end
+  if head[8] > 1 then
+    return money(amount, head[8], head[9])
+  end
+  return amount
+end
+
+local function units_at(pieces, available, cap)
+  local head = pieces[1][2]
+  local free = true
+  for _, piece in ipairs(pieces) do
+    local s = piece[2]
+    if s[1] ~= 0 or s[3] ~= 0 or s[5] ~= 0 then
+      free = false
+    end
+  end
+  if free or head[7] == 0 then
+    return cap
+  end
+  if available <= 0 or available < fee_at(pieces, 0) then
+    return 0
+  end
+  if fee_at(pieces, cap) <= available then
+    return cap
+  end
+  local spare = available - head[1]
+  if head[8] > 1 then
+    spare = budget(available, head[8], head[9]) - head[1]
+  end
+  for index, piece in ipairs(pieces) do
+    local s = piece[2]
+    local reach = spare + priced(s, piece[1])  -- the most this schedule's price may reach in the segment
+    local paid_through = false
+    if pieces[index + 1] then
+      local upto = priced(s, pieces[index + 1][1])
+      if upto <= reach then
+        spare = reach - upto
+        paid_through = true
+      end
+    end
+    if not paid_through then
+      if reach < s[3] or s[5] == 0 then
+        return 0
+      end
+      local paid = math.floor((reach - s[3]) / s[5])
+      if paid * s[5] > reach - s[3] then
+        paid = paid - 1
+      end
+      return s[2] + paid * s[4]
+    end
+  end
+  return cap
+end
+
+-- agent/pricing/rate.py walk_fee (walk_fee_at for a timeline, answered at start_ms)
+local function fee(tariff, duration, start_ms)
   if type(tariff) ~= 'table' then
     return 0
+  end
+  if type(tariff[1]) == 'table' then
+    return fee_at(in_force(tariff, start_ms or 0), duration)
   end
   local s = schedule_of(tariff)
   local billed = math.max(duration, s[6], 0)
@@ -119,8 +225,11 @@ local function fee(tariff, duration)
   return amount
 end
 
--- agent/pricing/rate.py walk_units
-local function max_units(tariff, available, cap)
+-- agent/pricing/rate.py walk_units (walk_units_at for a timeline, the call answered at start_ms)
+local function max_units(tariff, available, cap, start_ms)
+  if type(tariff[1]) == 'table' then
+    return units_at(in_force(tariff, start_ms or 0), available, cap)
+  end
   local s = schedule_of(tariff)
   if s[7] == 0 or (s[1] == 0 and s[3] == 0 and s[5] == 0) then
     return cap
@@ -266,9 +375,9 @@ local function release(doc)
 end
 
 -- Charges every party for `duration` seconds (fees are already capped by the caller) and releases the call.
-local function charge(doc, duration, outbox, at)
+local function charge(doc, duration, outbox, at, begin_ms)
   for _, party in ipairs(parties_of(doc)) do
-    local amount = fee(party.r, duration)
+    local amount = fee(party.r, duration, begin_ms)  -- a timeline is priced from the answer
     party.f = amount
     if amount ~= 0 then
       local balance = redis.call('HINCRBY', party.k, 'balance', -amount)
@@ -295,7 +404,7 @@ local function begin_call(doc, key, deadlines, begin_ms, grace)
 end
 
 -- Decides a new authorization from the parties planned by the agent (limits, balances, units).
-local function decide(parties, reason, refused_tag, share, cap, version)
+local function decide(parties, reason, refused_tag, share, cap, version, at)
   local units = cap
   local balance = 0
   for index, party in ipairs(parties) do
@@ -325,7 +434,7 @@ local function decide(parties, reason, refused_tag, share, cap, version)
       elseif party.c == 1 then
         local granted = 0
         if type(party.r) == 'table' then
-          granted = max_units(party.r, share_of(available + party.cr, share), cap)
+          granted = max_units(party.r, share_of(available + party.cr, share), cap, at)
         end
         if granted <= 0 then
           reason = 'BALANCE_INSUFFICIENT'
@@ -391,14 +500,31 @@ end
 
 -- KEYS call, deadlines, outbox, catalog[, the refused account (see stale)]
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
---      agent could not plan: a begin with only the transaction tag), meta_json, refusal reason ('' if
---      none), refused tag, at_ms (authorization or begin time), catalog version planned on, call identity
---      (for a call created here)
+--      agent could not plan: a begin with only the transaction tag; '-' for a begin not planned yet, see
+--      below), meta_json, refusal reason ('' if none), refused tag, at_ms (authorization or begin time),
+--      catalog version planned on, call identity (for a call created here)
+-- A begin usually follows its authorization: the agent sends it unplanned first ('-'), and it begins the call
+-- Redis holds; only when there is none, or one a new authorization may replace, it answers `missing`, and
+-- the agent plans the call and sends it again (the begin then authorizes the call too).
 local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
   local settings = settings_of(args[2])
   local now, ttl, share, cap = tonumber(args[1]), settings.ttl, settings.share, settings.cap
   local beginning, retention, grace, at = args[3] == '1', settings.retention, settings.grace, tonumber(args[10])
+  if beginning then
+    -- an open call in field form is begun from three of its fields: its parties and meta are neither
+    -- read nor decoded
+    local held = redis.call('HMGET', key, 'st', 'u', 'bal')
+    if held[1] == 'authorized' or held[1] == 'begun' then
+      local open = {st = held[1], u = num(held[2]), bal = num(held[3]), rs = '', rt = ''}
+      local ok = begin_call(open, key, deadlines, at, grace)
+      if open.st ~= held[1] then
+        save_begun(key, open)
+      end
+      return reply(ok, open)
+    end
+  end
+  local unplanned = args[6] == '' or args[6] == '-'
   local doc, meta = load(key)
   local stored = doc
   if doc and (not REUSABLE[doc.st] or args[6] == '') then
@@ -416,7 +542,7 @@ local function authorize(keys, args)
     end
     return reply(ok, doc)
   end
-  if args[6] == '' then
+  if unplanned then
     return {0, 'missing', '', '', 0, 0}
   end
   local version = tonumber(args[11])
@@ -425,7 +551,7 @@ local function authorize(keys, args)
     return outdated
   end
   local parties = cjson.decode(args[6])
-  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap, version)
+  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap, version, at)
   if reason == nil then
     if units then
       return {0, 'stale', '', '', 0, units}
@@ -445,7 +571,7 @@ local function authorize(keys, args)
   for index, party in ipairs(parties) do
     party.rv = 0
     if party.c == 1 then
-      party.rv = fee(party.r, units)
+      party.rv = fee(party.r, units, at)
     end
     reserved[index] = int(party.rv)
     if party.rv ~= 0 then
@@ -481,7 +607,7 @@ local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms,
       duration = doc.u
     end
     release(doc)
-    charge(doc, duration, outbox, now)
+    charge(doc, duration, outbox, now, doc.tb)
     doc.st = 'ended'
     doc.te = end_ms
     doc.d = duration
@@ -515,7 +641,7 @@ local function finish_unbegun(key, doc, meta, deadlines, outbox, retention, end_
   if duration > doc.u then
     duration = doc.u
   end
-  charge(doc, duration, outbox, now)
+  charge(doc, duration, outbox, now, begin_ms)
   doc.st = 'ended'
   doc.tb = begin_ms
   doc.te = math.max(end_ms, begin_ms)
@@ -634,7 +760,7 @@ local function record(keys, args)
   for _, party in ipairs(parties) do
     party.rv = 0
   end
-  charge(doc, duration, outbox, tonumber(args[1]))
+  charge(doc, duration, outbox, tonumber(args[1]), begin_ms)
   save(key, doc, outbox, tonumber(args[2]), args[6])
   return reply(true, doc)
 end
@@ -722,8 +848,13 @@ end
 -- The walks alone, for the tests that hold them to the kernel's on many schedules quickly (the decisions
 -- themselves are tested through rating_authorize and rating_finish).
 -- ARGV the schedule's numbers (7, 9 with decimal prices, or a legacy tariff's 4), then duration, available,
---      share_pct, cap
+--      share_pct, cap; or a timeline as JSON, then duration, available, share_pct, cap, answer (ms)
 local function price(keys, args)
+  if string.sub(args[1], 1, 1) == '[' then
+    local line, start = cjson.decode(args[1]), tonumber(args[6])
+    return {fee(line, tonumber(args[2]), start),
+            max_units(line, share_of(tonumber(args[3]), tonumber(args[4])), tonumber(args[5]), start)}
+  end
   local tariff = {}
   for index = 1, #args - 4 do
     tariff[index] = tonumber(args[index])

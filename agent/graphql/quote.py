@@ -15,7 +15,7 @@ from cache import account_key, open_calls_key
 from ..keys import CATALOG, SETTINGS
 from ..pricing.catalog import Catalog
 from ..pricing.plan import Reason, plan_call
-from ..pricing.quote import Explanation, explain, priced, rate_of_snapshot, standing_of
+from ..pricing.quote import Explanation, explain, priced, rate_of_snapshot, standing_of, timeline_of_snapshot
 from ..store.management import ManagementError
 from .accounts import rate_dict
 from .common import app_of, query, reading, redis_of
@@ -79,7 +79,8 @@ async def resolve_quote(_, info, account_tag, destination, duration, tenant="def
         raise ManagementError(f"duration: must be between 0 and {settings.max_units} seconds (--max-units)")
     at = at or datetime.now(timezone.utc)
     catalog = await current_catalog(info, tenant, account_tag)
-    plan = plan_call(catalog, tenant, account_tag, None, destination, at, source)  # as an authorization plans it
+    # as an authorization plans it; time windows crossed within `duration` give the parties their timelines
+    plan = plan_call(catalog, tenant, account_tag, None, destination, at, source, duration)
     if plan.refusal is Reason.NOT_FOUND and plan.refused_tag == account_tag:
         raise ManagementError(f"account_tag: Account with tag = {account_tag} not found in tenant {tenant}!")
     answer = {
@@ -93,7 +94,8 @@ async def resolve_quote(_, info, account_tag, destination, duration, tenant="def
         answer["unauthorized_account_tag"] = plan.refused_tag
         return answer
     standings = await _standings(info, plan.parties)
-    planned = priced(plan, duration, standings, settings.reservation_share, settings.max_units)
+    planned = priced(plan, duration, standings, settings.reservation_share, settings.max_units,
+                     int(at.timestamp() * 1000))
     decision = planned.decision
     parties = [{
         "account_tag": p.party.account.account_tag, "primary": p.party.primary, "fee": p.fee,
@@ -131,6 +133,11 @@ async def resolve_explain(record, info):
                 " AND call_id = $3 AND account_tag = $4", record.get("tenant"), record.get("transaction_tag"),
                 record.get("call_id") or "", record.get("account_tag"))
         record = {**record, **(dict(stored) if stored is not None else {})}
+    line, begin = timeline_of_snapshot(snapshot), record.get("timestamp_begin")  # a windowed call: its timeline
+    if line is not None and begin is not None:
+        if isinstance(begin, str):
+            begin = datetime.fromisoformat(begin)
+        return explanation_dict(explain(rate, int(record["duration"]), line, int(begin.timestamp() * 1000)), record)
     return explanation_dict(explain(rate, int(record["duration"])), record)
 
 

@@ -7,6 +7,12 @@ Prices are stored as integers of the pricelist's money scale (`connect_fee`, `ra
 A rate may have a `source_prefix` (origin rating): it is part of the rate's identity (migration 009), so
 a rate named by tenant, pricelist_tag, carrier_tag and prefix is the one of the `source_prefix` given
 too (none: the rate for any origin, the only one a Canyan deck has).
+
+A rate may have a time window (peak / off-peak / weekend, agent/pricing/rate.py): `weekdays` (`mon-fri`,
+`sat,sun`), `time_start` and `time_end` (`08:00`, `18:00`, end exclusive; an end below the start wraps over
+midnight), judged in the pricelist's `timezone`. They are written as text and stored canonically as numbers
+(weekday bits, seconds of the day; migration 011); the window is part of the rate's identity too, so a rate
+named by its key is the one of the window given (none: the rate without a window).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import uuid
 from ariadne import ObjectType
 
 from ..store import management as repo
+from ..pricing.rate import DAY, WindowError, clock_of, clock_text, weekdays_of, weekdays_text, window_checked
 from ..store.importer import check_scheme, scaled_price, source_prefix
 from ..store.management import ManagementError
 from .common import crud, mutation, query, reading
@@ -25,8 +32,35 @@ pricelist_rate = ObjectType("PricelistRate")
 # The management entity with the source prefix, a column written like the others; the natural key stays
 # (pricelist_tag, carrier_tag, prefix) for the messages and checks, and `_named` adds the source prefix.
 RATES = dataclasses.replace(
-    repo.RATES, columns=(*repo.RATES.columns, "source_prefix"), exact=(*repo.RATES.exact, "source_prefix"),
-    cleared={**repo.RATES.cleared, "source_prefix": ""})
+    repo.RATES, columns=(*repo.RATES.columns, "source_prefix", "weekdays", "time_start", "time_end"),
+    exact=(*repo.RATES.exact, "source_prefix"),
+    cleared={**repo.RATES.cleared, "source_prefix": "", "weekdays": 0, "time_start": 0, "time_end": DAY})
+_WINDOW = ("weekdays", "time_start", "time_end")
+
+
+def _window(args: dict) -> dict:
+    """`args` with the window fields given as text turned into the numbers stored (a GraphQL error naming the
+    field otherwise); a null stays (it clears the field)."""
+    if not any(args.get(name) is not None for name in _WINDOW):
+        return args
+    args = dict(args)
+    try:
+        if args.get("weekdays") is not None:
+            args["weekdays"] = weekdays_of(args["weekdays"])
+        for name in ("time_start", "time_end"):
+            if args.get(name) is not None:
+                args[name] = clock_of(args[name], name)
+    except ValueError as exc:
+        raise ManagementError(f"{exc}!") from None
+    return args
+
+
+def _canonical(values: dict) -> tuple[int, int, int]:
+    """The stored window of a rate's (numeric) window fields, None or absent: not set."""
+    try:
+        return window_checked(values.get("weekdays") or 0, values.get("time_start"), values.get("time_end"))
+    except WindowError as exc:
+        raise ManagementError(f"{exc}!") from None
 
 
 def _origin(args: dict) -> dict:
@@ -40,11 +74,13 @@ def _origin(args: dict) -> dict:
 
 
 async def _named(connection, args: dict) -> str | None:
-    """The id of the rate named by tenant + key + source prefix (none given: ''), or None."""
+    """The id of the rate named by tenant + key + source prefix (none given: '') + window (none: the whole
+    week), or None."""
     return await connection.fetchval(
         "SELECT id::text FROM pricelist_rates WHERE tenant = $1 AND pricelist_tag = $2 AND carrier_tag = $3"
-        " AND prefix = $4 AND source_prefix = $5", args.get("tenant") or "default", args["pricelist_tag"],
-        args["carrier_tag"], args["prefix"], args.get("source_prefix") or "")
+        " AND prefix = $4 AND source_prefix = $5 AND weekdays = $6 AND time_start = $7 AND time_end = $8",
+        args.get("tenant") or "default", args["pricelist_tag"], args["carrier_tag"], args["prefix"],
+        args.get("source_prefix") or "", *_canonical(args))
 
 
 def _keyed(args: dict) -> bool:
@@ -73,7 +109,7 @@ async def prepare(connection, args: dict) -> dict:
     """The references (`_references`), the rate named with its source prefix, then the decimal prices as
     integers of the pricelist's scale."""
     decimals = {name: args[name] for name in _DECIMALS if name in args}
-    args = await _references(connection, _origin({k: v for k, v in args.items() if k not in _DECIMALS}))
+    args = await _references(connection, _window(_origin({k: v for k, v in args.items() if k not in _DECIMALS})))
     if _keyed(args):
         # named by its key: the rate of this origin, else a new one (never another origin's rate, which
         # the key alone would find)
@@ -141,6 +177,8 @@ async def check(connection, values: dict, old: dict | None) -> None:
     """The import's checks of the pricing columns, on the rate as it will be stored (a null clears a column
     to its default)."""
     merged = {**(old or {}), **values}
+    if old is None or any(name in values for name in _WINDOW):  # stored canonically (window_checked)
+        values.update(zip(_WINDOW, _canonical(merged)))
     scale = await _scale_of(connection, merged.get("tenant") or "default", merged.get("pricelist_tag"))
     try:
         check_scheme({name: value for name, value in merged.items() if value is not None}, scale)
@@ -157,14 +195,14 @@ def _by_origin(resolvers: dict, name: str) -> None:
     inner = resolvers[name]
 
     async def resolve(parent, info, **args):
-        args = _origin(args)
+        args = _window(_origin(args))
         if _keyed(args):
             async with reading(info) as connection:
                 found = await _named(connection, args)
             if found is None:
                 return None
             args = {"id": found}
-        return await inner(parent, info, **{k: v for k, v in args.items() if k != "source_prefix"})
+        return await inner(parent, info, **{k: v for k, v in args.items() if k not in ("source_prefix", *_WINDOW)})
 
     resolvers[name] = resolve
 
@@ -213,5 +251,24 @@ def _decimal_field(name: str) -> None:
 
 for _name in _DECIMALS.values():
     _decimal_field(_name)
+
+
+# A stored rate holds its window as numbers; a rate of the catalog (accounts.rate_dict, Rate.snapshot) as text.
+@pricelist_rate.field("weekdays")
+def resolve_weekdays(rate, info):
+    found = rate.get("weekdays")
+    return found if isinstance(found, str) else weekdays_text(found or 0)
+
+
+@pricelist_rate.field("time_start")
+def resolve_time_start(rate, info):
+    found = rate.get("time_start")
+    return found if isinstance(found, str) else clock_text(found or None)
+
+
+@pricelist_rate.field("time_end")
+def resolve_time_end(rate, info):
+    found = rate.get("time_end")
+    return found if isinstance(found, str) else None if found is None or found == DAY else clock_text(found)
 
 bindables = [pricelist_rate]

@@ -5,14 +5,16 @@ The Redis library is the one that runs; this is its definition, and the property
 functions against it (tests/cache/test_library.py, tests/pricing/test_decimal_prices.py for scaled
 tariffs). Money is integers only: a schedule with decimal prices is walked in its own units and every fee,
 units' price and reservation here is already rounded to money by the walks (rate.walk_fee, walk_units); see
-rate.py for the bounds that keep every amount exact in Redis.
+rate.py for the bounds that keep every amount exact in Redis. A party priced by time windows has a
+timeline (rate.Timeline) instead of a schedule: the authorization walks it from its own moment (`at`, ms),
+an end from the call's answer (`begin`), as the Redis library does.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from .rate import Schedule, walk_fee, walk_units
+from .rate import Tariff, tariff_fee, tariff_units
 
 
 class Standing(NamedTuple):
@@ -21,7 +23,7 @@ class Standing(NamedTuple):
     available: int  # balance − reserved
     credit: int = 0  # how far below zero it may go (a POSTPAID credit limit)
     spends: bool = True  # balance-checked and reserved for (the agent's `c`)
-    schedule: Schedule | None = None  # its rate's schedule (None: no rate)
+    schedule: Tariff | None = None  # its rate's schedule or timeline (None: no rate)
     inbound: bool = False
     open_here: int = 0  # its open calls in this direction
     open_other: int = 0  # in the other one
@@ -44,7 +46,7 @@ def share_of(available: int, percent: int) -> int:
     return available * percent // 100
 
 
-def decide(parties: Sequence[Standing], share: int, cap: int, reason: str = "") -> Decision:
+def decide(parties: Sequence[Standing], share: int, cap: int, reason: str = "", at: int = 0) -> Decision:
     """The authorization of a call whose plan settled `reason` ('' unless the plan refused it): the first
     party over a limit or without the balance refuses it; otherwise every spending party reserves the fee of
     the fewest units any of them can pay."""
@@ -61,7 +63,7 @@ def decide(parties: Sequence[Standing], share: int, cap: int, reason: str = "") 
         elif party.spends:
             granted = 0
             if party.schedule is not None:
-                granted = walk_units(party.schedule, share_of(party.available + party.credit, share), cap)
+                granted = tariff_units(party.schedule, share_of(party.available + party.credit, share), cap, at)
             if granted <= 0:
                 reason = "BALANCE_INSUFFICIENT"
             else:
@@ -71,10 +73,11 @@ def decide(parties: Sequence[Standing], share: int, cap: int, reason: str = "") 
     if reason:
         return Decision(reason, refused, 0, tuple(0 for _ in parties))
     return Decision("", -1, units, tuple(
-        walk_fee(p.schedule, units) if p.spends and p.schedule is not None else 0 for p in parties))
+        tariff_fee(p.schedule, units, at) if p.spends and p.schedule is not None else 0 for p in parties))
 
 
-def charges(schedules: Sequence[Schedule | None], units: int, duration: int) -> tuple[int, ...]:
-    """What an end charges each party: its fee for the call's seconds, capped at the granted units."""
+def charges(schedules: Sequence[Tariff | None], units: int, duration: int, begin: int = 0) -> tuple[int, ...]:
+    """What an end charges each party: its fee for the call's seconds, capped at the granted units, the call
+    answered at `begin` (ms)."""
     duration = min(max(duration, 0), units)
-    return tuple(0 if s is None else walk_fee(s, duration) for s in schedules)
+    return tuple(0 if s is None else tariff_fee(s, duration, begin) for s in schedules)

@@ -50,10 +50,11 @@ from typing import Iterable
 import marisa_trie
 import numpy as np
 
-from .rate import MONEY_LIMIT, ROUNDINGS, Rate
+from .rate import DAY, MONEY_LIMIT, ROUNDINGS, Rate, stored_window
 from .table import NO_ORIGINS, Group, Lookups, Origins, key_of
 
-FORMAT = 5  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix
+FORMAT = 6  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
+# 6: the time window (weekdays, time_start, time_end as stored) and the pricelist's time zone (`zones`)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
@@ -61,7 +62,8 @@ _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
 _RATE_COLUMNS = (("source", "I"), ("tariff", "I"), ("description", "I"), ("form", "H"))
 _TARIFF_COLUMNS = (("connect_fee", "q"), ("rate", "q"), ("rate_increment", "q"), ("interval_start", "q"),
                    ("start", "q"), ("end", "q"), ("initial_increment", "q"), ("minimum_duration", "q"),
-                   ("maximum_cost", "q"), ("scale", "q"), ("rounding", "q"), ("source_prefix", "q"))
+                   ("maximum_cost", "q"), ("scale", "q"), ("rounding", "q"), ("source_prefix", "q"),
+                   ("weekdays", "q"), ("time_start", "q"), ("time_end", "q"), ("timezone", "q"))
 _NONE = -1  # initial_increment and maximum_cost not given
 _ROUNDING_CODES = {name.encode(): code for code, name in enumerate(ROUNDINGS)}  # as COPY writes the column
 
@@ -116,6 +118,7 @@ class Columns:
     tariff: np.ndarray
     descriptions: list[str | None]
     description: np.ndarray
+    zones: list[str] = dataclasses.field(default_factory=lambda: ["UTC"])  # a tariff's timezone: an index
 
 
 def form_of(prefix: str, is_raw: bool, key: str) -> tuple[str, bool]:
@@ -135,12 +138,13 @@ def columns_of(rates: Iterable[Rate]) -> Columns:
     tariffs: dict[tuple, int] = {}
     texts: dict[str | None, int] = {}
     rows: list[tuple[int, int, int, int, int]] = []
+    zones: dict[str, int] = {"UTC": 0}
     for rate in rates:
         is_raw, key = key_of(rate.prefix)
         rows.append((keys.setdefault((is_raw, key), len(keys)),
                      forms.setdefault(form_of(rate.prefix, is_raw, key), len(forms)),
                      sources.setdefault((rate.pricelist_tag, rate.carrier_tag), len(sources)),
-                     tariffs.setdefault(tariff_of(rate), len(tariffs)),
+                     tariffs.setdefault(tariff_of(rate, zones.setdefault(rate.timezone, len(zones))), len(tariffs)),
                      texts.setdefault(rate.description, len(texts))))
     numbers = [key for is_raw, key in keys if not is_raw]
     raw = [key for is_raw, key in keys if is_raw]
@@ -150,15 +154,17 @@ def columns_of(rates: Iterable[Rate]) -> Columns:
     renumbered[flags] = len(numbers) + np.arange(len(raw))
     table = np.array(rows, dtype=np.int64).reshape(-1, 5)
     return Columns(numbers, raw, renumbered[table[:, 0]], list(forms), table[:, 1], list(sources), table[:, 2],
-                   list(tariffs), table[:, 3], list(texts), table[:, 4])
+                   list(tariffs), table[:, 3], list(texts), table[:, 4], list(zones))
 
 
-def tariff_of(rate: Rate) -> tuple[int, ...]:
-    """A rate's tariff as the deck stores it (_TARIFF_COLUMNS)."""
+def tariff_of(rate: Rate, zone: int = 0) -> tuple[int, ...]:
+    """A rate's tariff as the deck stores it (_TARIFF_COLUMNS), its pricelist's time zone as `zone`, an
+    index into the deck's zones."""
     return (rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start, micros(rate.datetime_start),
             micros(rate.datetime_end), _NONE if rate.initial_increment is None else rate.initial_increment,
             rate.minimum_duration, _NONE if rate.maximum_cost is None else rate.maximum_cost, rate.scale,
-            ROUNDINGS.index(rate.rounding), origin_code(rate.source_prefix))
+            ROUNDINGS.index(rate.rounding), origin_code(rate.source_prefix), rate.weekdays, rate.time_start or 0,
+            DAY if rate.time_end is None else rate.time_end, zone)
 
 
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
@@ -209,8 +215,8 @@ class TextRows:
 
     COLUMNS = ("prefix", "pricelist_tag", "carrier_tag", "connect_fee", "rate", "rate_increment", "interval_start",
                "initial_increment", "minimum_duration", "maximum_cost", "scale", "rounding", "source_prefix",
-               "datetime_start", "datetime_end", "description")
-    _STRETCH_END = 14  # the source-and-tariff stretch: fields 1..14; the description is the last field
+               "datetime_start", "datetime_end", "weekdays", "time_start", "time_end", "timezone", "description")
+    _STRETCH_END = 18  # the source-and-tariff stretch: fields 1..18; the description is the last field
     BLOCK = 16 << 20  # bytes parsed at a time
 
     def __init__(self) -> None:
@@ -365,6 +371,7 @@ class TextRows:
         micros_of = {**micros_of, "\\N": micros(None)}
         sources: dict[tuple[str, str | None], int] = {}
         tariffs: dict[tuple, int] = {}
+        zones: dict[str, int] = {"UTC": 0}
         source_ids: dict[tuple[bytes, bytes], int] = {}
         tariff_ids: dict[tuple[bytes, ...], int] = {}
         source_of, tariff_of = [], []
@@ -377,18 +384,21 @@ class TextRows:
             written = tuple(tariff)
             found = tariff_ids.get(written)
             if found is None:
-                fee, rate, increment, free, first, minimum, most, scale, rounding, origin, start, end = written
+                fee, rate, increment, free, first, minimum, most, scale, rounding, origin, start, end, days, \
+                    since, until, zone = written
                 found = tariff_ids[written] = tariffs.setdefault(
                     (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
                      micros_of[end.decode()], _NONE if first == b"\\N" else int(first), int(minimum),
                      _NONE if most == b"\\N" else int(most), int(scale), _ROUNDING_CODES[rounding],
-                     int(b"1" + origin) if origin else _NONE), len(tariffs))
+                     int(b"1" + origin) if origin else _NONE, int(days), int(since), int(until),
+                     zones.setdefault(copy_text(zone), len(zones))), len(tariffs))
             tariff_of.append(found)
         stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
         texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
         return Columns(numbers, list(raw), key, list(forms), form, list(sources),
                        np.array(source_of, dtype=np.int32)[stretches], list(tariffs),
-                       np.array(tariff_of, dtype=np.int32)[stretches], [copy_text(t) for t in self._texts], texts)
+                       np.array(tariff_of, dtype=np.int32)[stretches], [copy_text(t) for t in self._texts], texts,
+                       list(zones))
 
 
 def _sorted_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -465,13 +475,18 @@ def _scheme(tariff: tuple, increment: int, unit: int = 1, top: int = 1) -> tuple
             MONEY_LIMIT * top if tariff[8] == _NONE else tariff[8] * (top // unit))
 
 
-def order_ranks(columns: Columns) -> list[np.ndarray]:
+def price_ranks(columns: Columns) -> np.ndarray:
+    """Per tariff, its rank by `price_keys` (what `order_ranks` and `offer_codes` both start from)."""
+    return _dense_ranks(price_keys(columns.tariffs))
+
+
+def order_ranks(columns: Columns, prices: np.ndarray | None = None) -> list[np.ndarray]:
     """Per rate, sort keys (most significant first) ordering the rates of one key as `Rate.order_key` does:
     (price per second, connect fee, scheme), (pricelist, carrier or ""), the prefix as written, (free
     increments, increment, source prefix)."""
-    head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff]
+    head = (price_ranks(columns) if prices is None else prices)[columns.tariff]
     source = _dense_ranks([(pricelist, carrier or "") for pricelist, carrier in columns.sources])[columns.source]
-    tail = _dense_ranks([(t[3], t[2], origin_of(t[11]) if len(t) > 11 else "")
+    tail = _dense_ranks([(t[3], t[2], origin_of(t[11]) if len(t) > 11 else "", *t[12:15])
                          for t in columns.tariffs])[columns.tariff]
     written = np.zeros(len(columns.key), dtype=np.int32)
     if len(columns.forms) > 1:
@@ -563,11 +578,11 @@ def _segments(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return segment, starts[segment] + (np.arange(len(segment)) - first[segment])
 
 
-def offer_codes(columns: Columns, source_rank: np.ndarray) -> np.ndarray:
+def offer_codes(columns: Columns, source_rank: np.ndarray, prices: np.ndarray | None = None) -> np.ndarray:
     """Per rate, an integer ordering the carriers' offers as routing does: price per second, connect fee,
     scheme, the longer key (a number key's length), then carrier tag (`source_rank`: the sources numbered in carrier tag
     order); `code % len(columns.sources)` is the rate's source in that numbering."""
-    head = _dense_ranks(price_keys(columns.tariffs))[columns.tariff].astype(np.int64)
+    head = (price_ranks(columns) if prices is None else prices)[columns.tariff].astype(np.int64)
     lengths = np.fromiter(map(len, columns.numbers), dtype=np.int64, count=len(columns.numbers))
     number = columns.key < len(columns.numbers)
     length = np.zeros(len(columns.key), dtype=np.int64)
@@ -622,13 +637,38 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
 
     The files are written into a sibling folder and renamed into place, so a reader never sees half a deck.
     """
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_columns(partial, tenant, columns)
+    return seal(partial, folder, covers)
+
+
+def seal(partial: Path, folder: Path, covers: int) -> DeckInfo:
+    """Gives a deck written by `write_columns` the change-log position it covers and renames it to `folder`
+    (a reader never sees half a deck)."""
+    meta = json.loads((partial / "meta.json").read_text())
+    meta["covers"] = covers
+    (partial / "meta.json").write_text(json.dumps(meta))
+    size = sum(f.stat().st_size for f in partial.iterdir())
+    os.replace(partial, folder)
+    return DeckInfo(Path(folder), meta["tenant"], covers, meta["numbers"] + meta["raw"], meta["rates"], size)
+
+
+def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
+    """Writes the deck files of `columns` into the new folder `partial`, covering nothing yet (`seal`).
+
+    The files depend on the rates alone, not on the order they came in: the same rates read from
+    PostgreSQL or from an import's rows (store/decks.py) give the same bytes.
+    """
     if len(columns.forms) > 65_536:
         raise ValueError("more than 65,536 distinct ways of writing prefixes in one deck")
     number_order = _key_order(columns.numbers)
     tries = [_trie_slots(columns.numbers, number_order), _trie_slots(columns.raw, _key_order(columns.raw))]
     slot_of_key = np.concatenate([tries[0][1], tries[1][1] + len(columns.numbers)])
     slot = slot_of_key[columns.key] if len(columns.key) else np.zeros(0, dtype=np.int64)
-    order = _lexsort([slot, *order_ranks(columns)])
+    prices = price_ranks(columns)  # one ranking of the tariffs' prices, for the rates' order and the offers'
+    order = _lexsort([slot, *order_ranks(columns, prices)])
     slots = len(columns.numbers) + len(columns.raw)
     offsets = np.zeros(slots + 1, dtype=np.int64)
     np.cumsum(np.bincount(slot, minlength=slots), out=offsets[1:])
@@ -641,14 +681,25 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     source_rank[np.array(by_carrier, dtype=np.int64)] = np.arange(len(by_carrier))
     sources = [columns.sources[i] for i in by_carrier]
 
-    tariffs = np.array(columns.tariffs, dtype=np.int64).reshape(-1, len(_TARIFF_COLUMNS))
+    # The tariffs the rates use, in the order of their values; the ways of writing prefixes likewise.
+    listed = np.array(columns.tariffs, dtype=np.int64).reshape(-1, len(_TARIFF_COLUMNS))
+    zones = [columns.zones[0], *sorted(columns.zones[1:])]  # "UTC" first, then by name, whatever the rows' order
+    if len(zones) > 1:
+        listed[:, 15] = np.array([zones.index(zone) for zone in columns.zones], dtype=np.int64)[listed[:, 15]]
     used = np.zeros(len(columns.tariffs), dtype=bool)
     used[columns.tariff] = True
-    dated = bool(np.any(tariffs[used][:, 4:6] != _NO_MOMENT))
-    origins = sorted({origin_of(code) for code in np.unique(tariffs[used][:, 11]).tolist()} - {""})
+    tariffs, inverse = np.unique(listed[used], axis=0, return_inverse=True) if used.any() else (listed[:0], None)
+    tariff_place = np.zeros(len(columns.tariffs), dtype=np.int64)
+    tariff_place[used] = np.asarray(inverse).reshape(-1) if inverse is not None else 0
+    forms = [columns.forms[0], *sorted(columns.forms[1:])]  # forms[0] stays ("", True)
+    placed = {form: n for n, form in enumerate(forms)}
+    form_place = np.array([placed[form] for form in columns.forms], dtype=np.int64)
+    dated = bool(np.any(tariffs[:, 4:6] != _NO_MOMENT)) or bool(  # dates, or time windows (rate.Rate.windowed)
+        np.any((tariffs[:, 12] != 0) | (tariffs[:, 13] != 0) | (tariffs[:, 14] != DAY)))
+    origins = sorted({origin_of(code) for code in np.unique(tariffs[:, 11]).tolist()} - {""})
     chain_offsets, chain = np.zeros(slots + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if not dated and not origins and len(columns.numbers):  # the chains of decks routing reads by column only
-        offer = offer_codes(columns, source_rank)[order]
+        offer = offer_codes(columns, source_rank, prices)[order]
         chain_offsets, chain = _chains(columns.numbers, number_order, tries[0][1], slots, offsets, offer,
                                        len(sources))
     if chain_offsets[-1] >= 2**32:
@@ -662,17 +713,15 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
     arrays = {
         "offsets": offsets.astype(np.uint32),
         "source": source_rank[columns.source[order]].astype(np.uint32),
-        "tariff": columns.tariff[order].astype(np.uint32),
+        "tariff": tariff_place[columns.tariff[order]].astype(np.uint32),
         "description": text_ids[columns.description[order]] if len(order) else np.zeros(0, np.uint32),
-        "form": columns.form[order].astype(np.uint16),
+        "form": form_place[columns.form[order]].astype(np.uint16),
         **{name: np.ascontiguousarray(tariffs[:, i]) for i, (name, _) in enumerate(_TARIFF_COLUMNS)},
         "chain_offsets": chain_offsets.astype(np.uint32),
         "chain": chain.astype(np.uint32 if chain_code == "I" else np.uint64),
     }
 
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = Path(partial)
     partial.mkdir(parents=True)
     tries[0][0].save(str(partial / "numbers.marisa"))
     tries[1][0].save(str(partial / "raw.marisa"))
@@ -688,14 +737,11 @@ def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> D
             sections[name] = [position + padding, codes[name], len(values)]
             out.write(values.tobytes())
     meta = {
-        "format": FORMAT, "tenant": tenant, "covers": covers, "numbers": len(columns.numbers),
+        "format": FORMAT, "tenant": tenant, "covers": None, "numbers": len(columns.numbers),
         "raw": len(columns.raw), "rates": len(columns.key), "dated": dated, "origins": origins, "sections": sections,
-        "sources": [list(pair) for pair in sources], "forms": [list(form) for form in columns.forms],
+        "sources": [list(pair) for pair in sources], "forms": [list(form) for form in forms], "zones": zones,
     }
     (partial / "meta.json").write_text(json.dumps(meta))
-    size = sum(f.stat().st_size for f in partial.iterdir())
-    os.replace(partial, folder)
-    return DeckInfo(folder, tenant, covers, slots, meta["rates"], size)
 
 
 class Deck(Lookups):
@@ -722,6 +768,7 @@ class Deck(Lookups):
         # (pricelist_tag, carrier_tag) per source, numbered in carrier tag order (offer_codes)
         self.sources: list[tuple[str, str | None]] = [tuple(pair) for pair in meta["sources"]]
         self._forms = [tuple(form) for form in meta["forms"]]
+        self._zones: list[str] = meta["zones"]
         self._numbers = marisa_trie.Trie().mmap(str(self.folder / "numbers.marisa"))
         self._raw = marisa_trie.Trie().mmap(str(self.folder / "raw.marisa"))
         self._descriptions = marisa_trie.Trie().mmap(str(self.folder / "descriptions.marisa"))
@@ -786,19 +833,21 @@ class Deck(Lookups):
         head, key_follows = self._forms[self._form[i]]
         rate = _Draft(self.tenant, pricelist, carrier, head + key if key_follows else head, tariff[0], tariff[1],
                       tariff[2], tariff[3], text, tariff[4], tariff[5], tariff[6], tariff[7], tariff[8], tariff[9],
-                      tariff[10], tariff[11])
+                      tariff[10], tariff[11], tariff[12], tariff[13], tariff[14], tariff[15])
         rate.__class__ = Rate
         return rate
 
     def _tariff_values(self, t: int) -> tuple:
         if len(self._tariff_memo) >= _MEMO_LIMIT:
             self._tariff_memo.clear()
-        connect_fee, rate, increment, free, start, end, first, minimum, most, scale, rounding, origin = self._tariffs
+        connect_fee, rate, increment, free, start, end, first, minimum, most, scale, rounding, origin, days, since, \
+            until, zone = self._tariffs
         dates = (_moment(start[t]), _moment(end[t])) if self.dated else (None, None)
         found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates,
                                         None if first[t] == _NONE else first[t], minimum[t],
                                         None if most[t] == _NONE else most[t], scale[t], ROUNDINGS[rounding[t]],
-                                        origin_of(origin[t]))
+                                        origin_of(origin[t]), *stored_window(days[t], since[t], until[t]),
+                                        self._zones[zone[t]])
         return found
 
     def _text(self, d: int) -> str:

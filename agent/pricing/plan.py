@@ -14,8 +14,8 @@ from typing import NamedTuple
 from .account import Account
 from .carrier import Carrier
 from .catalog import Catalog
-from .rate import Rate
-from .routing import destination_rate, route
+from .rate import Rate, Timeline
+from .routing import destination_rate, route, timeline_of
 
 
 class Reason(str, Enum):
@@ -36,7 +36,15 @@ class Party(NamedTuple):
     account: Account
     inbound: bool
     primary: bool
-    rate: Rate | None
+    rate: Rate | None  # the rate at the call's moment
+    timeline: Timeline | None = None  # time windows: the rates in force over the call's horizon (None: `rate`)
+
+    @property
+    def tariff(self):
+        """What prices the party (rate.Tariff): its timeline, else its rate's schedule; None without a rate."""
+        if self.timeline is not None:
+            return self.timeline
+        return None if self.rate is None else self.rate.schedule()
 
     @property
     def spends_balance(self) -> bool:
@@ -52,9 +60,11 @@ class Plan(NamedTuple):
 
 
 def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | None, at: datetime,
-          main_rate: Rate | None = None, source: str | None = None):
-    """[main] + its linked accounts (one level, unknown tags ignored), or a refusal."""
-    parties = [Party(main, inbound, True, main_rate)]
+          main_rate: Rate | None = None, source: str | None = None, horizon: int = 0):
+    """[main] + its linked accounts (one level, unknown tags ignored), or a refusal. `horizon`: the seconds
+    of time windows a party's timeline covers (0: none)."""
+    parties = [Party(main, inbound, True, main_rate,
+                     timeline_of(catalog, main, destination, at, horizon, main_rate, source) if horizon else None)]
     if not main.linked_accounts:
         return parties, None
     seen = {main.account_tag}
@@ -68,7 +78,8 @@ def _side(catalog: Catalog, main: Account, inbound: bool, destination: str | Non
         if not linked.active:
             return Reason.NOT_ACTIVE, linked.account_tag
         rate = None if inbound else destination_rate(catalog, linked, destination, at, source)
-        parties.append(Party(linked, inbound, False, rate))
+        parties.append(Party(linked, inbound, False, rate,
+                             timeline_of(catalog, linked, destination, at, horizon, rate, source) if horizon else None))
     return parties, None
 
 
@@ -90,9 +101,12 @@ def plan_call(
     destination: str | None,
     at: datetime,
     source: str | None = None,
+    horizon: int = 0,
 ) -> Plan:
     """The parties of a call and its carriers, or the reason it cannot be rated at all; `source` is the
-    caller (the authorization's `source`), matched against the rates' source prefixes."""
+    caller (the authorization's `source`), matched against the rates' source prefixes. `horizon`: how many
+    seconds from `at` a call may last, answer delay included: a party whose rate changes with time windows
+    within them is given its timeline (a tenant without windows: never)."""
     if not account_tag and not destination_account_tag:
         return Plan(refusal=Reason.NOT_FOUND, refused_tag=None)
     parties: list[Party] = []
@@ -102,7 +116,7 @@ def plan_call(
         if isinstance(account, Plan):
             return account
         rate, routes = route(catalog, account, destination, at, source=source)
-        outbound, failed_tag = _side(catalog, account, False, destination, at, rate, source)
+        outbound, failed_tag = _side(catalog, account, False, destination, at, rate, source, horizon)
         if failed_tag is not None:
             return Plan(refusal=outbound, refused_tag=failed_tag)
         if rate is None:

@@ -8,6 +8,11 @@ decision and walks, read without Redis writing anything.
   difference of the kernel's walk (rate.walk_fee) between two billed lengths, so the segments add up to the
   fee by construction: there is no second formula to drift from the first.
 * `reprice` is the fee a finished call of an account gets from the current catalog (rerating).
+
+A party priced by time windows (plan.Party.timeline) is priced and explained on its timeline from the
+call's answer: its segments are one per window crossed (`window`, the seconds in it and their amount),
+measured on the same walk (rate.walk_fee_at), and the timeline is kept with the call's rate
+(`timeline_of_snapshot`) so that its record explains the very fee it was charged.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from typing import NamedTuple
 from .catalog import Catalog
 from .decision import Decision, Standing, charges, decide
 from .plan import Party, Plan, plan_call
-from .rate import Rate, walk_fee
-from .routing import destination_rate
+from .rate import Piece, Rate, Schedule, Timeline, in_force, stored_window, walk_fee, walk_fee_at, window_of
+from .routing import destination_rate, timeline_of
 
 
 class Segment(NamedTuple):
@@ -41,8 +46,11 @@ class Explanation(NamedTuple):
     fee: int
 
 
-def explain(rate: Rate, duration: int) -> Explanation:
-    """The fee of an answered call of `duration` seconds on `rate`, segment by segment."""
+def explain(rate: Rate, duration: int, line: Timeline | None = None, start_ms: int = 0) -> Explanation:
+    """The fee of an answered call of `duration` seconds on `rate`, segment by segment; on a timeline
+    (`line`, the call answered at `start_ms`), one segment per window crossed."""
+    if line is not None:
+        return _explain_windows(rate, duration, line, start_ms)
     schedule = rate.schedule()
     connect_fee, block, block_price, increment, increment_price, minimum, cap = schedule[:7]
     billed = max(duration, minimum, 0)
@@ -64,6 +72,36 @@ def explain(rate: Rate, duration: int) -> Explanation:
     if total != walk(billed):  # the maximum cost took over
         segments.append(Segment("maximum_cost", 0, 1, None, cap, total - walk(billed)))
     return Explanation(rate, max(duration, 0), billed, tuple(segments), total)
+
+
+def _explain_windows(rate: Rate, duration: int, line: Timeline, start_ms: int) -> Explanation:
+    pieces = in_force(line, start_ms)
+    head = pieces[0][1]
+    billed = max(duration, head.minimum, 0)
+    uncapped = tuple(Piece(start, s._replace(minimum=0, cap=-1) if i == 0 else s) for i, (start, s) in enumerate(line))
+
+    def walk(seconds: int) -> int:
+        return walk_fee_at(uncapped, seconds, start_ms)
+
+    segments = [Segment("connect_fee", 0, 1, None, head.connect_fee, walk(0))]
+    for index, (begin, schedule) in enumerate(pieces):
+        if begin >= billed:
+            break
+        end = min(billed, pieces[index + 1][0]) if index + 1 < len(pieces) else billed
+        segments.append(Segment("window", end - begin, 1, schedule.increment, schedule.increment_price,
+                                walk(end) - walk(begin)))
+    total = walk_fee_at(line, duration, start_ms)
+    if total != walk(billed):  # the maximum cost took over
+        segments.append(Segment("maximum_cost", 0, 1, None, head.cap, total - walk(billed)))
+    return Explanation(rate, max(duration, 0), billed, tuple(segments), total)
+
+
+def timeline_of_snapshot(snapshot: dict | None) -> Timeline | None:
+    """The timeline a windowed call's rate snapshot keeps (`timeline`: [start, nine numbers] per piece)."""
+    found = snapshot.get("timeline") if isinstance(snapshot, dict) else None
+    if not found:
+        return None
+    return tuple(Piece(int(piece[0]), Schedule(*(int(n) for n in piece[1:]))) for piece in found)
 
 
 class PartyQuote(NamedTuple):
@@ -92,24 +130,24 @@ def quote(catalog: Catalog, tenant: str, account_tag: str, destination: str, dur
           standings: list[Standing] | None = None, share: int = 100, cap: int = 0,
           source: str | None = None) -> Quote:
     """The call (from caller `source`) as an authorization at `at` would plan it and an end after
-    `duration` seconds would charge it; with the parties' live `standings` (one per planned party), the
-    authorization's decision too."""
-    return priced(plan_call(catalog, tenant, account_tag, None, destination, at, source), duration, standings, share,
-                  cap)
+    `duration` seconds would charge it (answered at `at`: time windows crossed meanwhile are priced as
+    such); with the parties' live `standings` (one per planned party), the authorization's decision too."""
+    plan = plan_call(catalog, tenant, account_tag, None, destination, at, source, max(duration, cap))
+    return priced(plan, duration, standings, share, cap, int(at.timestamp() * 1000))
 
 
 def priced(plan: Plan, duration: int, standings: list[Standing] | None = None, share: int = 100,
-           cap: int = 0) -> Quote:
-    """`quote` of a call already planned (plan.plan_call): the live standings depend on its parties."""
+           cap: int = 0, at_ms: int = 0) -> Quote:
+    """`quote` of a call already planned (plan.plan_call): the live standings depend on its parties. A
+    party with a timeline is priced from `at_ms` (ms), the call's moment."""
     if plan.refusal is not None:
         return Quote(plan, (), None)
-    schedules = [p.rate.schedule() if p.rate is not None else None for p in plan.parties]
-    fees = charges(schedules, duration, duration)
+    fees = charges([p.tariff for p in plan.parties], duration, duration, at_ms)
     parties = tuple(
         PartyQuote(party, fee if party.rate is not None else None,
-                   explain(party.rate, duration) if party.rate is not None else None)
+                   explain(party.rate, duration, party.timeline, at_ms) if party.rate is not None else None)
         for party, fee in zip(plan.parties, fees))
-    decision = None if standings is None else decide(standings, share, cap)
+    decision = None if standings is None else decide(standings, share, cap, at=at_ms)
     return Quote(plan, parties, decision)
 
 
@@ -118,7 +156,7 @@ def standing_of(party: Party, available: int, open_here: int = 0, open_other: in
     account = party.account
     return Standing(
         available=available, credit=account.credit, spends=party.spends_balance,
-        schedule=party.rate.schedule() if party.rate is not None else None, inbound=party.inbound,
+        schedule=party.tariff, inbound=party.inbound,
         open_here=open_here, open_other=open_other,
         max_total=_limit(account.max_concurrent_transactions), max_inbound=_limit(account.max_inbound_transactions),
         max_outbound=_limit(account.max_outbound_transactions))
@@ -129,7 +167,7 @@ def _limit(value: int | None) -> int:
 
 
 def reprice(catalog: Catalog, tenant: str, account_tag: str, destination: str | None, at: datetime,
-            duration: int, source: str | None = None) -> tuple[Rate, int] | None:
+            duration: int, source: str | None = None, begin: datetime | None = None) -> tuple[Rate, int] | None:
     """(rate, fee) a finished outbound call of `duration` billed seconds gets from `catalog`: the rate the
     account's authorization at `at` would use, charged as an end charges. None: the account is unknown or
     the destination has no rate for it any more."""
@@ -139,7 +177,12 @@ def reprice(catalog: Catalog, tenant: str, account_tag: str, destination: str | 
     rate = destination_rate(catalog, account, destination, at, source)
     if rate is None:
         return None
-    return rate, charges((rate.schedule(),), duration, duration)[0]
+    # time windows: the rates from the authorization on, walked from the answer (`begin`), as Redis does
+    answer = at if begin is None else max(begin, at)
+    line = timeline_of(catalog, account, destination, at, int((answer - at).total_seconds()) + duration + 1, rate,
+                       source)
+    return rate, charges((rate.schedule() if line is None else line,), duration, duration,
+                         int(answer.timestamp() * 1000))[0]
 
 
 def rate_of_snapshot(tenant: str, snapshot: dict) -> Rate | None:
@@ -154,4 +197,14 @@ def rate_of_snapshot(tenant: str, snapshot: dict) -> Rate | None:
         initial_increment=snapshot.get("initial_increment"),
         minimum_duration=int(snapshot.get("minimum_duration") or 0), maximum_cost=snapshot.get("maximum_cost"),
         scale=int(snapshot.get("scale") or 0), rounding=snapshot.get("rounding") or "up",
-        source_prefix=snapshot.get("source_prefix") or "")
+        source_prefix=snapshot.get("source_prefix") or "",
+        **_window_of_snapshot(snapshot))
+
+
+def _window_of_snapshot(snapshot: dict) -> dict:
+    """A snapshot's window (Rate.snapshot writes it as text) as a Rate's fields; none: {}."""
+    if not any(snapshot.get(name) for name in ("weekdays", "time_start", "time_end")):
+        return {}
+    bits, start, end = stored_window(*window_of(snapshot.get("weekdays"), snapshot.get("time_start"),
+                                                snapshot.get("time_end")))
+    return {"weekdays": bits, "time_start": start, "time_end": end, "timezone": snapshot.get("timezone") or "UTC"}

@@ -34,20 +34,38 @@ Exactness in Redis: Lua numbers are doubles, exact below 2**53. Calls last at mo
 can produce for such a call, and every price of its schedule, stays below MONEY_LIMIT (`limit_error`); a
 scaled amount stays below MONEY_LIMIT − 10**scale, so that the budget a balance buys (`budget`, at most
 the fee of the call it cannot pay + 10**scale − 1) is exact too.
+
+Time windows (peak / off-peak / weekend): a rate may carry `weekdays` (a set of local weekdays), and
+`time_start`/`time_end` (seconds of the local day, end exclusive; an end at or below the start wraps over
+midnight: 22:00-06:00 covers 22:00-24:00 and 00:00-06:00), judged in its pricelist's `timezone` (IANA, DST
+by zoneinfo). Each moment is judged by its own local weekday and time of day (`Rate.covers`): `sat,sun
+00:00-06:00` covers the early hours of Saturday and of Sunday, not of Monday. A call priced by windowed
+rates gets a `Timeline`: the schedules in force from each moment on (the rate the routing chooses there),
+the first from the authorization's moment, each later one from the epoch second it starts. Its fee is
+walked segment by segment (`walk_amount_at`): the call's seconds are counted from its answer, and the
+seconds of a segment cost what the segment's own schedule charges for them, `A(end) − A(start)` where
+A(x) is the schedule's price of the first x billed seconds without the connect fee. So an increment is
+priced at the window in force when it starts, the first block at the window of the answer, and the connect
+fee, minimum duration, cap and rounding are those of the schedule in force at the answer. A rate without
+windows makes a plain `Schedule`, exactly as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from fractions import Fraction
-from typing import NamedTuple
+from typing import NamedTuple, Sequence, Union
+from zoneinfo import ZoneInfo
 
 LONGEST_CALL = 10_000_000  # seconds (115 days): no duration priced anywhere is longer (--max-units at most)
 MONEY_LIMIT = 2**53  # every amount stays below: exact in a double (Redis' Lua)
 MAX_SCALE = 6  # decimal digits of a price below the integer unit
 MAX_SOURCE_PREFIX = 16  # digits of a rate's source prefix (E.164 numbers have at most 15)
 ROUNDINGS = ("up", "half_even", "down")  # a pricelist's rounding; its index is the schedule's code
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # a rate's `weekdays` bit n is WEEKDAYS[n]
+EVERY_DAY = 0b1111111
+DAY = 86_400
 
 
 class Schedule(NamedTuple):
@@ -90,6 +108,51 @@ class Rate:
     scale: int = 0  # the pricelist's: amounts above are in units of 10**-scale
     rounding: str = "up"  # the pricelist's, one of ROUNDINGS
     source_prefix: str = ""  # the caller's number must start with it (digits, normalized); "": any origin
+    weekdays: int = 0  # local weekdays the rate applies on, bit n for WEEKDAYS[n]; 0: every day (no window)
+    time_start: int | None = None  # seconds of the local day the window starts at; None: 0
+    time_end: int | None = None  # seconds of the local day it ends at (exclusive); None: 86400 (midnight)
+    timezone: str = "UTC"  # the pricelist's IANA time zone, where windows are judged
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the rate applies only in a time window (weekdays or hours)."""
+        return bool(self.weekdays) or self.time_start is not None or self.time_end is not None
+
+    def covers(self, moment: datetime) -> bool:
+        """Whether the rate's window holds `moment` (aware), judged in the pricelist's time zone."""
+        if not self.windowed:
+            return True
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        if self.weekdays and not self.weekdays >> local.weekday() & 1:
+            return False
+        second = local.hour * 3600 + local.minute * 60 + local.second
+        start = self.time_start or 0
+        end = DAY if self.time_end is None else self.time_end
+        return start <= second < end if start < end else second >= start or second < end
+
+    def boundaries(self, begin: int, end: int) -> list[int]:
+        """Epoch seconds in (begin, end] at which `covers` may change: the local starts and ends of the window
+        and, with weekdays, local midnights, each read in both folds around a DST change, and the change
+        itself when it skips over one of them (a local time that does not exist)."""
+        if not self.windowed:
+            return []
+        zone = ZoneInfo(self.timezone)
+        marks = {self.time_start or 0, DAY if self.time_end is None else self.time_end}
+        if self.weekdays:
+            marks.add(0)
+        found: set[int] = set()
+        day = datetime.fromtimestamp(begin, zone).date() - timedelta(days=1)
+        last = datetime.fromtimestamp(end, zone).date() + timedelta(days=1)
+        while day <= last:
+            for mark in marks:
+                local = datetime.combine(day + timedelta(days=mark // DAY), _clock(mark % DAY), zone)
+                early = int(local.replace(fold=1).timestamp())
+                late = int(local.timestamp())
+                found.update((early, late))
+                if early < late:  # a local time skipped by a change to summer time: it flips at the change
+                    found.add(_change(zone, min(early, late), max(early, late)))
+            day += timedelta(days=1)
+        return sorted(moment for moment in found if begin < moment <= end)
 
     @property
     def unit(self) -> int:
@@ -133,7 +196,8 @@ class Rate:
         (`scheme_key`), then pricelist and carrier tags, the prefix as written and the tariff, so no choice
         depends on load order."""
         return (self.price_per_second(), Fraction(self.connect_fee, self.unit), *self.scheme_key(), self.pricelist_tag,
-                self.carrier_tag or "", self.prefix, self.interval_start, self.rate_increment, self.source_prefix)
+                self.carrier_tag or "", self.prefix, self.interval_start, self.rate_increment, self.source_prefix,
+                self.weekdays, self.time_start or 0, DAY if self.time_end is None else self.time_end)
 
     def serves(self, caller: str) -> bool:
         """Whether the rate applies to a call from `caller` (the caller's number, `destination.number_of`)."""
@@ -163,6 +227,11 @@ class Rate:
             found["rounding"] = self.rounding
         if self.source_prefix:
             found["source_prefix"] = self.source_prefix
+        if self.windowed:
+            found["weekdays"] = weekdays_text(self.weekdays)
+            found["time_start"] = clock_text(self.time_start)
+            found["time_end"] = clock_text(self.time_end)
+            found["timezone"] = self.timezone
         return found
 
     def schedule(self) -> Schedule:
@@ -184,6 +253,135 @@ class Rate:
         agent sends per call does not grow), nine for a scaled pricelist."""
         schedule = self.schedule()
         return list(schedule) if schedule.unit > 1 else list(schedule[:7])
+
+
+class WindowError(ValueError):
+    """A bad window column: `column` names it."""
+
+    def __init__(self, column: str, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+def _clock(second: int) -> time:
+    return time(second // 3600, second // 60 % 60, second % 60)
+
+
+def _change(zone: ZoneInfo, low: int, high: int) -> int:
+    """The first epoch second in (low, high] whose UTC offset in `zone` differs from low's."""
+    before = datetime.fromtimestamp(low, zone).utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, zone).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def weekdays_of(text: str | None) -> int:
+    """A `weekdays` column (`mon-fri`, `sat,sun`, `mon,wed-fri`; case and spaces ignored) as its bits; "" or
+    None: 0 (every day, no window). ValueError naming the bad part."""
+    if text is None or not text.strip():
+        return 0
+    bits = 0
+    for part in text.lower().replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if first not in WEEKDAYS or dash and last not in WEEKDAYS:
+            raise ValueError(f"weekdays must be days among {','.join(WEEKDAYS)} written as mon-fri or sat,sun, "
+                             f"got {text!r}")
+        low, high = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+        days = range(low, high + 1) if low <= high else [*range(low, 7), *range(0, high + 1)]  # fri-mon wraps
+        for day in days:
+            bits |= 1 << day
+    return bits
+
+
+def weekdays_text(bits: int) -> str | None:
+    """`weekdays_of` reversed, in runs (`mon-fri`, `sat,sun`); None for 0."""
+    if not bits:
+        return None
+    parts, day = [], 0
+    while day < 7:
+        if bits >> day & 1:
+            last = day
+            while last + 1 < 7 and bits >> last + 1 & 1:
+                last += 1
+            separator = "," if last == day + 1 else "-"  # two days are listed, a longer run is a range
+            parts.append(WEEKDAYS[day] if last == day else f"{WEEKDAYS[day]}{separator}{WEEKDAYS[last]}")
+            day = last + 1
+        else:
+            day += 1
+    return ",".join(parts)
+
+
+def clock_of(text: str | None, column: str) -> int | None:
+    """A `time_start`/`time_end` column (`08:00`, `18:30:15`, `24:00` for the end of the day) as seconds of
+    the day; "" or None: None. ValueError naming the column."""
+    if text is None or not text.strip():
+        return None
+    parts = text.strip().split(":")
+    if len(parts) not in (2, 3) or not all(len(p) == 2 and p.isascii() and p.isdigit() for p in parts):
+        raise WindowError(column, f"{column} must be a time of day written HH:MM or HH:MM:SS, got {text!r}")
+    hours, minutes, seconds = (int(p) for p in (*parts, "00")[:3])
+    if minutes > 59 or seconds > 59 or hours > 24 or hours == 24 and (minutes or seconds):
+        raise WindowError(column, f"{column} must be a time of day between 00:00 and 24:00, got {text!r}")
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def clock_text(second: int | None) -> str | None:
+    if second is None:
+        return None
+    text = f"{second // 3600:02d}:{second // 60 % 60:02d}"
+    return text + f":{second % 60:02d}" if second % 60 else text
+
+
+def window_of(weekdays: str | None, time_start: str | None, time_end: str | None) -> tuple[int, int, int]:
+    """A rate's window columns as text, checked and canonical as stored: (weekday bits, start, end) in
+    seconds of the day, every day 0 (all seven days are every day), the whole day 0 to 86400, an end at
+    00:00 after a start meaning midnight. WindowError naming the column."""
+    try:
+        bits = weekdays_of(weekdays)
+    except ValueError as exc:
+        raise WindowError("weekdays", str(exc)) from None
+    start, end = clock_of(time_start, "time_start"), clock_of(time_end, "time_end")
+    return window_checked(bits, start, end)
+
+
+def window_checked(bits: int, start: int | None, end: int | None) -> tuple[int, int, int]:
+    """`window_of` for values already numbers (None: not given)."""
+    if not 0 <= bits <= EVERY_DAY:
+        raise WindowError("weekdays", "weekdays must be a set of days")
+    if start is not None and not 0 <= start < DAY:
+        raise WindowError("time_start", "time_start must be from 00:00 to before 24:00")
+    if end is not None and not 0 <= end <= DAY:
+        raise WindowError("time_end", "time_end must be from 00:00 to 24:00")
+    start = start or 0
+    if end == 0:
+        if not start:
+            raise WindowError("time_end", "time_end 00:00 after a start at 00:00 leaves an empty window")
+        end = DAY  # until midnight
+    end = DAY if end is None else end
+    if start == end:
+        raise WindowError("time_end", "time_end must differ from time_start (an end below the start wraps over "
+                                      "midnight)")
+    return (0 if bits == EVERY_DAY else bits), start, end
+
+
+def stored_window(bits: int, start: int, end: int) -> tuple[int, int | None, int | None]:
+    """A stored window (window_of) as a Rate's fields: the whole day is None."""
+    return bits, (start or None), (None if end == DAY else end)
+
+
+def zone_of(name: str | None) -> str:
+    """A pricelist's `timezone` checked: an IANA name zoneinfo knows; "" or None: UTC. ValueError otherwise."""
+    if name is None or not name.strip():
+        return "UTC"
+    try:
+        ZoneInfo(name.strip())
+    except (ValueError, KeyError, OSError):
+        raise ValueError(f"timezone must be an IANA time zone name such as Europe/Rome, got {name!r}") from None
+    return name.strip()
 
 
 def money(amount: int, unit: int, rounding: int) -> int:
@@ -250,6 +448,135 @@ def walk_units(schedule: Schedule, available: int, cap: int) -> int:
     if spare < 0 or increment_price == 0:
         return 0
     return block + spare // increment_price * increment
+
+
+class Piece(NamedTuple):
+    """One schedule of a `Timeline`: in force from epoch second `start` on (the first: from any moment)."""
+
+    start: int
+    schedule: Schedule
+
+
+Timeline = tuple[Piece, ...]  # the schedules of a windowed call, by start, in one unit of money (`timeline`)
+Tariff = Union[Schedule, Timeline]  # what a party's price is: one schedule, or a timeline when windows matter
+
+
+def timeline(pieces: Sequence[tuple[int, Rate]]) -> Timeline:
+    """The timeline of the rates in force from each start on. Their schedules are put in the finest unit
+    among them (prices of rates of different scales add up exactly), rounded as the first rate of that unit."""
+    unit = max(rate.unit for _, rate in pieces)
+    rounding = next(ROUNDINGS.index(rate.rounding) for _, rate in pieces if rate.unit == unit) if unit > 1 else 0
+    found = []
+    for start, rate in pieces:
+        schedule, factor = rate.schedule(), unit // rate.unit
+        found.append(Piece(start, schedule._replace(
+            connect_fee=schedule.connect_fee * factor, block_price=schedule.block_price * factor,
+            increment_price=schedule.increment_price * factor,
+            cap=schedule.cap * factor if schedule.cap > 0 else schedule.cap, unit=unit, rounding=rounding)))
+    return tuple(found)
+
+
+def timeline_exact(line: Timeline) -> bool:
+    """Whether every amount a walk of `line` can reach stays exact in Redis (below MONEY_LIMIT, with room for
+    a budget): each rate is bounded at import in its own unit, but a timeline of rates of different scales
+    puts them in the finest. A bound over any answer time: each segment costs at most its block and one
+    increment more than its seconds' increments; twice that, since the units' walk adds a segment's price up
+    to its start to what is left of the budget (at most the whole call's amount)."""
+    most = max(piece.schedule.connect_fee for piece in line) + sum(
+        s.block_price + (-(-LONGEST_CALL // s.increment) + 1) * s.increment_price for _, s in line)
+    return 2 * most + line[0].schedule.unit - 1 < MONEY_LIMIT and all(s.cap < MONEY_LIMIT for _, s in line)
+
+
+def in_force(line: Timeline, start_ms: int) -> list[tuple[int, Schedule]]:
+    """(offset, schedule) of a call answered at `start_ms`: the call's second (counted from the answer) from
+    which each schedule prices it, the one in force at the answer first at 0. A second belongs to the
+    schedule in force when it starts."""
+    found: list[tuple[int, Schedule]] = []
+    for index, (start, schedule) in enumerate(line):
+        offset = max(0, -(-(start * 1000 - start_ms) // 1000)) if index else 0
+        if found and offset <= found[-1][0]:
+            found[-1] = (offset, schedule)
+        else:
+            found.append((offset, schedule))
+    return found
+
+
+def _priced(schedule: Schedule, seconds: int) -> int:
+    """A(x): the price of the first `seconds` billed seconds on `schedule`, connect fee, minimum and cap aside."""
+    if seconds <= 0:
+        return 0
+    if seconds <= schedule.block:
+        return schedule.block_price
+    return schedule.block_price + -(-(seconds - schedule.block) // schedule.increment) * schedule.increment_price
+
+
+def walk_amount_at(line: Timeline, duration: int, start_ms: int) -> int:
+    """The exact amount of a call answered at `start_ms` lasting `duration` seconds on a timeline: segment by
+    segment, each the difference of its schedule's price between the segment's ends (see the module)."""
+    pieces = in_force(line, start_ms)
+    head = pieces[0][1]
+    billed = max(duration, head.minimum, 0)
+    amount = head.connect_fee
+    for index, (begin, schedule) in enumerate(pieces):
+        if begin >= billed:
+            break
+        end = min(billed, pieces[index + 1][0]) if index + 1 < len(pieces) else billed
+        amount += _priced(schedule, end) - _priced(schedule, begin)
+    if 0 <= head.cap < amount:
+        amount = head.cap
+    return amount
+
+
+def walk_fee_at(line: Timeline, duration: int, start_ms: int) -> int:
+    """`walk_fee` of a timeline: the call answered at `start_ms`."""
+    head = line[0].schedule
+    return money(walk_amount_at(line, duration, start_ms), head.unit, head.rounding)
+
+
+def walk_units_at(line: Timeline, available: int, cap: int, start_ms: int) -> int:
+    """`walk_units` of a timeline for a call answered at `start_ms`: the segments are paid in order until the
+    budget runs out within one, which ends the call at the last increment of that segment it pays."""
+    pieces = in_force(line, start_ms)
+    head = pieces[0][1]
+    if head.cap == 0 or all(s.connect_fee == 0 and s.block_price == 0 and s.increment_price == 0 for _, s in pieces):
+        return cap
+    if available <= 0 or available < walk_fee_at(line, 0, start_ms):
+        return 0
+    if walk_fee_at(line, cap, start_ms) <= available:
+        return cap
+    spare = budget(available, head.unit, head.rounding) - head.connect_fee
+    for index, (begin, schedule) in enumerate(pieces):
+        reach = spare + _priced(schedule, begin)  # the most this schedule's price may reach in the segment
+        if index + 1 < len(pieces):
+            end = pieces[index + 1][0]
+            if _priced(schedule, end) <= reach:
+                spare = reach - _priced(schedule, end)
+                continue
+        if reach < schedule.block_price or schedule.increment_price == 0:
+            return 0  # the first block is not paid (a free remainder would have paid `cap`)
+        return schedule.block + (reach - schedule.block_price) // schedule.increment_price * schedule.increment
+    return cap
+
+
+def tariff_fee(tariff: Tariff, duration: int, start_ms: int = 0) -> int:
+    """The fee of a party's tariff (a schedule, or a timeline walked from the answer at `start_ms`)."""
+    if isinstance(tariff, Schedule):
+        return walk_fee(tariff, duration)
+    return walk_fee_at(tariff, duration, start_ms)
+
+
+def tariff_units(tariff: Tariff, available: int, cap: int, start_ms: int = 0) -> int:
+    if isinstance(tariff, Schedule):
+        return walk_units(tariff, available, cap)
+    return walk_units_at(tariff, available, cap, start_ms)
+
+
+def tariff_numbers(tariff: Tariff) -> list:
+    """A tariff as the Redis library reads it: a schedule's numbers (Rate.tariff), or a timeline as a list of
+    [start, nine numbers] per piece."""
+    if isinstance(tariff, Schedule):
+        return list(tariff) if tariff.unit > 1 else list(tariff[:7])
+    return [[start, *schedule] for start, schedule in tariff]
 
 
 def fee(rate: Rate, duration: int) -> int:

@@ -16,6 +16,12 @@ is active and is allowed by the account's `carrier_tags` (none listed: all carri
   with it. The most specific destination prefix still wins first; among the rates of one destination
   prefix, those of the longest matching source prefix come first (a matching source prefix beats none),
   then the order above. A deck without source prefixes routes exactly as before.
+* Time windows: a rate with `weekdays` or `time_start`/`time_end` is eligible only at the moments its
+  window covers (`Rate.covers`, in its pricelist's time zone). The most specific prefix still wins first;
+  among the rates of one prefix (and source prefix), a covering windowed rate comes before the rates without
+  a window, so a deck of a base price and a peak price per prefix prices the peak at peak times. A table
+  with windows is `dated`: its calls are routed at their moment, and `timeline_of` gives a call the rates
+  in force at each window boundary it may cross (where no rate covers a moment, the previous one goes on).
 * `carrier_tags_override` replaces the routing: exactly those carriers, existing and active, in the
   order given. The price is still the account's own best eligible rate.
 """
@@ -23,14 +29,14 @@ is active and is allowed by the account's `carrier_tags` (none listed: all carri
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from .account import Account
 from .carrier import Carrier
 from .catalog import Catalog
 from .destination import number_of
-from .rate import Rate
+from .rate import Rate, Timeline, timeline, timeline_exact
 
 if TYPE_CHECKING:
     from .deck import Deck
@@ -163,6 +169,16 @@ def _for_caller(rates: tuple[Rate, ...], caller: str) -> tuple[Rate, ...] | list
     return serving
 
 
+def _in_window(rates: tuple[Rate, ...] | list[Rate], at: datetime) -> tuple[Rate, ...] | list[Rate]:
+    """The rates of one prefix usable at `at`: the windowed ones covering it, before those without a window
+    of the same source prefix length (the rates come longest source prefix first; the sort is stable)."""
+    if not any(rate.windowed for rate in rates):
+        return rates
+    kept = [rate for rate in rates if not rate.windowed or rate.covers(at)]
+    kept.sort(key=lambda rate: (-len(rate.source_prefix), not rate.windowed))
+    return kept
+
+
 def _route_rates(catalog: Catalog, account: Account, destination: str, at: datetime, carriers: bool,
                  source: str | None = None) -> Result:
     """`route` over `Rate` objects, in one pass over the matches: the reference."""
@@ -188,6 +204,10 @@ def _route_rates(catalog: Catalog, account: Account, destination: str, at: datet
     for specificity, rates in table.matches(destination):
         if origins:
             rates = _for_caller(rates, caller)
+        if table.dated:
+            windows = _in_window(rates, at)
+            if windows is not rates:
+                dated, rates = True, windows
         for rate in rates:
             pair = (rate.pricelist_tag, rate.carrier_tag)
             carrier = sources.get(pair, _UNSEEN)
@@ -234,3 +254,29 @@ def least_cost_routing(
 ) -> list[Carrier]:
     """The carriers for this call, cheapest first."""
     return list(route(catalog, account, destination, at, source=source)[1])
+
+
+def timeline_of(catalog: Catalog, account: Account, destination: str | None, at: datetime, horizon: int,
+                rate: Rate | None, source: str | None = None) -> Timeline | None:
+    """The rates pricing a call of `account` from `at` (aware) over the next `horizon` seconds, as a timeline
+    (rate.timeline), when windows change its rate meanwhile; None when `rate` (the rate at `at`) prices it
+    throughout, or when the timeline's amounts would leave the exact range (rate.timeline_exact: then `rate`
+    prices it alone). Candidate moments are the window boundaries of the rates matching the destination;
+    at each the routing is asked again."""
+    if rate is None or not destination or horizon <= 0 or not catalog.table(account.tenant).dated:
+        return None
+    begin = int(at.timestamp())
+    marks: set[int] = set()
+    for _, rates in catalog.table(account.tenant).matches(destination):
+        for candidate in rates:
+            if candidate.windowed:
+                marks.update(candidate.boundaries(begin, begin + horizon))
+    pieces = [(begin, rate)]
+    for mark in sorted(marks):
+        found = destination_rate(catalog, account, destination, datetime.fromtimestamp(mark, timezone.utc), source)
+        if found is not None and found != pieces[-1][1]:
+            pieces.append((mark, found))
+    if len(pieces) == 1:
+        return None
+    line = timeline(pieces)
+    return line if timeline_exact(line) else None

@@ -119,7 +119,7 @@ class RateTable(Lookups):
     number_lengths: tuple[int, ...] = ()
     raw_lengths: tuple[int, ...] = ()
     size: int = 0
-    dated: bool = False  # some rate has effective dates: only then does a call's time matter
+    dated: bool = False  # some rate has effective dates or a time window: only then does a call's time matter
     origins: Origins = NO_ORIGINS  # source prefixes of the rates put in (a removed one may stay: harmless)
 
     @classmethod
@@ -139,8 +139,8 @@ class RateTable(Lookups):
         existing = index.get(key)
         index[key] = (rate,) if existing is None else (*existing, rate)
         self.size += 1
-        if rate.datetime_start is not None or rate.datetime_end is not None:
-            self.dated = True
+        if rate.datetime_start is not None or rate.datetime_end is not None or rate.windowed:
+            self.dated = True  # a time window too: the call's moment matters
         if rate.source_prefix and rate.source_prefix not in self.origins.prefixes:
             self.origins = self.origins | Origins.of((rate.source_prefix,))
 
@@ -149,7 +149,7 @@ class RateTable(Lookups):
         index = self.raw if is_raw else self.numbers
         self.size += len(rates) - len(index.get(key, ()))
         index[key] = rates
-        if any(r.datetime_start is not None or r.datetime_end is not None for r in rates):
+        if any(r.datetime_start is not None or r.datetime_end is not None or r.windowed for r in rates):
             self.dated = True
         if any(r.source_prefix for r in rates):
             self.origins = self.origins | Origins.of(r.source_prefix for r in rates)

@@ -8,7 +8,9 @@ over the current one, by whoever made the change or by `ensure` at start; it is 
 the host then maps the newest local deck covering at least that much.
 
 Builds run outside the serving processes: in the supervisor before the workers start, in the CLI, or in
-a child process (`python -m agent build-decks`) started by the process that made the change.
+a child process (`python -m agent build-decks`) started by the process that made the change. A large deck
+import (CLI or upload) builds its tenant's deck itself, from its own transaction while PostgreSQL writes
+the rates (`ImportBuild`), instead of reading the tenant back from PostgreSQL once it has committed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cache import followers
 
 from ..config import Settings
 from ..pricing import deck
-from ..pricing.rate import Rate
+from ..pricing.rate import Rate, stored_window
 from . import changes
 
 log = logging.getLogger(__name__)
@@ -98,38 +100,155 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
     # rates went through the pricelist to all of its rates (89 ms at 57,000 rates, the catch-up of every change).
     money = {row[0]: (row[1], row[2]) for row in await connection.fetch(
         "SELECT pricelist_tag, scale, rounding FROM pricelists WHERE tenant = $1", tenant)}
+    zones = {row[0]: row[1] for row in await connection.fetch(  # time windows: the pricelists' time zones
+        "SELECT pricelist_tag, timezone FROM pricelists WHERE tenant = $1 AND timezone <> 'UTC'", tenant)}
     rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
         " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
-        " source_prefix FROM pricelist_rates WHERE tenant = $1 AND active" + where,
+        " source_prefix, weekdays, time_start, time_end FROM pricelist_rates WHERE tenant = $1 AND active" + where,
         tenant, *params)
     return [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
                  connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum, most,
-                 *money[pricelist], shared.setdefault(origin, origin))
+                 *money[pricelist], shared.setdefault(origin, origin), *stored_window(days, since, until),
+                 zones.get(pricelist, "UTC"))
             for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum, most,
-            origin in rows]
+            origin, days, since, until in rows]
 
 
 async def read_columns(connection: asyncpg.Connection, tenant: str) -> deck.Columns:
-    """The tenant's active rates as deck columns, without a `Rate` per row; call in a transaction.
+    """The tenant's active rates as deck columns, without a `Rate` per row; call in a transaction."""
+    rows, micros = await _copy_rows(connection, "pricelist_rates", tenant)
+    return rows.columns(micros)
+
+
+async def _copy_rows(connection: asyncpg.Connection, rates: str, tenant: str) -> tuple[deck.TextRows, dict[str, int]]:
+    """The tenant's active rates in `rates` (a table, or a query in brackets, of pricelist_rates' columns) as
+    parsed COPY output, and the micros of its dates (for `TextRows.columns`); call in a transaction.
 
     One COPY in text format, parsed block by block (deck.TextRows); the distinct dates are read back as
     timestamps by PostgreSQL itself, in the same session, so they come out as `read_rates` gives them.
     """
     rows = deck.TextRows()
     try:
+        style = await connection.fetchval("SELECT current_setting('DateStyle')")
         await connection.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         await connection.copy_from_query(
-            f"SELECT {', '.join(deck.TextRows.COLUMNS)} FROM pricelist_rates"
+            f"SELECT {', '.join(deck.TextRows.COLUMNS)} FROM {rates} rates"
             " JOIN pricelists USING (tenant, pricelist_tag) WHERE tenant = $1 AND active", tenant,  # scale, rounding
             output=rows.feed)
         await rows.finish()
+        moments = rows.moments()
+        stamps = await connection.fetch(
+            "SELECT m::timestamptz FROM unnest($1::text[]) WITH ORDINALITY AS u(m, n) ORDER BY n", moments)
+        await connection.execute("SELECT set_config('DateStyle', $1, true)", style)
     finally:
         rows.close()
-    moments = rows.moments()
-    stamps = await connection.fetch(
-        "SELECT m::timestamptz FROM unnest($1::text[]) WITH ORDINALITY AS u(m, n) ORDER BY n", moments)
-    return rows.columns({m: deck.micros(stamp[0]) for m, stamp in zip(moments, stamps)})
+    return rows, {m: deck.micros(stamp[0]) for m, stamp in zip(moments, stamps)}
+
+
+class ImportBuild:
+    """The decks of the tenants a large deck import changes, built from the import's own transaction while
+    PostgreSQL writes the rates, instead of reading every rate of the tenant back after the commit.
+
+    The importer (store/importer.py) calls `start` in its transaction once it knows what the tenant's rates
+    will be (its staged rows and the stored ones they leave as they are) and before it writes them: the
+    rates are read in one COPY and built into a scratch folder in a thread, meanwhile PostgreSQL merges.
+    `check` runs after the import's changes are logged, holding the change log's lock: a build is kept only
+    if no other writer changed the tenant's rates since its read began. Once the import has committed,
+    `activate` gives the kept decks the import's position in the change log and activates them; a tenant
+    whose build was dropped or failed is left to the usual build from PostgreSQL (`build_tenant`). An
+    import that fails activates nothing (its scratch folders are removed, or pruned within the hour).
+    """
+
+    def __init__(self, root: str | os.PathLike, say=None) -> None:
+        self.root = root
+        self.say = say or (lambda text: None)  # progress, for the command line
+        self._folder: Path | None = None
+        self._floor: int | None = None  # the change log's position before the first read
+        self._builds: dict[str, tuple[asyncio.Future, float]] = {}  # tenant -> (its scratch folder, read s)
+
+    async def prepare(self, connection: asyncpg.Connection) -> None:
+        """At the start of the import's transaction, before it reads any stored rate: where the change log is."""
+        self._folder = await database_folder(connection, self.root)
+        self._floor = await changes.last_seq(connection)
+
+    async def start(self, connection: asyncpg.Connection, tenant: str, rates: str) -> None:
+        """Reads the tenant's rates as the import will leave them (`rates`: see `_copy_rows`) and builds them."""
+        if tenant in self._builds:  # the import's merge runs again (another writer added a rate meanwhile)
+            self._drop(tenant)
+        started = time.perf_counter()
+        rows, micros = await _copy_rows(connection, rates, tenant)
+        read = time.perf_counter() - started
+        partial = tenant_folder(self._folder, tenant) / f"import-{os.getpid()}-{time.time_ns()}.partial"
+
+        def build() -> Path:
+            began = time.perf_counter()
+            columns = rows.columns(micros)
+            deck.write_columns(partial, tenant, columns)
+            log.info("deck of tenant %r: %d rates read in %.1fs, built in %.1fs (from the import, during its"
+                     " merge)", tenant, len(columns.key), read, time.perf_counter() - began)
+            return partial
+
+        self.say(f"deck of tenant {tenant!r}: rates read in {read:.1f}s, building while PostgreSQL merges")
+        self._builds[tenant] = (asyncio.get_running_loop().run_in_executor(None, build), read)
+
+    async def check(self, connection: asyncpg.Connection, own: dict[str, int]) -> None:
+        """Drops the builds of tenants whose rates changed (`rate` or `bulk` changes) since the first read,
+        other than by the import's own `own` changes of each tenant. Call holding the change log's lock,
+        after the import logged its changes (no other writer can log any until it commits)."""
+        if not self._builds:
+            return
+        rows = await connection.fetch(
+            "SELECT tenant, count(*) AS n FROM catalog_changes WHERE seq > $1 AND tenant = ANY($2::text[])"
+            " AND kind IN ('rate', 'bulk') GROUP BY tenant", self._floor, list(self._builds))
+        for row in rows:
+            if row["n"] != own.get(row["tenant"], 0):
+                log.info("deck of tenant %r changed by another writer during the import: built again from"
+                         " PostgreSQL", row["tenant"])
+                self._drop(row["tenant"])
+
+    async def activate(self, connection: asyncpg.Connection, covers: int) -> list[deck.DeckInfo]:
+        """After the import committed at change `covers`: activates the decks built, and returns them (the
+        tenants without one need a build from PostgreSQL)."""
+        built: list[deck.DeckInfo] = []
+        for tenant, (future, _) in list(self._builds.items()):
+            try:
+                partial = await future
+            except Exception as exc:  # noqa: BLE001 - the usual build from PostgreSQL does it instead
+                log.warning("deck of tenant %r: the build during the import failed (%s)", tenant, exc)
+                continue
+            target = tenant_folder(self._folder, tenant) / str(covers)
+            if target.exists():  # another builder saw the same position
+                shutil.rmtree(partial, ignore_errors=True)
+                built.append(deck.DeckInfo(target, tenant, covers, 0, 0, 0))
+            else:
+                built.append(deck.seal(partial, target, covers))
+        self._builds.clear()
+        if built:
+            previous = await activations(connection)
+            recorder = changes.Recorder()
+            for info in built:
+                recorder.add(info.tenant, "deck", {"covers": covers})
+            async with connection.transaction():
+                await recorder.write(connection)
+            for info in built:
+                prune(self._folder, info.tenant, previous.get(info.tenant, 0))
+        return built
+
+    def _drop(self, tenant: str) -> None:
+        future, _ = self._builds.pop(tenant)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                 or shutil.rmtree(f.result(), ignore_errors=True))
+
+    async def discard(self) -> None:
+        """After a failed import: removes what was built."""
+        for tenant in list(self._builds):
+            future, _ = self._builds[tenant]
+            self._drop(tenant)
+            try:
+                await future
+            except Exception:  # noqa: BLE001 - nothing to keep
+                pass
 
 
 async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import csv
+import dataclasses
 import io
 import re
 import secrets
@@ -17,19 +18,23 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator
 
 import asyncpg
 
 from ..http.validation import as_datetime
 from ..pricing.destination import source_prefix_of
-from ..pricing.rate import LONGEST_CALL, MAX_SCALE, MAX_SOURCE_PREFIX, MONEY_LIMIT, ROUNDINGS, Rate, limit_error
+from ..pricing.rate import (LONGEST_CALL, MAX_SCALE, MAX_SOURCE_PREFIX, MONEY_LIMIT, ROUNDINGS, Rate, limit_error,
+                            window_of, zone_of)
 from . import changes
+
+if TYPE_CHECKING:
+    from .decks import ImportBuild
 
 RATE_COLUMNS = (
     "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
     "interval_start", "description", "datetime_start", "datetime_end", "active",
-    "initial_increment", "minimum_duration", "maximum_cost", "source_prefix",
+    "initial_increment", "minimum_duration", "maximum_cost", "source_prefix", "weekdays", "time_start", "time_end",
 )
 _BOOL = {"1": True, "true": True, "yes": True, "t": True, "0": False, "false": False, "no": False, "f": False}
 
@@ -214,11 +219,22 @@ def rate_row(raw: dict[str, Any], tenant: str, pricelist: str | None, carrier: s
     origin = get("source_prefix")
     origin = origin if origin.__class__ is str and origin.isdigit() and origin.isascii() \
         and len(origin) <= MAX_SOURCE_PREFIX else source_prefix(origin)
+    days, start, end = get("weekdays"), get("time_start"), get("time_end")
+    window = (0, 0, 86400) if not (days or start or end) else rate_window(days, start, end)
     return (
         row_tenant, pricelist_tag, carrier_tag, prefix, fee, rate, increment, interval, description,
         _moment(get("datetime_start")), _moment(get("datetime_end")),
-        True if active is None or active == "" else _bool(active), initial, minimum, maximum, origin,
+        True if active is None or active == "" else _bool(active), initial, minimum, maximum, origin, *window,
     )
+
+
+def rate_window(days: Any, start: Any, end: Any) -> tuple[int, int, int]:
+    """A rate's time window as stored (rate.window_of), from text as a deck writes it (`mon-fri`, `08:00`,
+    `18:00`); ValueError naming the column."""
+    for name, value in (("weekdays", days), ("time_start", start), ("time_end", end)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be text such as mon-fri or 08:00, got {value!r}")
+    return window_of(days, start, end)
 
 
 def source_prefix(value: Any) -> str:
@@ -244,6 +260,7 @@ _FIELD = {
     "minimum_duration": "[0-9]{0,7}",  # below LONGEST_CALL
     "maximum_cost": "[0-9]{0,15}",  # below 2**53
     "source_prefix": f"[0-9]{{0,{MAX_SOURCE_PREFIX}}}",  # digits: normalized already
+    "weekdays": "", "time_start": "", "time_end": "",  # empty only: a window is read by rate_row
 }
 # A line's first increment is taken as it is when it is one increment (written as rate_increment is) or the
 # rate is per second (rate_increment empty, 0 or 1): a multiple either way. Other values go through rate_row.
@@ -470,8 +487,10 @@ def csv_rates(
 class DeckResult:
     rows: int
     replaced: int
-    tenants: set[str]  # whose decks must be built again
+    tenants: set[str]  # whose decks must be built again (from PostgreSQL: not built by the import itself)
     overlaid: int = 0  # rates changed few enough to be laid over the current deck (rate changes)
+    seq: int = 0  # the import's last change in the change log (0: none, or logged by the caller's recorder)
+    built: list = dataclasses.field(default_factory=list)  # decks built and activated by the import (DeckInfo)
 
 
 # An import that changes at most this many rates is recorded as rate changes, which every agent lays over
@@ -479,16 +498,16 @@ class DeckResult:
 OVERLAY_LIMIT = 1_000
 
 
-# A rate is one per (tenant, pricelist, prefix, carrier, source prefix) (migration 009). A rate change still
-# names [pricelist, carrier, prefix] (store/changes.py): whoever applies it re-reads the rates of every
-# origin under that name (store/catalog._overlay), so that coarser name is enough.
-_KEY = ("tenant", "pricelist_tag", "prefix", "carrier_tag", "source_prefix")
+# A rate is one per (tenant, pricelist, prefix, carrier, source prefix, time window) (migrations 009, 011). A
+# rate change still names [pricelist, carrier, prefix] (store/changes.py): whoever applies it re-reads the
+# rates of every origin and window under that name (store/catalog._overlay), so that coarser name is enough.
+_KEY = ("tenant", "pricelist_tag", "prefix", "carrier_tag", "source_prefix", "weekdays", "time_start", "time_end")
 _IDENTITY = "tenant, pricelist_tag, carrier_tag, prefix"  # what a rate change names (store/changes.py)
 _VALUES = tuple(c for c in RATE_COLUMNS[4:] if c not in _KEY)
 # Sorting the deck by prefix first: PostgreSQL's abbreviated keys work on the first sort column (tenant
 # and pricelist are mostly one value); "C" compares bytes. Either order groups equal keys alike.
 _ORDER = ('prefix COLLATE "C", carrier_tag COLLATE "C", pricelist_tag COLLATE "C", tenant COLLATE "C",'
-          ' source_prefix COLLATE "C"')
+          ' source_prefix COLLATE "C", weekdays, time_start, time_end')
 _WORK_MEM = "512MB"  # the deck's sort and the merge's hash join in memory up to about two million rows
 
 
@@ -505,7 +524,7 @@ def _id_prefix() -> str:
 
 async def import_rates(
     connection: asyncpg.Connection, rows: Iterable[tuple] | CsvDeck, replace: bool = False,
-    recorder: changes.Recorder | None = None,
+    recorder: changes.Recorder | None = None, build: ImportBuild | None = None,
 ) -> DeckResult:
     """Streams rows into a temporary table and merges them in one transaction (last duplicate wins).
 
@@ -513,28 +532,50 @@ async def import_rates(
     in the same transaction: the deck becomes the whole tariff for them. Rates the deck does not change
     are not written; changed ones are updated in place (they keep their ids); new ones are inserted in
     one sorted INSERT.
+
+    With `build` (store/decks.ImportBuild), no `recorder` (the import logs its own changes) and no
+    transaction of the caller around it (the import commits), an import changing more than OVERLAY_LIMIT
+    rates builds its tenants' decks from its own transaction while PostgreSQL writes the rates, and
+    activates them once committed (`DeckResult.built`); the tenants left in `DeckResult.tenants` need a
+    build from PostgreSQL.
     """
     deck = rows if isinstance(rows, CsvDeck) else None
-    async with connection.transaction():
-        await connection.execute(f"SET LOCAL work_mem = '{_WORK_MEM}'")
-        # rows already made (a list) were read with the scales of their maker: checked below, not re-read
-        used = _SCALES.get() if isinstance(rows, (list, tuple)) else await read_scales(connection)
-        token = _SCALES.set(used)
-        try:
-            return await _import_rates(connection, rows, deck, replace, recorder, used)
-        finally:
-            _SCALES.reset(token)
+    # only an import that commits here: a deck activated inside a caller's transaction could outlive it
+    build = build if recorder is None and not connection.is_in_transaction() else None
+    try:
+        async with connection.transaction():
+            await connection.execute(f"SET LOCAL work_mem = '{_WORK_MEM}'")
+            if build is not None:
+                await build.prepare(connection)  # before anything reads the stored rates
+            # rows already made (a list) were read with the scales of their maker: checked below, not re-read
+            used = _SCALES.get() if isinstance(rows, (list, tuple)) else await read_scales(connection)
+            token = _SCALES.set(used)
+            try:
+                result = await _import_rates(connection, rows, deck, replace, recorder, used, build)
+            finally:
+                _SCALES.reset(token)
+    except BaseException:
+        if build is not None:
+            await build.discard()
+        raise
+    if build is not None and result.seq:
+        built = await build.activate(connection, result.seq)
+        result.tenants -= {info.tenant for info in built}
+        result.built = built
+    return result
 
 
 async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | None, replace: bool,
-                        recorder: changes.Recorder | None, used: dict[tuple[str, str], int]) -> DeckResult:
+                        recorder: changes.Recorder | None, used: dict[tuple[str, str], int],
+                        build: ImportBuild | None) -> DeckResult:
     """import_rates in its transaction, the rows read with the pricelists' scales `used`."""
     ignored = [c for c in deck.copy_columns() if c not in RATE_COLUMNS] if deck is not None else []
     await connection.execute(
         "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
         " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
         " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
-        " minimum_duration integer, maximum_cost bigint, source_prefix text, line bigint"
+        " minimum_duration integer, maximum_cost bigint, source_prefix text, weekdays smallint, time_start integer,"
+        " time_end integer, line bigint"
         + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
     )
     if deck is not None:
@@ -543,6 +584,8 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     else:
         status = await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
     count = int(status.split()[-1])
+    if build is not None:
+        build.say(f"{count:,} rows staged in PostgreSQL; merging")
     if count == 0:
         await connection.execute("DROP TABLE rate_deck")
         return DeckResult(0, 0, set())
@@ -556,7 +599,8 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         " coalesce(rate, 0) AS rate, coalesce(rate_increment, 1) AS rate_increment,"
         " coalesce(interval_start, 0) AS interval_start, description, datetime_start, datetime_end,"
         " coalesce(active, true) AS active, initial_increment, coalesce(minimum_duration, 0) AS minimum_duration,"
-        " maximum_cost, coalesce(source_prefix, '') AS source_prefix, ctid AS place"
+        " maximum_cost, coalesce(source_prefix, '') AS source_prefix, coalesce(weekdays, 0) AS weekdays,"
+        " coalesce(time_start, 0) AS time_start, coalesce(time_end, 86400) AS time_end, ctid AS place"
     )
     # The deck as it merges: one row per key, the last one given. The table was created and filled by
     # one COPY in this transaction: its rows lie in the order of the deck (ctid).
@@ -596,6 +640,18 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     columns = ", ".join(RATE_COLUMNS)
     await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
     ids = f"('{_id_prefix()}' || lpad(to_hex(nextval('rate_deck_ids')), 12, '0'))::uuid"
+    tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
+
+    async def stage(exclude: bool) -> None:
+        """The decks of the deck's tenants built as the import leaves their rates: the stored ones it does not
+        replace or delete (`exclude`: rate_deck_changes of _merge names some), and its own (those of
+        rate_deck_changes, or without stored rates in its pairs the whole deck as it merges)."""
+        kept = "" if not exclude else " AND NOT EXISTS (SELECT 1 FROM rate_deck_changes c WHERE c.stored = r.id)"
+        own = "rate_deck_changes WHERE prefix IS NOT NULL" if exclude else f"{merged} deck"
+        rates = f"(SELECT {columns} FROM pricelist_rates r WHERE true{kept} UNION ALL SELECT {columns} FROM {own})"
+        for tenant in sorted(tenants):
+            await build.start(connection, tenant, rates)
+
     replaced = 0
     for attempt in range(3):
         try:
@@ -607,6 +663,10 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                     " USING (tenant, pricelist_tag, carrier_tag))")
                 if not stored:
                     # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
+                    if build is not None and count > OVERLAY_LIMIT:
+                        # the deck sorted once more for the build: cheaper than writing it to a table and
+                        # reading it twice (measured at 2,000,000 rates, loadtest/BENCHMARKS.md)
+                        await stage(False)
                     insert = f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck"
                     if count <= OVERLAY_LIMIT:
                         touched = await connection.fetch(f"{insert} RETURNING {_IDENTITY}")
@@ -614,14 +674,15 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                         await connection.execute(insert)
                         touched = None
                 else:
-                    replaced, touched = await _merge(connection, merged, ids, replace)
+                    replaced, touched = await _merge(connection, merged, ids, replace,
+                                                     None if build is None else stage)
                 await connection.execute("SET LOCAL rating.rate_references = ''")
             break
         except asyncpg.UniqueViolationError:
             if attempt == 2:
                 raise
-    tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
     await connection.execute("DROP TABLE rate_deck, rate_deck_pairs")  # and rate_deck_ids (owned)
+    await connection.execute("DROP TABLE IF EXISTS rate_deck_changes")
     own = recorder is None
     recorder = changes.Recorder() if own else recorder
     if touched is None:
@@ -631,15 +692,19 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         for tenant, pricelist, carrier, prefix in touched:
             recorder.add(tenant, "rate", [pricelist, carrier, prefix])
         tenants = set()
+    seq = 0
     if own:
-        await recorder.write(connection)
-    return DeckResult(count, replaced, tenants, 0 if touched is None else len(touched))
+        seq = await recorder.write(connection)
+        if build is not None and touched is None:
+            await build.check(connection, {tenant: 1 for tenant in tenants})  # one `bulk` change each
+    return DeckResult(count, replaced, tenants, 0 if touched is None else len(touched), seq)
 
 
-async def _merge(connection: asyncpg.Connection, merged: str, ids: str,
-                 replace: bool) -> tuple[int, list[asyncpg.Record] | None]:
+async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace: bool,
+                 stage: Callable[[bool], Awaitable[None]] | None) -> tuple[int, list[asyncpg.Record] | None]:
     """Merges the deck into pairs that have rates. Returns how many rates `replace` deleted, and the
-    identities (_IDENTITY) of every rate added, changed or deleted, if there are at most OVERLAY_LIMIT."""
+    identities (_IDENTITY) of every rate added, changed or deleted, if there are at most OVERLAY_LIMIT;
+    if there are more, `stage` (if given) starts the decks' builds before the rates are written."""
     await connection.execute("ANALYZE rate_deck")  # sizes for the join (a nested loop over millions is minutes)
     columns = ", ".join(RATE_COLUMNS)
     on = " AND ".join(f"r.{c} = deck.{c}" for c in _KEY)
@@ -657,6 +722,8 @@ async def _merge(connection: asyncpg.Connection, merged: str, ids: str,
     few = await connection.fetchval("SELECT count(*) FROM rate_deck_changes") <= OVERLAY_LIMIT
     touched = await connection.fetch(f"SELECT {_IDENTITY} FROM rate_deck_changes WHERE prefix IS NOT NULL") \
         if few else None
+    if not few and stage is not None:
+        await stage(True)
     replaced = 0
     if replace:
         delete = "DELETE FROM pricelist_rates r USING rate_deck_changes c WHERE c.prefix IS NULL AND r.id = c.stored"
@@ -674,7 +741,6 @@ async def _merge(connection: asyncpg.Connection, merged: str, ids: str,
         f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM rate_deck_changes"
         f" WHERE stored IS NULL ORDER BY {_ORDER}"
     )
-    await connection.execute("DROP TABLE rate_deck_changes")
     return replaced, touched
 
 
@@ -749,14 +815,20 @@ async def import_catalog(connection: asyncpg.Connection, document: dict[str, Any
             try:
                 scale, rounding = pricelist_terms(item)
                 await set_terms(connection, recorder, tenant, item["pricelist_tag"], scale, rounding)
+                zone = None if item.get("timezone") is None else zone_of(str(item["timezone"]))  # time windows
             except ValueError as exc:
                 raise ImportError_(f"pricelist {item.get('pricelist_tag')!r}: {exc}") from None
+            if zone is not None and await connection.fetchval(
+                    "SELECT timezone <> $3 FROM pricelists WHERE tenant = $1 AND pricelist_tag = $2",
+                    tenant, item["pricelist_tag"], zone):
+                recorder.add(tenant, "bulk")  # its rates' windows move: the deck is built again
             await connection.execute(
-                "INSERT INTO pricelists (tenant, pricelist_tag, name, currency, scale, rounding)"
-                " VALUES ($1, $2, $3, $4, coalesce($5, 0), coalesce($6, 'up'))"
+                "INSERT INTO pricelists (tenant, pricelist_tag, name, currency, scale, rounding, timezone)"
+                " VALUES ($1, $2, $3, $4, coalesce($5, 0), coalesce($6, 'up'), coalesce($7, 'UTC'))"
                 " ON CONFLICT (tenant, pricelist_tag) DO UPDATE SET name = excluded.name, currency = excluded.currency,"
-                " scale = coalesce($5, pricelists.scale), rounding = coalesce($6, pricelists.rounding)",
-                tenant, item["pricelist_tag"], item.get("name"), item.get("currency"), scale, rounding,
+                " scale = coalesce($5, pricelists.scale), rounding = coalesce($6, pricelists.rounding),"
+                " timezone = coalesce($7, pricelists.timezone)",
+                tenant, item["pricelist_tag"], item.get("name"), item.get("currency"), scale, rounding, zone,
             )
         rates = document.get("rates", [])
         if rates:

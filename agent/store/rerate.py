@@ -148,7 +148,7 @@ async def _batch(connection, catalog: Catalog, result: Rerate, cursor: tuple, sa
             result.examined += 1
             at = row["timestamp_auth"] or row["timestamp_begin"]
             priced = reprice(catalog, row["tenant"], row["account_tag"], row["destination"], at, row["duration"],
-                             row["source"])
+                             row["source"], row["timestamp_begin"])
             if priced is None:
                 result.skipped += 1
                 continue

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 import cache
 from agent.pricing.decision import Standing, charges, decide
-from agent.pricing.rate import (LONGEST_CALL, MAX_SCALE, ROUNDINGS, Rate, duration_seconds, limit_error, walk_fee,
-                                walk_units)
+from agent.pricing.rate import (LONGEST_CALL, MAX_SCALE, ROUNDINGS, Rate, duration_seconds, limit_error,
+                                tariff_fee, tariff_numbers, timeline, timeline_exact, walk_fee, walk_fee_at,
+                                walk_units, walk_units_at)
 
 money = st.integers(min_value=0, max_value=10**12)
 small = st.integers(min_value=0, max_value=10_000)
@@ -246,10 +247,10 @@ def check_call(client, call: dict) -> None:
             if count:
                 setup.sadd(set_key, *[f"other{n}" for n in range(count)])
         total, in_limit, out_limit = party["limits"]
-        schedule = None if party["rate"] is None or inbound else party["rate"].schedule()
+        schedule = None if party["rate"] is None or inbound else party.get("timeline") or party["rate"].schedule()
         lua = {"k": key, "o": here, "a": tag, "cr": party["credit"], "mt": total, "mi": in_limit, "mo": out_limit,
                "i": int(inbound), "pr": int(index == 0), "c": int(party["spends"] and not inbound),
-               "r": None if schedule is None else list(schedule)}
+               "r": None if schedule is None else tariff_numbers(schedule)}
         if total >= 0:
             lua["ox"] = other
         sent.append(lua)
@@ -257,8 +258,8 @@ def check_call(client, call: dict) -> None:
                                   inbound, party["counts"][0], party["counts"][1], total, in_limit, out_limit))
     setup.execute()
     share, cap = call["share"], call["cap"]
-    expected = decide(standings, share, cap)
-    at = 1_700_000_000_000
+    at = call.get("at", 1_700_000_000_000)
+    expected = decide(standings, share, cap, at=at)
     call_key = cache.call_key(tenant, "x")
     reply = _fcall(client, "rating_authorize", (call_key, cache.DEADLINES, cache.OUTBOX, cache.CATALOG),
                    (at, f"120000,{share},{cap},3600,30000", int(call["begun"]), tenant, "x",
@@ -270,7 +271,7 @@ def check_call(client, call: dict) -> None:
     held = [int(amount) for amount in _read(client, [("HGET", p["k"], "reserved") for p in sent])]
     assert held == [party["reserved"] + amount for party, amount in zip(call["parties"], expected.reserved)]
     assert all(amount <= max(s.available + s.credit, 0) for s, amount in zip(standings, expected.reserved)
-               if s.spends and s.schedule is not None and walk_fee(s.schedule, cap) > 0)
+               if s.spends and s.schedule is not None and tariff_fee(s.schedule, cap, at) > 0)
     if expected.reason:
         return
     # the end: begun at `at` (or, its begin lost, at the begin the end carries or at the authorization)
@@ -278,13 +279,15 @@ def check_call(client, call: dict) -> None:
     end = begin + call["length"]
     reply = _fcall(client, "rating_finish", (call_key, cache.DEADLINES, cache.OUTBOX),
                    (end, end, 3600, "" if call["begun"] or call["lost_begin"] is None else begin))
-    charged = charges([s.schedule for s in standings], expected.units, duration_seconds(begin, end))
+    charged = charges([s.schedule for s in standings], expected.units, duration_seconds(begin, end), begin)
     assert reply[:2] == [1, "ended"]
     after = _read(client, [("HMGET", p["k"], "balance", "reserved") for p in sent])
     for (balance, reserved), party, amount in zip(after, call["parties"], charged):
         assert (int(balance), int(reserved)) == (party["balance"] - amount, party["reserved"])  # and released
     assert all(amount <= held_amount for amount, held_amount, s in zip(charged, expected.reserved, standings)
-               if s.spends)  # never more than the reservation
+               if s.spends and (begin == at or not isinstance(s.schedule, tuple) or not s.schedule
+                                or not isinstance(s.schedule[0], tuple)))  # never more than the reservation (a
+    # timeline is priced from the answer: one answered later than its authorization may cross other windows)
 
 
 def test_an_agent_configured_beyond_the_longest_call_is_refused_by_the_library(redis_server):
@@ -402,3 +405,55 @@ async def test_a_call_the_expiry_cannot_finish_is_set_aside_and_counted_not_retr
     live = LiveState(client)
     await live.refresh()
     assert {m.name: m.samples[0].value for m in live.collect()}["rating_calls_broken"] == 1
+
+
+# --- time windows: timelines walked by the library as by the kernel ----------------------------------------------
+
+def random_timeline(rng, at_ms: int, scaled: bool = False):
+    """A timeline of 1-5 random schedules whose later pieces start within a few hours of `at_ms`, of rates of
+    mixed scales when `scaled` (the kernel puts them in one unit)."""
+    while True:
+        starts = sorted({at_ms // 1000 + rng.choice([-5, 1, 59, 60, 61, rng.randint(1, 20_000)])
+                         for _ in range(rng.randint(0, 4))})
+        line = timeline([(at_ms // 1000, random_rate(rng, scaled and rng.random() < 0.7))] +
+                        [(start, random_rate(rng, scaled and rng.random() < 0.7)) for start in starts])
+        if timeline_exact(line):  # what the plan sends (rate.timeline_exact)
+            return line
+
+
+def test_lua_walks_twenty_thousand_timelines_as_the_kernel(lua):
+    import random
+
+    rng = random.Random(1516)
+    cases = []
+    for _ in range(20_000):
+        at = 1_700_000_000_000 + rng.randint(0, 999)
+        line = random_timeline(rng, at, scaled=rng.random() < 0.5)
+        answer = at + rng.choice([0, 0, 1, 999, 1000, rng.randint(0, 30_000_000)])
+        cases.append((line, rng.choice([0, 1, rng.randint(0, 30_000)]),
+                      rng.choice([0, -5, rng.randint(0, 10**6), rng.randint(0, 2**53), rng.randint(0, 2**62)]),
+                      rng.choice([100, rng.randint(1, 100)]), rng.choice([14400, rng.randint(1, 30_000)]), answer))
+    pipe = lua.pipeline(transaction=False)
+    for line, duration, available, share, cap, answer in cases:
+        pipe.execute_command("FCALL", cache.FUNCTIONS["rating_price"], 0, orjson.dumps(tariff_numbers(line)).decode(),
+                             duration, available, share, cap, answer)
+    for (line, duration, available, share, cap, answer), found in zip(cases, pipe.execute()):
+        usable = available if share >= 100 or available <= 0 else available * share // 100
+        assert found == [walk_fee_at(line, duration, answer), walk_units_at(line, usable, cap, answer)], (
+            line, duration, available, share, cap, answer)
+
+
+def test_three_thousand_windowed_calls_in_redis_decide_and_charge_as_the_kernel(lua):
+    """Parties priced by timelines: units and reservations walked from the authorization, charges from the
+    answer (the begin, the begin a late end carries, or the authorization when the begin was lost)."""
+    import random
+
+    rng = random.Random(1517)
+    for _ in range(3000):
+        call = random_call(rng)
+        call["at"] = 1_700_000_000_000 + rng.randint(0, 999)
+        for party in call["parties"]:
+            if party["rate"] is not None and rng.random() < 0.8:
+                party["timeline"] = random_timeline(rng, call["at"], scaled=rng.random() < 0.3)
+        call["lost_begin"] = rng.choice([None, 0, 1500, rng.randint(0, 20_000_000)])
+        check_call(lua, call)

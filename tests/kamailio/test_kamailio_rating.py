@@ -61,7 +61,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
     def carrier(tag: str, protocol: str) -> dict:
         return {"carrier_tag": tag, "host": "127.0.0.1", "port": ports[tag], "protocol": protocol, "active": True}
 
-    pricelists = ["k-main", "k-refuse", "k-fo", "k-cut", "k-reinv", "k-busy", "k-conc", "k-3006"]
+    pricelists = ["k-main", "k-refuse", "k-fo", "k-cut", "k-reinv", "k-busy", "k-conc", "k-3006", "k-win"]
     return {
         "carriers": [
             carrier("k-answer", "UDP"), carrier("k-answer-tcp", "TCP"), carrier("k-answer-cut", "UDP"),
@@ -96,6 +96,7 @@ def build_catalog(ports: dict[str, int]) -> dict:
             _account("k-busy", "k-busy"),
             _account("k-conc", "k-conc", max_concurrent_transactions=3),
             _account("k-3006", "k-3006"),
+            _account("k-win", "k-win"),  # its peak and off-peak rates: imported by the test (a boundary ahead)
         ],
     }
 
@@ -221,6 +222,33 @@ def test_a_call_billed_30_6_pays_its_whole_first_block(rig):
     assert (result.code, result.bye) == (200, 200), (result, run.output)
     record = rig.ended_record(result.call_id, "k-3006")
     assert 2 <= record["duration"] <= 4 and record["fee"] == 30, record  # 30 s at 6 per 6 s, not 2-4 s of it
+
+
+def test_a_call_across_the_end_of_the_peak_is_priced_per_segment(rig):
+    """The peak (5 a second) ends a few seconds after the call is answered, then the off-peak rate (1 a
+    second) prices it: the boundary is set ahead by the test, in the deck it imports while the rig runs
+    (the agent takes the change at its next authorization), and the fee is held to the record's answer."""
+    from datetime import datetime, timedelta, timezone
+
+    boundary = (datetime.now(timezone.utc) + timedelta(seconds=20)).replace(microsecond=0)
+    if boundary.date() != datetime.now(timezone.utc).date():
+        pytest.skip("the boundary would fall after midnight UTC")
+    deck = rig.workdir / "windows.csv"
+    deck.write_text("prefix,rate,rate_increment,weekdays,time_start,time_end\n"
+                    f"3909,5,1,,00:00,{boundary:%H:%M:%S}\n3909,1,1,,,\n")
+    run_cli("import", "rates", str(deck), "--pricelist", "k-win", "--carrier", "k-answer", "--quiet",
+            redis_url=rig.redis_url, database_url=rig.database_url)
+    ahead = (boundary - datetime.now(timezone.utc)).total_seconds()
+    assert ahead > 2, "the import took the seconds meant for the call"
+    run = rig.call("39090000001", "k-win", hold_ms=int((ahead + 4) * 1000))
+    (result,) = run.results.values()
+    assert (result.code, result.bye) == (200, 200), (result, run.output)
+    record = rig.ended_record(result.call_id, "k-win")
+    begun = record["timestamp_begin"]
+    peak = min(record["duration"], math.ceil((boundary - begun).total_seconds()))  # seconds begun before it
+    assert 0 < peak < record["duration"], record  # the call crossed the boundary
+    assert record["fee"] == 5 * peak + 1 * (record["duration"] - peak), record
+    assert record["destination_rate"]["time_end"] == f"{boundary:%H:%M:%S}".removesuffix(":00")
 
 
 @pytest.mark.parametrize("account,number,reason,phrase", REFUSALS, ids=[r[2] for r in REFUSALS])

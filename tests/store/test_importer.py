@@ -1,6 +1,7 @@
 """Catalog and rate-deck import: streaming, validation with line numbers, atomic replace, live reload."""
 
 import asyncio
+import csv
 import io
 import json
 import random
@@ -237,7 +238,7 @@ async def test_a_deck_and_a_catalog_import_in_one_transaction(stack):
     async with stack.database.transaction():
         await import_rates(stack.database, csv_rates([HEADER, "4401,1,60,0,0,a\n"], "default", "p2", "c1"))
         await import_rates(stack.database, [("default", "p2", "c1", "4402", 0, 2, 60, 0, None, None, None, True, None, 0,
-                                             None, "", 1)])
+                                             None, "", 0, 0, 86400, 1)])
     assert await stack.database.fetchval(
         "SELECT count(*) FROM pricelist_rates WHERE prefix IN ('4401', '4402')") == 2
 
@@ -517,3 +518,170 @@ async def test_a_json_catalog_takes_source_prefixes_and_refuses_a_bad_one(stack)
     with pytest.raises(ImportError_, match="rates: source_prefix must be text"):
         await stack.load(catalog(prepaid("a"), rates=[
             {"pricelist_tag": "p1", "carrier_tag": "c1", "prefix": "40", "rate": 1, "source_prefix": 3906}]))
+
+
+# Decks built by a large import from its own transaction (store/decks.ImportBuild), against the deck a build
+# from PostgreSQL gives once the import has committed: the same files, byte for byte.
+
+_COLUMNS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
+            "interval_start", "description", "datetime_start", "datetime_end", "active", "initial_increment",
+            "minimum_duration", "maximum_cost", "source_prefix")
+_WRITTEN = ["39", "390", "3904", "+39", "+390", "0039", "39-04", "sip:alice@", "tel:+3904", "1" * 17, "2" * 18]
+
+
+def varied_deck(rng, count: int, pairs: list[tuple[str, str, str]], dated: bool = True) -> list[str]:
+    """CSV lines of a deck over (tenant, pricelist, carrier) `pairs`: prefixes written several ways, origins,
+    dates, decimal prices in p2 (scale 4), texts that need quoting, inactive rows and duplicates."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    for _ in range(count):
+        tenant, pricelist, carrier = rng.choice(pairs)
+        prefix = rng.choice(_WRITTEN) if rng.random() < 0.2 else str(rng.randrange(10 ** rng.randrange(1, 9)))
+        increment = rng.choice(["", "1", "6", "60"])
+        if pricelist == "p2":
+            fee, rate, most = rng.choice(["", "0.5", "2"]), rng.choice(["0.0085", "1", ".25"]), rng.choice(["", "9.99"])
+        else:
+            fee, rate, most = str(rng.randrange(3)), str(rng.randrange(1, 90)), rng.choice(["", "", "5000"])
+        start = rng.choice(["", "", "2024-05-01T10:00:00Z", "2031-01-01 00:00:00+02"]) if dated else ""
+        writer.writerow([tenant, pricelist, carrier, prefix, fee, rate, increment, rng.choice(["0", "", "2"]),
+                         rng.choice(["", "Italy", 'Quoted, "mobile"', "Città ☎"]), start,
+                         rng.choice(["", "", "2032-01-01T00:00:00Z"]) if dated else "",
+                         rng.choice(["", "true", "true", "false"]),
+                         rng.choice(["", "", increment or "1"]) if increment != "" else "",
+                         rng.choice(["0", "", "30"]), most, rng.choice(["", "", "", "39", "06123"]) if dated else ""])
+    return out.getvalue().splitlines(keepends=True)
+
+
+def varied_catalog() -> dict:
+    document = {"carriers": [], "pricelists": [], "accounts": []}
+    for tenant in ("t", "u"):
+        document["carriers"] += [{"tenant": tenant, "carrier_tag": tag, "host": "10.0.0.9"} for tag in ("c1", "c2", "c3")]
+        document["pricelists"] += [{"tenant": tenant, "pricelist_tag": "p1"},
+                                   {"tenant": tenant, "pricelist_tag": "p2", "scale": 4, "rounding": "half_even"},
+                                   {"tenant": tenant, "pricelist_tag": "p3", "rounding": "down"}]
+    return document
+
+
+def deck_files(folder) -> dict[str, bytes]:
+    files = {path.name: path.read_bytes() for path in folder.iterdir()}
+    meta = json.loads(files.pop("meta.json"))
+    return {**files, "meta": meta}
+
+
+async def assert_built_as_postgresql_builds(stack, result, tmp_path) -> None:
+    from agent.pricing import deck as decks_format
+    from agent.store import decks
+
+    assert result.built and not result.tenants
+    for info in result.built:
+        async with stack.database.transaction(isolation="repeatable_read", readonly=True):
+            columns = await decks.read_columns(stack.database, info.tenant)
+        again = decks_format.build_columns(tmp_path / f"again-{info.tenant}-{info.covers}", info.tenant, columns,
+                                           info.covers)
+        assert deck_files(info.folder) == deck_files(again.folder)
+        assert info.rates == again.rates == await stack.database.fetchval(
+            "SELECT count(*) FROM pricelist_rates WHERE tenant = $1 AND active", info.tenant)
+    activated = await stack.database.fetch("SELECT tenant, subject FROM catalog_changes WHERE kind = 'deck'"
+                                           " AND (subject->>'covers')::bigint = $1", result.seq)
+    assert sorted(row["tenant"] for row in activated) == sorted(info.tenant for info in result.built)
+
+
+@pytest.mark.parametrize("dated", [True, False])  # dates and origins, or a deck with chains
+async def test_a_deck_built_during_an_import_is_the_deck_postgresql_gives(stack, tmp_path, monkeypatch, dated):
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 20)
+    rng = random.Random(11)
+    await stack.load(varied_catalog())
+    everything = [(tenant, p, c) for tenant in ("t", "u") for p in ("p1", "p2") for c in ("c1", "c2")]
+    await import_rates(stack.database, csv_rates(varied_deck(rng, 600, everything, dated), "default", None, None))
+    root = tmp_path / "decks"
+    # replacing two pairs of tenant t: rates changed, kept, added, removed; the other pairs stay as stored
+    replaced = varied_deck(rng, 300, [("t", "p1", "c1"), ("t", "p2", "c2")], dated)
+    result = await import_rates(stack.database, csv_rates(replaced, "default", None, None), replace=True,
+                                build=decks.ImportBuild(root))
+    assert result.replaced > 0 and result.built[0].tenant == "t"
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    # merged without replace, in both tenants
+    result = await import_rates(stack.database, csv_rates(varied_deck(rng, 300, everything, dated), "default", None,
+                                                          None), build=decks.ImportBuild(root))
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    # pairs without rates yet (the plain insert), beside the tenant's stored ones
+    fresh = varied_deck(rng, 200, [("t", "p3", "c3"), ("t", "p3", "c1")], dated)
+    result = await import_rates(stack.database, csv_rates(fresh, "default", None, None), build=decks.ImportBuild(root))
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    # the agent maps it (the newest local deck covering the activation)
+    folder = await decks.database_folder(stack.database, root)
+    assert decks.local_deck(folder, "t", result.seq) == result.built[0].folder
+
+
+async def test_a_failed_import_activates_nothing_it_built(stack, tmp_path, monkeypatch):
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 5)
+    await stack.load(catalog(prepaid("a")))
+    seq = await stack.database.fetchval("SELECT max(seq) FROM catalog_changes")
+    started = []
+
+    async def failing_check(self, connection, own):
+        started.append(list(self._builds))
+        raise RuntimeError("the merge failed")
+
+    monkeypatch.setattr(decks.ImportBuild, "check", failing_check)
+    with pytest.raises(RuntimeError, match="the merge failed"):
+        await import_rates(stack.database, csv_rates(deck(50), "default", "p2", "c1"),
+                           build=decks.ImportBuild(tmp_path / "decks"))
+    assert started == [["default"]]  # it was building when the import failed
+    assert await stack.database.fetchval("SELECT count(*) FROM pricelist_rates WHERE prefix LIKE '3900%'") == 0
+    assert await stack.database.fetchval("SELECT max(seq) FROM catalog_changes") == seq
+    assert [path for path in (tmp_path / "decks").rglob("meta.json")] == []
+    # bad rows are refused with their line before anything is read or built
+    monkeypatch.undo()
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 5)
+    with pytest.raises(ImportError_, match="line 52: rate must be an integer"):
+        await import_rates(stack.database, csv_rates([*deck(50), "4401,x,60,0,0,bad\n"], "default", "p2", "c1"),
+                           build=decks.ImportBuild(tmp_path / "decks"))
+    assert await stack.database.fetchval("SELECT max(seq) FROM catalog_changes") == seq
+    assert [path for path in (tmp_path / "decks").rglob("meta.json")] == []
+
+
+async def test_a_rate_changed_by_another_writer_during_the_import_leaves_the_deck_to_a_build_from_postgresql(
+        stack, tmp_path, monkeypatch):
+    import asyncpg
+
+    from agent.store import changes, decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 5)
+    await stack.load(catalog(prepaid("a")))
+    start = decks.ImportBuild.start
+
+    async def start_then_another_writer(self, connection, tenant, rates):
+        await start(self, connection, tenant, rates)
+        other = await asyncpg.connect(stack.database_url)
+        try:
+            async with other.transaction():
+                await other.execute("UPDATE pricelist_rates SET rate = 77 WHERE pricelist_tag = 'p2' AND carrier_tag = 'c2'")
+                await changes.record(other, tenant, "rate", ["p2", "c2", "39"])
+        finally:
+            await other.close()
+
+    monkeypatch.setattr(decks.ImportBuild, "start", start_then_another_writer)
+    result = await import_rates(stack.database, csv_rates(deck(50), "default", "p2", "c1"),
+                                build=decks.ImportBuild(tmp_path / "decks"))
+    assert (result.rows, result.built, result.tenants) == (50, [], {"default"})  # built from PostgreSQL instead
+    assert await stack.database.fetchval("SELECT count(*) FROM catalog_changes WHERE kind = 'deck'") == 0
+    assert [path for path in (tmp_path / "decks").rglob("meta.json")] == []
+
+
+async def test_an_import_inside_the_callers_transaction_leaves_the_deck_to_a_build_from_postgresql(stack, tmp_path,
+                                                                                                     monkeypatch):
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 5)
+    await stack.load(catalog(prepaid("a")))
+    async with stack.database.transaction():  # its commit is not the import's: nothing activated before it
+        result = await import_rates(stack.database, csv_rates(deck(50), "default", "p2", "c1"),
+                                    build=decks.ImportBuild(tmp_path / "decks"))
+    assert (result.rows, result.built, result.tenants) == (50, [], {"default"})
+    assert not (tmp_path / "decks").exists()
