@@ -639,13 +639,15 @@ async def scrape(ctx) -> dict:
     """The agent's authorization latency histogram and answers by status (summed over the workers)."""
     import aiohttp
 
-    found: dict = {"buckets": {}, "statuses": {}}
+    found: dict = {"buckets": {}, "statuses": {}, "waits": 0.0}
     try:
         async with ctx.manage.session.get(ctx.url + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as reply:
             text = await reply.text()
     except (aiohttp.ClientError, asyncio.TimeoutError):
         return found
     for line in text.splitlines():
+        if line.startswith("rating_catalog_waits_total "):  # requests that waited for their worker's catch-up
+            found["waits"] = float(line.split()[1])
         matched = _SAMPLE.match(line)
         if matched is None:
             continue
@@ -671,7 +673,7 @@ def server_side(before: dict, after: dict) -> dict:
     failed = sum(after["statuses"].get(k, 0.0) - before["statuses"].get(k, 0.0)
                  for k in after["statuses"] if k != "200")
     return {"count": int(total), "over_50ms": int(total - under_50), "p99_le_ms": p99 * 1000,
-            "non_200": int(failed)}
+            "non_200": int(failed), "waits": int(after.get("waits", 0.0) - before.get("waits", 0.0))}
 
 
 # ------------------------------------------------------------------------------------------ a round
@@ -893,7 +895,8 @@ def _server(server: dict | None) -> str:
         return "-"
     bound = "> 2,500" if server["p99_le_ms"] == float("inf") else f"<= {server['p99_le_ms']:g}"
     return f"{server['over_50ms']} of {server['count']:,}, {bound} ms" + (
-        f", {server['non_200']} non-200" if server["non_200"] else "")
+        f", {server['non_200']} non-200" if server["non_200"] else "") + (
+        f", {server['waits']} waited for a catch-up" if server.get("waits") else "")
 
 
 def _cores(cpu: dict) -> str:
