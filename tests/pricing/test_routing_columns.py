@@ -166,7 +166,7 @@ def test_each_chain_holds_the_first_rate_of_each_source_along_its_keys_prefixes(
 def test_offer_codes_beyond_32_bits_are_stored_as_64_bit_integers(tmp_path_factory, monkeypatch):
     offer_codes = deck.offer_codes
     # Shifted by a multiple of the source count: the same order and the same sources.
-    monkeypatch.setattr(deck, "offer_codes", lambda columns, ranks: offer_codes(columns, ranks) +
+    monkeypatch.setattr(deck, "offer_codes", lambda columns, ranks, prices=None: offer_codes(columns, ranks, prices) +
                         len(columns.sources) * 2**33)
     items = [Rate("t", "p", "c1", "39", rate=2), Rate("t", "p", "c2", "3904", rate=1), Rate("t", "p", "c3", "3", rate=1)]
     wide = mapped(tmp_path_factory, items)
