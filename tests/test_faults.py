@@ -326,9 +326,10 @@ class Sentinels:
 
         from devstack import free_port, wait_for_port
 
-        self.master = RedisServer(self.folder / "master").start()
+        quick = ("--repl-diskless-sync-delay", "0")  # replicas synced at once, not after 5 s
+        self.master = RedisServer(self.folder / "master", options=quick).start()
         self.replicas = [RedisServer(self.folder / f"replica-{n}",
-                                     options=("--replicaof", "127.0.0.1", str(self.master.port))).start()
+                                     options=(*quick, "--replicaof", "127.0.0.1", str(self.master.port))).start()
                          for n in range(2)]
         for n in range(3):
             port, folder = free_port(), self.folder / f"sentinel-{n}"
@@ -362,9 +363,10 @@ class Sentinels:
 
         for process in self.processes:
             stop_process(process, 10)
-        for server in (*self.replicas, self.master):
+        for server in (*self.replicas, self.master):  # throwaway data: no graceful shutdown to wait for
             if server is not None and server.process is not None:
-                server.stop()
+                server.process.kill()
+                server.process.wait()
 
 
 async def test_a_redis_master_killed_under_load_is_replaced_by_sentinel_and_rating_resumes(stack, tmp_path):

@@ -10,6 +10,9 @@ from cache import sentinel
 from cache.connection import PipelinedConnection
 from devstack import RedisServer
 
+# a replica's first sync at once (not after diskless sync's 5 s wait for more replicas), a stop without waiting
+QUICK = ("--repl-diskless-sync-delay", "0", "--shutdown-timeout", "0")
+
 
 def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database():
     target = sentinel.parse("redis+sentinel://user:secret@10.0.0.1:26379,[::1]:26380/rating/3")
@@ -30,9 +33,10 @@ def test_redis_sentinel_settings_make_the_url_every_client_connects_with():
         Settings(redis_replicas=-1)
 
 
-async def test_writes_are_answered_once_a_replica_has_them_and_refused_when_none_can(redis_server, tmp_path):
-    replica = RedisServer(tmp_path / "replica", options=("--replicaof", "127.0.0.1", str(redis_server.port))).start()
-    connection = PipelinedConnection(redis_server.url, 1.0, replicas=1)
+async def test_writes_are_answered_once_a_replica_has_them_and_refused_when_none_can(tmp_path):
+    master = RedisServer(tmp_path / "master", options=QUICK).start()
+    replica = RedisServer(tmp_path / "replica", options=(*QUICK, "--replicaof", "127.0.0.1", str(master.port))).start()
+    connection = PipelinedConnection(master.url, 1.0, replicas=1)
     try:
         for _ in range(100):  # bounded: the replica's first sync
             try:
@@ -41,9 +45,12 @@ async def test_writes_are_answered_once_a_replica_has_them_and_refused_when_none
             except RedisConnectionError:
                 pass
         assert await connection.call("GET", "replicated") == "yes"
-        replica.stop()
+        replica.process.kill()
+        replica.process.wait()
         with pytest.raises(RedisConnectionError, match="on 0 of 1 replicas"):
             await connection.call("SET", "replicated", "no")  # written on the master, but not answered as done
     finally:
-        replica.stop()
         await connection.close()
+        for server in (replica, master):
+            server.process.kill()
+            server.process.wait()
