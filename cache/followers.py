@@ -52,10 +52,9 @@ async def forget(client, follower: str) -> None:
 def behind(entries: dict, version: int, now_ms: int) -> tuple[list[str], list[str]]:
     """(live followers below `version`, followers silent for FORGET_AFTER) of an HGETALL of FOLLOWERS."""
     waiting, gone = [], []
-    for field, value in entries.items():
-        field = field.decode() if isinstance(field, bytes) else field
+    for field, value in entries.items():  # the agent's clients decode replies (cache.connect)
         try:
-            applied, seen = (int(part) for part in (value.decode() if isinstance(value, bytes) else value).split())
+            applied, seen = (int(part) for part in value.split())
         except ValueError:
             gone.append(field)
             continue

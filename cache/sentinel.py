@@ -69,6 +69,5 @@ async def master_address(target: Target, timeout: float) -> tuple[str, int]:
 def connect(url: str, timeout: float, **options):
     """A redis-py client of the master (cache.connect's options), found again after a failover."""
     target = parse(url)
-    return _sentinel(target, timeout).master_for(
-        target.master, socket_timeout=timeout, socket_connect_timeout=timeout, db=target.db,
-        username=target.username, password=target.password, **options)
+    return _sentinel(target, timeout).master_for(  # the timeouts and retry policy: _sentinel's
+        target.master, db=target.db, username=target.username, password=target.password, **options)

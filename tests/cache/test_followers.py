@@ -10,11 +10,11 @@ from cache import followers
 def test_only_live_followers_below_the_version_are_waited_for_and_long_silent_ones_are_forgotten():
     now = 1_000_000
     entries = {
-        b"h:1:1": b"7 %d" % now,  # caught up
-        b"h:2:1": b"6 %d" % (now - 500),  # behind, alive
-        b"h:3:1": b"5 %d" % (now - int(followers.LIVE_FOR * 1000) - 1),  # behind, silent: not waited for
-        b"h:4:1": b"5 %d" % (now - int(followers.FORGET_AFTER * 1000) - 1),  # gone
-        b"h:5:1": b"garbage",
+        "h:1:1": f"7 {now}",  # caught up
+        "h:2:1": f"6 {now - 500}",  # behind, alive
+        "h:3:1": f"5 {now - int(followers.LIVE_FOR * 1000) - 1}",  # behind, silent: not waited for
+        "h:4:1": f"5 {now - int(followers.FORGET_AFTER * 1000) - 1}",  # gone
+        "h:5:1": "garbage",
     }
     assert followers.behind(entries, 7, now) == (["h:2:1"], ["h:4:1", "h:5:1"])
     assert followers.behind(entries, 6, now) == ([], ["h:4:1", "h:5:1"])
