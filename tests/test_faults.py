@@ -37,7 +37,7 @@ INITIAL = 10**9
 CALLS = 120
 BEGIN = "2030-01-01T10:00:00Z"
 HOLD = 0.3  # seconds each call stays up (wall clock) between its begin and its end
-PG_OUTAGE = float(os.environ.get("RATING_FAULT_PG_OUTAGE", "60"))  # seconds PostgreSQL is stopped
+PG_OUTAGE = float(os.environ.get("RATING_FAULT_PG_OUTAGE", "10"))  # seconds PostgreSQL is stopped (make test-long: 60)
 
 
 def _process(agent: AgentProcess, command: str) -> int:
@@ -229,8 +229,8 @@ async def test_redis_killed_and_restarted_under_load(stack, tmp_path, keep_data)
 
 
 async def test_postgresql_stopped_under_load_delays_records_and_loses_nothing(tmp_path):
-    """Rating goes on while PostgreSQL is down (RATING_FAULT_PG_OUTAGE seconds, 60 by default): records and
-    the ledger wait in the outbox and arrive once it is back."""
+    """Rating goes on while PostgreSQL is down (RATING_FAULT_PG_OUTAGE seconds: 10 in make test, 60 in make
+    test-long): records and the ledger wait in the outbox and arrive once it is back."""
     server = RedisServer(tmp_path / "redis").start()
     database = PostgresServer(tmp_path / "postgres").start()
     redis = cache.connect(server.url, 5.0)

@@ -230,7 +230,7 @@ def test_a_call_across_the_end_of_the_peak_is_priced_per_segment(rig):
     (the agent takes the change at its next authorization), and the fee is held to the record's answer."""
     from datetime import datetime, timedelta, timezone
 
-    boundary = (datetime.now(timezone.utc) + timedelta(seconds=20)).replace(microsecond=0)
+    boundary = (datetime.now(timezone.utc) + timedelta(seconds=12)).replace(microsecond=0)
     if boundary.date() != datetime.now(timezone.utc).date():
         pytest.skip("the boundary would fall after midnight UTC")
     deck = rig.workdir / "windows.csv"

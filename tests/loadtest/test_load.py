@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, AgentProcess
 
 
+@pytest.mark.long  # a load tool run of ~20 s: make test-long
 def test_the_load_command_generates_imports_runs_and_reports(stack, tmp_path):
     agent = AgentProcess(stack.redis_url, stack.database_url, tmp_path).start()
     try:

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, AgentProcess, run_cli
 from tests.test_transaction import catalog, prepaid
 
 
+@pytest.mark.long  # a load tool run of ~20 s: make test-long
 def test_call_flow_scenario_runs_without_failures(stack, tmp_path):
     document = tmp_path / "catalog.json"
     document.write_text(json.dumps(catalog(prepaid("a", 10**9), prepaid("b", 10**9), prepaid("zero", 0))))
