@@ -1,4 +1,4 @@
-"""Several agent hosts behind one Kamailio (WITH_RATING_DISPATCHER), one of them killed mid-load.
+"""Several agent hosts behind one Kamailio (WITH_RATING_DISPATCHER), one of them killed mid-load or hung.
 
 Two agents with their own folders, deck folders and ports rate against one Redis and one PostgreSQL;
 Kamailio's dispatcher spreads every request (authorization, begin, end, rollback, retries) over both, round
@@ -283,3 +283,31 @@ def _begun(rig: Rig) -> int:
         return sum(1 for key in keys if client.hget(key, "st") == "begun")
     finally:
         client.close()
+
+
+def test_a_hung_agent_is_left_out_at_its_first_timed_out_authorization(rig):
+    """Agent A frozen (SIGSTOP to all its processes): its port still accepts connections and nothing answers.
+    The authorizations hashed to it time out once and go to B, A is marked at the first of them; every call
+    goes through, each is charged once, nothing stays reserved; after SIGCONT A is back in the selection."""
+    a, b = rig.agents
+    start_again(rig, a)
+    before = state.balance(rig.redis_url, ACCOUNT)
+    down, back = (f"agent sip:127.0.0.1:{a.port} is down", f"agent sip:127.0.0.1:{a.port} is ready again")
+    log = rig.kamailio.log()
+    downs, backs = log.count(down), log.count(back)
+    a.signal_all(signal.SIGSTOP)
+    try:
+        run = rig.callers("callers-hung", LATER_CALLS)
+    finally:
+        a.signal_all(signal.SIGCONT)
+    log = rig.kamailio.log()
+    assert [(r.code, r.bye) for r in run.results.values()] == [(200, 200)] * LATER_CALLS, (run.output, log[-5000:])
+    assert log.count(down) > downs, log[-5000:]
+    # thawed, it answers /ready again and the timer puts it back
+    assert wait_for(lambda: rig.kamailio.log().count(back) > backs, 15), rig.kamailio.log()[-3000:]
+    assert wait_for(lambda: state.open_calls(rig.redis_url, ACCOUNT) == 0
+                    and state.reserved(rig.redis_url, ACCOUNT) == 0, 30, interval=0.2), rig.kamailio.log()[-5000:]
+    records = asyncio.run(_records(rig.redis_url, rig.database_url, list(run.results)))
+    assert all(len(found) == 1 for found in records.values()), records
+    ended = [found[0] for found in records.values()]
+    assert before - state.balance(rig.redis_url, ACCOUNT) == sum(r["fee"] for r in ended)
