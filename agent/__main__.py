@@ -186,7 +186,7 @@ def _rerate(settings: Settings, args: argparse.Namespace) -> int:
     from .store import decks
     from .store.catalog import load_catalog
     from .store.database import create_pool, migrate
-    from .store.rerate import SAMPLE_LIMIT, rerate
+    from .store.rerate import SAMPLE_LIMIT, DeckVersionMissing, deck_catalog, rerate
 
     if not 0 <= args.limit <= SAMPLE_LIMIT:
         print(f"error: --limit must be between 0 and {SAMPLE_LIMIT}", file=sys.stderr)
@@ -209,13 +209,19 @@ def _rerate(settings: Settings, args: argparse.Namespace) -> int:
                 await migrate(connection)
             await decks.ensure(pool, settings.decks)
             catalog = await load_catalog(pool, settings.decks)
+            if args.deck_version is not None:  # the tenant's rates as that deck, kept on this host, holds them
+                catalog = await deck_catalog(pool, settings.decks, catalog, args.tenant, args.deck_version)
             return await rerate(pool, client, catalog, args.tenant, args.account_tag, start, end,
                                 dry_run=not args.apply, sample=args.limit)
         finally:
             await client.aclose()
             await pool.close()
 
-    found = asyncio.run(run())
+    try:
+        found = asyncio.run(run())
+    except DeckVersionMissing as exc:
+        print(f"error: --deck-version: {exc}", file=sys.stderr)
+        return 2
     summary = {key: getattr(found, key) for key in (
         "id", "dry_run", "tenant", "account_tag", "catalog_version", "examined", "changed", "skipped", "delta",
         "settled")}
@@ -263,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerate.add_argument("--to", dest="end", required=True, help="ISO-8601 instant, excluded")
     rerate.add_argument("--apply", action="store_true", help="write the changes (default: a dry run)")
     rerate.add_argument("--limit", type=int, default=100, help="changed calls listed in the output (default 100)")
+    rerate.add_argument("--deck-version", type=int, help="price on the tenant's deck built at this change-log"
+                        " position (one this host keeps under --deck-dir) instead of the current catalog")
     return parser
 
 

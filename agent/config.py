@@ -33,6 +33,10 @@ class Settings:
         " after a failover); --redis-url then gives only the password and the database number"
     )
     redis_sentinel_master: str = _setting("rating", "the master's name in Redis Sentinel's configuration")
+    redis_cluster: str = _setting(
+        "", "host:port,... seed nodes of a Redis Cluster holding the live state (slot groups: README \"Scaling"
+        " out\"); --redis-url then gives only the password"
+    )
     redis_replicas: int = _setting(
         0, "replicas every call request's Redis writes must reach before it is answered (WAIT, within half of"
         " --redis-timeout; else 503, and Kamailio's retries repeat it): a failover then loses no answered"
@@ -118,6 +122,19 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.redis_cluster:
+            from cache import cluster
+
+            if self.redis_sentinel:
+                raise ValueError("redis_cluster: a Redis Cluster fails over by itself, without --redis-sentinel")
+            if cluster.is_cluster(self.redis_url):
+                raise ValueError("redis_cluster: --redis-url already names a cluster")
+            credentials = urlsplit(self.redis_url).netloc.rpartition("@")[0]
+            target = cluster.url_of(self.redis_cluster)
+            if credentials:
+                target = target.replace("://", f"://{credentials}@", 1)
+            cluster.parse(target)  # refuses a malformed list
+            object.__setattr__(self, "redis_url", target)  # what every Redis client connects with
         if self.redis_sentinel:
             from cache import sentinel
 

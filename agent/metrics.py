@@ -71,27 +71,35 @@ BUILD.labels(__version__, platform.python_version()).set(1)
 
 
 class LiveState:
-    """Collects service-wide state from Redis when scraped (see `cache/rating.lua`, key rating:stats)."""
+    """Collects service-wide state from Redis when scraped (see `cache/rating.lua`, keys rating:{g<n>}:stats)."""
 
     def __init__(self, redis) -> None:
         self.redis = redis
         self.snapshot: dict[str, float] = {}
 
     async def refresh(self) -> None:
-        from cache import BROKEN_CALLS, DEADLINES, OUTBOX
+        from cache import GROUPS
 
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall("rating:stats")
-        pipe.zcard(DEADLINES)
-        pipe.xlen(OUTBOX)
-        pipe.xrange(OUTBOX, count=1)
-        pipe.scard(BROKEN_CALLS)
-        stats, open_calls, backlog, oldest, broken = await pipe.execute()
-        lag = 0.0
-        if oldest:
-            lag = max(0.0, time.time() - int(oldest[0][0].split("-")[0]) / 1000)
-        self.snapshot = {**{k: float(v) for k, v in stats.items()}, "open": open_calls, "backlog": backlog,
-                         "lag": lag, "broken": broken}
+        pipe = self.redis.pipeline(transaction=False)  # every group's keys (a cluster's pipeline per node)
+        for group in GROUPS:
+            pipe.hgetall(group.stats)
+            pipe.zcard(group.deadlines)
+            pipe.xlen(group.outbox)
+            pipe.xrange(group.outbox, count=1)
+            pipe.scard(group.broken)
+        replies = await pipe.execute()
+        totals: dict[str, float] = {"open": 0, "backlog": 0, "lag": 0.0, "broken": 0}
+        now = time.time()
+        for at in range(0, len(replies), 5):
+            stats, open_calls, backlog, oldest, broken = replies[at:at + 5]
+            for name, value in stats.items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+            totals["open"] += open_calls
+            totals["backlog"] += backlog
+            totals["broken"] += broken
+            if oldest:  # the oldest entry of all the groups
+                totals["lag"] = max(totals["lag"], now - int(oldest[0][0].split("-")[0]) / 1000)
+        self.snapshot = totals
 
     def collect(self):
         s = self.snapshot
@@ -104,7 +112,7 @@ class LiveState:
                                 value=s.get("backlog", 0))
         yield GaugeMetricFamily("rating_outbox_lag_seconds", "Age of the oldest entry not yet in PostgreSQL",
                                 value=s.get("lag", 0))
-        yield GaugeMetricFamily("rating_calls_broken", "Calls the expiry could not finish (set rating:calls:broken)",
+        yield GaugeMetricFamily("rating_calls_broken", "Calls the expiry could not finish (sets rating:{g<n>}:calls:broken)",
                                 value=s.get("broken", 0))
 
 

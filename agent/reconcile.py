@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cache import DEADLINES, UNAVAILABLE
+from cache import GROUPS, UNAVAILABLE
 from cache import call as callstate
 
 from . import metrics
@@ -130,7 +130,7 @@ class Reconciler:
 
     async def running_calls(self) -> dict[str, tuple[str, str, int]]:
         """Call key -> (tenant, transaction tag, begin ms) of every begun call Redis holds open."""
-        keys = await self.redis.zrange(DEADLINES, 0, -1)
+        keys = [key for group in GROUPS for key in await self.redis.zrange(group.deadlines, 0, -1)]
         running: dict[str, tuple[str, str, int]] = {}
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start:start + _CHUNK]

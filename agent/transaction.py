@@ -16,8 +16,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import asyncpg
 import orjson
 
-from cache import (CATALOG, DEADLINES, OUTBOX, AutoPipeline, account_key, call_key, fcall, open_calls_key,
-                   published_for)
+from cache import AutoPipeline, account_key, call_keys, fcall, open_calls_key, published_for
 from cache import call as callstate
 
 from .config import Settings
@@ -89,6 +88,7 @@ _PARTY = b'%%s,"%s":%%d,"%s":%%d,"%s":%%d,"%s":%%s}' % tuple(
     name.encode() for name in (callstate.INBOUND, callstate.PRIMARY, callstate.CHARGED, callstate.SCHEDULE))
 _DETAILS = b'{"%s":%%s,"%s":%%s}' % (callstate.DETAIL_RATE.encode(), callstate.DETAIL_TAGS.encode())
 _PARTY_DETAILS = b',"%s":' % callstate.PARTY_DETAILS.encode()
+_PLANNED_ON = b',"%s":' % callstate.PLANNED_ON.encode()
 
 
 class Fragments:
@@ -152,10 +152,12 @@ class Fragments:
         return b"[" + b",".join(lua) + b"]", b"[" + b",".join(details) + b"]"
 
 
-def meta_json(request: dict[str, Any], details: bytes = b"[]", *extra: str) -> bytes:
-    """The request fields stored with a call (and `extra` ones) plus its parties' details, as one document
-    the Redis library keeps without reading it."""
-    return orjson.dumps({key: request.get(key) for key in (*_META, *extra)})[:-1] + _PARTY_DETAILS + details + b"}"
+def meta_json(request: dict[str, Any], details: bytes = b"[]", *extra: str, version: int | None = None) -> bytes:
+    """The request fields stored with a call (and `extra` ones) plus its parties' details and the catalog
+    version it was planned on, as one document the Redis library keeps without reading it."""
+    planned = b"" if version is None else _PLANNED_ON + b"%d" % version
+    return orjson.dumps({key: request.get(key) for key in (*_META, *extra)})[:-1] + planned + _PARTY_DETAILS + \
+        details + b"}"
 
 
 def _echo(request: dict[str, Any]) -> dict[str, Any]:
@@ -235,12 +237,13 @@ class Transactions:
             parties, details = fragments.parties(plan.parties)
             reason = plan.refusal.value if plan.refusal else ""
             refused = plan.refused_tag or ""
-        keys = (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG)
+        keys = call_keys(tenant, tag)
         if refused:  # the account may have been created or changed since this worker's catalog: Redis checks it
             keys += (account_key(tenant, refused),)
         return fcall(
             "rating_authorize", keys,
-            (now_ms(), self._limits, int(begin), tenant, tag, parties, meta_json(request, details), reason,
+            (now_ms(), self._limits, int(begin), tenant, tag, parties,
+             meta_json(request, details, version=None if planned is None else planned[1].catalog.version), reason,
              refused, at, version, call_identity()),
         )
 
@@ -318,7 +321,7 @@ class Transactions:
         # authorization may replace: cache/rating.lua, authorize)
         tenant, tag = request["tenant"], request["transaction_tag"]
         reply = await self.redis.call(*fcall(
-            "rating_authorize", (call_key(tenant, tag), DEADLINES, OUTBOX, CATALOG),
+            "rating_authorize", call_keys(tenant, tag),
             (now_ms(), self._limits, 1, tenant, tag, "-", "{}", "", "", at, 0, ""),
         ))
         if reply[1] == "missing":
@@ -330,7 +333,7 @@ class Transactions:
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:
         end = to_ms(request["timestamp_end"])
         reply = await self.redis.call(*fcall(
-            "rating_finish", (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX),
+            "rating_finish", call_keys(request["tenant"], request["transaction_tag"]),
             (now_ms(), end, self.settings.record_retention,
              "" if request.get("timestamp_begin") is None else to_ms(request["timestamp_begin"])),
         ))
@@ -362,7 +365,7 @@ class Transactions:
 
     async def rollback(self, request: dict[str, Any]) -> dict[str, Any]:
         reply = await self.redis.call(*fcall(
-            "rating_rollback", (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX),
+            "rating_rollback", call_keys(request["tenant"], request["transaction_tag"]),
             (now_ms(), self.settings.record_retention),
         ))
         return {"ok": Outcome.of(reply).ok, **_echo(request)}
@@ -394,9 +397,10 @@ class Transactions:
             parties, details = fragments.parties(plan.parties)
             reply = await self.redis.call(*fcall(
                 "rating_record",
-                (call_key(request["tenant"], request["transaction_tag"]), DEADLINES, OUTBOX, CATALOG),
+                call_keys(request["tenant"], request["transaction_tag"]),
                 (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
-                 parties, meta_json(request, details, "authorized", "unauthorized_reason"),
+                 parties, meta_json(request, details, "authorized", "unauthorized_reason",
+                                    version=fragments.catalog.version),
                  "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version),
                  call_identity(), *mode),
             ))

@@ -17,8 +17,9 @@ import asyncio
 import hashlib
 import re
 import time
+import zlib
 from importlib.resources import files
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import sentinel
+from . import cluster, sentinel
 from .connection import PipelinedConnection
 
 _SOURCE = files(__package__).joinpath("rating.lua").read_text()
@@ -42,24 +43,56 @@ LIBRARY = _REGISTERED.sub(lambda m: f"{m.group(1)}{LIBRARY_NAME}_{m.group(2)}'",
 if not LIBRARY.startswith(f"#!lua name={LIBRARY_NAME}\n") or len(FUNCTIONS) != LIBRARY.count("register_function"):
     raise RuntimeError("cache/rating.lua: its name line or a function registration is not as expected")
 _OURS = re.compile(r"rating(_[0-9a-f]{12})?")  # this library's names, of any version (and before versions)
-DEADLINES = "rating:deadlines"
-OUTBOX = "rating:outbox"
 OUTBOX_GROUP = "pg-writer"
-CATALOG = "rating:catalog"
-BROKEN_CALLS = "rating:calls:broken"  # calls the expiry could not finish (cache/rating.lua, expire)
+SLOT_GROUPS = 16  # fixed: a tenant's keys never move between groups (see group_of)
+
+
+class Group(NamedTuple):
+    """The keys that exist once per slot group: each carries the group's hash tag, so one Redis Cluster slot
+    holds them and every key of the group's tenants (README "Scaling out")."""
+
+    index: int
+    prefix: str  # rating:{g<index>}: - every key of the group starts with it
+    deadlines: str  # ZSET call key -> when the agent must expire or end the call by itself (ms)
+    outbox: str  # STREAM what PostgreSQL must learn (agent/store/writer.py)
+    catalog: str  # STRING the newest catalog change published, a copy per group (publish_catalog)
+    stats: str  # HASH totals for metrics (summed over the groups: agent/metrics.py)
+    broken: str  # SET call keys the expiry failed to finish
+    dead: str  # STREAM outbox entries PostgreSQL refused (agent/store/writer.py dead letters)
+
+
+def _group(index: int) -> Group:
+    prefix = f"rating:{{g{index}}}:"
+    return Group(index, prefix, f"{prefix}deadlines", f"{prefix}outbox", f"{prefix}catalog", f"{prefix}stats",
+                 f"{prefix}calls:broken", f"{prefix}outbox:dead")
+
+
+GROUPS = tuple(_group(index) for index in range(SLOT_GROUPS))
+_TENANTS: dict[str, Group] = {}  # tenant -> its group, computed once per tenant (the hot path asks per call)
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+def group_of(tenant: str) -> Group:
+    """A tenant's slot group: CRC-32 of its name modulo SLOT_GROUPS. Every party of a call is of the call's
+    tenant, so one FCALL touches one group's keys only."""
+    found = _TENANTS.get(tenant)
+    if found is None:
+        if len(_TENANTS) >= 100_000:
+            _TENANTS.clear()
+        found = _TENANTS[tenant] = GROUPS[zlib.crc32(tenant.encode()) % SLOT_GROUPS]
+    return found
+
+
 def account_key(tenant: str, account_tag: str) -> str:
     """Length-prefixed so that no tenant/tag pair can collide with another."""
-    return f"rating:a:{len(tenant)}:{tenant}:{account_tag}"
+    return f"{group_of(tenant).prefix}a:{len(tenant)}:{tenant}:{account_tag}"
 
 
 def open_calls_key(tenant: str, account_tag: str, inbound: bool) -> str:
     """The set of call keys an account holds open (authorized or running) in one direction: the sizes of
     the two sets are the counts its concurrency limits apply to."""
-    return f"rating:{'oi' if inbound else 'oo'}:{len(tenant)}:{tenant}:{account_tag}"
+    return f"{group_of(tenant).prefix}{'oi' if inbound else 'oo'}:{len(tenant)}:{tenant}:{account_tag}"
 
 
 def open_calls_keys(tenant: str, account_tag: str) -> tuple[str, str]:
@@ -68,12 +101,28 @@ def open_calls_keys(tenant: str, account_tag: str) -> tuple[str, str]:
 
 
 def call_key(tenant: str, transaction_tag: str) -> str:
-    return f"rating:c:{len(tenant)}:{tenant}:{transaction_tag}"
+    return f"{group_of(tenant).prefix}c:{len(tenant)}:{tenant}:{transaction_tag}"
+
+
+def call_keys(tenant: str, transaction_tag: str) -> tuple[str, str, str, str, str]:
+    """KEYS of rating_authorize, rating_finish, rating_rollback and rating_record: the call, then its group's
+    deadlines, outbox, catalog and stats (cache/rating.lua)."""
+    group = group_of(tenant)
+    return (f"{group.prefix}c:{len(tenant)}:{tenant}:{transaction_tag}", group.deadlines, group.outbox,
+            group.catalog, group.stats)
+
+
+def expiry_keys(group: Group) -> tuple[str, str, str, str]:
+    """KEYS of rating_expire for one group."""
+    return group.deadlines, group.outbox, group.stats, group.broken
 
 
 def connect(url: str, timeout: float) -> aioredis.Redis:
     """A client that fails fast (no hidden retries) so the agent can answer 503 at once; of the master
-    Sentinel names for a redis+sentinel:// URL (cache/sentinel.py)."""
+    Sentinel names for a redis+sentinel:// URL (cache/sentinel.py); of a Redis Cluster for a
+    redis+cluster:// URL (cache/cluster.py: redis-py's RedisCluster, which has the same commands)."""
+    if cluster.is_cluster(url):
+        return cluster.connect(url, timeout, decode_responses=True, max_connections=64)
     if sentinel.is_sentinel(url):
         return sentinel.connect(url, timeout, decode_responses=True, max_connections=64)
     return aioredis.from_url(
@@ -86,10 +135,16 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
     )
 
 
+def is_cluster(client) -> bool:
+    """Whether `client` (cache.connect's) is of a Redis Cluster: its commands may touch one slot each."""
+    return isinstance(client, aioredis.RedisCluster)
+
+
 async def load_library(client: aioredis.Redis) -> None:
-    """Loads this version of the library (noted in use first, so no sweep removes it meanwhile)."""
+    """Loads this version of the library (noted in use first, so no sweep removes it meanwhile); on a cluster,
+    on every master (redis-py sends FUNCTION LOAD to all of them; replicas get it from their master)."""
     await note_library(client)
-    await client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+    await client.function_load(LIBRARY, replace=True)
 
 
 async def note_library(client: aioredis.Redis) -> None:
@@ -103,15 +158,20 @@ async def sweep_libraries(client: aioredis.Redis, idle: float = LIBRARY_IDLE) ->
     now = time.time() * 1000
     seen = {name: int(ms) for name, ms in (await client.hgetall(LIBRARIES)).items()}
     deleted = []
-    for entry in await client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "rating*"):
+    listed = await client.function_list("rating*")
+    if isinstance(listed, dict):  # a cluster's: per master
+        listed = [entry for entries in listed.values() for entry in entries]
+    names = set()
+    for entry in listed:
         fields = dict(zip(entry[::2], entry[1::2])) if isinstance(entry, list) else entry
-        name = fields.get("library_name")
-        if name is None or name == LIBRARY_NAME or not _OURS.fullmatch(name):
+        names.add(fields.get("library_name"))
+    for name in sorted(filter(None, names)):
+        if name == LIBRARY_NAME or not _OURS.fullmatch(name):
             continue
         if now - seen.get(name, 0) > idle * 1000:
             try:
-                await client.execute_command("FUNCTION", "DELETE", name)
-            except ResponseError:  # deleted by another agent meanwhile
+                await client.function_delete(name)
+            except ResponseError:  # deleted by another agent meanwhile (on a cluster: or not on every master)
                 pass
             await client.hdel(LIBRARIES, name)
             deleted.append(name)
@@ -119,30 +179,44 @@ async def sweep_libraries(client: aioredis.Redis, idle: float = LIBRARY_IDLE) ->
 
 
 class AutoPipeline:
-    """The hot path's client: commands of one event-loop tick go to Redis in one write (see connection.py)."""
+    """The hot path's client: commands of one event-loop tick go to Redis in one write (see connection.py);
+    over a Redis Cluster, one such connection per master (cluster.ClusterConnection)."""
 
     def __init__(self, url: str, client: aioredis.Redis, timeout: float, on_batch=None, batch: int = 12,
                  replicas: int = 0) -> None:
         self.client = client  # redis-py, for loading the library
-        self.connection = PipelinedConnection(url, timeout, on_batch, batch, replicas)
+        self.cluster = cluster.ClusterConnection(url, timeout, on_batch, batch, replicas) \
+            if cluster.is_cluster(url) else None
+        self.connection = self.cluster or PipelinedConnection(url, timeout, on_batch, batch, replicas)
 
     async def call(self, *command: Any) -> Any:
-        """Runs one command; reloads the library once if Redis lost it, retries once if the link broke."""
+        """Runs one command; reloads the library once if Redis lost it, retries once if the link broke;
+        follows a cluster's redirections."""
         for attempt in (1, 2):
             try:
-                return await self.connection.call(*command)
+                try:
+                    return await self.connection.call(*command)
+                except ResponseError as exc:
+                    if self.cluster is None or not str(exc).startswith(_REDIRECTED):
+                        raise
+                    return await self.cluster.redirected(exc, command)
             except ResponseError as exc:
                 if "Function not found" not in str(exc) or attempt == 2:
                     raise
                 await load_library(self.client)
             except UNAVAILABLE:
                 # Every script is idempotent: a retry after a lost reply answers as the first run did.
+                if self.cluster is not None:
+                    self.cluster.lost()  # a master lost: its replica may be promoted meanwhile
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self.connection.close()
+
+
+_REDIRECTED = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")  # a cluster's answers about where a slot is served
 
 
 def fcall(function: str, keys: Sequence[str], args: Sequence[Any]) -> tuple:
@@ -159,7 +233,7 @@ async def seed_balance(client: aioredis.Redis, tenant: str, account_tag: str, ba
     """Gives Redis the live balance of an account it has none for: PostgreSQL's `balance` (which includes the
     ledger up to outbox version `version`), or the newer one the outbox still holds. Returns the live one."""
     return int(await client.execute_command(*fcall(
-        "rating_seed", (account_key(tenant, account_tag), OUTBOX), (tenant, account_tag, balance, stream_id(version)),
+        "rating_seed", (account_key(tenant, account_tag), group_of(tenant).outbox), (tenant, account_tag, balance, stream_id(version)),
     )))
 
 
@@ -175,17 +249,18 @@ async def move_balance(
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise ValueError("amount must be an integer")
     reply = await client.execute_command(*fcall(
-        "rating_balance", (account_key(tenant, account_tag), OUTBOX),
+        "rating_balance", (account_key(tenant, account_tag), group_of(tenant).outbox),
         (tenant, account_tag, mode, amount, at_ms, reference),
     ))
     return int(reply)
 
 
 async def published_for(call, tenant: str, account_tag: str | None) -> int:
-    """The newest catalog change a call of `account_tag` must be planned on: the catalog key's, or the
-    account's own (`cv`) when newer, as the library's `stale` compares them. `call` runs one command (the
-    hot path's AutoPipeline.call or a client's execute_command); both reads go out together."""
-    catalog = call("GET", CATALOG)
+    """The newest catalog change a call of `account_tag` must be planned on: the catalog key's (the copy of
+    the tenant's group), or the account's own (`cv`) when newer, as the library's `stale` compares them.
+    `call` runs one command (the hot path's AutoPipeline.call or a client's execute_command); both reads go
+    out together."""
+    catalog = call("GET", group_of(tenant).catalog)
     if not account_tag:
         return int(await catalog or 0)
     account = call("HGET", account_key(tenant, account_tag), "cv")
@@ -195,6 +270,18 @@ async def published_for(call, tenant: str, account_tag: str | None) -> int:
 async def publish_catalog(client: aioredis.Redis, version: int,
                           accounts: Iterable[tuple[str, str]] | None = None) -> int:
     """Makes catalog change `version` (committed) the one every authorization must be planned on; for a
-    change of `accounts` (tenant, tag) alone, only the calls of those accounts."""
-    keys = (CATALOG, *(account_key(tenant, tag) for tenant, tag in accounts or ()))
-    return int(await client.execute_command(*fcall("rating_publish", keys, (version,))))
+    change of `accounts` (tenant, tag) alone, only the calls of those accounts.
+
+    A catalog change is written to every group's copy of the catalog key (one FCALL per group: a Redis
+    Cluster spreads them over its masters), all of them before this returns, so the very next authorization
+    of any tenant sees it. Returns the lowest catalog version of the groups written."""
+    grouped: dict[int, list[str]] = {}
+    for tenant, tag in accounts or ():
+        grouped.setdefault(group_of(tenant).index, []).append(account_key(tenant, tag))
+    if grouped:
+        keys = [(GROUPS[index].catalog, *found) for index, found in sorted(grouped.items())]
+    else:  # no accounts named: a change of the whole catalog
+        keys = [(group.catalog,) for group in GROUPS]
+    replies = await asyncio.gather(*(client.execute_command(*fcall("rating_publish", group, (version,)))
+                                     for group in keys))
+    return min(int(reply) for reply in replies)

@@ -60,6 +60,7 @@ PARTY_KEYS = frozenset({ACCOUNT_KEY, OPEN_KEY, OTHER_OPEN_KEY, ACCOUNT, CREDIT, 
 # --- META --------------------------------------------------------------------------------------------------
 PARTY_DETAILS = "pm"  # per party: {DETAIL_RATE: its rate snapshot, DETAIL_TAGS: its account's tags}
 DETAIL_RATE, DETAIL_TAGS = "rate", "tg"
+PLANNED_ON = "pv"  # the catalog version the call was planned on (records keep it in their rate snapshot)
 
 # --- the outbox ---------------------------------------------------------------------------------------------
 ENTRY = "e"

@@ -205,6 +205,15 @@ class PipelinedConnection:
             return protocol.send(hiredis.pack_command(command))
         return self._call_connecting(command)
 
+    async def call_together(self, *commands: tuple) -> list[Any]:
+        """The replies of `commands`, sent one after the other in one write (no other caller's command between
+        them: ASKING applies to the command that follows it on the connection)."""
+        protocol = self._protocol
+        if protocol is None or not protocol.usable:
+            protocol = await self._ready()
+        futures = [protocol.send(hiredis.pack_command(command)) for command in commands]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
     async def _call_connecting(self, command: tuple) -> Any:
         protocol = await self._ready()
         return await protocol.send(hiredis.pack_command(command))

@@ -4,28 +4,39 @@
 Live call state, changed atomically: one FCALL per HTTP request.
 
 Keys (their fields and the call document's keys are named for the agent in cache/call.py)
-  account  HASH  balance, reserved (held by open calls), cv (the newest catalog change of the account
-                 alone, see publish)
-  open     SET   the call keys an account holds open (authorized or running), one set per direction
-                 (inbound, outbound): their sizes are what the concurrency limits count
-  call     HASH  an open call (authorized, begun): its state in fields (st ci tn tt ta u bal rv p tb ts tu),
-                 p being the parties as the agent sent them and ts/tu Redis' clock (TIME) when it was
-                 last written; a final call: doc (this library's JSON state of the call). Both: meta (the
-                 request fields, opaque JSON). `ci` is the call's identity, given by the agent when the call
-                 is created: a transaction tag used again after its call became final (refused, expired, ...)
-                 or left Redis names a new call, whose records never replace the earlier call's.
-  deadlines ZSET call key -> when the agent must expire or end the call by itself (ms)
-  outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or e=ledger (a balance move).
-                 An open call (authorized, begun) is only in its call hash; a reader that must list it
-                 writes its current state itself (agent/store/writer.py catch_up), versioned by Redis'
-                 clock when the state was written (ts/tu; cm/cu in documents).
-  catalog  STRING the newest catalog change published by a writer (agent/store/changes.py): a call planned
-                 on an older catalog is answered `stale` before anything is written, and re-planned; a
-                 change of accounts alone moves their `cv` instead, making stale only their calls
-  broken   SET   call keys the expiry failed to finish, for an operator to look at
-  stats    HASH  service-wide totals for metrics: running (begun calls), charges and charged (count and
-                 amount charged), refunded (amount). Open calls (authorized or running) are the members
-                 of `deadlines`: every open call has exactly one deadline.
+Every key belongs to one of 16 slot groups and carries its hash tag, `rating:{g<n>}:...` (cache.GROUPS): a
+tenant's keys are all in its group (cache.group_of), so on a Redis Cluster one FCALL touches one slot. The
+agent names every key: the group's keys and the call's in KEYS, the parties' account and open-call keys in
+the parties it sends (kept in the call, so an end or the expiry finds them there); nothing here builds one.
+  per tenant, <t> being len(tenant):tenant
+  account  rating:{g}:a:<t>:<account_tag>   HASH  balance, reserved (held by open calls), cv (the newest
+                 catalog change of the account alone, see publish)
+  open     rating:{g}:oi:<t>:<account_tag>, rating:{g}:oo:...   SET   the call keys an account holds open
+                 (authorized or running), one set per direction (inbound, outbound): their sizes are what
+                 the concurrency limits count
+  call     rating:{g}:c:<t>:<transaction_tag>   HASH  an open call (authorized, begun): its state in fields
+                 (st ci tn tt ta u bal rv p tb ts tu), p being the parties as the agent sent them and ts/tu
+                 Redis' clock (TIME) when it was last written; a final call: doc (this library's JSON state
+                 of the call). Both: meta (the request fields, opaque JSON). `ci` is the call's identity,
+                 given by the agent when the call is created: a transaction tag used again after its call
+                 became final (refused, expired, ...) or left Redis names a new call, whose records never
+                 replace the earlier call's.
+  once per group
+  deadlines rating:{g}:deadlines   ZSET call key -> when the agent must expire or end the call by itself (ms)
+  outbox   rating:{g}:outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or
+                 e=ledger (a balance move). An open call (authorized, begun) is only in its call hash; a
+                 reader that must list it writes its current state itself (agent/store/writer.py catch_up),
+                 versioned by Redis' clock when the state was written (ts/tu; cm/cu in documents).
+  catalog  rating:{g}:catalog   STRING the newest catalog change published by a writer
+                 (agent/store/changes.py), written to every group's copy (cache.publish_catalog): a call
+                 planned on an older catalog is answered `stale` before anything is written, and re-planned;
+                 a change of accounts alone moves their `cv` instead, making stale only their calls
+  broken   rating:{g}:calls:broken   SET   call keys the expiry failed to finish, for an operator to look at
+  stats    rating:{g}:stats   HASH  totals for metrics (summed over the groups): running (begun calls),
+                 charges and charged (count and amount charged), refunded (amount). Open calls (authorized or
+                 running) are the members of `deadlines`: every open call has exactly one deadline.
+  (outside this library: rating:{g}:outbox:dead, the writer's dead letters; rating:libraries,
+  rating:followers and rating:kamailio:seen, global hashes no function touches)
 
 An authorization is the hot path: it reads the call and the parties' accounts and writes only what it
 must (reservation, open-call set, deadline, call fields). Every write also costs Redis an AOF append.
@@ -40,8 +51,9 @@ pricelist with decimal prices two more, {unit (10^scale), rounding (0 up, 1 half
 amounts are then in 1/unit of money and the capped total is rounded once (money). The kernel
 makes it from the rate (billing scheme, free increments, minimum, cap); this library only walks it, and the
 tests drive these functions against the kernel's walks and decision (agent/pricing/decision.py). A party
-priced by time windows sends a timeline instead: {{start_s, nine numbers}, ...} (see in_force), walked from
-the authorization's moment for its units and reservation and from the answer for its charge. Every amount
+priced by time windows sends a timeline instead: {{start_s, nine numbers}, ...} (see in_force): its units
+and reservation cover every answer second within the authorization's TTL (grant, hold), its charge is walked
+from the answer, and a begin outside those seconds checks the reservation again (rebudget). Every amount
 stays below 2**53 (exact in a double): rates are bounded at import for calls up to LONGEST_CALL seconds,
 and --max-units may not exceed it (settings_of); a scaled amount stays below 2^53 - unit, so a budget
 (at most the fee of a call the balance cannot pay + unit - 1) is exact too.
@@ -51,26 +63,15 @@ local FINAL = {ended = true, refused = true, rolledback = true, cancelled = true
 -- states after which the same transaction tag may be authorized afresh
 local REUSABLE = {refused = true, rolledback = true, cancelled = true, expired = true}
 
-local STATS = 'rating:stats'
-local BROKEN = 'rating:calls:broken'  -- calls the expiry could not finish (see expire)
+-- the running function's group's stats hash and broken set: keys of its KEYS, set by each entry point
+-- before anything else (a function runs alone, so this never mixes two calls' keys)
+local STATS, BROKEN
 
 local function num(value)
   return tonumber(value) or 0
 end
 
 local LONGEST_CALL = 10000000  -- agent/pricing/rate.py LONGEST_CALL
-
--- A tariff written by an agent before schedules ({connect_fee, rate, increment, free_increments}, still in
--- the calls it left open) as the schedule the kernel makes of such a rate (Rate.schedule).
-local function schedule_of(tariff)
-  if #tariff ~= 4 then
-    return tariff
-  end
-  if tariff[4] > 0 then
-    return {tariff[1], math.min(tariff[4] * tariff[3], LONGEST_CALL), 0, tariff[3], tariff[2], 0, -1}
-  end
-  return {tariff[1], tariff[3], tariff[2], tariff[3], tariff[2], 0, -1}
-end
 
 -- agent/pricing/rate.py money: a non-negative amount below 2^53 in 1/unit of money, rounded once. fmod is
 -- exact on doubles, and the amount less its rest is a multiple of unit, so the quotient is exact too.
@@ -207,7 +208,7 @@ local function fee(tariff, duration, start_ms)
   if type(tariff[1]) == 'table' then
     return fee_at(in_force(tariff, start_ms or 0), duration)
   end
-  local s = schedule_of(tariff)
+  local s = tariff
   local billed = math.max(duration, s[6], 0)
   local amount = s[1]
   if billed > 0 then
@@ -230,7 +231,7 @@ local function max_units(tariff, available, cap, start_ms)
   if type(tariff[1]) == 'table' then
     return units_at(in_force(tariff, start_ms or 0), available, cap)
   end
-  local s = schedule_of(tariff)
+  local s = tariff
   if s[7] == 0 or (s[1] == 0 and s[3] == 0 and s[5] == 0) then
     return cap
   end
@@ -252,6 +253,145 @@ local function max_units(tariff, available, cap, start_ms)
     paid = paid - 1
   end
   return s[2] + paid * s[4]
+end
+
+-- A timeline as {start, schedule} per piece, its schedules copied once: in_force of an answer within epoch
+-- second `second` is pieces_at(line, second) (the answer's milliseconds change no offset).
+local function prepared(line)
+  local found = {}
+  for index, piece in ipairs(line) do
+    found[index] = {piece[1], {piece[2], piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9], piece[10]}}
+  end
+  return found
+end
+
+local function pieces_at(line, second)
+  local found = {}
+  for index, piece in ipairs(line) do
+    local offset = 0
+    if index > 1 then
+      offset = math.max(0, piece[1] - second)
+    end
+    if #found > 0 and offset <= found[#found][1] then
+      found[#found] = {offset, piece[2]}
+    else
+      found[#found + 1] = {offset, piece[2]}
+    end
+  end
+  return found
+end
+
+-- The answer seconds within first..last on either side of one where a walk of `line` steps or bends as the
+-- answer moves: a boundary's offset reaching 0, the end of a block or of an increment of the schedules on
+-- either side of it (none inside per-second increments: those move linearly), or one of `lengths` (billed
+-- seconds). Between two of them every amount a walk adds is linear in the answer second, so the dearest
+-- answer for given seconds is one of them (dearest).
+local function kinks(line, first, last, lengths)
+  local seen, list = {}, {}
+  local function add(second)
+    if second >= first and second <= last and not seen[second] then
+      seen[second] = true
+      list[#list + 1] = second
+    end
+  end
+  add(first)
+  add(last)
+  for index = 2, #line do
+    local start = line[index][1]
+    local low, high = start - last - 1, start - first + 1  -- the offsets this boundary takes within the TTL
+    local function at(offset)
+      add(start - offset)
+      add(start - offset - 1)
+    end
+    at(0)
+    for _, length in ipairs(lengths) do
+      at(length)
+    end
+    for piece = index - 1, index do
+      local s = line[piece][2]
+      at(s[2])
+      if s[4] > 1 and s[5] ~= 0 and s[2] <= high then
+        local offset = s[2] + math.max(0, math.ceil((low - s[2]) / s[4])) * s[4]
+        while offset <= high do
+          at(offset)
+          offset = offset + s[4]
+        end
+      end
+    end
+  end
+  return list
+end
+
+-- The most `units` seconds cost over the answer seconds first..last, and the answer second that costs it.
+local function dearest(line, first, last, units)
+  local lengths, most, worst = {units}, -1, first
+  for index, piece in ipairs(line) do
+    lengths[index + 1] = piece[2][6]
+  end
+  for _, second in ipairs(kinks(line, first, last, lengths)) do
+    local amount = fee_at(pieces_at(line, second), units)
+    if amount > most then
+      most, worst = amount, second
+    end
+  end
+  return most, worst
+end
+
+-- The last dearest answer, by tariff (the decoded table of one party of the call being decided) and seconds:
+-- what grant last checked is what hold reserves for a party paying the call's units.
+local last_dearest = {}
+
+local function dearest_of(tariff, line, first, last, units)
+  local memo = last_dearest
+  if memo[1] == tariff and memo[2] == units and memo[3] == first and memo[4] == last then
+    return memo[5], memo[6]
+  end
+  local most, worst = dearest(line or prepared(tariff), first, last, units)
+  last_dearest = {tariff, units, first, last, most, worst}
+  return most, worst
+end
+
+-- A call may be answered in any second from its authorization (at, ms) to the end of its TTL (ttl, ms), in
+-- a dearer window than at the authorization: a timeline party is granted the fewest units its balance buys
+-- over those answer seconds (grant) and holds the most those units cost over them (hold), so no answer
+-- within the TTL is charged more than was reserved (agent/pricing/decision.py covered_units, covered_fee,
+-- which try every second; here only the kinks, see there).
+local function grant(tariff, available, cap, at, ttl)
+  if type(tariff[1]) ~= 'table' or #tariff < 2 or ttl <= 0 then
+    return max_units(tariff, available, cap, at)
+  end
+  local line = prepared(tariff)
+  local first, last = math.floor(at / 1000), math.floor((at + ttl) / 1000)
+  if available <= 0 then  -- refused, unless every answer second is free: each kink second says
+    local units, lengths = cap, {cap}
+    for index, piece in ipairs(line) do
+      lengths[index + 1] = piece[2][6]
+    end
+    for _, second in ipairs(kinks(line, first, last, lengths)) do
+      units = math.min(units, units_at(pieces_at(line, second), available, cap))
+    end
+    return units
+  end
+  -- units_at gives the most seconds whose fee the balance pays: the fewest over the answer seconds are the
+  -- most whose dearest answer the balance pays. From the first second's, each round takes the units of the
+  -- dearest answer for the current ones (fewer, as that answer does not pay them) until the balance pays it.
+  local units = units_at(pieces_at(line, first), available, cap)
+  while units > 0 do
+    local most, worst = dearest_of(tariff, line, first, last, units)
+    if most <= available then
+      break
+    end
+    units = math.min(units - 1, units_at(pieces_at(line, worst), available, cap))
+  end
+  return math.max(units, 0)
+end
+
+local function hold(tariff, units, at, ttl)
+  if type(tariff) ~= 'table' or type(tariff[1]) ~= 'table' or #tariff < 2 or ttl <= 0 then
+    return fee(tariff, units, at)
+  end
+  local most = dearest_of(tariff, nil, math.floor(at / 1000), math.floor((at + ttl) / 1000), units)
+  return most
 end
 
 -- floor(available * percent / 100) without leaving the exact range of doubles
@@ -314,6 +454,13 @@ end
 local function save_begun(key, doc)
   local clock = redis.call('TIME')
   redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', clock[1], 'tu', clock[2])
+  if doc.moved then  -- a begin that topped up reservations or cut the units (rebudget)
+    local reserved = {}
+    for index, party in ipairs(doc.p) do
+      reserved[index] = int(num(party.rv))
+    end
+    redis.call('HSET', key, 'u', int(doc.u), 'rv', table.concat(reserved, ','))
+  end
 end
 
 -- The document of a call refused in this authorization (nothing reserved, never begun), written as text
@@ -392,8 +539,51 @@ local function reply(ok, doc)
   return {ok and 1 or 0, doc.st, doc.rs or '', doc.rt or '', doc.u or 0, doc.bal or 0}
 end
 
+local function windowed(party)
+  return party.c == 1 and type(party.r) == 'table' and type(party.r[1]) == 'table'
+end
+
+-- A call answered at answer_ms whose reservation does not pay its granted units from there (a timeline party
+-- answered outside the seconds its authorization covered: a begin after the TTL that came before the
+-- expiry, or before the authorization): each such party's reservation is topped up from its available
+-- balance, and where that does not pay, the units are cut to what reservation and balance pay (the agent's
+-- own end then stops the charge there). Sets doc.moved when it changed something (agent/pricing/decision.py
+-- answered). `doc` holds its parties.
+local function rebudget(doc, answer_ms)
+  local parties, short = parties_of(doc), false
+  for _, party in ipairs(parties) do
+    if windowed(party) and fee(party.r, doc.u, answer_ms) > num(party.rv) then
+      short = true
+    end
+  end
+  if not short then
+    return
+  end
+  local units, spare = doc.u, {}
+  for index, party in ipairs(parties) do
+    if windowed(party) then
+      local held = redis.call('HMGET', party.k, 'balance', 'reserved')
+      spare[index] = math.max(num(held[1]) - num(held[2]) + num(party.cr), 0)
+      units = math.min(units, max_units(party.r, num(party.rv) + spare[index], doc.u, answer_ms))
+    end
+  end
+  for index, party in ipairs(parties) do
+    if windowed(party) then
+      local extra = math.min(math.max(fee(party.r, units, answer_ms) - num(party.rv), 0), spare[index])
+      if extra > 0 then
+        redis.call('HINCRBY', party.k, 'reserved', int(extra))
+        party.rv = num(party.rv) + extra
+      end
+    end
+  end
+  doc.u, doc.moved = units, true
+end
+
 local function begin_call(doc, key, deadlines, begin_ms, grace)
   if doc.st == 'authorized' then
+    if doc.p then  -- the fast path of authorize loads no parties: a call with a timeline never takes it
+      rebudget(doc, begin_ms)
+    end
     doc.st = 'begun'
     doc.tb = begin_ms
     redis.call('HINCRBY', STATS, 'running', '1')
@@ -404,7 +594,7 @@ local function begin_call(doc, key, deadlines, begin_ms, grace)
 end
 
 -- Decides a new authorization from the parties planned by the agent (limits, balances, units).
-local function decide(parties, reason, refused_tag, share, cap, version, at)
+local function decide(parties, reason, refused_tag, share, cap, version, at, ttl)
   local units = cap
   local balance = 0
   for index, party in ipairs(parties) do
@@ -434,7 +624,7 @@ local function decide(parties, reason, refused_tag, share, cap, version, at)
       elseif party.c == 1 then
         local granted = 0
         if type(party.r) == 'table' then
-          granted = max_units(party.r, share_of(available + party.cr, share), cap, at)
+          granted = grant(party.r, share_of(available + party.cr, share), cap, at, ttl)
         end
         if granted <= 0 then
           reason = 'BALANCE_INSUFFICIENT'
@@ -498,7 +688,7 @@ local function unseeded(parties, index)
   return {0, 'unseeded', '', parties[index].a, index, 0}
 end
 
--- KEYS call, deadlines, outbox, catalog[, the refused account (see stale)]
+-- KEYS call, deadlines, outbox, catalog, stats[, the refused account (see stale)]
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
 --      agent could not plan: a begin with only the transaction tag; '-' for a begin not planned yet, see
 --      below), meta_json, refusal reason ('' if none), refused tag, at_ms (authorization or begin time),
@@ -508,14 +698,16 @@ end
 -- the agent plans the call and sends it again (the begin then authorizes the call too).
 local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  STATS = keys[5]
   local settings = settings_of(args[2])
   local now, ttl, share, cap = tonumber(args[1]), settings.ttl, settings.share, settings.cap
   local beginning, retention, grace, at = args[3] == '1', settings.retention, settings.grace, tonumber(args[10])
   if beginning then
     -- an open call in field form is begun from three of its fields: its parties and meta are neither
-    -- read nor decoded
-    local held = redis.call('HMGET', key, 'st', 'u', 'bal')
-    if held[1] == 'authorized' or held[1] == 'begun' then
+    -- read nor decoded; unless a party has a timeline ('[[' in its text: a false match only costs the full
+    -- path), whose reservation the begin checks against its answer (rebudget)
+    local held = redis.call('HMGET', key, 'st', 'u', 'bal', 'p')
+    if held[1] == 'begun' or held[1] == 'authorized' and not string.find(held[4] or '', '[[', 1, true) then
       local open = {st = held[1], u = num(held[2]), bal = num(held[3]), rs = '', rt = ''}
       local ok = begin_call(open, key, deadlines, at, grace)
       if open.st ~= held[1] then
@@ -546,12 +738,12 @@ local function authorize(keys, args)
     return {0, 'missing', '', '', 0, 0}
   end
   local version = tonumber(args[11])
-  local outdated = stale(keys[4], version, keys[5])
+  local outdated = stale(keys[4], version, keys[6])
   if outdated then
     return outdated
   end
   local parties = cjson.decode(args[6])
-  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap, version, at)
+  local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap, version, at, ttl)
   if reason == nil then
     if units then
       return {0, 'stale', '', '', 0, units}
@@ -571,7 +763,7 @@ local function authorize(keys, args)
   for index, party in ipairs(parties) do
     party.rv = 0
     if party.c == 1 then
-      party.rv = fee(party.r, units, at)
+      party.rv = hold(party.r, units, at, ttl)  -- a timeline: the most over the answer seconds
     end
     reserved[index] = int(party.rv)
     if party.rv ~= 0 then
@@ -632,11 +824,12 @@ end
 -- answered, so it is charged from the begin the end carries, or from its authorization, capped at its
 -- granted units, also once its authorization has expired. A lost begin never makes a call free.
 local function finish_unbegun(key, doc, meta, deadlines, outbox, retention, end_ms, begin_ms, now)
+  begin_ms = begin_ms or doc.ta or end_ms
   if doc.st == 'authorized' then
+    rebudget(doc, begin_ms)  -- answered where the reservation may not pay the units: charged as far as paid
     release(doc)
     redis.call('ZREM', deadlines, key)
   end
-  begin_ms = begin_ms or doc.ta or end_ms
   local duration = duration_of(begin_ms, end_ms)
   if duration > doc.u then
     duration = doc.u
@@ -651,8 +844,10 @@ local function finish_unbegun(key, doc, meta, deadlines, outbox, retention, end_
   return true
 end
 
--- KEYS call, deadlines, outbox; ARGV now_ms, end_ms, retention_s, begin_ms ('' when the end carries none)
+-- KEYS call, deadlines, outbox, catalog, stats; ARGV now_ms, end_ms, retention_s, begin_ms ('' when the
+--      end carries none)
 local function finish(keys, args)
+  STATS = keys[5]
   local doc, meta = load(keys[1])
   if not doc then
     return {0, 'missing', '', '', 0, 0}
@@ -671,9 +866,10 @@ local function finish(keys, args)
   return reply(ok, doc)
 end
 
--- KEYS call, deadlines, outbox; ARGV now_ms, retention_s
+-- KEYS call, deadlines, outbox, catalog, stats; ARGV now_ms, retention_s
 local function rollback(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  STATS = keys[5]
   local doc, meta = load(key)
   if not doc then
     return {0, 'missing', '', '', 0, 0}
@@ -704,12 +900,13 @@ end
 -- A one-shot call record, priced from its own begin and end and charged at once. Also the end of a call
 -- whose open state Redis lost (mode 'ended': Redis came back empty, PostgreSQL holds no final state of it):
 -- charged from the begin its end carries, capped at `cap_s` seconds, as an ended call.
--- KEYS call, deadlines, outbox, catalog; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
+-- KEYS call, deadlines, outbox, catalog, stats; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
 --      meta_json, auth_ms ('' if none), begin_ms, end_ms, catalog version planned on, call identity (a
 --      call authorized under the tag keeps its own: the record is that call's), mode ('' or 'ended'),
 --      cap_s (mode 'ended')
 local function record(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
+  STATS = keys[5]
   local version = tonumber(args[10])
   local outdated = stale(keys[4], version)
   if outdated then
@@ -766,10 +963,12 @@ local function record(keys, args)
 end
 
 -- Expires unbegun reservations and ends overdue calls whose deadline has passed.
--- KEYS deadlines, outbox; ARGV now_ms, retention_s, max_calls, expired_retention_s (how long an expired
---      authorization is kept to match a late end: longer than the longest call)
+-- KEYS deadlines, outbox, stats, broken (one group's); ARGV now_ms, retention_s, max_calls,
+--      expired_retention_s (how long an expired authorization is kept to match a late end: longer than the
+--      longest call)
 local function expire(keys, args)
   local deadlines, outbox = keys[1], keys[2]
+  STATS, BROKEN = keys[3], keys[4]
   local now = tonumber(args[1])
   local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, tonumber(args[3]))
   local done = 0
@@ -847,7 +1046,7 @@ end
 
 -- The walks alone, for the tests that hold them to the kernel's on many schedules quickly (the decisions
 -- themselves are tested through rating_authorize and rating_finish).
--- ARGV the schedule's numbers (7, 9 with decimal prices, or a legacy tariff's 4), then duration, available,
+-- ARGV the schedule's numbers (7, 9 with decimal prices), then duration, available,
 --      share_pct, cap; or a timeline as JSON, then duration, available, share_pct, cap, answer (ms)
 local function price(keys, args)
   if string.sub(args[1], 1, 1) == '[' then

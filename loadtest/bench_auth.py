@@ -1,7 +1,7 @@
 """Authorization throughput of one agent process against the do-nothing echo server, in one command.
 
     python loadtest/bench_auth.py [--prefixes 100000] [--accounts 1000] [--duration 15] [--warmup 5]
-                                  [--connections 32] [--threads 1] [--profile DIR] [--keep]
+                                  [--connections 32] [--threads 1] [--profile DIR] [--keep] [--cluster]
 
 In a temporary folder, on free loopback ports: starts redis-server and PostgreSQL (devstack), generates a
 realistic catalog (loadtest/generate.py) and imports it with the agent's CLI, starts ONE agent process
@@ -11,7 +11,11 @@ per request, random accounts and destinations) against the echo and then the age
 for each. Prints a Markdown table (requests/s, p50/p99 latency, ratio agent/echo), the CPU each process
 used during the measured runs, and the share of authorized answers in a sample sent after the agent's run
 (the agent must be rating and reserving, not refusing). With --profile DIR, one more run of the agent
-is recorded with py-spy (`pip install py-spy`) and the hottest functions are printed.
+is recorded with py-spy (`pip install py-spy`) and the hottest functions are printed. With --cluster, a
+3-master Redis Cluster (no replicas) is started too, with a second agent process against it (its balances
+seeded from PostgreSQL at its start), and every round runs the load against it as well: the report adds its
+requests/s and the ratio to the agent on one server over TCP (the single server is then reached over TCP
+too, as a cluster is).
 
 Every run is bounded in time; every process started here is stopped at the end, also on errors and
 Ctrl-C. The temporary folder is removed unless --keep is given.
@@ -468,12 +472,18 @@ def postgres_pids(server: PostgresServer) -> list[int]:
 def redis_info(url: str) -> dict:
     import redis
 
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+    import cache
+
+    if url.startswith("redis+cluster://"):
+        host, _, port = url.split("://", 1)[1].split(",")[0].rpartition(":")
+        client = redis.RedisCluster(host=host, port=int(port), decode_responses=True, socket_timeout=5)
+    else:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
     try:
         stats = client.info("commandstats").get("cmdstat_fcall", {})
         return {
-            "outbox_backlog": client.xlen("rating:outbox"),
-            "open_calls": client.zcard("rating:deadlines"),
+            "outbox_backlog": sum(client.xlen(group.outbox) for group in cache.GROUPS),
+            "open_calls": sum(client.zcard(group.deadlines) for group in cache.GROUPS),
             "used_memory_mb": client.info("memory").get("used_memory", 0) / 2**20,
             "keys": client.dbsize(),
             "fcall_usec": float(stats.get("usec_per_call", 0.0)),
@@ -577,6 +587,25 @@ def report(args, gen, imports: dict, runs: dict[str, list[WrkResult]], sample: C
             f" {ac.get('redis', 0):.2f} / {ac.get('postgres', 0):.2f} /"
             f" {ac.get('wrk', 0):.2f} / {ac.get('machine', 0):.2f} |"
         )
+    if "cluster" in runs:
+        cluster = _typical(runs["cluster"])
+        versus = _median([c.rps / a.rps for a, c in zip(runs["agent"], runs["cluster"]) if a.rps])
+        lines += [
+            "",
+            "| Redis (agent: same processes) | requests/s | p50 ms | p99 ms | errors | ratio to one server |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| one redis-server over TCP | {agent.rps:,.0f} | {agent.p50_ms:.2f} | {agent.p99_ms:.2f} |"
+            f" {agent.errors + agent.non_2xx} | 1.00 |",
+            f"| Redis Cluster, 3 masters, no replicas | {cluster.rps:,.0f} | {cluster.p50_ms:.2f} |"
+            f" {cluster.p99_ms:.2f} | {cluster.errors + cluster.non_2xx} | {versus:.2f} |",
+            "",
+            "| round | one server req/s | cluster req/s | ratio | CPU µs/request one server / cluster: agent, redis |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for n, (a, c) in enumerate(zip(runs["agent"], runs["cluster"]), 1):
+            lines.append(f"| {n} | {a.rps:,.0f} | {c.rps:,.0f} | {c.rps / a.rps if a.rps else 0:.2f} |"
+                         f" {_per_request(a, 'server'):.0f}, {_per_request(a, 'redis'):.0f} /"
+                         f" {_per_request(c, 'server'):.0f}, {_per_request(c, 'redis'):.0f} |")
     refusals = ", ".join(f"{k}: {v}" for k, v in sample.most_common() if k != "authorized")
     lines += [
         "",
@@ -624,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-tcp", action="store_true",
                         help="agent to Redis over TCP on 127.0.0.1 instead of the Unix socket (same host)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also run every round against a second agent on a 3-master Redis Cluster")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     args.duration = max(1, min(args.duration, 120))
@@ -641,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
             redis, postgres, gen, imports = start_stack(workdir, stops, log, args.prefixes, args.accounts,
                                                         args.carriers, args.destinations, args.seed)
 
+            if args.cluster:
+                args.redis_tcp = True  # a cluster is reached over TCP: the single server too, for the ratio
             agent = HttpServer("agent", [sys.executable, "-m", "agent", "serve"], workdir / "agent.log", env={
                 "RATING_HOST": "127.0.0.1", "RATING_REDIS_URL": redis.url if args.redis_tcp else redis.socket_url,
                 "RATING_DATABASE_URL": postgres.url,
@@ -653,6 +686,23 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             agent.start()
             agent_ready = time.perf_counter() - started
+            cluster_servers = clustered = None
+            if args.cluster:
+                from tests.conftest import RedisClusterServers
+
+                cluster_servers = RedisClusterServers(workdir / "cluster", masters=3, replicas=0)
+                stops.append(cluster_servers.stop)
+                cluster_servers.start()
+                clustered = HttpServer("cluster", [sys.executable, "-m", "agent", "serve"],
+                                       workdir / "agent-cluster.log",
+                                       env={**agent.env, "RATING_REDIS_URL": cluster_servers.url,
+                                            "RATING_DECK_DIR": str(workdir / "decks-cluster")},
+                                       cwd=args.agent_root)
+                clustered.env["RATING_PORT"] = str(clustered.port)
+                stops.append(clustered.stop)
+                clustered.start()
+                log(f"cluster agent (pid {clustered.process.pid}) on {clustered.port}, Redis Cluster on"
+                    f" {cluster_servers.url}")
             echo = HttpServer("echo", [sys.executable, str(HERE / "echo.py"), "--port", "{port}"],
                               workdir / "echo.log")
             stops.append(echo.stop)
@@ -661,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"echo on {echo.port}")
 
             servers = {"echo": echo, "agent": agent}
+            if clustered is not None:
+                servers["cluster"] = clustered
             run_id = f"b{int(time.time())}"
             if args.warmup:
                 for name, server in servers.items():
@@ -674,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
                         "server": lambda s=server: process_tree(s.process.pid),
                         "workers": lambda s=server: named(process_tree(s.process.pid), "rating-worker"),
                         "housekeeper": lambda s=server: named(process_tree(s.process.pid), "rating-keeper"),
-                        "redis": lambda: [redis.process.pid] if redis.process else [],
+                        "redis": lambda n=name: (
+                            [s.process.pid for s in cluster_servers.servers if s.process] if n == "cluster"
+                            else [redis.process.pid] if redis.process else []),
                         "postgres": lambda: postgres_pids(postgres),
                     })
                     children_before = os.times()
@@ -687,8 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].append(result)
                     log(f"round {round_number} {name}: {result.rps:,.0f} requests/s, p50 {result.p50_ms:.2f} ms,"
                         f" p99 {result.p99_ms:.2f} ms, machine busy {result.cpu.get('machine', 0):.2f} cores")
-                    if agent.process.poll() is not None:
-                        raise RuntimeError(f"the agent died:\n{agent.log_tail()}")
+                    if server.process.poll() is not None:
+                        raise RuntimeError(f"the agent died:\n{server.log_tail()}")
 
             log(f"sampling {args.sample} authorizations")
             sample = sample_authorizations(agent.url, gen.accounts, gen.destinations, args.sample, f"{run_id}s")

@@ -25,6 +25,123 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+class RedisClusterServers:
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback ports (cache/cluster.py)."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.directory = directory
+        self.servers = [self._server(directory / f"node{n}") for n in range(masters * (1 + replicas))]
+        self.masters, self.replicas = masters, replicas
+
+    @staticmethod
+    def _server(directory: Path) -> RedisServer:
+        return RedisServer(directory, options=(
+            "--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
+            "--cluster-port", str(free_port()),  # not port + 10000, which may be beyond 65535
+            "--cluster-node-timeout", "1000",  # a lost master is replaced within about two seconds
+            "--repl-diskless-sync-delay", "0",
+        ))
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
+
+    def start(self) -> "RedisClusterServers":
+        for server in self.servers:
+            server.start()
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"], check=True, capture_output=True,
+                       timeout=60)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every live node sees every slot served and every master has a replica in sync."""
+        import time
+
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = []
+            for server in self.servers:
+                if server.process is None:
+                    continue
+                client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)
+                try:
+                    if client.cluster("info")["cluster_state"] != "ok":
+                        problems.append(f"{server.port}: cluster not ok")
+                    info = client.info("replication")
+                    if info["role"] == "master" and info.get("connected_slaves", 0) < self.replicas \
+                            and self._serves(client):
+                        problems.append(f"{server.port}: no replica")
+                    if info["role"] == "slave" and info.get("master_link_status") != "up":
+                        problems.append(f"{server.port}: replica not in sync")
+                except redis.RedisError as exc:
+                    problems.append(f"{server.port}: {exc}")
+                finally:
+                    client.close()
+            if not problems:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Redis Cluster not ready: {problems}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _serves(client) -> bool:
+        node = next(line for line in client.execute_command("CLUSTER", "NODES").splitlines() if "myself" in line)
+        return len(node.split()) > 8  # a master with slots lists them after the eighth field
+
+    def master_of(self, key: str) -> RedisServer:
+        """The server that is the master of `key`'s slot now."""
+        import redis
+
+        for server in self.servers:
+            if server.process is None:
+                continue
+            client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)
+            try:
+                slot = client.cluster("keyslot", key)
+                for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        return next(s for s in self.servers if s.port == int(master[1]))
+            finally:
+                client.close()
+        raise AssertionError("no live cluster node")
+
+    def master_of_port(self, port: int) -> bool:
+        """Whether the server on `port` is a master serving slots now."""
+        import redis
+
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+        try:
+            return client.info("replication")["role"] == "master" and self._serves(client)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            if server.process is not None:
+                server.process.kill()
+                server.process.wait()
+                server.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master, 3-replica Redis Cluster for the session (started by the first test that asks for it)."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def redis_kind() -> str:
+    """The Redis the `stack` of a test uses: "single" (one server), or "cluster" for a test parametrized
+    `@pytest.mark.parametrize("redis_kind", ["single", "cluster"])`."""
+    return "single"
+
+
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
     server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
@@ -78,12 +195,14 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(redis_server, postgres_server):
+async def stack(request, redis_kind, postgres_server):
     import asyncpg
     import cache
     from agent.store.database import migrate
 
-    client = cache.connect(redis_server.url, 5.0)
+    redis_url = (request.getfixturevalue("redis_cluster") if redis_kind == "cluster"
+                 else request.getfixturevalue("redis_server")).url
+    client = cache.connect(redis_url, 5.0)
     await client.flushall()
     await cache.load_library(client)
     connection = await asyncpg.connect(postgres_server.url)
@@ -92,7 +211,7 @@ async def stack(redis_server, postgres_server):
         "TRUNCATE carriers, pricelists, pricelist_rates, accounts, transactions, ledger, catalog_changes, rerates,"
         " rerate_adjustments CASCADE"
     )
-    yield Stack(redis_server.url, postgres_server.url, client, connection)
+    yield Stack(redis_url, postgres_server.url, client, connection)
     await connection.close()
     await client.aclose()
 

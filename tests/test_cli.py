@@ -53,7 +53,7 @@ def test_the_cli_waits_for_a_redis_still_loading_its_data(stack, tmp_path):
         document.write_text(json.dumps(catalog(prepaid("waited", 10))))
         run_cli("import", "catalog", str(document), redis_url=slow.url, database_url=stack.database_url)
         client = redis.Redis.from_url(slow.url, decode_responses=True)
-        assert client.dbsize() >= 20_000 and client.hget("rating:a:7:default:waited", "balance") == "10"
+        assert client.dbsize() >= 20_000 and client.hget(__import__("cache").account_key("default", "waited"), "balance") == "10"
         client.close()
     finally:
         slow.stop()

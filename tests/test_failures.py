@@ -110,7 +110,7 @@ async def test_postgresql_down_rating_goes_on_and_the_outbox_drains_after_restar
         import redis
 
         live = redis.Redis.from_url(redis_server.url)
-        assert live.xlen("rating:outbox") > 0
+        assert live.xlen(__import__("cache").group_of("default").outbox) > 0
         postgres.start()
         assert await _eventually(postgres.url, (10, 10, -10, 100_000 - 10)) == (10, 10, -10, 100_000 - 10)
 
@@ -119,17 +119,17 @@ async def test_postgresql_down_rating_goes_on_and_the_outbox_drains_after_restar
         for i in range(10):
             _call(first, f"dead-{i}", "a")
         for _ in range(200):  # until the writer holds the entries it cannot write (bounded)
-            if live.xpending("rating:outbox", "pg-writer")["pending"] >= 1:
+            if live.xpending(__import__("cache").group_of("default").outbox, "pg-writer")["pending"] >= 1:
                 break
             time.sleep(0.05)
-        assert live.xpending("rating:outbox", "pg-writer")["pending"] >= 1
+        assert live.xpending(__import__("cache").group_of("default").outbox, "pg-writer")["pending"] >= 1
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
         postgres.start()
         second = AgentProcess(redis_server.url, postgres.url, tmp_path, outbox_claim_idle=1).start()
         assert await _eventually(postgres.url, (20, 20, -20, 100_000 - 20)) == (20, 20, -20, 100_000 - 20)
-        assert live.xlen("rating:outbox") == 0
-        assert int(live.hget("rating:a:7:default:a", "balance")) == 100_000 - 20
+        assert live.xlen(__import__("cache").group_of("default").outbox) == 0
+        assert int(live.hget(__import__("cache").account_key("default", "a"), "balance")) == 100_000 - 20
     finally:
         first.stop()
         if second is not None:

@@ -168,7 +168,7 @@ async def test_sigterm_under_load_loses_no_answered_request_and_no_charge(loaded
     # Every call answered as ended was charged exactly once (1 s at rate 1), and the workers flushed the
     # outbox before exiting: PostgreSQL already holds every charge.
     assert 10**9 - await loaded.balance("b") == len(ended)
-    assert await loaded.redis.xlen("rating:outbox") == 0
+    assert await loaded.redis.xlen(__import__("cache").group_of("default").outbox) == 0
     rows = await loaded.database.fetchval("SELECT count(*) FROM ledger WHERE account_tag = 'b' AND kind = 'charge'")
     assert rows == len(ended)
 

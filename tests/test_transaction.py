@@ -296,23 +296,23 @@ async def test_a_call_stored_as_a_document_by_an_earlier_version_is_begun_and_en
     """Calls opened before the field form (cache/rating.lua) still finish after an upgrade."""
     import orjson
 
-    from cache import DEADLINES, account_key, call_key
+    from cache import account_key, call_key, group_of, open_calls_key
 
     client = await agent(catalog(prepaid("a", 1000)))
     key, account = call_key("default", "old"), account_key("default", "a")
-    party = {"k": account, "o": "rating:o:7:default:a", "a": "a", "cr": 0, "mt": -1, "mi": -1, "mo": -1,
-             "s": 1000, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 0]}
+    party = {"k": account, "o": open_calls_key("default", "a", False), "a": "a", "cr": 0, "mt": -1, "mi": -1, "mo": -1,
+             "s": 1000, "i": 0, "pr": 1, "c": 1, "r": [0, 1, 1, 1, 1, 0, -1]}
     doc = {"st": "authorized", "tn": "default", "tt": "old", "ck": key, "ta": 1, "rs": "", "rt": "", "bal": 1000,
            "u": 100, "rv": [100], "cm": 1, "cu": 0, "p": [party]}
     await stack.redis.hset(account, mapping={"balance": 1000, "reserved": 100})
     await stack.redis.hset(key, mapping={"doc": orjson.dumps(doc).decode(), "meta": '{"account_tag":"a"}'})
-    await stack.redis.sadd("rating:o:7:default:a", key)
-    await stack.redis.zadd(DEADLINES, {key: 2**40})
+    await stack.redis.sadd(open_calls_key("default", "a", False), key)
+    await stack.redis.zadd(group_of("default").deadlines, {key: 2**40})
     assert (await post(client, "begin", transaction_tag="old", timestamp_begin=at(0)))["ok"] is True
     assert (await post(client, "end", transaction_tag="old", timestamp_end=at(30)))["ok"] is True
     state = await stack.account_state("a")
     assert (state["balance"], state["reserved"]) == (970, 0)
-    assert await stack.redis.smembers("rating:o:7:default:a") == set()
+    assert await stack.redis.smembers(open_calls_key("default", "a", False)) == set()
     assert (await records(stack, client, "old"))["a"]["fee"] == 30
 
 

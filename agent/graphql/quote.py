@@ -39,6 +39,7 @@ def explanation_dict(found: Explanation, record: dict | None = None) -> dict:
         "duration": found.duration, "billed_seconds": found.billed_seconds,
         "segments": [segment._asdict() for segment in found.segments], "fee": found.fee,
         "rerate_id": (record or {}).get("rerate_id"), "original_fee": (record or {}).get("original_fee"),
+        "catalog_version": (record or {}).get("catalog_version"),
     }
 
 
@@ -79,8 +80,10 @@ async def resolve_quote(_, info, account_tag, destination, duration, tenant="def
         raise ManagementError(f"duration: must be between 0 and {settings.max_units} seconds (--max-units)")
     at = at or datetime.now(timezone.utc)
     catalog = await current_catalog(info, tenant, account_tag)
-    # as an authorization plans it; time windows crossed within `duration` give the parties their timelines
-    plan = plan_call(catalog, tenant, account_tag, None, destination, at, source, duration)
+    # as an authorization plans it: time windows crossed within `duration`, or within the longest call an
+    # authorization may grant, give the parties their timelines
+    plan = plan_call(catalog, tenant, account_tag, None, destination, at, source,
+                     max(duration, settings.authorization_ttl + settings.max_units))
     if plan.refusal is Reason.NOT_FOUND and plan.refused_tag == account_tag:
         raise ManagementError(f"account_tag: Account with tag = {account_tag} not found in tenant {tenant}!")
     answer = {
@@ -95,12 +98,13 @@ async def resolve_quote(_, info, account_tag, destination, duration, tenant="def
         return answer
     standings = await _standings(info, plan.parties)
     planned = priced(plan, duration, standings, settings.reservation_share, settings.max_units,
-                     int(at.timestamp() * 1000))
+                     int(at.timestamp() * 1000), settings.authorization_ttl * 1000)
     decision = planned.decision
     parties = [{
         "account_tag": p.party.account.account_tag, "primary": p.party.primary, "fee": p.fee,
         "rate": None if p.party.rate is None else rate_dict(p.party.rate, tenant),
-        "explain": None if p.explanation is None else explanation_dict(p.explanation),
+        "explain": None if p.explanation is None else explanation_dict(
+            p.explanation, {"catalog_version": catalog.version}),
     } for p in planned.parties]
     caller = parties[0]
     answer.update({

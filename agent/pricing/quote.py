@@ -137,9 +137,10 @@ def quote(catalog: Catalog, tenant: str, account_tag: str, destination: str, dur
 
 
 def priced(plan: Plan, duration: int, standings: list[Standing] | None = None, share: int = 100,
-           cap: int = 0, at_ms: int = 0) -> Quote:
+           cap: int = 0, at_ms: int = 0, ttl: int = 0) -> Quote:
     """`quote` of a call already planned (plan.plan_call): the live standings depend on its parties. A
-    party with a timeline is priced from `at_ms` (ms), the call's moment."""
+    party with a timeline is priced from `at_ms` (ms), the call's moment; its decision covers the answer
+    seconds within `ttl` ms as an authorization's does."""
     if plan.refusal is not None:
         return Quote(plan, (), None)
     fees = charges([p.tariff for p in plan.parties], duration, duration, at_ms)
@@ -147,7 +148,7 @@ def priced(plan: Plan, duration: int, standings: list[Standing] | None = None, s
         PartyQuote(party, fee if party.rate is not None else None,
                    explain(party.rate, duration, party.timeline, at_ms) if party.rate is not None else None)
         for party, fee in zip(plan.parties, fees))
-    decision = None if standings is None else decide(standings, share, cap, at=at_ms)
+    decision = None if standings is None else decide(standings, share, cap, at=at_ms, ttl=ttl)
     return Quote(plan, parties, decision)
 
 

@@ -17,6 +17,7 @@ COLUMNS = (
     "tenant", "transaction_tag", "account_tag", "state", "source", "source_ip", "destination", "carrier_ip",
     "tags", "authorized", "unauthorized_reason", "destination_rate", "timestamp_auth", "timestamp_begin",
     "timestamp_end", "primary", "inbound", "duration", "fee", "max_available_units", "version", "call_id",
+    "catalog_version",
 )
 
 
@@ -71,6 +72,9 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
         authorized = state != "refused"
         reason = doc.get(callstate.REASON) or None
     request_tags = _list(meta.get("tags"))
+    planned_on = meta.get(callstate.PLANNED_ON)  # the deck the call was priced on (a rerate writes its own)
+    if not isinstance(planned_on, int):
+        planned_on = None
     rows = []
     for index, party in enumerate(parties):
         rate, party_tags = party_details(party, meta, index) if doc.get(callstate.PARTIES) else (None, [])
@@ -97,6 +101,7 @@ def records_of(doc: dict, meta: dict, version: int) -> list[dict]:
             "max_available_units": doc.get(callstate.UNITS) if not recorded else None,
             "version": version,
             "call_id": doc.get(callstate.CALL_ID) or "",
+            "catalog_version": planned_on,
         })
     return rows
 

@@ -26,7 +26,7 @@ changes nothing. Money is integers throughout.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import asyncpg
@@ -34,16 +34,24 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from cache import OUTBOX, account_key, call_key, fcall, seed_balance
+from cache import account_key, call_key, fcall, group_of, seed_balance
 from cache import call as callstate
 
 from ..pricing.catalog import Catalog
+from ..pricing.deck import Deck
+from ..pricing.table import RateTable
+from . import decks
 from ..pricing.quote import reprice
 from .writer import catch_up
 
 _LOCK = "rating-rerate"  # advisory lock (hashtext of this, hashtext of the tenant): one apply per tenant
-MARKERS = "rating:rerate:{}"  # Redis hash per rerate: adjustment id -> 1 once its move is made
 SAMPLE_LIMIT = 10_000
+
+
+def markers_key(tenant: str, run: int) -> str:
+    """Redis hash per rerate (of one tenant): adjustment id -> 1 once its move is made. In the tenant's slot
+    group, with the call and account keys its moves change in one transaction (cache.group_of)."""
+    return f"{group_of(tenant).prefix}rerate:{run}"
 
 _BATCH = (
     "SELECT id, tenant, transaction_tag, call_id, account_tag, state, source, destination, destination_rate, duration,"
@@ -56,16 +64,17 @@ _BATCH = (
 )
 _UPDATE = (
     "UPDATE transactions SET fee = $2, destination_rate = $3::jsonb, rerate_id = $4,"
-    " original_fee = coalesce(original_fee, fee) WHERE id = $1"
+    " original_fee = coalesce(original_fee, fee), catalog_version = $5 WHERE id = $1"
 )
 _ADJUST = (
     "INSERT INTO rerate_adjustments (rerate_id, tenant, account_tag, transaction_tag, call_id, old_fee, new_fee)"
     " SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])"
 )
-# Pending adjustments with what Redis must hold of their call now (the record's current fee and rate).
+# Pending adjustments with what Redis must hold of their call now (the record's current fee, rate and the
+# catalog version it was priced on).
 _PENDING = (
     "SELECT a.id, a.rerate_id, a.tenant, a.account_tag, a.transaction_tag, a.call_id, a.old_fee, a.new_fee,"
-    " t.fee, t.destination_rate FROM rerate_adjustments a LEFT JOIN transactions t"
+    " t.fee, t.destination_rate, t.catalog_version FROM rerate_adjustments a LEFT JOIN transactions t"
     " ON (t.tenant, t.transaction_tag, t.call_id, t.account_tag) = (a.tenant, a.transaction_tag, a.call_id,"
     " a.account_tag) WHERE a.tenant = $1 AND a.applied_at IS NULL ORDER BY a.id"
 )
@@ -98,6 +107,25 @@ def _prefix_of(stored) -> str | None:
     if isinstance(stored, str):
         stored = orjson.loads(stored)
     return stored.get("prefix") if isinstance(stored, dict) else None
+
+
+class DeckVersionMissing(ValueError):
+    """The deck version asked for is not kept on this host."""
+
+
+async def deck_catalog(pool: asyncpg.Pool, root, current: Catalog, tenant: str, version: int) -> Catalog:
+    """`current` with `tenant`'s rates as the deck built at change-log position `version` holds them: the
+    decks this host keeps under --deck-dir (the active one and the one before it; PostgreSQL keeps no older
+    rates). Accounts and carriers are as they are now."""
+    async with pool.acquire() as connection:
+        folder = decks.tenant_folder(await decks.database_folder(connection, root), tenant)
+    path = folder / str(version)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0 or not (path / "meta.json").is_file():
+        kept = sorted(int(entry.name) for entry in folder.iterdir() if entry.name.isdigit()) if folder.is_dir() else []
+        raise DeckVersionMissing(f"tenant {tenant} has no deck {version} on this host"
+                                 f" (kept: {', '.join(map(str, kept)) or 'none'})")
+    table = RateTable().freeze().over(Deck(path), {})
+    return replace(current, tables={**current.tables, tenant: table}, version=version, routes={})
 
 
 async def rerate(pool: asyncpg.Pool, redis: aioredis.Redis, catalog: Catalog, tenant: str, account_tag: str | None,
@@ -164,7 +192,7 @@ async def _batch(connection, catalog: Catalog, result: Rerate, cursor: tuple, sa
                     "duration": row["duration"], "old_fee": row["fee"], "new_fee": fee, "delta": fee - row["fee"],
                     "old_prefix": _prefix_of(row["destination_rate"]), "new_prefix": rate.prefix,
                 })
-            updates.append((row["id"], fee, _rate_json(rate), result.id))
+            updates.append((row["id"], fee, _rate_json(rate), result.id, result.catalog_version))
             adjustments.append((row["account_tag"], row["transaction_tag"], row["call_id"], row["fee"], fee))
         if updates and not result.dry_run:
             await connection.executemany(_UPDATE, updates)
@@ -192,7 +220,7 @@ async def settle_pending(connection, redis: aioredis.Redis, tenant: str) -> int:
         # every adjustment of the run is applied now (applies take turns): its markers are no longer needed
         if not await connection.fetchval(
                 "SELECT 1 FROM rerate_adjustments WHERE rerate_id = $1 AND applied_at IS NULL", run):
-            await redis.delete(MARKERS.format(run))
+            await redis.delete(markers_key(tenant, run))
     return len(pending)
 
 
@@ -202,7 +230,8 @@ async def _move(redis: aioredis.Redis, adjustment) -> None:
     from ..transaction import now_ms
 
     tenant, tag = adjustment["tenant"], adjustment["transaction_tag"]
-    markers, field_name, key = MARKERS.format(adjustment["rerate_id"]), str(adjustment["id"]), call_key(tenant, tag)
+    markers, key = markers_key(tenant, adjustment["rerate_id"]), call_key(tenant, tag)
+    field_name = str(adjustment["id"])
     amount = adjustment["old_fee"] - adjustment["new_fee"]  # a higher fee takes from the balance
     async with redis.pipeline(transaction=True) as pipe:
         while True:
@@ -215,7 +244,7 @@ async def _move(redis: aioredis.Redis, adjustment) -> None:
                 pipe.multi()
                 pipe.hset(markers, field_name, 1)
                 pipe.execute_command(*fcall(
-                    "rating_balance", (account_key(tenant, adjustment["account_tag"]), OUTBOX),
+                    "rating_balance", (account_key(tenant, adjustment["account_tag"]), group_of(tenant).outbox),
                     (tenant, adjustment["account_tag"], "add", amount, now_ms(), tag)))
                 if refreshed is not None:
                     pipe.hset(key, mapping=refreshed)
@@ -235,6 +264,8 @@ def _refreshed(doc_text: str | None, meta_text: str | None, adjustment) -> dict 
             or doc.get(callstate.REMOVED):
         return None
     meta = orjson.loads(meta_text or "{}")
+    if adjustment["catalog_version"] is not None:
+        meta[callstate.PLANNED_ON] = adjustment["catalog_version"]  # the records read from Redis say it too
     rate = adjustment["destination_rate"]
     rate = orjson.loads(rate) if isinstance(rate, str) else rate
     changed = False

@@ -5,14 +5,19 @@ recorded): one row per party written once, instead of an insert at authorization
 and end. Open calls live in Redis, where every single-call read looks first; a reader that lists records
 writes the open calls' current states itself (`catch_up`).
 
-Each agent process runs one consumer of a shared consumer group. A batch is written in one PostgreSQL
+The outbox is one stream per slot group (cache.GROUPS, `rating:{g<n>}:outbox`); each agent process runs one
+consumer of a shared consumer group on every one of them. On one Redis server a read takes all the streams
+at once (XREADGROUP of 16 streams, blocking); on a Redis Cluster the streams live on different masters, so
+each is read on its own and an idle writer looks again after `linger` seconds, then less and less often
+(up to every `poll` seconds) while the streams stay empty. A ledger row's id is its entry
+id qualified by its group (`<n>/<ms>-<seq>`): two streams give the same ids. A batch is written in one PostgreSQL
 transaction and only then acknowledged and deleted from the stream, so a crash or an unreachable database
 loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
 rows are keyed by their outbox entry and records only move forward in version.
 
 An entry PostgreSQL refuses for what it holds (a data error, not an outage) would otherwise be retried
 forever and hold back every entry after it: a refused batch is split until the refused entries stand
-alone, and those go to the dead-letter stream (`rating:outbox:dead`, with the error), counted and logged,
+alone, and those go to their group's dead-letter stream (`rating:{g<n>}:outbox:dead`, with the error), counted and logged,
 for an operator to look at and replay (`rating-agent outbox dead-letters`, `rating-agent outbox replay`).
 """
 
@@ -30,13 +35,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from cache import DEADLINES, OUTBOX, OUTBOX_GROUP, UNAVAILABLE, call_key
+from cache import GROUPS, OUTBOX_GROUP, UNAVAILABLE, call_key, group_of, is_cluster
 from cache import call as callstate
 
 from .database import deadline
 from .records import COLUMNS, is_removed, open_version, records_of, stream_version
 
-DEAD_LETTERS = "rating:outbox:dead"
+Entry = tuple[int, str, dict]  # (slot group, stream entry id, fields)
 # What the content of an entry makes PostgreSQL (or the decoding here) refuse: trying again cannot help.
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError,
             ValueError, KeyError, TypeError)
@@ -79,25 +84,31 @@ def consumer_name() -> str:
 
 
 async def ensure_group(client: aioredis.Redis) -> None:
-    try:
-        await client.xgroup_create(OUTBOX, OUTBOX_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    """The consumer group on every group's outbox stream."""
+    for group in GROUPS:
+        try:
+            await client.xgroup_create(group.outbox, OUTBOX_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
 
-async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, dict]],
+def ledger_id(group: int, entry_id: str) -> str:
+    return f"{group}/{entry_id}"
+
+
+async def write_batch(connection: asyncpg.Connection, entries: list[Entry],
                       open_calls: list[tuple[int, dict, dict]] = ()) -> None:
     """Writes one batch of outbox entries (and, for readers, open calls' current states) in one transaction."""
     latest: dict[tuple[str, str, str], tuple[int, dict, dict]] = {}  # per call: tenant, tag, identity
     ledger_rows = []
     balances: dict[tuple[str, str], tuple[int, int]] = {}
-    for entry_id, fields in entries:
+    for group, entry_id, fields in entries:
         version = stream_version(entry_id)
         if fields.get(callstate.ENTRY) == callstate.LEDGER:
             key = (fields[callstate.TENANT], fields[callstate.ACCOUNT])
             ledger_rows.append((
-                entry_id, version, *key, fields[callstate.MOVE], int(fields[callstate.AMOUNT]),
+                ledger_id(group, entry_id), version, *key, fields[callstate.MOVE], int(fields[callstate.AMOUNT]),
                 int(fields[callstate.BALANCE]), fields.get(callstate.TAG) or None, int(fields[callstate.MOVED_AT]),
             ))
             balances[key] = (int(fields[callstate.BALANCE]), version)  # integers as the library writes them
@@ -133,11 +144,13 @@ async def write_batch(connection: asyncpg.Connection, entries: list[tuple[str, d
 
 
 async def open_call_states(redis: aioredis.Redis, tenant: str | None = None) -> list[tuple[int, dict, dict]]:
-    """(version, doc, meta) of every open call (of `tenant`), read from Redis: the members of the deadlines."""
-    keys = await redis.zrange(DEADLINES, 0, -1)
+    """(version, doc, meta) of every open call (of `tenant`), read from Redis: the members of the deadlines
+    (of every group, or of the tenant's)."""
     if tenant is not None:
         prefix = call_key(tenant, "")
-        keys = [key for key in keys if key.startswith(prefix)]
+        keys = [key for key in await redis.zrange(group_of(tenant).deadlines, 0, -1) if key.startswith(prefix)]
+    else:
+        keys = [key for group in GROUPS for key in await redis.zrange(group.deadlines, 0, -1)]
     found = []
     for start in range(0, len(keys), 1000):
         pipe = redis.pipeline(transaction=False)
@@ -174,7 +187,8 @@ async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit:
     The outbox entries stay in the stream for the writer, which writes them again harmlessly; an open
     call's row is replaced by its final state later (a higher version). Returns the count written.
     """
-    entries = [entry for entry in await redis.xrange(OUTBOX, count=limit) if entry[1]]
+    entries = [(group.index, *entry) for group in GROUPS for entry in await redis.xrange(group.outbox, count=limit)
+               if entry[1]]
     current = await _changed(connection, await open_call_states(redis, tenant))
     if entries or current:
         try:
@@ -197,8 +211,12 @@ class OutboxWriter:
         timeout: float = 30.0,
         forget_idle: float = 600.0,
         linger: float = 0.25,
+        poll: float = 1.0,
     ) -> None:
         self.redis = redis
+        # one read takes every group's stream on one server; a cluster's streams are read one by one
+        self.together = not is_cluster(redis)
+        self.poll = poll  # the longest an idle writer of a cluster waits before looking at the streams again
         self.timeout = timeout  # seconds one batch may take (see database.deadline)
         self.linger = linger
         self.claim_idle_ms = int(claim_idle * 1000)
@@ -220,19 +238,30 @@ class OutboxWriter:
         self.written = 0
         self.dead = 0
 
-    async def _read(self, start: str, block: int | None) -> list[tuple[str, dict]]:
-        reply = await self.redis.xreadgroup(
-            OUTBOX_GROUP, self.name, {OUTBOX: start}, count=self.batch, block=block
-        )
-        return reply[0][1] if reply else []
+    async def _read(self, groups, start: str, block: int | None) -> dict[int, list[tuple[str, dict]]]:
+        """Entries of `groups`' streams, per group; in one command on one server, else one per stream."""
+        if self.together:
+            reply = await self.redis.xreadgroup(
+                OUTBOX_GROUP, self.name, {group.outbox: start for group in groups}, count=self.batch, block=block
+            )
+            by_stream = {stream: entries for stream, entries in reply or ()}
+            return {group.index: by_stream.get(group.outbox, []) for group in groups}
+        found = {}
+        for group in groups:
+            reply = await self.redis.xreadgroup(OUTBOX_GROUP, self.name, {group.outbox: start}, count=self.batch)
+            found[group.index] = reply[0][1] if reply else []
+        return found
 
-    async def _claim_abandoned(self) -> list[tuple[str, dict]]:
+    async def _claim_abandoned(self, groups) -> dict[int, list[tuple[str, dict]]]:
         """Entries another consumer took and never acknowledged (it died) for a while."""
-        reply = await self.redis.xautoclaim(
-            OUTBOX, OUTBOX_GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
-        )
+        found = {}
+        for group in groups:
+            reply = await self.redis.xautoclaim(
+                group.outbox, OUTBOX_GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
+            )
+            found[group.index] = reply[1]
         await self._forget_dead_consumers()
-        return [entry for entry in reply[1] if entry[1]]
+        return found
 
     async def _forget_dead_consumers(self) -> None:
         """Unregisters consumers that hold nothing and have been silent for a long while: every restart of
@@ -241,11 +270,13 @@ class OutboxWriter:
         if now < self._next_forget:
             return
         self._next_forget = now + 60.0
-        for consumer in await self.redis.xinfo_consumers(OUTBOX, OUTBOX_GROUP):
-            if consumer["name"] != self.name and consumer["pending"] == 0 and consumer["idle"] > self.forget_idle_ms:
-                await self.redis.xgroup_delconsumer(OUTBOX, OUTBOX_GROUP, consumer["name"])
+        for group in GROUPS:
+            for consumer in await self.redis.xinfo_consumers(group.outbox, OUTBOX_GROUP):
+                if consumer["name"] != self.name and consumer["pending"] == 0 \
+                        and consumer["idle"] > self.forget_idle_ms:
+                    await self.redis.xgroup_delconsumer(group.outbox, OUTBOX_GROUP, consumer["name"])
 
-    async def _write(self, entries: list[tuple[str, dict]]) -> list[tuple[str, dict, str]]:
+    async def _write(self, entries: list[Entry]) -> list[tuple[int, str, dict, str]]:
         """Writes `entries`, retrying through outages; returns those refused for their content, with why."""
         delay = 0.2
         while True:
@@ -265,16 +296,20 @@ class OutboxWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _deliver(self, entries: list[tuple[str, dict]]) -> None:
+    async def _deliver(self, entries: list[Entry]) -> None:
+        """Writes entries of any groups in one PostgreSQL transaction, then acknowledges them per group (one
+        MULTI per group: a group's stream and dead letters share its slot)."""
         refused = await self._write(entries)
-        ids = [entry_id for entry_id, _ in entries]
-        pipe = self.redis.pipeline(transaction=True)
-        for entry_id, fields, error in refused:
-            log.error("outbox: entry %s refused by PostgreSQL (%s); moved to %s", entry_id, error, DEAD_LETTERS)
-            pipe.xadd(DEAD_LETTERS, {**fields, "dead_id": entry_id, "dead_error": error[:2000]})
-        pipe.xack(OUTBOX, OUTBOX_GROUP, *ids)
-        pipe.xdel(OUTBOX, *ids)
-        await pipe.execute()
+        for group in {group for group, _, _ in entries}:
+            outbox = GROUPS[group]
+            pipe = self.redis.pipeline(transaction=True)
+            for _, entry_id, fields, error in (dead for dead in refused if dead[0] == group):
+                log.error("outbox: entry %s refused by PostgreSQL (%s); moved to %s", entry_id, error, outbox.dead)
+                pipe.xadd(outbox.dead, {**fields, "dead_id": entry_id, "dead_error": error[:2000]})
+            ids = [entry_id for of, entry_id, _ in entries if of == group]
+            pipe.xack(outbox.outbox, OUTBOX_GROUP, *ids)
+            pipe.xdel(outbox.outbox, *ids)
+            await pipe.execute()
         self.written += len(entries) - len(refused)
         self.on_written(len(entries) - len(refused))
         if refused:
@@ -283,8 +318,8 @@ class OutboxWriter:
 
     async def drain_once(self, block: int | None = None) -> int:
         """Writes what may be pending for this consumer, abandoned entries (when due), then new ones. Returns
-        the count. A read that returns less than a batch ends its source: what arrives meanwhile is the next
-        pass's (one read fewer per batch)."""
+        the count. A stream whose read returns less than a batch is done for this source: what arrives
+        meanwhile is the next pass's (one read fewer per batch)."""
         total = 0
         try:
             for source in ("pending", "abandoned", "new"):
@@ -295,19 +330,19 @@ class OutboxWriter:
                         await self._forget_dead_consumers()
                         continue
                     self._next_claim = time.monotonic() + self._claim_every
-                while True:
+                groups = GROUPS
+                while groups:
                     if source == "pending":
-                        read = await self._read("0", None)
-                        entries = [e for e in read if e[1]]
+                        read = await self._read(groups, "0", None)
                     elif source == "abandoned":
-                        read = entries = await self._claim_abandoned()
+                        read = await self._claim_abandoned(groups)
                     else:
-                        read = entries = await self._read(">", block if total == 0 else None)
+                        read = await self._read(groups, ">", block if total == 0 else None)
+                    entries = [(group, *entry) for group, found in read.items() for entry in found if entry[1]]
                     if entries:
                         await self._deliver(entries)
                         total += len(entries)
-                    if not entries or len(read) < self.batch:
-                        break
+                    groups = [GROUPS[group] for group, found in read.items() if len(found) >= self.batch]
                 if source == "pending":
                     self._unsure = False
         except BaseException:  # cancelled or failed in the middle of a batch: it may be pending, unacknowledged
@@ -321,6 +356,7 @@ class OutboxWriter:
         staging, merge, acknowledgement) dominates small batches. The entries wait in the stream, as durable
         as Redis is: a writer stopped while it waits loses nothing (its final drain, or any writer, takes them)."""
         linger = self.linger if linger is None else linger
+        idle = linger
         while True:
             try:
                 await ensure_group(self.redis)
@@ -328,6 +364,11 @@ class OutboxWriter:
                     written = await self.drain_once(block=1000)
                     if 0 < written < self.batch:
                         await asyncio.sleep(linger)
+                    if written:
+                        idle = linger
+                    elif not self.together:  # no blocking read across a cluster's streams: 16 reads a look
+                        await asyncio.sleep(idle)
+                        idle = min(max(idle, 0.05) * 2, max(self.poll, linger))
             except asyncio.CancelledError:
                 raise
             except UNAVAILABLE as exc:
@@ -339,20 +380,27 @@ class OutboxWriter:
 
 
 async def dead_letters(redis: aioredis.Redis) -> list[tuple[str, dict]]:
-    """The entries PostgreSQL refused, oldest first (each with `dead_id` and `dead_error`)."""
-    return await redis.xrange(DEAD_LETTERS)
+    """The entries PostgreSQL refused, of every group, oldest first in each (each with `dead_id` and
+    `dead_error`); an entry's id is qualified by its group (`<n>/<ms>-<seq>`, as `replay` takes it)."""
+    found = []
+    for group in GROUPS:
+        found += [(ledger_id(group.index, entry_id), fields) for entry_id, fields in await redis.xrange(group.dead)]
+    return found
 
 
 async def replay(redis: aioredis.Redis, ids: list[str] | None = None) -> int:
-    """Puts dead letters (all, or those named by their dead-letter id) back in the outbox; returns the count."""
+    """Puts dead letters (all, or those named by their id from `dead_letters`) back in their group's outbox;
+    returns the count."""
     moved = 0
-    for entry_id, fields in await dead_letters(redis):
-        if ids and entry_id not in ids:
+    for qualified, fields in await dead_letters(redis):
+        if ids and qualified not in ids:
             continue
+        group, _, entry_id = qualified.partition("/")
+        keys = GROUPS[int(group)]
         original = {k: v for k, v in fields.items() if k not in ("dead_id", "dead_error")}
         pipe = redis.pipeline(transaction=True)
-        pipe.xadd(OUTBOX, original)
-        pipe.xdel(DEAD_LETTERS, entry_id)
+        pipe.xadd(keys.outbox, original)
+        pipe.xdel(keys.dead, entry_id)
         await pipe.execute()
         moved += 1
     return moved

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from cache import OUTBOX, call_key
+from cache import call_key, group_of
 from cache import call as callstate
 from tests.test_transaction import at, catalog, post, prepaid
 
@@ -67,7 +67,7 @@ async def test_every_field_of_a_call_in_every_state_is_named_by_the_schema(agent
         callstate.LOST_BEGIN)
     # the outbox: final calls and balance moves, nothing else
     kinds = set()
-    for _, entry in await stack.redis.xrange(OUTBOX):
+    for _, entry in await stack.redis.xrange(group_of("default").outbox):
         kinds.add(entry[callstate.ENTRY])
         if entry[callstate.ENTRY] == callstate.TXN:
             assert set(entry) == {callstate.ENTRY, callstate.DOCUMENT, callstate.META}

@@ -172,7 +172,7 @@ async def test_a_renamed_account_keeps_its_live_balance_and_is_not_renamed_with_
 
     data = await api(f'mutation {{ updateAccount(id:"{made}", account_tag:"renamed") {{ account_tag balance }} }}')
     assert data["updateAccount"] == {"account_tag": "renamed", "balance": 993}
-    assert not await stack.redis.exists("rating:a:7:default:a")
+    assert not await stack.redis.exists(__import__("cache").account_key("default", "a"))
     await wait_catalog(api.client, lambda c: c.account("default", "renamed") is not None)
     answer = (await api(call.format(tag="r2", account="renamed")))["authorization"]
     assert answer == {"authorized": True, "balance": 993}

@@ -101,11 +101,11 @@ async def drained(stack, timeout: float = 10.0) -> None:
     """Waits for the agent's outbox writer to have carried every entry to PostgreSQL."""
     import asyncio
 
-    from cache import OUTBOX
+    from cache import GROUPS
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while await stack.redis.xlen(OUTBOX):
+    while sum([await stack.redis.xlen(group.outbox) for group in GROUPS]):
         assert loop.time() < deadline, "outbox not drained in time"
         await asyncio.sleep(0.02)
 

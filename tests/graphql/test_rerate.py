@@ -170,3 +170,103 @@ async def test_the_rerate_command_dry_runs_then_applies(gql, stack, deck_dir, mo
     again = await asyncio.to_thread(cli, "--apply", "--account", "200")
     assert (again["changed"], again["delta"]) == (0, 0)
     assert await stack.balance("200") == -30
+
+
+async def deck_now(client, tenant: str = "default") -> int:
+    """Builds the tenant's deck as PostgreSQL holds it now, without activating it (as a bulk change's build
+    leaves it on the host), and returns the change-log position it covers: its version."""
+    from agent.keys import SETTINGS
+    from agent.pricing import deck
+    from agent.store import changes, decks
+
+    async with client.app[DATABASE].acquire() as connection:
+        covers = await changes.last_seq(connection)
+        folder = await decks.database_folder(connection, client.app[SETTINGS].decks)
+        columns = await decks.read_columns(connection, tenant)
+    deck.build_columns(decks.tenant_folder(folder, tenant) / str(covers), tenant, columns, covers)
+    return covers
+
+
+RERATE_ON = """mutation ($from: DateTime!, $to: DateTime!, $dry: Boolean, $version: BigInt) {
+  rerate(from: $from, to: $to, dry_run: $dry, deck_version: $version) {
+    id dry_run examined changed delta catalog_version calls { transaction_tag old_fee new_fee } } }"""
+VERSIONS = """{ allTransactions(filter: {tenant: "default"}, sortField: "transaction_tag") {
+  transaction_tag fee explain { fee catalog_version rerate_id original_fee } } }"""
+
+
+async def test_rerate_on_a_named_deck_version_dry_run_then_apply_then_apply_again(gql, stack):
+    api = await gql(CATALOG)
+    await calls_made(api)
+    # every record says which catalog version it was priced on
+    before = {row["transaction_tag"]: row["explain"]["catalog_version"]
+              for row in (await api(VERSIONS))["allTransactions"]}
+    assert len(set(before.values())) == 1 and isinstance(before["a"], int)
+    await api(CORRECTION)
+    corrected_deck = await deck_now(api.client)  # the corrected deck (Italy at 1 a second) this host keeps
+    # then the current rate moves on (3 a second): a rerate on the current catalog would price at 3
+    await api(CORRECTION.replace("rate: 1", "rate: 3"))
+    window = {"from": T0, "to": at(3600)}
+    current = (await api(RERATE_ON, dry=True, **window))["rerate"]
+    assert (current["changed"], current["delta"]) == (3, 60)  # 20, 40, 60 -> 30, 60, 90
+
+    dry = (await api(RERATE_ON, dry=True, version=corrected_deck, **window))["rerate"]
+    assert (dry["dry_run"], dry["examined"], dry["changed"], dry["delta"], dry["catalog_version"]) == (
+        True, 4, 3, -60, corrected_deck)
+    assert [(c["transaction_tag"], c["old_fee"], c["new_fee"]) for c in dry["calls"]] == [
+        ("a", 20, 10), ("b", 40, 20), ("c", 60, 30)]
+    assert (await stack.balance("100"), await stack.balance("200")) == (820, -60)  # a dry run moves nothing
+    ledgers = [await ledger_of(stack, api.client, account) for account in ("100", "200")]
+
+    applied = (await api(RERATE_ON, dry=False, version=corrected_deck, **window))["rerate"]
+    assert (applied["dry_run"], applied["changed"], applied["delta"]) == (False, 3, -60)
+    assert (await stack.balance("100"), await stack.balance("200")) == (850, -30)
+    after = {row["transaction_tag"]: row for row in (await api(VERSIONS))["allTransactions"]}
+    assert {tag: row["fee"] for tag, row in after.items()} == {"a": 10, "b": 20, "c": 30, "d": 20, "e": 100}
+    for tag in "abc":  # priced on the named deck now, and saying so
+        assert after[tag]["explain"] == {"fee": after[tag]["fee"], "catalog_version": corrected_deck,
+                                         "rerate_id": applied["id"], "original_fee": 2 * after[tag]["fee"]}
+    assert after["d"]["explain"]["catalog_version"] == before["d"]  # unchanged calls keep theirs
+    assert [await ledger_of(stack, api.client, account) for account in ("100", "200")] == [
+        (ledgers[0][0] + 2, ledgers[0][1] + 30), (ledgers[1][0] + 1, ledgers[1][1] + 30)]
+
+    again = (await api(RERATE_ON, dry=False, version=corrected_deck, **window))["rerate"]
+    assert (again["changed"], again["delta"], again["calls"]) == (0, 0, [])
+    assert (await stack.balance("100"), await stack.balance("200")) == (850, -30)
+    assert [await ledger_of(stack, api.client, account) for account in ("100", "200")] == [
+        (ledgers[0][0] + 2, ledgers[0][1] + 30), (ledgers[1][0] + 1, ledgers[1][1] + 30)]
+    await drained(stack)
+    assert dict(await stack.database.fetch("SELECT account_tag, balance FROM accounts ORDER BY 1")) == {
+        "100": 850, "200": -30}
+
+    # a version this host keeps no deck of is refused, naming the argument and the versions kept
+    _, errors = await api.error(RERATE_ON, dry=True, version=corrected_deck + 1, **window)
+    # (the other tests' decks are kept in the same deck folder too)
+    (error,) = errors
+    assert error.startswith(f"deck_version: tenant default has no deck {corrected_deck + 1} on this host (kept: ")
+    assert str(corrected_deck) in error.removesuffix(")").split("(kept: ")[1].split(", "), error
+
+
+async def test_the_rerate_command_prices_on_a_named_deck_version(gql, stack, deck_dir, monkeypatch):
+    import orjson
+
+    api = await gql(CATALOG)
+    await calls_made(api)
+    await api(CORRECTION)
+    corrected_deck = await deck_now(api.client)
+    await api(CORRECTION.replace("rate: 1", "rate: 3"))
+    monkeypatch.setenv("RATING_DECK_DIR", deck_dir)
+
+    def cli(*extra: str, check: bool = True):
+        return run_cli("rerate", "--from", T0, "--to", at(3600), *extra, redis_url=stack.redis_url,
+                       database_url=stack.database_url, check=check)
+
+    dry = orjson.loads((await asyncio.to_thread(cli, "--deck-version", str(corrected_deck))).stdout)
+    assert (dry["dry_run"], dry["changed"], dry["delta"], dry["catalog_version"]) == (True, 3, -60, corrected_deck)
+    applied = orjson.loads((await asyncio.to_thread(cli, "--deck-version", str(corrected_deck), "--apply")).stdout)
+    assert (applied["changed"], applied["delta"]) == (3, -60)
+    again = orjson.loads((await asyncio.to_thread(cli, "--deck-version", str(corrected_deck), "--apply")).stdout)
+    assert (again["changed"], again["delta"]) == (0, 0)
+    assert (await stack.balance("100"), await stack.balance("200")) == (850, -30)
+    missing = await asyncio.to_thread(cli, "--deck-version", str(corrected_deck + 7), check=False)
+    assert missing.returncode == 2
+    assert f"--deck-version: tenant default has no deck {corrected_deck + 7} on this host" in missing.stderr

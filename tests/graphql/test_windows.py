@@ -188,3 +188,26 @@ async def test_rerating_a_windowed_call_prices_it_as_it_was_charged_then_with_th
               ' time_start:"08:00", time_end:"10:02", rate:7) { rate } }')
     assert (await api(rerate, dry=True))["rerate"] == {"examined": 1, "changed": 1, "delta": -6,
                                                        "calls": [{"old_fee": 22, "new_fee": 16}]}
+
+
+async def test_a_call_answered_later_in_a_dearer_window_never_costs_more_than_it_reserved(gql, stack):
+    """README "How calls are rated": off-peak 2 and peak 10 a minute from 10:02, 25 available, authorized at
+    10:01. Walked from 10:01 alone, 25 pays 180 s (2 + 10 + 10), but those 180 s answered at 10:02 cost 30:
+    the authorization grants what 25 pays whenever within its TTL the call is answered, and reserves the most
+    that costs."""
+    peak_later = {**PEAK, "time_start": "10:02", "time_end": "18:00"}
+    api = await gql(catalog(prepaid("a", 25), rates=[BASE, peak_later]))
+    client = api.client
+    quoted = (await api('{ quote(account_tag:"a", destination:"39061234", duration:180,'
+                        ' at:"2030-01-01T10:01:00Z") { fee max_available_units } }'))["quote"]
+    assert quoted == {"fee": 22, "max_available_units": 120}  # the fee from `at`, the grant as authorized
+    answer = await post(client, "authorization", transaction_tag="x", account_tag="a", destination="39061234",
+                        timestamp_auth=at(60))
+    assert (answer["authorized"], answer["max_available_units"]) == (True, 120)
+    assert (await stack.account_state("a"))["reserved"] == 20  # 2 peak minutes, its dearest answer
+    await post(client, "begin", transaction_tag="x", account_tag="a", destination="39061234",
+               timestamp_begin=at(120))
+    assert (await post(client, "end", transaction_tag="x", timestamp_end=at(300)))["ok"] is True
+    state = await stack.account_state("a")
+    assert (state["balance"], state["reserved"]) == (5, 0)  # charged its 120 s of peak, never below zero
+    assert (await records(stack, client, "x"))["a"]["fee"] == 20

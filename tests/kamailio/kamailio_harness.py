@@ -276,11 +276,16 @@ class Kamailio:
 
 
 def _port_busy(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
+    """Whether a process still holds Kamailio's SIP port, UDP or TCP (a child killed last may hold its TCP
+    listener after the UDP socket is free; SO_REUSEADDR as Kamailio's, so that TIME_WAIT does not count)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return True
     return False
 
 

@@ -121,10 +121,11 @@ def rig(tmp_path_factory, postgres_server):
         carrier.start()
         agent = StubAgent(carrier.carrier_string)
         threading.Thread(target=agent.serve_forever, daemon=True).start()
-        # one HTTP worker: all the connections are in one curl cache
+        # one HTTP worker: all the connections are in one curl cache; the authorizations held until the burst
+        # is complete must not time out first on a loaded host (SIPp's 12 INVITEs may take over a second)
         kamailio = Kamailio(start.base / "kamailio", auth_db=start.auth_db,
                             defines={"WITH_RATING": None, "RATING_AGENT_URL": f'"{agent.url}"',
-                                     "RATING_HTTP_WORKERS": 1}).start()
+                                     "RATING_HTTP_WORKERS": 1, "RATING_AUTHORIZATION_TIMEOUT": 10000}).start()
         yield Rig(start.base, agent, kamailio)
     finally:
         if kamailio:

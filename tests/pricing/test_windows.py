@@ -20,7 +20,7 @@ from agent.pricing import deck, routing
 from agent.pricing.account import Account
 from agent.pricing.carrier import Carrier
 from agent.pricing.catalog import Catalog
-from agent.pricing.decision import Standing, charges, decide
+from agent.pricing.decision import Held, Standing, answered, charges, decide
 from agent.pricing.plan import plan_call
 from agent.pricing.quote import explain
 from agent.pricing.rate import (DAY, Piece, Rate, Schedule, WindowError, clock_of, clock_text, in_force, money,
@@ -276,6 +276,57 @@ def test_ten_thousand_random_timelines_keep_the_rule():
         line = timeline(pieces)
         start, duration = T0 * 1000 + rng.randint(-2000, 2_000_000), rng.randint(0, 4000)
         assert walk_amount_at(line, duration, start) == segments(line, duration, start)
+
+
+# --- the answer delay: a call answered later, in a dearer window ----------------------------------------------------
+
+def test_an_authorization_grants_and_reserves_for_any_answer_within_its_ttl():
+    # off-peak 2 a minute until T0 + 60, then peak 10 a minute; 25 to spend, authorized at T0, TTL 120 s
+    off, peak = Schedule(0, 60, 2, 60, 2, 0, -1), Schedule(0, 60, 10, 60, 10, 0, -1)
+    line = timeline_of([(T0, off), (T0 + 60, peak)])
+    at = T0 * 1000
+    # walked from the authorization's moment alone: 2 + 10 + 10 = 22 pays 180 s, and those 180 s answered
+    # at T0 + 60 (all peak) cost 30: more than the balance (what the library did before)
+    assert decide([Standing(25, schedule=line)], 100, 14400, at=at) == ("", -1, 180, (22,))
+    assert walk_fee_at(line, 180, (T0 + 60) * 1000) == 30
+    # covering every answer second of the TTL: 120 s (what 25 pays answered at T0 + 60), holding their dearest
+    found = decide([Standing(25, schedule=line)], 100, 14400, at=at, ttl=120_000)
+    assert (found.units, found.reserved) == (120, (20,))
+    assert max(walk_fee_at(line, 120, (T0 + delay) * 1000) for delay in range(121)) == 20
+
+
+def test_a_begin_outside_the_covered_seconds_tops_up_or_cuts_the_units():
+    off, peak = Schedule(0, 60, 2, 60, 2, 0, -1), Schedule(0, 60, 10, 60, 10, 0, -1)
+    line = timeline_of([(T0, off), (T0 + 200, peak)])
+    at = T0 * 1000
+    # the fewest units 30 pays over the answers within 120 s: answered at T0 + 120, 2 off-peak minutes (the
+    # second starts at T0 + 180) and 2 peak ones, 24; answered at T0, 4 off-peak and 2 peak minutes
+    found = decide([Standing(30, schedule=line)], 100, 14400, at=at, ttl=120_000)
+    assert (found.units, found.reserved) == (240, (24,))
+    # answered at T0 + 140 (after the TTL, before the expiry): 1 off-peak minute and 3 peak ones, 32
+    assert walk_fee_at(line, 240, (T0 + 140) * 1000) == 32
+    # enough available: the reservation is topped up by 8, the units kept
+    assert answered([Held(line, True, 24, 1000)], 240, (T0 + 140) * 1000) == (240, (8,))
+    # 5 available: 29 pays 180 s from there (22), the units are cut, the reservation already pays them
+    assert answered([Held(line, True, 24, 5)], 240, (T0 + 140) * 1000) == (180, (0,))
+    # answered within the TTL: nothing changes
+    assert answered([Held(line, True, 24, 0)], 240, (T0 + 120) * 1000 + 999) == (240, (0,))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(line=lines, available=st.integers(0, 10**4), cap=st.integers(1, 20_000), ttl=st.sampled_from([0, 1, 60, 120]),
+       late=st.integers(0, 999))
+def test_no_answer_within_the_ttl_costs_more_than_the_authorization_reserved(line, available, cap, ttl, late):
+    at = T0 * 1000 + late
+    found = decide([Standing(available, schedule=line)], 100, cap, at=at, ttl=ttl * 1000)
+    if found.reason:
+        return
+    (reserved,) = found.reserved
+    assert reserved <= available or walk_fee_at(line, cap, at) == 0
+    for second in range(T0, (at + ttl * 1000) // 1000 + 1):
+        answer = max(at, second * 1000)
+        assert walk_fee_at(line, found.units, answer) <= reserved
+        assert answered([Held(line, True, reserved, 0)], found.units, answer) == (found.units, (0,))
 
 
 # --- routing with windows, held to the rule over plain lists --------------------------------------------------------

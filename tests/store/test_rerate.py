@@ -95,7 +95,7 @@ async def test_an_apply_stopped_before_redis_is_settled_once_by_the_next_apply(a
     assert await stack.balance("100") == 970  # 1000 - 10 - 20: each adjustment made exactly once
     assert await ledger_total(stack, client) == 970
     assert await stack.database.fetchval("SELECT count(*) FROM rerate_adjustments WHERE applied_at IS NULL") == 0
-    assert not await stack.redis.keys("rating:rerate:*")  # the markers go once every adjustment is applied
+    assert not await stack.redis.keys("rating:*rerate:*")  # the markers go once every adjustment is applied
 
     third = await apply(client, stack, catalog)
     assert (third.settled, third.changed) == (0, 0) and await stack.balance("100") == 970

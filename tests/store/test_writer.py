@@ -4,6 +4,10 @@ from agent.store.records import open_version, stream_version
 from agent.store.writer import catch_up
 from tests.test_transaction import at, catalog, post, prepaid
 
+import cache
+
+OUTBOX, DEAD = cache.group_of("default").outbox, cache.group_of("default").dead  # the default tenant's
+
 
 async def _rows(stack, tag: str) -> list[dict]:
     rows = await stack.database.fetch(
@@ -14,7 +18,7 @@ async def _rows(stack, tag: str) -> list[dict]:
 
 async def _added(stack) -> int:
     """Entries ever added to the outbox (the writer deletes what it has written)."""
-    return (await stack.redis.xinfo_stream("rating:outbox"))["entries-added"]
+    return (await stack.redis.xinfo_stream(OUTBOX))["entries-added"]
 
 
 async def test_an_open_call_adds_nothing_to_the_outbox_and_its_end_adds_one_final_entry(agent, stack):
@@ -93,7 +97,7 @@ async def test_a_listing_writes_only_the_open_calls_that_changed_since_the_last_
     for tag in ("c1", "c2"):
         await post(client, "authorization", transaction_tag=tag, account_tag="a", destination="39")
     for _ in range(200):  # the agent's own writer empties the outbox (the balance set by the import)
-        if await stack.redis.xlen("rating:outbox") == 0:
+        if await stack.redis.xlen(OUTBOX) == 0:
             break
         await asyncio.sleep(0.02)
     assert await catch_up(stack.redis, stack.database) == 2
@@ -105,7 +109,6 @@ async def test_a_listing_writes_only_the_open_calls_that_changed_since_the_last_
 async def test_an_entry_postgresql_refuses_goes_to_the_dead_letters_and_the_rest_is_written(agent, stack):
     import asyncio
 
-    from cache import OUTBOX
     from tests.conftest import run_cli
 
     client = await agent(catalog(prepaid("a", 10**6)))
@@ -118,10 +121,10 @@ async def test_an_entry_postgresql_refuses_goes_to_the_dead_letters_and_the_rest
     await post(client, "authorization", transaction_tag="after", account_tag="a", destination="39")
     await post(client, "rollback", transaction_tag="after")
     for _ in range(200):  # the writer runs in the app; bounded wait
-        if await stack.redis.xlen("rating:outbox:dead") == 2 and await stack.redis.xlen(OUTBOX) == 0:
+        if await stack.redis.xlen(DEAD) == 2 and await stack.redis.xlen(OUTBOX) == 0:
             break
         await asyncio.sleep(0.05)
-    assert await stack.redis.xlen("rating:outbox:dead") == 2
+    assert await stack.redis.xlen(DEAD) == 2
     assert [row["state"] for row in await _rows(stack, "after")] == ["rolledback"]
     done = run_cli("outbox", "dead-letters", redis_url=stack.redis_url, database_url=stack.database_url)
     lines = [__import__("json").loads(line) for line in done.stdout.splitlines()]
@@ -131,10 +134,10 @@ async def test_an_entry_postgresql_refuses_goes_to_the_dead_letters_and_the_rest
     done = run_cli("outbox", "replay", lines[1]["id"], redis_url=stack.redis_url, database_url=stack.database_url)
     assert done.stdout.strip() == "replayed=1"
     for _ in range(200):
-        if await stack.redis.xlen(OUTBOX) == 0 and await stack.redis.xlen("rating:outbox:dead") == 2:
+        if await stack.redis.xlen(OUTBOX) == 0 and await stack.redis.xlen(DEAD) == 2:
             break
         await asyncio.sleep(0.05)
-    assert await stack.redis.xlen("rating:outbox:dead") == 2  # refused again, set aside again
+    assert await stack.redis.xlen(DEAD) == 2  # refused again, set aside again
 
 
 class Freezer:
@@ -183,7 +186,6 @@ async def test_a_batch_on_a_connection_whose_peer_vanished_is_dropped_after_the_
 
     from agent.store.database import create_pool
     from agent.store.writer import OutboxWriter
-    from cache import OUTBOX
 
     url = urlsplit(stack.database_url)
     freezer = Freezer(url.port)
@@ -220,7 +222,7 @@ async def test_consumers_of_writers_long_gone_are_unregistered_and_the_live_one_
     import asyncio
 
     from agent.store.writer import OutboxWriter, ensure_group
-    from cache import OUTBOX, OUTBOX_GROUP
+    from cache import OUTBOX_GROUP
 
     async def pool_factory():
         raise AssertionError("nothing to write")
@@ -252,7 +254,6 @@ async def test_entries_waiting_out_the_linger_are_written_by_the_final_drain_whe
     from agent.housekeeping import final_drain
     from agent.store.database import create_pool
     from agent.store.writer import OutboxWriter
-    from cache import OUTBOX
 
     pool = await create_pool(stack.database_url, max_size=1)
 
