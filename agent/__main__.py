@@ -128,7 +128,7 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
     build = ImportBuild(settings.decks, say)
     try:
         with open_text(args.file) as handle:
-            rows = csv_rates(counted(handle), args.tenant, args.pricelist, args.carrier, progress)
+            rows = csv_rates(counted(handle), args.tenant, args.pricelist, args.carrier, progress, size)
 
             async def work(connection):
                 return await import_rates(connection, rows, args.replace, build=build)

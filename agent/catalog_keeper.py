@@ -98,6 +98,7 @@ class CatalogKeeper:
                     async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
                         with dropped_after(connection, _PG_TIMEOUT):
                             async with connection.transaction(isolation="repeatable_read", readonly=True):
+                                await changes.lock_rates(connection)  # before the snapshot (migration 012)
                                 rows = await changes.since(connection, catalog.version)
                                 updated = await apply_changes(connection, catalog, rows, self.deck_dir)
                 except DeckMissing:

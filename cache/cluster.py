@@ -17,7 +17,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import PipelinedConnection
+from .sentinel import addresses
 
 SCHEME = "redis+cluster"
 _REDIRECTS = 5  # MOVED/ASK answers followed for one command before it fails (a cluster resharding meanwhile)
@@ -51,20 +52,10 @@ def url_of(nodes: str) -> str:
 
 
 def parse(url: str) -> Target:
-    parts = urlsplit(url)
-    if parts.scheme != SCHEME:
-        raise ValueError(f"not a {SCHEME}:// URL: {url!r}")
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = credentials.partition(":") if credentials else ("", "", "")
-    nodes = []
-    for host in filter(None, (part.strip() for part in hosts.split(","))):
-        name, _, port = host.rpartition(":")
-        if not name or not port.isdigit():
-            raise ValueError(f"a cluster node must be host:port, not {host!r}")
-        nodes.append((name.strip("[]"), int(port)))
-    if not nodes or parts.path.strip("/"):
+    nodes, username, password, path = addresses(url, SCHEME, "cluster node")
+    if not nodes or path.strip("/"):
         raise ValueError(f"expected {SCHEME}://host:port[,host:port...] (a cluster has database 0 only), not {url!r}")
-    return Target(tuple(nodes), unquote(username) or None, unquote(password) or None)
+    return Target(tuple(nodes), username, password)
 
 
 def connect(url: str, timeout: float, **options) -> RedisCluster:

@@ -37,23 +37,29 @@ def url_of(sentinels: str, master: str, db: int = 0) -> str:
     return f"{SCHEME}://{sentinels}/{master}/{db}"
 
 
-def parse(url: str) -> Target:
+def addresses(url: str, scheme: str, what: str) -> tuple[list[tuple[str, int]], str | None, str | None, str]:
+    """The host:port list, user name, password and path of a `scheme`://[user:password@]host:port,... URL
+    (Sentinel's and Cluster's, cache/cluster.py); `what` names a host in errors."""
     parts = urlsplit(url)
-    if parts.scheme != SCHEME:
-        raise ValueError(f"not a {SCHEME}:// URL: {url!r}")
+    if parts.scheme != scheme:
+        raise ValueError(f"not a {scheme}:// URL: {url!r}")
     credentials, _, hosts = parts.netloc.rpartition("@")
     username, _, password = credentials.partition(":") if credentials else ("", "", "")
-    sentinels = []
-    for host in filter(None, hosts.split(",")):
+    found = []
+    for host in filter(None, (part.strip() for part in hosts.split(","))):
         name, _, port = host.rpartition(":")
         if not name or not port.isdigit():
-            raise ValueError(f"a sentinel must be host:port, not {host!r}")
-        sentinels.append((name.strip("[]"), int(port)))
-    path = [p for p in parts.path.split("/") if p]
-    if not sentinels or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError(f"a {what} must be host:port, not {host!r}")
+        found.append((name.strip("[]"), int(port)))
+    return found, unquote(username) or None, unquote(password) or None, parts.path
+
+
+def parse(url: str) -> Target:
+    sentinels, username, password, path = addresses(url, SCHEME, "sentinel")
+    names = [p for p in path.split("/") if p]
+    if not sentinels or not names or len(names) > 2 or (len(names) == 2 and not names[1].isdigit()):
         raise ValueError(f"expected {SCHEME}://host:port[,host:port...]/<master>[/<db>], not {url!r}")
-    return Target(tuple(sentinels), unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
-                  unquote(username) or None, unquote(password) or None)
+    return Target(tuple(sentinels), unquote(names[0]), int(names[1]) if len(names) == 2 else 0, username, password)
 
 
 def _sentinel(target: Target, timeout: float) -> Sentinel:

@@ -24,9 +24,10 @@ Then, while that agent serves:
 
 Then the agent is stopped and started again with the deck built: time from start to the first
 authorized answer. Last, in a fresh process, lookups over destinations of the deck with distinct longest
-matches: `route` (price and carriers) and `plan_call` on a freshly loaded catalog (a fresh Deck: nothing
-remembered, cold) and again on the same one (warm), the median of --rounds rounds; and once more cold
-after the deck's pages were dropped from the page cache.
+matches: `route` (price and carriers; an account of one pricelist, and one of every pricelist) and
+`plan_call` on a freshly loaded catalog (a fresh Deck: nothing remembered, cold) and again on the same one
+(warm), the median of --rounds rounds; and once more cold after the deck's pages were dropped from the page
+cache. The garbage collector is frozen after loading, as in a worker (serve.py).
 
 Prints Markdown tables. Every process started here is stopped at the end, also on errors and Ctrl-C; every
 wait is bounded. The folder is removed unless --keep is given.
@@ -206,6 +207,21 @@ async def _changes(connection, kinds: tuple[str, ...] = ("bulk", "deck")) -> dic
     return {row["kind"]: row["seq"] for row in rows}
 
 
+async def upload(url: str, deck: Path, timeout: float) -> tuple[int, bytes]:
+    """POST /management/pricelists/{pricelist}/rates with the deck file as the body, streamed (the pricelist:
+    the one its first row names; its carriers are its own column)."""
+    import aiohttp
+
+    with deck.open() as handle:
+        header, first = handle.readline().rstrip("\n").split(","), handle.readline().rstrip("\n").split(",")
+    pricelist = dict(zip(header, first))["pricelist_tag"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        with deck.open("rb") as body:
+            async with session.post(f"{url}/management/pricelists/{pricelist}/rates", data=body,
+                                    headers={"Content-Type": "text/csv"}) as reply:
+                return reply.status, await reply.read()
+
+
 async def copy_load(database_url: str, deck: Path) -> float:
     """The CSV into pricelist_rates by PostgreSQL's own COPY, keys and foreign keys dropped during it (each
     row would check them one by one) and added back; then the `bulk` change an import records."""
@@ -277,10 +293,13 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
         argv = ["build-decks"]
     else:
         argv = ["import", "rates", str(gen.deck), "--quiet"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    output = asyncio.ensure_future(process.communicate())
+    if args.load == "upload":  # through the agent's port (its manager process imports and builds)
+        process, output = None, asyncio.ensure_future(upload(agent.url, gen.deck, args.timeout))
+    else:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        output = asyncio.ensure_future(process.communicate())
     first_authorized = asyncio.ensure_future(authorizer.until_authorized(deadline, pause=0.05))
     moments: dict[str, float] = {}
     try:
@@ -288,7 +307,11 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
             now = time.perf_counter()
             if output.done() and "exit" not in moments:
                 moments["exit"] = now
-                if process.returncode != 0:
+                if process is None:
+                    status, answer = output.result()
+                    if status != 200:
+                        raise RuntimeError(f"the upload failed: {status} {answer[:3000]!r}")
+                elif process.returncode != 0:
                     out, errors = output.result()
                     raise RuntimeError(f"agent {' '.join(argv)} failed:\n{out.decode()}\n{errors.decode()[-3000:]}")
             if "deck" not in moments:
@@ -306,16 +329,21 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
         authorized = await first_authorized
     finally:
         first_authorized.cancel()
-        if process.returncode is None:
+        if process is None:
+            output.cancel()
+        elif process.returncode is None:
             process.kill()
             await process.wait()
-    _, errors = output.result()
+    _, errors = (0, b"") if process is None else output.result()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result["cli_cpu"] = children.ru_utime + children.ru_stime - cpu_before[0].ru_utime - cpu_before[0].ru_stime
     result["postgres_cpu"] = cpu_seconds(POSTGRES_PID) - cpu_before[1]
     built = re.search(r"^(.*)deck of tenant '[^']*': (\d+) rates read in ([\d.]+)s, built in ([\d.]+)s(.*)$",
                       errors.decode(), re.M)
     result["built_by"] = "the agent's deck builder (housekeeper)" if built is None else f"`{' '.join(argv[:2])}`"
+    if process is None:
+        result["built_by"] = "the upload, in the agent's manager"
+        result["answered"] = moments["exit"] - started
     if built is not None:
         result.update(rows=int(built.group(2)), read=float(built.group(3)), build=float(built.group(4)))
         # built by the import itself, from its own rows while PostgreSQL writes them (store/decks.ImportBuild)
@@ -325,6 +353,8 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
             result["build_start"] = logged - wall - result["build"]
             if not result["during_import"]:
                 result["build_start"] -= result["read"]
+    for found in re.finditer(r"(\d+ rows of the deck copied .*|pricelist '.*' swapped in .*)$", errors.decode(), re.M):
+        result.setdefault("import_log", []).append(found.group(1))  # the importer's own phases (INFO)
     result.update({name: moment - started for name, moment in moments.items()})
     result["first_authorized"] = None if authorized is None else authorized - started
     return result
@@ -366,10 +396,14 @@ def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: 
                 break
     account = next(a for a in catalog.accounts.values()
                    if a.pricelist_tags == ("standard",) and a.type.value == "PREPAID")
+    # An account of every pricelist: a carrier may then have offers from several pricelists (routing's
+    # general path over a chain, not the one-source-per-carrier path of the account above).
+    every = next((a for a in catalog.accounts.values() if not a.pricelist_tags and not a.carrier_tags), account)
     calls = {
         "Deck.number_matches": lambda c, d: c.table(TENANT).base.number_matches(number_of(d)),
         "Deck.deck_keys": lambda c, d: c.table(TENANT).base.deck_keys(number_of(d)),
         "route": lambda c, d: route(c, account, d, at),
+        "route, every pricelist": lambda c, d: route(c, every, d, at),
         "plan_call": lambda c, d: plan_call(c, TENANT, account.account_tag, None, d, at),
     }
 
@@ -378,6 +412,10 @@ def measure(database_url: str, deck_dir: str, destinations_file: Path, lookups: 
               "carriers": sum(len(carriers) for _, carriers in found) / len(picked), "rounds": rounds,
               "table_type": type(table).__name__}
     del catalog, table, found  # its mappings would keep the deck's pages in memory below
+    # As a worker runs (serve.py): what start-up made is kept out of the collector's passes, so they walk
+    # only what the lookups make.
+    gc.collect()
+    gc.freeze()
 
     def per_call(function, fresh) -> tuple[float, float]:
         """(wall, CPU) µs per call of a pass over the destinations; CPU time discounts a busy host."""
@@ -482,6 +520,9 @@ def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict
     elif args.load == "cli":
         lines.append(f"| (a) import into PostgreSQL (`python -m agent import rates`) | {loaded['bulk']:.1f} |"
                      " start to its `bulk` change visible |")
+    elif args.load == "upload":
+        lines.append(f"| (a) upload (HTTP, the agent's manager) into PostgreSQL, building the deck alongside |"
+                     f" {loaded['bulk']:.1f} | start to its commit (`bulk` change visible) |")
     if "read" in loaded and not loaded.get("during_import"):
         between = max(0.0, import_end - loaded["bulk"])
         lines += [
@@ -540,8 +581,10 @@ def report(args, gen, loaded: dict, deck_info: dict, baseline: dict, after: dict
         return (f"{_median(walls):.1f} ({_median([s[1] for s in samples]):.1f} CPU; rounds"
                 f" {min(walls):.1f}-{max(walls):.1f})")
 
-    for name in ("Deck.number_matches", "Deck.deck_keys", "route", "plan_call"):
-        found = lookups[name]
+    for name in ("Deck.number_matches", "Deck.deck_keys", "route", "route, every pricelist", "plan_call"):
+        found = lookups.get(name)
+        if found is None:
+            continue
         lines.append(f"| `{name}` | {cell(found['cold'])} | {cell(found['cleared'])} | {cell(found['warm'])} |"
                      f" {cell(found.get('disk', []))} |")
     return "\n".join(lines)
@@ -556,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookups", type=int, default=10_000, help="destinations per lookup pass")
     parser.add_argument("--destinations", type=int, default=50_000, help="destinations generated")
     parser.add_argument("--authorizations", type=int, default=2_000, help="sent before measuring memory")
-    parser.add_argument("--load", choices=("cli", "copy"), default="cli")
+    parser.add_argument("--load", choices=("cli", "copy", "upload"), default="cli")
+    parser.add_argument("--load-only", action="store_true",
+                        help="stop once the deck is in every worker (no restart, no lookups): rounds of the load alone")
     parser.add_argument("--data", help="folder to keep the generated deck in and reuse it from")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed for the deck to go in")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -606,6 +651,10 @@ def main(argv: list[str] | None = None) -> int:
             loaded = asyncio.run(load_deck(args, agent, gen, deck_dir, authorizer, log))
             loaded.update(load_before=load_before, load_after=load_average())
             log(f"in: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in loaded.items()})}")
+            if args.load_only:  # the load's phases alone, as one JSON line (loadtest/BENCHMARKS.md, issue 11)
+                print(json.dumps({"load": args.load, "prefixes": gen.prefixes, "rates": gen.rate_rows, **{
+                    k: round(v, 2) if isinstance(v, float) else v for k, v in loaded.items()}}), flush=True)
+                return status
             outcomes = asyncio.run(authorizer.sample(args.authorizations))
             log(f"{args.authorizations:,} authorizations: {outcomes}")
             after = {**memory(agent, deck_dir), "authorizations": args.authorizations}

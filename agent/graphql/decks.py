@@ -2,7 +2,8 @@
 
 Query parameters: `carrier_tag` (for rows without one), `tenant` (default "default"), `replace` (true: the
 deck becomes the whole tariff of its pricelist/carrier pairs). Every row belongs to the pricelist and
-tenant of the URL. The body is parsed as it arrives and copied into PostgreSQL, merged in one transaction;
+tenant of the URL. The body goes to COPY as it arrives, in batches of lines a regular expression proved need
+no parsing (the others checked row by row, importer.CsvDeck), and is merged in one transaction;
 a deck changing few rates (importer.OVERLAY_LIMIT) is laid over the tenant's deck as rate changes, a larger
 one has the tenant's deck built from the import's own rows while PostgreSQL merges them (in a thread of
 this process, store/decks.ImportBuild) and activated once committed; the answer comes once every agent
@@ -14,7 +15,6 @@ Needs the management token when one is configured.
 from __future__ import annotations
 
 import codecs
-import csv
 import time
 from collections import deque
 
@@ -24,7 +24,7 @@ from aiohttp import web
 from ..http.responses import detail, json_response
 from ..keys import DATABASE, REDIS, SETTINGS
 from ..store import decks
-from ..store.importer import ImportError_, import_rates, rate_row
+from ..store.importer import CsvDeck, ImportError_, import_rates
 from .security import token_ok
 
 routes = web.RouteTableDef()
@@ -33,7 +33,7 @@ _HELD_LINES = 1000  # a quoted field spanning more lines than this is a stray qu
 
 
 class _Lines:
-    """An iterator csv.reader can keep reading from while more lines arrive."""
+    """The lines received so far: csv.reader (through CsvDeck) reads on from here as more arrive."""
 
     def __init__(self) -> None:
         self.buffer: deque[str] = deque()
@@ -47,66 +47,75 @@ class _Lines:
         raise StopIteration
 
 
-async def deck_rows(stream, tenant: str, pricelist: str, carrier: str | None):
-    """Rate rows (RATE_COLUMNS order + line number) parsed from a CSV byte stream as it arrives."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    lines = _Lines()
-    reader = csv.reader(lines)
-    header: list[str] | None = None
-    pending = ""
+class StreamDeck(CsvDeck):
+    """A CSV deck read from a request body as it arrives: importer.CsvDeck over the lines received so far,
+    so the body goes to COPY in batches of lines a regular expression proved need no parsing (the other
+    lines through rate_row, with their line numbers). Every row belongs to the pricelist and tenant of
+    the URL: columns of the deck naming them are ignored. Call `open` first (it reads the header line)."""
 
-    def rows():
-        nonlocal header
-        while lines.buffer:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise ImportError_(f"line {reader.line_num}: {exc}") from None
-            if not fields:
-                continue
-            if header is None:
-                header = [name.strip() for name in fields]
-                if "prefix" not in header:
-                    raise ImportError_("the deck needs a header line with at least a `prefix` column")
-                continue
-            raw = dict(zip(header, fields))
-            raw["pricelist_tag"], raw["tenant"] = pricelist, tenant
-            try:
-                row = rate_row(raw, tenant, pricelist, carrier)
-            except ValueError as exc:
-                raise ImportError_(f"line {reader.line_num}: {exc}") from None
-            yield (*row, reader.line_num)
+    def __init__(self, stream, tenant: str, pricelist: str, carrier: str | None, size: int | None = None) -> None:
+        self.stream = stream
+        self.received = _Lines()
+        super().__init__(self.received, tenant, pricelist, carrier, fixed=("tenant", "pricelist_tag"), size=size)
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.pending = ""  # a line not ended yet
+        self.held: list[str] = []  # the lines of a record whose quoted field goes on past the last line received
+        self.quotes = 0
+        self.chunks_in = stream.iter_chunked(1 << 16).__aiter__()
+        self.ended = False
 
-    held: list[str] = []  # the lines of a record whose quoted field goes on past the last line received
-    quotes = 0
-
-    def release(parts: list[str]) -> None:
+    def _release(self, parts: list[str]) -> None:
         """Hands complete records to the reader: a line ends one only if it closes every quote opened."""
-        nonlocal quotes
         for part in parts:
-            held.append(part + "\n")
-            quotes += part.count('"')
-            if quotes % 2 == 0 or len(held) >= _HELD_LINES:
-                lines.buffer.extend(held)
-                held.clear()
-                quotes = 0
+            self.held.append(part + "\n")
+            self.quotes += part.count('"')
+            if self.quotes % 2 == 0 or len(self.held) >= _HELD_LINES:
+                self.received.buffer.extend(self.held)
+                self.held.clear()
+                self.quotes = 0
 
-    async for chunk in stream.iter_chunked(1 << 16):
-        parts = (pending + decoder.decode(chunk)).split("\n")
-        pending = parts.pop()
-        release(parts)
-        for row in rows():
-            yield row
-    tail = pending + decoder.decode(b"", final=True)
-    if tail.strip():
-        held.append(tail + "\n")
-    lines.buffer.extend(held)
-    for row in rows():
-        yield row
-    if header is None:
-        raise ImportError_("the deck is empty: a header line with at least a `prefix` column is needed")
+    async def _more(self) -> bool:
+        """Reads the next piece of the body into the lines received; False once it has ended."""
+        if self.ended:
+            return False
+        try:
+            chunk = await self.chunks_in.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            tail = self.pending + self._decode(b"", final=True)
+            if tail.strip():
+                self.held.append(tail + "\n")
+            self.received.buffer.extend(self.held)
+            self.held.clear()
+            return False
+        parts = (self.pending + self._decode(chunk)).split("\n")
+        self.pending = parts.pop()
+        self._release(parts)
+        return True
+
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        try:
+            return self.decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise ImportError_(f"the deck is not UTF-8 text ({exc.reason} at byte {exc.start} of a piece)") from None
+
+    async def open(self) -> None:
+        """Reads the body until its header line is in (ImportError_ if it ends first)."""
+        while not any(line.strip() for line in self.received.buffer) and await self._more():
+            pass
+        if not any(line.strip() for line in self.received.buffer):
+            raise ImportError_("the deck is empty: a header line with at least a `prefix` column is needed")
+        # the header is read by import_rates, which knows the pricelists' money scales (the lines' patterns)
+
+    async def source(self):
+        self._read()
+        while True:
+            for piece in self.available():
+                yield piece
+            if not await self._more():
+                break
+        for piece in self.available():
+            yield piece
 
 
 @routes.post("/management/pricelists/{pricelist_tag}/rates")
@@ -123,8 +132,9 @@ async def upload_deck(request: web.Request) -> web.Response:
     try:
         async with request.app[DATABASE].acquire() as connection:
             # a deck changing many rates is built here while PostgreSQL merges it (store/decks.ImportBuild)
-            result = await import_rates(connection, deck_rows(request.content, tenant, pricelist, carrier), replace,
-                                        build=decks.ImportBuild(request.app[SETTINGS].decks))
+            deck = StreamDeck(request.content, tenant, pricelist, carrier, request.content_length)
+            await deck.open()
+            result = await import_rates(connection, deck, replace, build=decks.ImportBuild(request.app[SETTINGS].decks))
     except ImportError_ as exc:
         return detail(str(exc), 422)
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:

@@ -7,13 +7,15 @@ maps the files: the operating system keeps one copy in its page cache however ma
   trie gives each key an id, and the key's rates sit in *slot* id (raw keys after the number keys).
 * `columns.bin`: column arrays. `offsets[slot]..offsets[slot+1]` are the slot's rates, best first (the
   kernel's `Rate.order_key`); per rate its source (pricelist and carrier), tariff, description and the
-  form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff its
-  connect fee, rate, increment, free increments, effective dates and billing scheme (first increment,
-  minimum duration, maximum cost; -1 where a rate has none) and its pricelist's money scale and rounding
-  (decimal prices, rate.py) and its source prefix (origin rating: `origin_code`); per number slot its chain
-  (`chain_offsets[slot]..chain_offsets[slot+1]` in `chain`, decks without dates only): the offer codes
-  (`offer_codes`) of the first rate of each source along the key's prefixes, what routing reads (decks
-  without source prefixes: a caller's number then plays no part).
+  form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff, one row
+  (`tariffs`, _TARIFF_COLUMNS: read in one unpack) of its connect fee, rate, increment, free increments,
+  effective dates and billing scheme (first increment, minimum duration, maximum cost; -1 where a rate has
+  none), its pricelist's money scale and rounding (decimal prices, rate.py), its source prefix (origin
+  rating: `origin_code`), time window and time zone; per number slot its chain
+  (`chain_offsets[slot]..chain_offsets[slot+1]` in `chain` and `chain_depth`, decks without dates only):
+  the source of the first rate of each source along the key's prefixes, in offer order (`offer_codes`),
+  and how many prefix levels above the key that rate is; what routing reads (decks without source
+  prefixes: a caller's number then plays no part).
 * `descriptions.marisa`: the distinct descriptions; `meta.json`: counts, section offsets, the sources and
   forms, the distinct source prefixes, and the change-log position the deck covers.
 
@@ -22,8 +24,9 @@ with numpy over whole columns: `columns_of` makes them from `Rate` objects, `Tex
 COPY output without an object per row, which is what lets a deck of millions of rates build in seconds.
 
 Routing walks the trie (every key a number starts with, in one pass) and reads the columns of the slots
-it meets (routing._route_columns); the other lookups turn those slots into `Rate` objects, remembered per
-slot up to a bound.
+it meets (routing._route_columns): the price's `Rate` is the one object it makes, and the offers come from
+the longest key's chain, one byte per entry for decks of up to 256 sources; the other lookups turn those
+slots into `Rate` objects, remembered per slot up to a bound.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import operator
 import os
 import re
 import shutil
+import struct
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,11 +54,12 @@ from typing import Iterable
 import marisa_trie
 import numpy as np
 
-from .rate import DAY, MONEY_LIMIT, ROUNDINGS, Rate, stored_window
+from .rate import DAY, MONEY_LIMIT, ROUNDINGS, Rate
 from .table import NO_ORIGINS, Group, Lookups, Origins, key_of
 
-FORMAT = 6  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
-# 6: the time window (weekdays, time_start, time_end as stored) and the pricelist's time zone (`zones`)
+FORMAT = 7  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
+# 6: the time window (weekdays, time_start, time_end as stored) and the pricelist's time zone (`zones`);
+# 7: chains of sources in offer order with their depths, instead of offer codes in the order met
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
@@ -593,43 +598,63 @@ def offer_codes(columns: Columns, source_rank: np.ndarray, prices: np.ndarray | 
 
 
 def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, slots: int, offsets: np.ndarray,
-            codes: np.ndarray, sources: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot, the offer codes of the rates that can matter along its number key's chain of prefixes (the
-    key's own rates, then those of its longest prefix key, and so on), in that order: the first rate of each
-    source. A later rate of a source is never the first eligible one when its deck has no dates, since
-    eligibility then depends on the source alone. Built prefix depth by prefix depth (a key's parent is one
-    level up), with numpy over each level."""
+            codes: np.ndarray, sources: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slot, the rates that can matter along its number key's chain of prefixes (the key's own rates, then
+    those of its longest prefix key, and so on): the first rate of each source met along it, as
+    (chain_offsets, source per entry, depth per entry: 0 for the key's own rates, 1 for its longest prefix
+    key's...), each slot's entries in offer order (their `codes`, offer_codes). A later rate of a source is
+    never the first eligible one when its deck has no dates, since eligibility then depends on the source
+    alone; so the offers of an account are its eligible entries in this order, each carrier's the one of
+    least depth (then the first: of one key and one carrier, offer order is the rates' order). Built prefix
+    depth by prefix depth (a key's parent is one level up), with numpy over each level."""
     parent, depth = _parents(numbers, order)
     lengths = np.zeros(slots, dtype=np.int64)
     levels = []
-    previous = None  # (positions of the keys one level up, sorted; their starts and lengths; their codes)
+    previous = None  # (positions of the keys one level up, sorted; their starts and lengths; codes; depths)
     for level in range(int(depth.max()) + 1 if len(depth) else 0):
         positions = np.flatnonzero(depth == level)
         slot = slot_of[positions]
         segment, row = _segments(offsets[slot], offsets[slot + 1] - offsets[slot])
         found = codes[row]
+        up = np.zeros(len(found), dtype=np.int64)
         if previous is not None:
-            above, above_start, above_length, above_codes = previous
+            above, above_start, above_length, above_codes, above_up = previous
             index = np.searchsorted(above, parent[positions])
             inherited, entry = _segments(above_start[index], above_length[index])
             segment = np.concatenate([segment, inherited])
             found = np.concatenate([found, above_codes[entry]])
+            up = np.concatenate([up, above_up[entry] + 1])
         # The first entry of each (key, source): own rates come before inherited ones in `found`.
         _, first = np.unique(segment * sources + found % sources, return_index=True)
         kept = np.zeros(len(found), dtype=bool)
         kept[first] = True
-        segment, found = segment[kept], found[kept]
-        ordered = np.argsort(segment, kind="stable")
+        segment, found, up = segment[kept], found[kept], up[kept]
+        # per key, in offer order (a source's codes are distinct: no ties); one packed key sorts faster
+        span = int(found.max()) + 1 if len(found) else 1
+        ordered = np.argsort(segment * span + found) if len(positions) * span < 2**62 else \
+            np.lexsort((found, segment))
         count = np.bincount(segment, minlength=len(positions))
-        previous = (positions, np.cumsum(count) - count, count, found[ordered])
+        previous = (positions, np.cumsum(count) - count, count, found[ordered], up[ordered])
         lengths[slot] = count
-        levels.append((slot, count, found[ordered]))
+        levels.append((slot, count, found[ordered], up[ordered]))
     chain_offsets = np.zeros(slots + 1, dtype=np.int64)
     np.cumsum(lengths, out=chain_offsets[1:])
     chain = np.zeros(int(chain_offsets[-1]), dtype=np.int64)
-    for slot, count, found in levels:
-        chain[_segments(chain_offsets[slot], count)[1]] = found
-    return chain_offsets, chain
+    chain_depth = np.zeros(int(chain_offsets[-1]), dtype=np.int64)
+    for slot, count, found, up in levels:
+        where = _segments(chain_offsets[slot], count)[1]
+        chain[where] = found % sources
+        chain_depth[where] = up
+    return chain_offsets, chain, chain_depth
+
+
+_NUMPY_TYPES = {"B": np.uint8, "H": np.uint16, "I": np.uint32}
+
+
+def _unsigned(values: np.ndarray) -> str:
+    """The narrowest array typecode of B, H, I that holds `values` (non-negative)."""
+    top = int(values.max()) if len(values) else 0
+    return "B" if top < 2**8 else "H" if top < 2**16 else "I"
 
 
 def build_columns(folder: Path, tenant: str, columns: Columns, covers: int) -> DeckInfo:
@@ -697,14 +722,15 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     dated = bool(np.any(tariffs[:, 4:6] != _NO_MOMENT)) or bool(  # dates, or time windows (rate.Rate.windowed)
         np.any((tariffs[:, 12] != 0) | (tariffs[:, 13] != 0) | (tariffs[:, 14] != DAY)))
     origins = sorted({origin_of(code) for code in np.unique(tariffs[:, 11]).tolist()} - {""})
-    chain_offsets, chain = np.zeros(slots + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    chain_offsets, chain, chain_depth = np.zeros(slots + 1, dtype=np.int64), *np.zeros((2, 0), dtype=np.int64)
     if not dated and not origins and len(columns.numbers):  # the chains of decks routing reads by column only
         offer = offer_codes(columns, source_rank, prices)[order]
-        chain_offsets, chain = _chains(columns.numbers, number_order, tries[0][1], slots, offsets, offer,
-                                       len(sources))
+        chain_offsets, chain, chain_depth = _chains(columns.numbers, number_order, tries[0][1], slots, offsets,
+                                                    offer, len(sources))
     if chain_offsets[-1] >= 2**32:
         raise ValueError("more than 4,294,967,295 chain entries in one deck")
-    chain_code = "I" if not len(chain) or chain.max() < 2**32 else "Q"
+    # A byte per entry for up to 256 sources (and 256 prefix levels): routing then reads a chain as bytes.
+    chain_code, depth_code = _unsigned(chain), _unsigned(chain_depth)
 
     texts = sorted({text for text in columns.descriptions if text is not None})
     descriptions = marisa_trie.Trie(texts)
@@ -716,9 +742,10 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
         "tariff": tariff_place[columns.tariff[order]].astype(np.uint32),
         "description": text_ids[columns.description[order]] if len(order) else np.zeros(0, np.uint32),
         "form": form_place[columns.form[order]].astype(np.uint16),
-        **{name: np.ascontiguousarray(tariffs[:, i]) for i, (name, _) in enumerate(_TARIFF_COLUMNS)},
+        "tariffs": np.ascontiguousarray(tariffs).reshape(-1),  # row by row: a tariff is read in one unpack
         "chain_offsets": chain_offsets.astype(np.uint32),
-        "chain": chain.astype(np.uint32 if chain_code == "I" else np.uint64),
+        "chain": chain.astype(_NUMPY_TYPES[chain_code]),
+        "chain_depth": chain_depth.astype(_NUMPY_TYPES[depth_code]),
     }
 
     partial = Path(partial)
@@ -727,7 +754,8 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     tries[1][0].save(str(partial / "raw.marisa"))
     descriptions.save(str(partial / "descriptions.marisa"))
     sections: dict[str, list] = {}
-    codes = dict((*_RATE_COLUMNS, *_TARIFF_COLUMNS), offsets="I", chain_offsets="I", chain=chain_code)
+    codes = dict(_RATE_COLUMNS, tariffs="q", offsets="I", chain_offsets="I", chain=chain_code,
+                 chain_depth=depth_code)
     with open(partial / "columns.bin", "wb") as out:
         for name, values in arrays.items():
             assert values.dtype.itemsize == array(codes[name]).itemsize
@@ -770,6 +798,7 @@ class Deck(Lookups):
         self._forms = [tuple(form) for form in meta["forms"]]
         self._zones: list[str] = meta["zones"]
         self._numbers = marisa_trie.Trie().mmap(str(self.folder / "numbers.marisa"))
+        self.slot = self._numbers.key_id  # the slot of a number key of the deck (the trie's own method: no frame)
         self._raw = marisa_trie.Trie().mmap(str(self.folder / "raw.marisa"))
         self._descriptions = marisa_trie.Trie().mmap(str(self.folder / "descriptions.marisa"))
         with open(self.folder / "columns.bin", "rb") as file:
@@ -784,29 +813,32 @@ class Deck(Lookups):
         self.source: memoryview = columns["source"]
         self.chain_offsets: memoryview = columns["chain_offsets"]
         self.chain: memoryview = columns["chain"]
+        self.chain_depth: memoryview = columns["chain_depth"]
+        # A chain of one byte per entry is read as bytes straight from the map (routing translates them).
+        self._chain_bytes = meta["sections"]["chain"][0] if self.chain.format == "B" else None
         self._tariff = columns["tariff"]
         self._description, self._form = columns["description"], columns["form"]
-        self._tariffs = tuple(columns[name] for name, _ in _TARIFF_COLUMNS)
+        self._tariffs_at = meta["sections"]["tariffs"][0]  # tariff t: _TARIFF_ROW at _tariffs_at + t * its size
         self._memo: dict[int, Group] = {}
-        self._tariff_memo: dict[int, tuple] = {}  # tariff -> its values, dates as datetimes
-        self._text_memo: dict[int, str | None] = {0: None}
+        self._text_memo: dict[int, str] = {}  # description -> its text (0: none)
         self._last: tuple[str | None, list] = (None, [])  # the last number looked up, and its matches
 
     def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
         if self.dated or self.origins:  # eligibility then depends on the call's time or caller too: no chains
             return None
-        return self, self._numbers.prefixes(number)
+        return self, self._numbers.prefixes(number)  # then `slot` of the longest: cheaper than ids of them all
 
-    def slot(self, key: str) -> int:
-        """The slot of a number key of the deck."""
-        return self._numbers.key_id(key)
+    def chain_of(self, slot: int) -> bytes | memoryview:
+        """The sources of a number slot's chain, in offer order (`_chains`): bytes when a byte holds each."""
+        start, end = self.chain_offsets[slot], self.chain_offsets[slot + 1]
+        if self._chain_bytes is not None:
+            return self._map[self._chain_bytes + start:self._chain_bytes + end]
+        return self.chain[start:end]
 
     def forget(self) -> None:
         """Drops what this process remembers of the deck (its mappings stay)."""
         self._memo.clear()
-        self._tariff_memo.clear()
         self._text_memo.clear()
-        self._text_memo[0] = None
         self._last = (None, [])
 
     def _group(self, slot: int, key: str) -> Group:
@@ -819,41 +851,44 @@ class Deck(Lookups):
                                                                                  self.offsets[slot + 1]))
         return found
 
-    def rate(self, i: int, key: str) -> Rate:
-        """Rate `i` (of the slot of `key`) as a `Rate`."""
-        t = self._tariff[i]
-        tariff = self._tariff_memo.get(t)
-        if tariff is None:
-            tariff = self._tariff_values(t)
+    def rate(self, i: int, key: str, source: int | None = None) -> Rate:
+        """Rate `i` (of the slot of `key`, of `source` when the caller has read it) as a `Rate`.
+
+        The cold path of routing makes one: its tariff is read in one unpack (a deck may have a tariff for
+        every few rates, so remembering them saves little), its fields set one by one on a bare `_Draft`
+        (an instance call with 21 arguments costs twice as much)."""
+        fee, price, increment, free, start, end, first, minimum, most, scale, rounding, origin, days, since, until, \
+            zone = _TARIFF_ROW.unpack_from(self._map, self._tariffs_at + self._tariff[i] * _TARIFF_ROW.size)
         d = self._description[i]
-        text = self._text_memo.get(d, _NO_TEXT)
-        if text is _NO_TEXT:
-            text = self._text(d)
-        pricelist, carrier = self.sources[self.source[i]]
+        if d:
+            text = self._text_memo.get(d)
+            if text is None:
+                text = self._text(d)
+        else:
+            text = None
         head, key_follows = self._forms[self._form[i]]
-        rate = _Draft(self.tenant, pricelist, carrier, head + key if key_follows else head, tariff[0], tariff[1],
-                      tariff[2], tariff[3], text, tariff[4], tariff[5], tariff[6], tariff[7], tariff[8], tariff[9],
-                      tariff[10], tariff[11], tariff[12], tariff[13], tariff[14], tariff[15])
+        rate = _bare(_Draft)
+        rate.tenant = self.tenant
+        rate.pricelist_tag, rate.carrier_tag = self.sources[self.source[i] if source is None else source]
+        rate.prefix = head + key if key_follows else head
+        rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start = fee, price, increment, free
+        rate.description = text
+        rate.datetime_start = None if start == _NO_MOMENT else _moment(start)
+        rate.datetime_end = None if end == _NO_MOMENT else _moment(end)
+        rate.initial_increment = None if first == _NONE else first
+        rate.minimum_duration = minimum
+        rate.maximum_cost = None if most == _NONE else most
+        rate.scale, rate.rounding = scale, ROUNDINGS[rounding]
+        rate.source_prefix = "" if origin == _NONE else origin_of(origin)
+        # as rate.stored_window: the whole day is None
+        rate.weekdays, rate.time_start, rate.time_end = days, since or None, None if until == DAY else until
+        rate.timezone = self._zones[zone]
         rate.__class__ = Rate
         return rate
-
-    def _tariff_values(self, t: int) -> tuple:
-        if len(self._tariff_memo) >= _MEMO_LIMIT:
-            self._tariff_memo.clear()
-        connect_fee, rate, increment, free, start, end, first, minimum, most, scale, rounding, origin, days, since, \
-            until, zone = self._tariffs
-        dates = (_moment(start[t]), _moment(end[t])) if self.dated else (None, None)
-        found = self._tariff_memo[t] = (connect_fee[t], rate[t], increment[t], free[t], *dates,
-                                        None if first[t] == _NONE else first[t], minimum[t],
-                                        None if most[t] == _NONE else most[t], scale[t], ROUNDINGS[rounding[t]],
-                                        origin_of(origin[t]), *stored_window(days[t], since[t], until[t]),
-                                        self._zones[zone[t]])
-        return found
 
     def _text(self, d: int) -> str:
         if len(self._text_memo) >= _MEMO_LIMIT:
             self._text_memo.clear()
-            self._text_memo[0] = None
         found = self._text_memo[d] = self._descriptions.restore_key(d - 1)
         return found
 
@@ -879,9 +914,15 @@ class Deck(Lookups):
         return found
 
 
-_NO_TEXT = object()
+_bare = object.__new__
+# What Deck.rate sets, in Rate's order.
+_RATE_FIELDS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
+                "interval_start", "description", "datetime_start", "datetime_end", "initial_increment",
+                "minimum_duration", "maximum_cost", "scale", "rounding", "source_prefix", "weekdays", "time_start",
+                "time_end", "timezone")
+_TARIFF_ROW = struct.Struct(f"{len(_TARIFF_COLUMNS)}q")  # a tariff as written: _TARIFF_COLUMNS in order
 # Rate's twin without `frozen`, the same slots in the same order: filled by plain assignments, then given
 # Rate's class, which costs half of setting a frozen dataclass's slots one by one.
 _Draft = dataclasses.make_dataclass("_Draft", [(f.name, f.type) for f in dataclasses.fields(Rate)], slots=True)
-if _Draft.__slots__ != Rate.__slots__:
-    raise ImportError("Rate's slots changed: update deck._Draft")
+if _Draft.__slots__ != Rate.__slots__ or Rate.__slots__ != _RATE_FIELDS:
+    raise ImportError("Rate's slots changed: update deck._Draft and Deck.rate")

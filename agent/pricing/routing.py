@@ -91,12 +91,12 @@ def route(catalog: Catalog, account: Account, destination: str | None, at: datet
     deck, keys = walk
     if not keys:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
-    key = (account.tenant, keys[-1], account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
-           carriers)
-    result = catalog.routes.get(key)
+    profile = _profile(catalog, account, deck)
+    results = profile.routes if carriers else profile.prices
+    result = results.get(keys[-1])
     if result is None:
-        result = _route_columns(catalog, account, deck, keys, carriers)
-        _remember(catalog, key, result)
+        result = _route_columns(catalog, account, deck, keys, carriers, profile)
+        _remember_route(catalog, results, keys[-1], result)
     return result
 
 
@@ -106,10 +106,43 @@ def _remember(catalog: Catalog, key: tuple, result: object) -> None:
     catalog.routes[key] = result
 
 
-def _profile(catalog: Catalog, account: Account, deck: Deck) -> tuple[list[int], list[Carrier | None]]:
-    """The account's eligibility over the deck's sources, once per snapshot: per source, a number of its
-    carrier (the same for every source of one carrier) or -1 when not eligible, and its carrier."""
-    key = (deck, account.pricelist_tags, account.carrier_tags)
+_COUNT = object()  # key of catalog.routes: how many results its profiles remember
+
+
+def _remember_route(catalog: Catalog, results: dict, key: str, result: Result) -> None:
+    """Remembers a columns route in its profile's `results`, within _ROUTES_LIMIT for the whole snapshot."""
+    count = catalog.routes.get(_COUNT, 0)
+    if count >= _ROUTES_LIMIT:
+        catalog.routes.clear()  # the profiles too: made again on their next use
+        count = 0
+    else:
+        results[key] = result
+    catalog.routes[_COUNT] = count + 1
+
+
+class _Profile:
+    """An account's routing profile over a deck's sources (`_profile`), and the routes remembered for it."""
+
+    __slots__ = ("usable", "carriers", "ineligible", "routes", "prices")
+
+    def __init__(self, usable: list[int], carriers: list[Carrier | None], ineligible: bytes | None) -> None:
+        self.usable = usable  # per source: a number of its carrier (one per carrier), -1 when not eligible
+        self.carriers = carriers  # per source: its carrier when eligible
+        # The sources not eligible, as bytes, when no carrier has two eligible sources and a byte holds a
+        # source: an account's offers are then every eligible entry of a chain, in its order.
+        self.ineligible = ineligible
+        self.routes: dict[str, Result] = {}  # longest key -> route, with carriers
+        self.prices: dict[str, Result] = {}  # longest key -> route, price only
+
+
+def _profile(catalog: Catalog, account: Account, deck: Deck) -> _Profile:
+    """The routing profile of `account` on `deck` (pricelists, carrier filter and override), once per
+    snapshot. Found first by the account object itself (an int key: no tuple to hash per call; the entry
+    holds the account, so its id is not reused meanwhile), else by value."""
+    mine = catalog.routes.get(id(account))
+    if mine is not None and mine[0] is account and mine[1] is deck:
+        return mine[2]
+    key = (deck, account.pricelist_tags, account.carrier_tags, account.carrier_tags_override)
     found = catalog.routes.get(key)
     if found is None:
         numbers: dict[str, int] = {}
@@ -118,28 +151,34 @@ def _profile(catalog: Catalog, account: Account, deck: Deck) -> tuple[list[int],
             carrier = _eligible(catalog, account, pricelist, carrier_tag)
             usable.append(-1 if carrier is None else numbers.setdefault(carrier.carrier_tag, len(numbers)))
             carriers.append(carrier)
-        found = (usable, carriers)
+        eligible = [number for number in usable if number >= 0]
+        single = len(eligible) == len(set(eligible)) and len(usable) <= 256
+        found = _Profile(usable, carriers, bytes(s for s, n in enumerate(usable) if n < 0) if single else None)
         _remember(catalog, key, found)
+    _remember(catalog, id(account), (account, deck, found))
     return found
 
 
-def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[str], carriers: bool) -> Result:
-    """`_route_rates` over a deck's columns (`keys`: Deck.deck_keys, not empty), making a `Rate` of the
-    price only.
+def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[str], carriers: bool,
+                   profile: _Profile | None = None) -> Result:
+    """`_route_rates` over a deck's columns (`keys`: Deck.deck_keys, not empty), making a `Rate` of the price
+    only.
 
     Eligibility depends on a rate's source alone here (no dates), so the price is the first rate of an
-    eligible source, most specific key first, and each carrier's offer is the first entry of one of its
-    eligible sources in the longest key's chain, whose codes order the offers (deck._chains, offer_codes).
+    eligible source, most specific key first, and the offers are the eligible entries of the longest key's
+    chain in its order (deck._chains), each carrier at its entry of least depth (the most specific key).
     """
-    usable, carrier_of = _profile(catalog, account, deck)
-    offsets, source = deck.offsets, deck.source
+    if profile is None:
+        profile = _profile(catalog, account, deck)
+    usable, offsets, source = profile.usable, deck.offsets, deck.source
     price = None
     position = len(keys) - 1
     slot = longest = deck.slot(keys[position])
     while True:
         for i in range(offsets[slot], offsets[slot + 1]):
-            if usable[source[i]] >= 0:
-                price = deck.rate(i, keys[position])
+            pair = source[i]  # its pricelist and carrier, as a number
+            if usable[pair] >= 0:
+                price = deck.rate(i, keys[position], pair)
                 break
         if price is not None or not position:
             break
@@ -151,12 +190,18 @@ def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[st
         return price, tuple(_forced(catalog, account))
     if price is None:  # no eligible rate: no offer either
         return None, ()
-    codes = deck.chain[deck.chain_offsets[longest]:deck.chain_offsets[longest + 1]].tolist()
-    codes.reverse()  # in a dict built in this order the first entry of each carrier is the one kept
-    sources = len(carrier_of)
-    offers = {usable[code % sources]: code for code in codes}
-    offers.pop(-1, None)
-    return price, tuple([carrier_of[code % sources] for code in sorted(offers.values())])
+    entries = deck.chain_of(longest)
+    if profile.ineligible is not None and type(entries) is bytes:
+        return price, tuple(map(profile.carriers.__getitem__, entries.translate(None, profile.ineligible)))
+    depth = deck.chain_depth[deck.chain_offsets[longest]:deck.chain_offsets[longest + 1]]
+    best: dict[int, tuple[int, int]] = {}  # carrier number -> (depth, position) of its offer
+    for position, entry in enumerate(entries):
+        number = usable[entry]
+        if number >= 0:
+            held = best.get(number)
+            if held is None or depth[position] < held[0]:
+                best[number] = (depth[position], position)
+    return price, tuple([profile.carriers[entries[position]] for position in sorted(p for _, p in best.values())])
 
 
 def _for_caller(rates: tuple[Rate, ...], caller: str) -> tuple[Rate, ...] | list[Rate]:

@@ -109,6 +109,7 @@ async def load_catalog(pool: asyncpg.Pool, root: str | os.PathLike) -> Catalog:
     """The catalog as stored now (its version: the last change it contains)."""
     async with pool.acquire() as connection:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
+            await changes.lock_rates(connection)  # before the snapshot: a partition swap is not MVCC-safe
             version = await changes.last_seq(connection)
             folder = await decks.database_folder(connection, root)
             accounts = Records({(r["tenant"], r["account_tag"]): account_from_row(r)

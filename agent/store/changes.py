@@ -50,6 +50,10 @@ class Recorder:
     def __bool__(self) -> bool:
         return bool(self._pending)
 
+    def rows_of(self, tenant: str, kinds: Iterable[str] = ("rate", "bulk")) -> int:
+        """How many rows `write` will append for `tenant` of these kinds (one per kind)."""
+        return sum(1 for t, kind in self._pending if t == tenant and kind in kinds)
+
     @property
     def bulk(self) -> set[str]:
         """Tenants changed in bulk: their decks must be built again before the change is published."""
@@ -110,6 +114,14 @@ async def record(connection: asyncpg.Connection, tenant: str, kind: str, *subjec
     recorder = Recorder()
     recorder.add(tenant, kind, *subjects)
     return await recorder.write(connection)
+
+
+async def lock_rates(connection: asyncpg.Connection) -> None:
+    """In a repeatable-read transaction that reads rates, before its first query (which takes its snapshot):
+    a large deck import swaps a pricelist's partition of pricelist_rates (migration 012), which is not
+    MVCC-safe; holding this lock, the transaction's snapshot comes after any swap it could meet, and a swap
+    waits for the transaction to end. ACCESS SHARE: it waits for no reader or row writer, only for a swap."""
+    await connection.execute("LOCK TABLE pricelist_rates IN ACCESS SHARE MODE")
 
 
 async def last_seq(connection: asyncpg.Connection) -> int:

@@ -267,6 +267,7 @@ async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,
                     return None
             started = time.perf_counter()
             async with connection.transaction(isolation="repeatable_read", readonly=True):
+                await changes.lock_rates(connection)  # before the snapshot: a partition swap is not MVCC-safe
                 covers = await changes.last_seq(connection)
                 folder = await database_folder(connection, root)
                 columns = await read_columns(connection, tenant)

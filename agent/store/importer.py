@@ -2,16 +2,21 @@
 
 Rate decks are streamed row by row into PostgreSQL with COPY and merged in one transaction, so a deck of
 millions of rows loads without being held in memory and running agents switch to it all at once (they
-switch when the deck built from it is activated, see store/decks.py). Balances given in a catalog are set through Redis, like every
-balance change, so the ledger records them.
+switch when the deck built from it is activated, see store/decks.py). A large deck of one pricelist is
+copied into a fresh table, indexed and swapped in as the pricelist's partition of pricelist_rates
+(`_Swap`, migration 012) instead of being inserted row by row into the indexed table. Balances given in a
+catalog are set through Redis, like every balance change, so the ledger records them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import csv
 import dataclasses
 import io
+import itertools
+import logging
 import re
 import secrets
 import time
@@ -30,6 +35,8 @@ from . import changes
 
 if TYPE_CHECKING:
     from .decks import ImportBuild
+
+log = logging.getLogger(__name__)
 
 RATE_COLUMNS = (
     "tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
@@ -266,9 +273,18 @@ _FIELD = {
 # rate is per second (rate_increment empty, 0 or 1): a multiple either way. Other values go through rate_row.
 # Checked line by line only: in a pattern repeated over a batch, a group keeps its capture of an earlier line.
 _INCREMENT_NAMED = "(?P<inc>(?P<unit>0*1?)|[0-9]{0,9})"
+_INCREMENT_STRICT = "(?P<inc>(?P<unit>(?=[0-9])0*1?)|[0-9]{1,9})"  # strict_nulls: not empty
 _INITIAL = "(?(unit)(?:[1-9][0-9]{0,6})?|(?:(?P=inc))?)"
 _INITIAL_ANY = "(?:[1-9][0-9]{0,6})?"  # without a rate_increment column the increment is 1
 _BATCH = 1024  # lines per COPY message on the fast path
+# Copied into a table of pricelist_rates' columns (_Swap), an empty field is NULL, which its NOT NULL
+# columns refuse: there a line goes to COPY as it is only with a value in each of them (strict_nulls).
+_STRICT = {
+    "tenant": r'[^,"\r\n\x00]+', "connect_fee": "[0-9]{1,8}", "rate": "[0-9]{1,8}",
+    "rate_increment": "[0-9]{1,9}", "interval_start": "[0-9]{1,9}", "active": "(?i:true|false|yes|no|[tf01])",
+    "minimum_duration": "[0-9]{1,7}", "source_prefix": f"[0-9]{{0,{MAX_SOURCE_PREFIX}}}",  # COPY FORCE_NOT_NULL
+    "weekdays": "(?!)", "time_start": "(?!)", "time_end": "(?!)",  # a window is read by rate_row, empty or not
+}
 
 
 class _Feed:
@@ -321,13 +337,19 @@ class CsvDeck:
     """
 
     def __init__(self, lines: Iterable[str], tenant: str, pricelist: str | None, carrier: str | None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, fixed: Iterable[str] = (),
+                 size: int | None = None) -> None:
         self.tenant, self.pricelist, self.carrier = tenant, pricelist, carrier
+        self.size = size
         self.progress = progress
+        # columns the flags give every row, whatever the deck says: a line goes to COPY as it is only if it
+        # says the same (the flag's value), others are written out by rate_row with the flag's value
+        self.fixed = {name: {"tenant": tenant, "pricelist_tag": pricelist}[name] for name in fixed}
         self.feed = _Feed(lines)
         self.reader = csv.reader(self.feed)
         self.header: list[str] | None = None
         self.used = False
+        self.strict = False  # see strict_nulls
 
     def _start(self) -> None:
         """Reads the header line (once)."""
@@ -341,20 +363,47 @@ class CsvDeck:
             raise ImportError_("the deck needs a header line with at least a `prefix` column")
         self.header = header
         last = {name: i for i, name in enumerate(header)}
-        self.positions = [(name, i) for name, i in last.items() if name in RATE_COLUMNS]
+        self.last = last
+        self.positions = [(name, i) for name, i in last.items() if name in RATE_COLUMNS and name not in self.fixed]
         index = {name: k for k, name in enumerate(RATE_COLUMNS)}
         # for each field of a line: the RATE_COLUMNS index it fills, or -1 (ignored)
-        self.layout = [index[name] if name in index and last[name] == i else -1 for i, name in enumerate(header)]
+        self.layout = [index[name] if name in index and last.get(name) == i else -1 for i, name in enumerate(header)]
         self.columns = [RATE_COLUMNS[k] if k >= 0 else f"ignored_{i}" for i, k in enumerate(self.layout)]
+        self._compile()
+
+    def direct(self) -> bool:
+        """Whether the deck can be copied into a table of pricelist_rates' columns as it is (strict_nulls):
+        no column of the header ignored, and not known to be too small to be swapped in (a temporary
+        table takes COPY faster: no WAL)."""
+        self._start()
+        return all(k >= 0 for k in self.layout) and (self.size is None or self.size >= SWAP_MIN * _ROW_BYTES)
+
+    def strict_nulls(self) -> None:
+        """Lines go to COPY as they are only with a value in every column that has a default (an empty
+        field is NULL to COPY, which a table of pricelist_rates' columns refuses): other lines are
+        written out by rate_row, with its defaults. Call before reading any row."""
+        self.strict = True
+        self._compile()
+
+    def _compile(self) -> None:
+        """The patterns of lines and batches that go to COPY as they are (see _FIELD)."""
+        last = self.last
         fields = [_FREE if k < 0 else _FIELD.get(RATE_COLUMNS[k]) for k in self.layout]
+        if self.strict:
+            fields = [_STRICT.get(RATE_COLUMNS[k], field) if k >= 0 else field for k, field in zip(self.layout, fields)]
         if self._scaled(last):  # a price goes to COPY as written only in integer money: others via rate_row
-            fields = ["" if k >= 0 and RATE_COLUMNS[k] in _PRICES else field for k, field in zip(self.layout, fields)]
+            never = "(?!)" if self.strict else ""  # strict: an empty price is NULL, so none goes as it is
+            fields = [never if k >= 0 and RATE_COLUMNS[k] in _PRICES else field
+                      for k, field in zip(self.layout, fields)]
         for column, flag in (("pricelist_tag", self.pricelist), ("carrier_tag", self.carrier)):
             if column in last:
-                fields[last[column]] = _FREE if flag else r'[^,"\r\n\x00]+'
+                fields[last[column]] = _FREE if flag and not self.strict else r'[^,"\r\n\x00]+'
             elif not flag:
                 fields = None  # every row lacks it: each is refused by rate_row, with its line number
                 break
+        for column, value in self.fixed.items():
+            if fields is not None and column in last:
+                fields[last[column]] = re.escape(value)
         if fields is None:
             self.line = self.lines = None
         else:
@@ -365,7 +414,7 @@ class CsvDeck:
                 if "rate_increment" not in last:
                     fields[position] = _INITIAL_ANY
                 elif last["rate_increment"] < position:
-                    fields[last["rate_increment"]] = _INCREMENT_NAMED
+                    fields[last["rate_increment"]] = _INCREMENT_STRICT if self.strict else _INCREMENT_NAMED
                     fields[position] = _INITIAL
             self.line = re.compile(",".join(fields) + r"\n").fullmatch
 
@@ -424,6 +473,10 @@ class CsvDeck:
     def chunks(self) -> Iterator[bytes]:
         """The deck as CSV for COPY (header-line columns, no header line), in pieces of whole lines."""
         self._read()
+        return self.available()
+
+    def available(self) -> Iterator[bytes]:
+        """chunks() of the lines the source holds now (it may hold more later: graphql/decks.py)."""
         feed, line_ok, lines_ok = self.feed, self.line, self.lines
         while True:
             before = feed.count
@@ -474,13 +527,14 @@ class CsvDeck:
 
 def csv_rates(
     lines: Iterable[str], tenant: str, pricelist: str | None, carrier: str | None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, size: int | None = None,
 ) -> CsvDeck:
     """Rows of a CSV deck with a header line; each yielded row carries its line number last.
 
-    import_rates takes the deck itself faster than its rows (CsvDeck.chunks).
+    import_rates takes the deck itself faster than its rows (CsvDeck.chunks). `size`: the deck's bytes, if
+    known (a small deck is staged in a temporary table: CsvDeck.direct).
     """
-    return CsvDeck(lines, tenant, pricelist, carrier, progress)
+    return CsvDeck(lines, tenant, pricelist, carrier, progress, size=size)
 
 
 @dataclass
@@ -491,6 +545,7 @@ class DeckResult:
     overlaid: int = 0  # rates changed few enough to be laid over the current deck (rate changes)
     seq: int = 0  # the import's last change in the change log (0: none, or logged by the caller's recorder)
     built: list = dataclasses.field(default_factory=list)  # decks built and activated by the import (DeckInfo)
+    swapped: bool = False  # the deck went in as its pricelist's partition (_Swap), not row by row
 
 
 # An import that changes at most this many rates is recorded as rate changes, which every agent lays over
@@ -533,6 +588,9 @@ async def import_rates(
     are not written; changed ones are updated in place (they keep their ids); new ones are inserted in
     one sorted INSERT.
 
+    A CSV deck of one pricelist of at least SWAP_MIN rates, most of the pricelist's, goes in as the
+    pricelist's partition (`_Swap`): its rates get new ids, the stored ones it keeps keep theirs.
+
     With `build` (store/decks.ImportBuild), no `recorder` (the import logs its own changes) and no
     transaction of the caller around it (the import commits), an import changing more than OVERLAY_LIMIT
     rates builds its tenants' decks from its own transaction while PostgreSQL writes the rates, and
@@ -570,25 +628,68 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                         build: ImportBuild | None) -> DeckResult:
     """import_rates in its transaction, the rows read with the pricelists' scales `used`."""
     ignored = [c for c in deck.copy_columns() if c not in RATE_COLUMNS] if deck is not None else []
-    await connection.execute(
-        "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
-        " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
-        " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
-        " minimum_duration integer, maximum_cost bigint, source_prefix text, weekdays smallint, time_start integer,"
-        " time_end integer, line bigint"
-        + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
-    )
-    if deck is not None:
+    # A CSV deck that needs no column of its own goes into a table of pricelist_rates' columns, which a
+    # large deck of one pricelist becomes as it is (_Swap); any other goes into a temporary table.
+    direct = deck is not None and deck.direct()
+    id_prefix = _id_prefix()
+    began = time.perf_counter()
+    if direct:
+        # one such import at a time, taken before it reads any rate: two swaps would wait for each other
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _SWAP_LOCK)
+        deck.strict_nulls()
+        staged = f"rate_fresh_{await connection.fetchval('SELECT txid_current()')}"
+        sequence = f"{staged}_ids"
+        await connection.execute(f"CREATE SEQUENCE {sequence}")
+        ids = f"('{id_prefix}' || lpad(to_hex(nextval('{sequence}')), 12, '0'))::uuid"
+        await connection.execute(
+            f"CREATE TABLE {staged} (LIKE pricelist_rates INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        flags = [f"ALTER id SET DEFAULT {ids}", f"ALTER tenant SET DEFAULT {_literal(deck.tenant)}"]
+        flags += [f"ALTER {column} SET DEFAULT {_literal(flag)}" for column, flag in (
+            ("pricelist_tag", deck.pricelist), ("carrier_tag", deck.carrier)) if flag]
+        await connection.execute(f"ALTER TABLE {staged} {', '.join(flags)}")
         status = await connection.copy_to_table(
-            "rate_deck", source=deck.source(), columns=deck.copy_columns(), format="csv")
+            staged, source=deck.source(), columns=deck.copy_columns(), format="csv",
+            force_not_null=[c for c in deck.copy_columns() if c == "source_prefix"] or None)
     else:
-        status = await connection.copy_records_to_table("rate_deck", records=rows, columns=[*RATE_COLUMNS, "line"])
+        staged, sequence = "rate_deck", "rate_deck_ids"
+        ids = f"('{id_prefix}' || lpad(to_hex(nextval('{sequence}')), 12, '0'))::uuid"
+        await connection.execute(
+            "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
+            " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
+            " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
+            " minimum_duration integer, maximum_cost bigint, source_prefix text, weekdays smallint,"
+            " time_start integer, time_end integer, line bigint"
+            + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
+        )
+        await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
+        if deck is not None:
+            status = await connection.copy_to_table(
+                "rate_deck", source=deck.source(), columns=deck.copy_columns(), format="csv")
+        else:
+            status = await connection.copy_records_to_table("rate_deck", records=rows,
+                                                            columns=[*RATE_COLUMNS, "line"])
     count = int(status.split()[-1])
+    log.info("%d rows of the deck copied into %s in %.1fs", count, staged, time.perf_counter() - began)
     if build is not None:
         build.say(f"{count:,} rows staged in PostgreSQL; merging")
     if count == 0:
-        await connection.execute("DROP TABLE rate_deck")
+        await connection.execute(f"DROP TABLE {staged}")
+        await connection.execute(f"DROP SEQUENCE IF EXISTS {sequence}")
         return DeckResult(0, 0, set())
+    own = recorder is None
+    recorder = changes.Recorder() if own else recorder
+    rest = DeckResult(0, 0, set())
+    if direct and count >= SWAP_MIN and count > OVERLAY_LIMIT:
+        sizes = await connection.fetch(f"SELECT pricelist_tag, count(*) FROM {staged} GROUP BY 1 ORDER BY 2 DESC")
+        if len(sizes) > 1 and sizes[0][1] >= SWAP_MIN and sizes[0][1] > OVERLAY_LIMIT:
+            # the largest pricelist may be swapped in (_Swap); the deck's others are written in place first,
+            # in this transaction, in the order given (the last duplicate wins)
+            names = ", ".join(RATE_COLUMNS)
+            others = await connection.fetch(
+                f"SELECT {names}, 0 FROM {staged} WHERE pricelist_tag <> $1 ORDER BY ctid", sizes[0][0])
+            await connection.execute(f"DELETE FROM {staged} WHERE pricelist_tag <> $1", sizes[0][0])
+            rest = await _import_rates(connection, others, None, replace, recorder, used, None)
+            count -= rest.rows
     # What a CSV deck left empty (NULL here) takes the flags and the defaults of rate_row.
     tenant = _literal(deck.tenant) if deck is not None else "NULL"
     pricelist = _literal(deck.pricelist) if deck is not None and deck.pricelist else "NULL"
@@ -604,12 +705,12 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     )
     # The deck as it merges: one row per key, the last one given. The table was created and filled by
     # one COPY in this transaction: its rows lie in the order of the deck (ctid).
-    merged = (f"(SELECT DISTINCT ON ({_ORDER}) * FROM (SELECT {given} FROM rate_deck) given"
+    merged = (f"(SELECT DISTINCT ON ({_ORDER}) * FROM (SELECT {given} FROM {staged}) given"
               f" ORDER BY {_ORDER}, place DESC)")
     await connection.execute(
         "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
         f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
-        f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM rate_deck) raw"
+        f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM {staged}) raw"
     )
     # The references, checked once per pair and locked as a foreign key locks them: deleting or renaming
     # them waits for this transaction (the insert trigger of migration 004 is told not to do it again).
@@ -638,9 +739,14 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                                f" {row['tenant']}: its prices were read with scale "
                                f"{used.get((row['tenant'], row['pricelist_tag']), 0)}, import again!")
     columns = ", ".join(RATE_COLUMNS)
-    await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
-    ids = f"('{_id_prefix()}' || lpad(to_hex(nextval('rate_deck_ids')), 12, '0'))::uuid"
     tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
+    swap = None
+    if direct and count >= SWAP_MIN and count > OVERLAY_LIMIT:
+        tags = [row[0] for row in await connection.fetch("SELECT DISTINCT pricelist_tag FROM rate_deck_pairs")]
+        # a fresh table costs a copy of the pricelist's other rates: worth it when the deck is most of it
+        if len(tags) == 1 and count * 2 >= await connection.fetchval(
+                "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = $1", tags[0]):
+            swap = _Swap(staged, tags[0], replace, None if build is None else build.start, sorted(tenants))
 
     async def stage(exclude: bool) -> None:
         """The decks of the deck's tenants built as the import leaves their rates: the stored ones it does not
@@ -653,6 +759,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
             await build.start(connection, tenant, rates)
 
     replaced = 0
+    swapped = False
     for attempt in range(3):
         try:
             # a savepoint: a rate another writer adds meanwhile (unique violation) makes the merge run again
@@ -661,7 +768,9 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                 stored = await connection.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM pricelist_rates r JOIN rate_deck_pairs p"
                     " USING (tenant, pricelist_tag, carrier_tag))")
-                if not stored:
+                if not stored and swap is not None and await swap.run(connection):
+                    touched, swapped = None, True
+                elif not stored:
                     # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
                     if build is not None and count > OVERLAY_LIMIT:
                         # the deck sorted once more for the build: cheaper than writing it to a table and
@@ -674,17 +783,17 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                         await connection.execute(insert)
                         touched = None
                 else:
-                    replaced, touched = await _merge(connection, merged, ids, replace,
-                                                     None if build is None else stage)
+                    replaced, touched, swapped = await _merge(connection, staged, merged, ids, replace,
+                                                              None if build is None else stage, swap)
                 await connection.execute("SET LOCAL rating.rate_references = ''")
             break
         except asyncpg.UniqueViolationError:
             if attempt == 2:
                 raise
-    await connection.execute("DROP TABLE rate_deck, rate_deck_pairs")  # and rate_deck_ids (owned)
+    await connection.execute(f"DROP TABLE IF EXISTS {staged}")  # swapped in: renamed (and rate_deck_ids owned)
+    await connection.execute(f"DROP SEQUENCE IF EXISTS {sequence}")
+    await connection.execute("DROP TABLE rate_deck_pairs")
     await connection.execute("DROP TABLE IF EXISTS rate_deck_changes")
-    own = recorder is None
-    recorder = changes.Recorder() if own else recorder
     if touched is None:
         for tenant in tenants:
             recorder.add(tenant, "bulk")
@@ -694,18 +803,22 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         tenants = set()
     seq = 0
     if own:
+        logged = {tenant: recorder.rows_of(tenant) for tenant in tenants}  # the import's own, for `check`
         seq = await recorder.write(connection)
         if build is not None and touched is None:
-            await build.check(connection, {tenant: 1 for tenant in tenants})  # one `bulk` change each
-    return DeckResult(count, replaced, tenants, 0 if touched is None else len(touched), seq)
+            await build.check(connection, logged)
+    return DeckResult(count + rest.rows, replaced + rest.replaced, tenants | rest.tenants,
+                      (0 if touched is None else len(touched)) + rest.overlaid, seq, swapped=swapped)
 
 
-async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace: bool,
-                 stage: Callable[[bool], Awaitable[None]] | None) -> tuple[int, list[asyncpg.Record] | None]:
-    """Merges the deck into pairs that have rates. Returns how many rates `replace` deleted, and the
-    identities (_IDENTITY) of every rate added, changed or deleted, if there are at most OVERLAY_LIMIT;
-    if there are more, `stage` (if given) starts the decks' builds before the rates are written."""
-    await connection.execute("ANALYZE rate_deck")  # sizes for the join (a nested loop over millions is minutes)
+async def _merge(connection: asyncpg.Connection, staged: str, merged: str, ids: str, replace: bool,
+                 stage: Callable[[bool], Awaitable[None]] | None,
+                 swap: _Swap | None) -> tuple[int, list[asyncpg.Record] | None, bool]:
+    """Merges the deck into pairs that have rates. Returns how many rates `replace` deleted, the
+    identities (_IDENTITY) of every rate added, changed or deleted, if there are at most OVERLAY_LIMIT,
+    and whether the pricelist's table was swapped (`swap`, when more changed). If more changed and no swap
+    is made, `stage` (if given) starts the decks' builds before the rates are written."""
+    await connection.execute(f"ANALYZE {staged}")  # sizes for the join (a nested loop over millions is minutes)
     columns = ", ".join(RATE_COLUMNS)
     on = " AND ".join(f"r.{c} = deck.{c}" for c in _KEY)
     differs = (f"({', '.join(f'r.{c}' for c in _VALUES)}) IS DISTINCT FROM"
@@ -722,6 +835,10 @@ async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace:
     few = await connection.fetchval("SELECT count(*) FROM rate_deck_changes") <= OVERLAY_LIMIT
     touched = await connection.fetch(f"SELECT {_IDENTITY} FROM rate_deck_changes WHERE prefix IS NOT NULL") \
         if few else None
+    if not few and swap is not None and await swap.run(connection):
+        gone = await connection.fetchval("SELECT count(*) FROM rate_deck_changes WHERE prefix IS NULL") \
+            if replace else 0
+        return gone, None, True
     if not few and stage is not None:
         await stage(True)
     replaced = 0
@@ -741,7 +858,136 @@ async def _merge(connection: asyncpg.Connection, merged: str, ids: str, replace:
         f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM rate_deck_changes"
         f" WHERE stored IS NULL ORDER BY {_ORDER}"
     )
-    return replaced, touched
+    return replaced, touched, False
+
+
+# A deck of one pricelist of at least this many rates, most of the pricelist's, is loaded into a table of
+# its own and swapped in for the pricelist's partition (_Swap): below it, writing into the indexed table
+# costs about as much and keeps the ids and rows of unchanged rates.
+SWAP_MIN = 50_000
+_ROW_BYTES = 20  # fewer bytes a line than any deck line we know of (the generated deck: some 60)
+_SWAP_LOCK = 0x5241_5453  # "RATS": one import that may swap at a time (see _import_rates)
+_SWAP_WAIT = 0.05  # seconds a swap waits for its lock before it lets the readers queued behind it in again
+
+
+class _Raced(Exception):
+    """Another writer changed the pricelist's rates after the swap copied the ones it keeps."""
+
+
+class _Swap:
+    """A deck loaded by COPY into `staged` (a table of pricelist_rates' columns, no index yet) made the
+    partition of its pricelist `tag`: the stored rates it keeps are copied in (with `replace`, those of
+    other pricelist/carrier pairs; without, those the deck does not name), the table indexed (one sort per
+    index, the duplicates of the deck dropped, the last one kept), then, in one short step under an
+    ACCESS EXCLUSIVE lock, the old partition detached and dropped (or the pricelist's rates deleted from
+    the default partition) and the table attached in its place. The deck's rates get new ids.
+
+    Not MVCC-safe, so readers that need one snapshot across statements lock first (changes.lock_rates).
+    A rate written by another writer after the copy (logged in the change log meanwhile, seen under the
+    lock, when no writer can be under way) would be lost: then nothing is swapped (`run` is False, the
+    caller's savepoint undoes the copy) and the import writes into the indexed table instead.
+    """
+
+    def __init__(self, staged: str, tag: str, replace: bool, start, tenants: list[str]) -> None:
+        self.staged, self.tag, self.replace, self.start, self.tenants = staged, tag, replace, start, tenants
+
+    async def run(self, connection: asyncpg.Connection) -> bool:
+        try:
+            async with connection.transaction():
+                await self._run(connection)
+            return True
+        except _Raced:
+            log.info("pricelist %r changed by another writer during the import: written in place", self.tag)
+            return False
+
+    async def _stage(self, connection: asyncpg.Connection) -> None:
+        if self.start is None:
+            return
+        columns = ", ".join(RATE_COLUMNS)
+        rates = (f"(SELECT {columns} FROM {self.staged} UNION ALL SELECT {columns} FROM pricelist_rates"
+                 f" WHERE pricelist_tag <> {_literal(self.tag)})")
+        for tenant in self.tenants:
+            await self.start(connection, tenant, rates)
+
+    async def _run(self, connection: asyncpg.Connection) -> None:
+        staged, tag = self.staged, self.tag
+        columns = "id, " + ", ".join(RATE_COLUMNS)
+        moments = [time.perf_counter()]
+        floor = await changes.last_seq(connection)  # before the copy: a change logged after it may be missed
+        if self.replace:
+            keep = "(tenant, carrier_tag) NOT IN (SELECT tenant, carrier_tag FROM rate_deck_pairs)"
+        else:
+            keep = f"NOT EXISTS (SELECT 1 FROM {staged} deck WHERE {' AND '.join(f'r.{c} = deck.{c}' for c in _KEY)})"
+        kept = await connection.execute(
+            f"INSERT INTO {staged} ({columns}) SELECT {columns} FROM pricelist_rates r"
+            f" WHERE pricelist_tag = $1 AND {keep}", tag)
+        await connection.execute(f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_partition"
+                                 f" CHECK (pricelist_tag = {_literal(tag)})")  # spares ATTACH its scan
+        moments.append(time.perf_counter())
+        await self._stage(connection)  # the build reads the table while PostgreSQL indexes it
+        moments.append(time.perf_counter())
+        await connection.execute(f"SET LOCAL maintenance_work_mem = '{_INDEX_MEMORY}'")
+        identity = (f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_identity_key UNIQUE"
+                    " (prefix, carrier_tag, pricelist_tag, tenant, source_prefix, weekdays, time_start, time_end)")
+        try:
+            async with connection.transaction():
+                await connection.execute(identity)
+        except asyncpg.UniqueViolationError:  # the deck names a rate twice: the last one counts
+            await connection.execute(
+                f"DELETE FROM {staged} WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER"
+                f" (PARTITION BY {', '.join(_KEY)} ORDER BY ctid DESC) AS n FROM {staged}) d WHERE n > 1)")
+            await connection.execute(identity)
+            await self._stage(connection)  # built again without the duplicates
+        await connection.execute(f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_pkey PRIMARY KEY (id, pricelist_tag)")
+        await connection.execute(f"ANALYZE {staged}")  # its statistics, for the next merge's join
+        await connection.execute(  # the parent's defaults, as a partition of its own would have them
+            f"ALTER TABLE {staged} ALTER id SET DEFAULT gen_random_uuid(), ALTER tenant SET DEFAULT 'default',"
+            " ALTER pricelist_tag DROP DEFAULT, ALTER carrier_tag DROP DEFAULT")
+        partition = await connection.fetchval("SELECT pricelist_rates_partition($1)", tag)
+        attached = await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'pricelist_rates'::regclass AND c.relname = $1)", partition)
+        if not attached:  # the pricelist's rates were in the default partition: they are in the table now
+            await connection.execute("DELETE FROM pricelist_rates_default WHERE pricelist_tag = $1", tag)
+        moments.append(time.perf_counter())
+        await self._exclusive(connection)
+        moments.append(time.perf_counter())
+        raced = await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM catalog_changes WHERE seq > $1 AND (kind = 'bulk' OR kind = 'rate'"
+            " AND EXISTS (SELECT 1 FROM jsonb_array_elements(subject) e WHERE e->>0 = $2)))", floor, tag)
+        if raced:
+            raise _Raced
+        if attached:
+            await connection.execute(f"ALTER TABLE pricelist_rates DETACH PARTITION {partition}")
+            await connection.execute(f"DROP TABLE {partition}")
+        await connection.execute(f"ALTER TABLE {staged} RENAME TO {partition}")
+        await connection.execute(
+            f"ALTER TABLE pricelist_rates ATTACH PARTITION {partition} FOR VALUES IN ({_literal(tag)})")
+        moments.append(time.perf_counter())
+        copied, read, indexed, waited, swapped = (b - a for a, b in zip(moments, moments[1:]))
+        log.info("pricelist %r swapped in as its partition: %s stored rates kept in %.1fs, the build's read %.1fs,"
+                 " indexed in %.1fs, the lock waited for %.2fs, swapped in %.3fs", tag, kept.split()[-1], copied,
+                 read, indexed, waited, swapped)
+
+    async def _exclusive(self, connection: asyncpg.Connection) -> None:
+        """pricelist_rates locked ACCESS EXCLUSIVE (itself, not its partitions): every reader and writer
+        under way done, none starting. Waiting in the lock's queue holds every newcomer back, readers too,
+        so each try waits a moment only and lets them through between tries."""
+        previous = await connection.fetchval("SELECT current_setting('lock_timeout')")
+        await connection.execute(f"SET LOCAL lock_timeout = '{int(_SWAP_WAIT * 1000)}ms'")
+        try:
+            for attempt in itertools.count():
+                try:
+                    async with connection.transaction():
+                        await connection.execute("LOCK TABLE ONLY pricelist_rates IN ACCESS EXCLUSIVE MODE")
+                    return
+                except asyncpg.LockNotAvailableError:
+                    await asyncio.sleep(min(0.5, _SWAP_WAIT * (1 + attempt)))
+        finally:
+            await connection.execute("SELECT set_config('lock_timeout', $1, true)", previous)
+
+
+_INDEX_MEMORY = "1GB"  # an index of a swapped deck sorted in memory (2,000,000 rates: some 300 MB)
 
 
 _CARRIER = ("carrier_tag", "host", "port", "protocol", "active")

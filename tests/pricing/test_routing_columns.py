@@ -146,37 +146,35 @@ def test_a_deck_with_dates_or_uri_prefixes_routes_as_its_rates(tmp_path_factory,
 
 @settings(max_examples=100, deadline=None)
 @given(items=rate_lists)
-def test_each_chain_holds_the_first_rate_of_each_source_along_its_keys_prefixes(tmp_path_factory, items):
+def test_each_chain_holds_the_first_rate_of_each_source_along_its_keys_prefixes_in_offer_order(tmp_path_factory,
+                                                                                                 items):
     mapped_deck = mapped(tmp_path_factory, items)
     table = RateTable.build(items)
-    sources = len(mapped_deck.sources)
     for key in table.numbers:
-        expected, seen = [], set()
-        for _, group in table.number_matches(key):
+        first: dict[int, tuple] = {}  # source -> its first rate along the prefixes: (offer order, depth)
+        for depth, (found, group) in enumerate(table.number_matches(key)):
             for rate in group:
                 source = mapped_deck.sources.index((rate.pricelist_tag, rate.carrier_tag))
-                if source not in seen:
-                    seen.add(source)
-                    expected.append(source)
+                first.setdefault(source, ((rate.price_per_second(), rate.connect_fee, *rate.scheme_key(), -len(found),
+                                           rate.carrier_tag or "", rate.pricelist_tag), depth))
+        expected = sorted(first.items(), key=lambda item: item[1][0])
         slot = mapped_deck.slot(key)
-        codes = mapped_deck.chain[mapped_deck.chain_offsets[slot]:mapped_deck.chain_offsets[slot + 1]].tolist()
-        assert [code % sources for code in codes] == expected
+        start, end = mapped_deck.chain_offsets[slot], mapped_deck.chain_offsets[slot + 1]
+        assert list(mapped_deck.chain_of(slot)) == [source for source, _ in expected]
+        assert mapped_deck.chain_depth[start:end].tolist() == [depth for _, (_, depth) in expected]
 
 
-def test_offer_codes_beyond_32_bits_are_stored_as_64_bit_integers(tmp_path_factory, monkeypatch):
-    offer_codes = deck.offer_codes
-    # Shifted by a multiple of the source count: the same order and the same sources.
-    monkeypatch.setattr(deck, "offer_codes", lambda columns, ranks, prices=None: offer_codes(columns, ranks, prices) +
-                        len(columns.sources) * 2**33)
-    items = [Rate("t", "p", "c1", "39", rate=2), Rate("t", "p", "c2", "3904", rate=1), Rate("t", "p", "c3", "3", rate=1)]
+def test_a_deck_of_more_than_256_sources_keeps_its_chains_in_wider_integers(tmp_path_factory):
+    items = [Rate("t", f"p{n:03}", "c1", "39", rate=300 - n) for n in range(290)] + [
+        Rate("t", "p1", "c2", "3904", rate=1), Rate("t", "p1", "c3", "3", rate=0)]
     wide = mapped(tmp_path_factory, items)
-    assert wide.chain.format == "Q"
-    account = Account("t", "a")
+    assert wide.chain.format == "H" and type(wide.chain_of(wide.slot("3904"))) is memoryview
     carriers = carriers_of(set())
-    catalog = Catalog({}, Catalog.of([], carriers).carriers, {"t": wide})
-    reference = Catalog.of([account], carriers, items)
-    both(catalog, reference, account, "390401", NOW)
-    assert [c.carrier_tag for c in routing.route(catalog, account, "390401", NOW)[1]] == ["c2", "c3", "c1"]
+    for account in (Account("t", "a"), Account("t", "a", pricelist_tags=("p1", "p007"))):
+        catalog = Catalog({}, Catalog.of([], carriers).carriers, {"t": wide})
+        reference = Catalog.of([account], carriers, items)
+        both(catalog, reference, account, "390401", NOW)
+        assert [c.carrier_tag for c in routing.route(catalog, account, "390401", NOW)[1]] == ["c3", "c2", "c1"]
 
 
 def test_a_rate_made_from_the_columns_is_a_plain_frozen_rate(tmp_path_factory):

@@ -13,7 +13,8 @@ _LARGE = ("pricelist_rates", "accounts")  # what grows with the catalog
 def _rows_read(node: dict) -> int:
     """Rows the plan's scans of the large tables went through (kept or filtered out), counted by EXPLAIN ANALYZE."""
     own = 0
-    if node.get("Relation Name") in _LARGE:
+    name = node.get("Relation Name") or ""
+    if name in _LARGE or name.startswith("pricelist_rates_"):  # a pricelist's partition (migration 012)
         own = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
                + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
     return own + sum(_rows_read(child) for child in node.get("Plans", ()))

@@ -6,6 +6,7 @@ import io
 import json
 import random
 
+import asyncpg
 import pytest
 
 from agent.store import importer
@@ -123,8 +124,6 @@ async def test_catalog_changes_reach_a_running_agent_without_restart(agent, stac
 
 
 # --- the fast path (CSV lines copied as they are), merges, and the references of migration 004 -------------
-
-import asyncpg  # noqa: E402
 
 RATE_VALUES = "tenant, pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start," \
               " description, datetime_start, datetime_end, active"
@@ -685,3 +684,221 @@ async def test_an_import_inside_the_callers_transaction_leaves_the_deck_to_a_bui
                                     build=decks.ImportBuild(tmp_path / "decks"))
     assert (result.rows, result.built, result.tenants) == (50, [], {"default"})
     assert not (tmp_path / "decks").exists()
+
+
+# Large decks of one pricelist swapped in as its partition (importer._Swap, migration 012). SWAP_MIN is
+# lowered so that small decks take that path.
+
+async def _partition_of(database, pricelist: str) -> str | None:
+    return await database.fetchval(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'pricelist_rates'::regclass AND c.relname = pricelist_rates_partition($1)", pricelist)
+
+
+@pytest.mark.parametrize("dated", [True, False])
+async def test_a_swapped_deck_keeps_what_it_does_not_name_and_builds_the_deck_postgresql_gives(
+        stack, tmp_path, monkeypatch, dated):
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 20)
+    monkeypatch.setattr(importer, "SWAP_MIN", 1)
+    rng = random.Random(12)
+    await stack.load(varied_catalog())
+    everything = [(tenant, p, c) for tenant in ("t", "u") for p in ("p1", "p2") for c in ("c1", "c2")]
+    await import_rates(stack.database, csv_rates(varied_deck(rng, 600, everything, dated), "default", None, None))
+    root = tmp_path / "decks"
+    query = (f"SELECT {', '.join(_COLUMNS)} FROM pricelist_rates WHERE pricelist_tag <> 'p2'"
+             f" ORDER BY {', '.join(_COLUMNS)}")
+    others = await stack.database.fetch(query)
+    # one pricelist (decimal prices), replaced in two pairs of two tenants: the other pairs are copied
+    replaced = varied_deck(rng, 300, [("t", "p2", "c1"), ("u", "p2", "c2")], dated)
+    result = await import_rates(stack.database, csv_rates(replaced, "default", None, None), replace=True,
+                                build=decks.ImportBuild(root))
+    assert result.swapped and result.replaced > 0 and await _partition_of(stack.database, "p2")
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    # merged without replace (rates it does not name kept), into the partition swapped in before
+    result = await import_rates(stack.database, csv_rates(varied_deck(rng, 300, [
+        ("t", "p2", "c1"), ("t", "p2", "c2"), ("u", "p2", "c1")], dated), "default", None, None),
+        build=decks.ImportBuild(root))
+    assert result.swapped
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    # a pricelist without rates yet
+    result = await import_rates(stack.database, csv_rates(varied_deck(rng, 200, [("t", "p3", "c3"), ("u", "p3", "c1")],
+                                                                      dated), "default", None, None),
+                                build=decks.ImportBuild(root))
+    assert result.swapped and await _partition_of(stack.database, "p3")
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    assert await stack.database.fetch(query.replace("<> 'p2'", "NOT IN ('p2', 'p3')")) == others
+
+
+async def test_a_deck_of_several_pricelists_swaps_the_largest_and_writes_the_others_in_place(
+        stack, tmp_path, monkeypatch):
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 20)
+    rng = random.Random(13)
+    await stack.load(varied_catalog())
+    lines = varied_deck(rng, 400, [("t", "p1", "c1"), ("t", "p1", "c2"), ("t", "p1", "c3"), ("t", "p3", "c1"),
+                                   ("u", "p1", "c1")])
+    query = f"SELECT {', '.join(_COLUMNS)} FROM pricelist_rates ORDER BY {', '.join(_COLUMNS)}"
+    written = await import_rates(stack.database, csv_rates(lines, "default", None, None))
+    assert not written.swapped
+    in_place = await stack.database.fetch(query)
+    await stack.database.execute("DELETE FROM pricelist_rates")
+    monkeypatch.setattr(importer, "SWAP_MIN", 100)
+    result = await import_rates(stack.database, csv_rates(lines, "default", None, None), build=decks.ImportBuild(
+        tmp_path / "decks"))
+    assert result.swapped and result.rows == written.rows and await _partition_of(stack.database, "p1")
+    assert await stack.database.fetch(query) == in_place
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+
+
+async def test_a_swapped_deck_stores_what_an_insert_stores_and_keeps_the_last_duplicate(stack, monkeypatch):
+    await stack.load(catalog(prepaid("a")))
+    lines = [HEADER, "44,1,1,0,0,first\n", '45,2,60,0,0,"quoted, text"\n', "46,,,,,\n", "44,2,1,0,0,last\n",
+             "47,3,60,1,30,x\n"]
+    await import_rates(stack.database, csv_rates(lines, "default", "p2", "c1"))
+    query = (f"SELECT {', '.join(_COLUMNS)}, weekdays, time_start, time_end FROM pricelist_rates"
+             " WHERE pricelist_tag = 'p2' ORDER BY prefix, carrier_tag")
+    inserted = await stack.database.fetch(query)
+    await stack.database.execute("DELETE FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c1'")
+    monkeypatch.setattr(importer, "SWAP_MIN", 1)
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 2)
+    result = await import_rates(stack.database, csv_rates(lines, "default", "p2", "c1"))
+    assert result.swapped and result.rows == 5
+    assert await stack.database.fetch(query) == inserted  # c2's rate of p2 copied, 44 is the last one
+    # the partition takes single-rate writes as the table did: an insert, an update, a delete
+    await stack.database.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix, rate)"
+                                 " VALUES ('p2', 'c1', '48', 9)")
+    await stack.database.execute("UPDATE pricelist_rates SET rate = 8 WHERE pricelist_tag = 'p2' AND prefix = '45'")
+    await stack.database.execute("DELETE FROM pricelist_rates WHERE pricelist_tag = 'p2' AND prefix = '46'")
+    assert [tuple(r) for r in await stack.database.fetch(
+        "SELECT prefix, rate FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c1' ORDER BY prefix")] \
+        == [("44", 2), ("45", 8), ("47", 3), ("48", 9)]
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await stack.database.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix)"
+                                     " VALUES ('p2', 'c1', '48')")
+    # a rate moved out of the partition (another pricelist) has its references checked all the same
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="pricelist_rates_tenant_pricelist_tag_fkey"):
+        await stack.database.execute("UPDATE pricelist_rates SET pricelist_tag = 'nope' WHERE pricelist_tag = 'p2'")
+    await stack.database.execute("UPDATE pricelist_rates SET pricelist_tag = 'p1' WHERE prefix = '48'")
+    assert await stack.database.fetchval("SELECT pricelist_tag FROM pricelist_rates WHERE prefix = '48'") == "p1"
+    await stack.database.execute("UPDATE pricelist_rates SET pricelist_tag = 'p2' WHERE prefix = '48'")
+    # a bad row still refuses the whole deck, nothing changed
+    with pytest.raises(ImportError_, match="line 3: rate must be an integer"):
+        await import_rates(stack.database, csv_rates([HEADER, "49,1,1,0,0,x\n", "50,x,1,0,0,x\n"], "default", "p2",
+                                                     "c1"), replace=True)
+    assert await stack.database.fetchval("SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p2'") == 5
+
+
+async def test_a_repeatable_read_reader_racing_a_swap_sees_the_old_deck_or_the_new_one_whole(stack, monkeypatch):
+    from agent.store import changes
+
+    monkeypatch.setattr(importer, "SWAP_MIN", 1)
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 5)
+    await stack.load(catalog(prepaid("a")))
+    await import_rates(stack.database, csv_rates(deck(300), "default", "p2", "c1"))
+    count = "SELECT count(*), sum(rate) FROM pricelist_rates WHERE pricelist_tag = 'p2'"
+    old = tuple(await stack.database.fetchrow(count))
+    reader = await asyncpg.connect(stack.database_url)
+    try:
+        transaction = reader.transaction(isolation="repeatable_read", readonly=True)
+        await transaction.start()
+        await changes.lock_rates(reader)
+        await reader.fetchval("SELECT 1")  # the snapshot, before the swap
+        swapping = asyncio.ensure_future(import_rates(stack.database, csv_rates(deck(500, seed=8), "default", "p2",
+                                                                                "c1"), replace=True))
+        for _ in range(600):  # until the swap waits for the reader's lock (bounded: 30 s)
+            waiting = await reader.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'pricelist_rates'::regclass")
+            if waiting or swapping.done():
+                break
+            await asyncio.sleep(0.05)
+        assert waiting and not swapping.done()
+        assert tuple(await reader.fetchrow(count)) == old  # the old deck, whole, while the swap waits
+        await transaction.commit()
+        result = await asyncio.wait_for(swapping, 30)
+        assert result.swapped
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            await changes.lock_rates(reader)
+            new = tuple(await reader.fetchrow(count))
+        assert new[0] == 501 and new != old  # the new deck, whole (and c2's rate of p2)
+    finally:
+        await reader.close()
+
+
+async def test_a_rate_written_by_another_writer_during_a_swap_is_kept_by_writing_the_deck_in_place(stack, monkeypatch):
+    from agent.store import changes
+
+    monkeypatch.setattr(importer, "SWAP_MIN", 1)
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 5)
+    await stack.load(catalog(prepaid("a")))
+    exclusive = importer._Swap._exclusive
+
+    calls = []
+
+    async def another_writer_first(self, connection):
+        calls.append(self.tag)
+        other = await asyncpg.connect(stack.database_url)
+        try:
+            async with other.transaction():
+                await other.execute("UPDATE pricelist_rates SET rate = 77 WHERE pricelist_tag = 'p2' AND carrier_tag = 'c2'")
+                await changes.record(other, "default", "rate", ["p2", "c2", "39"])
+        finally:
+            await other.close()
+        await exclusive(self, connection)
+
+    monkeypatch.setattr(importer._Swap, "_exclusive", another_writer_first)
+    result = await import_rates(stack.database, csv_rates(deck(50), "default", "p2", "c1"))
+    assert calls and not result.swapped and result.rows == 50
+    assert await stack.database.fetchval(
+        "SELECT rate FROM pricelist_rates WHERE pricelist_tag = 'p2' AND carrier_tag = 'c2'") == 77
+    assert await stack.database.fetchval("SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = 'p2'") == 51
+
+
+async def test_migration_012_moves_the_stored_rates_into_partitions(postgres_server):
+    from agent.store import database
+
+    admin = await asyncpg.connect(postgres_server.url)
+    name = "migration_012_test"
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+        connection = await asyncpg.connect(postgres_server.url.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            await connection.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                                     " applied_at timestamptz NOT NULL DEFAULT now())")
+            for number, file, sql in database.migrations():
+                if number < 12:  # the schema as it was, holding rates
+                    await connection.execute(sql)
+                    await connection.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                                             number, file)
+            await connection.execute("INSERT INTO carriers (carrier_tag) VALUES ('c1'), ('c2')")
+            await connection.execute("INSERT INTO pricelists (pricelist_tag) VALUES ('p1'), ('p2'), ('p3')")
+            await connection.execute(
+                "INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix, rate, source_prefix, weekdays)"
+                " SELECT 'p' || (1 + n % 2), 'c' || (1 + n % 3 % 2), (1000 + n)::text, n, '', n % 2 FROM"
+                " generate_series(1, 3000) n")
+            query = "SELECT * FROM pricelist_rates ORDER BY id"
+            before = await connection.fetch(query)
+            assert "012_rate_partitions.sql" in await database.migrate(connection)
+            assert await connection.fetch(query) == before
+            partitions = await connection.fetch(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound,"
+                " (SELECT count(*) FROM pricelist_rates r WHERE r.tableoid = c.oid) AS n FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'pricelist_rates'::regclass ORDER BY 2")
+            assert [(r["bound"], r["n"]) for r in partitions] == [
+                ("DEFAULT", 0), ("FOR VALUES IN ('p1')", 1500), ("FOR VALUES IN ('p2')", 1500)]
+            # the references and the cascades still hold
+            with pytest.raises(asyncpg.ForeignKeyViolationError, match="pricelist_rates_tenant_carrier_tag_fkey"):
+                await connection.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix)"
+                                         " VALUES ('p3', 'nope', '1')")
+            await connection.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix)"
+                                     " VALUES ('p3', 'c1', '1')")  # a pricelist of its own yet: the default
+            await connection.execute("DELETE FROM carriers WHERE carrier_tag = 'c2'")
+            assert await connection.fetchval("SELECT count(*) FROM pricelist_rates") == 2001
+        finally:
+            await connection.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.close()
