@@ -47,7 +47,9 @@ CREATE TRIGGER pricelist_rates_references_inserted AFTER INSERT ON pricelist_rat
     REFERENCING NEW TABLE AS new_rates FOR EACH STATEMENT EXECUTE FUNCTION pricelist_rates_check_inserted();
 -- An update that moves a rate to another partition (another pricelist) is a delete and an insert, for which
 -- PostgreSQL fires no AFTER UPDATE row trigger: the references of an update are checked before it, where
--- every update of the row fires (migration 004's function, which returns NULL, wrapped to return the row).
+-- every update of the row fires. Migration 004's pricelist_rates_check_updated returns NULL (an AFTER trigger's
+-- answer, which a BEFORE trigger would take as "skip the update"), so its checks are restated here as one
+-- function per reference kind's arguments, returning the row.
 CREATE FUNCTION pricelist_rates_check_updating() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pricelist_rates_check_references(NEW.tenant, NEW.pricelist_tag, NEW.carrier_tag,
