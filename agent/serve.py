@@ -181,7 +181,7 @@ class Supervisor:
                 log.error("%s did not stop in time; killing it", name)
                 process.kill()
                 process.join()
-            _mark_dead(process.pid)
+            _mark_dead(process.pid, self.settings)
             del self.workers[name]
 
     def _await_manager(self, path: str, timeout: float = 120.0) -> None:
@@ -222,7 +222,7 @@ class Supervisor:
                 for name, process in list(self.workers.items()):
                     if not process.is_alive() and not self.stopping:
                         log.error("%s (pid %d) exited with %s; restarting", name, process.pid, process.exitcode)
-                        _mark_dead(process.pid)
+                        _mark_dead(process.pid, self.settings)
                         self.start(name, self.targets[name])
         finally:
             self._signal(http)
@@ -319,7 +319,22 @@ def serve(settings: Settings) -> int:
     return Supervisor(settings).run(worker_count(settings))
 
 
-def _mark_dead(pid: int) -> None:
+def _mark_dead(pid: int, settings: Settings) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid)
+    asyncio.run(_forget_follower(settings, pid))
+
+
+async def _forget_follower(settings: Settings, pid: int) -> None:
+    """A dead worker's follower entry would hold every catalog writer back for LIVE_FOR seconds."""
+    import cache
+    from cache import followers
+
+    client = cache.connect(settings.redis_url, settings.redis_timeout)
+    try:
+        await followers.forget_process(client, pid)
+    except Exception as exc:  # Redis down: the entry ages out by itself
+        log.warning("could not forget the follower entries of pid %d: %s", pid, exc)
+    finally:
+        await client.aclose()

@@ -49,6 +49,21 @@ async def forget(client, follower: str) -> None:
     await client.hdel(FOLLOWERS, follower)
 
 
+def of_process(fields, pid: int, host: str | None = None) -> list[str]:
+    """The followers among `fields` that process `pid` of this host (or `host`) noted."""
+    head = f"{host or socket.gethostname()}:{pid}:"
+    return [field for field in fields if field.startswith(head)]
+
+
+async def forget_process(client, pid: int) -> list[str]:
+    """Removes the entries of a process known dead (its supervisor saw it exit), so that no writer waits
+    LIVE_FOR seconds for a process that will never catch up."""
+    gone = of_process(await client.hkeys(FOLLOWERS), pid)
+    if gone:
+        await client.hdel(FOLLOWERS, *gone)
+    return gone
+
+
 def behind(entries: dict, version: int, now_ms: int) -> tuple[list[str], list[str]]:
     """(live followers below `version`, followers silent for FORGET_AFTER) of an HGETALL of FOLLOWERS."""
     waiting, gone = [], []

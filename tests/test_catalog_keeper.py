@@ -1,5 +1,5 @@
 """Following the catalog change log: lost announcements converge, decks switch between calls, a restarted
-worker maps the deck that is active."""
+worker maps the deck that is active and its dead predecessor holds no writer back."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import aiohttp
 from prometheus_client import REGISTRY
 
 from agent.keys import CATALOG
+from cache import followers
 from agent.store.importer import OVERLAY_LIMIT
 from tests.conftest import AgentProcess, run_cli
 from tests.test_transaction import catalog, post, prepaid, records
@@ -80,7 +81,7 @@ def _mapped_decks(pid: int) -> set[str]:
             if line.endswith("columns.bin")}
 
 
-async def test_a_restarted_worker_maps_the_deck_that_is_active(stack, tmp_path):
+async def test_a_restarted_worker_maps_the_active_deck_and_its_dead_predecessor_is_not_waited_for(stack, tmp_path):
     document = tmp_path / "catalog.json"
     document.write_text(__import__("json").dumps(catalog(prepaid("a", 10**6))))
     run_cli("import", "catalog", str(document), redis_url=stack.redis_url, database_url=stack.database_url)
@@ -111,6 +112,8 @@ async def test_a_restarted_worker_maps_the_deck_that_is_active(stack, tmp_path):
                     break
             assert after and after != before
             assert _mapped_decks(after) == decks and len(decks) == 1
+            # the supervisor forgot the dead worker's follower entry: no writer waits for it
+            assert not followers.of_process(await stack.redis.hkeys(followers.FOLLOWERS), before)
             async with session.post(agent.url + "/v1/authorization", json={
                     "transaction_tag": "r1", "account_tag": "a", "destination": "39040"}) as reply:
                 answer = await reply.json()
