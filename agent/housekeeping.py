@@ -25,7 +25,7 @@ from .store.writer import OutboxWriter
 from .transaction import now_ms
 
 log = logging.getLogger(__name__)
-EXPIRE_BATCH = 50  # calls per FCALL: short scripts keep Redis responsive for the requests
+EXPIRE_BATCH = 50  # due calls listed at a time (one FCALL each: short scripts keep Redis responsive)
 
 
 async def expire_calls(call: Callable[..., Awaitable[Any]], settings: Settings) -> None:
@@ -43,15 +43,29 @@ async def expire_calls(call: Callable[..., Awaitable[Any]], settings: Settings) 
 
 
 async def expire_group(call: Callable[..., Awaitable[Any]], settings: Settings, group: cache.Group) -> None:
+    """Lists the group's due calls and expires each with its own FCALL (rating_expire), which names the
+    parties' keys it must be sent with (every key a function touches is declared): background work, two
+    FCALLs per call expired."""
+    expired_retention = max(settings.record_retention, settings.max_units + settings.call_grace + 60)
     while True:
-        done = await call(*cache.fcall(
-            "rating_expire", cache.expiry_keys(group),
-            (now_ms(), settings.record_retention, EXPIRE_BATCH,
-             max(settings.record_retention, settings.max_units + settings.call_grace + 60)),
-        ))
-        if int(done) < EXPIRE_BATCH:
-            return
+        now = now_ms()
+        due = await call("ZRANGEBYSCORE", group.deadlines, "-inf", now, "LIMIT", 0, EXPIRE_BATCH)
+        replies = await asyncio.gather(*(expire_one(call, group, key, (now, settings.record_retention,
+                                                                       expired_retention)) for key in due))
+        if len(due) < EXPIRE_BATCH or all(cache.undeclared(reply) for reply in replies):
+            return  # (a batch of calls whose parties keep changing: the next round)
         await asyncio.sleep(0)
+
+
+async def expire_one(call: Callable[..., Awaitable[Any]], group: cache.Group, key: str, args: tuple) -> list:
+    keys = (*cache.expiry_keys(group), key)
+    reply = await call(*cache.fcall("rating_expire", keys, args))
+    for _ in range(3):  # again only when the call changed between the two (authorized afresh, other parties)
+        wanted = cache.undeclared(reply)
+        if wanted is None:
+            break
+        reply = await call(*cache.fcall("rating_expire", keys + wanted, args))
+    return reply
 
 
 async def keep_library(redis, interval: float = 60.0) -> None:

@@ -65,7 +65,10 @@ class _Direct:
 
 
 def _no_catalog():
-    raise RuntimeError("reconciliation ends calls only; it never plans one")
+    """No snapshot: reconciliation ends calls only, it never plans one. Its ends name no account, so they
+    declare no party's keys; the library answers with the keys the call's parties need and the end is sent
+    again with them (Transactions._redeclared)."""
+    return None
 
 
 async def _no_catch_up(version: int):

@@ -16,8 +16,9 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import asyncpg
 import orjson
 
-from cache import AutoPipeline, account_key, call_keys, fcall, open_calls_key, published_for
+from cache import AutoPipeline, account_key, call_keys, fcall, open_calls_key, published_for, undeclared
 from cache import call as callstate
+from cache import party_keys as cache_party_keys
 
 from .config import Settings
 from .logs import Throttled
@@ -81,7 +82,8 @@ def _limit(value: int | None) -> int:
 
 _META = ("account_tag", "destination_account_tag", "source", "source_ip", "destination", "carrier_ip", "tags")
 _STORED = ("account_tag", "source", "source_ip", "destination", "carrier_ip")  # what a record tells of its call
-_FRAGMENTS_LIMIT = 200_000  # rates remembered per snapshot: a bound for tables of millions of prefixes
+_FRAGMENTS_LIMIT = 200_000  # rates (and requests' party keys) remembered per snapshot: a bound for tables of
+# millions of prefixes
 # the byte templates of what each call sends (cache/call.py names the fields): a party after its account's
 # cached piece, a party's details in meta, and meta's key for them
 _PARTY = b'%%s,"%s":%%d,"%s":%%d,"%s":%%d,"%s":%%s}' % tuple(
@@ -104,10 +106,12 @@ class Fragments:
         self.catalog = catalog
         self._accounts: tuple[dict[int, tuple], ...] = ({}, {})  # outbound, inbound
         self._rates: dict[int, tuple] = {}
+        self._requests: dict[tuple, tuple[str, ...]] = {}
 
-    def _account(self, account, inbound: bool) -> tuple[bytes, bytes]:
+    def _account(self, account, inbound: bool) -> tuple[bytes, bytes, Any, tuple[str, ...]]:
         """The account as a party in one direction: `o` is its open-call set in that direction, `ox` the
-        other direction's, which only a total limit needs."""
+        other direction's, which only a total limit needs; and those keys with its account's (the KEYS a
+        call of it declares: cache.party_keys)."""
         accounts = self._accounts[inbound]
         found = accounts.get(id(account))
         if found is None or found[2] is not account:
@@ -124,7 +128,8 @@ class Fragments:
             if account.max_concurrent_transactions is not None:
                 party[callstate.OTHER_OPEN_KEY] = open_calls_key(tenant, tag, not inbound)
             # the account is kept with its pieces: its id cannot be reused by another object meanwhile
-            found = accounts[id(account)] = (orjson.dumps(party)[:-1], orjson.dumps(list(account.tags)), account)
+            found = accounts[id(account)] = (orjson.dumps(party)[:-1], orjson.dumps(list(account.tags)), account,
+                                             cache_party_keys((party,)))
         return found
 
     def _rate(self, rate) -> tuple[bytes, bytes]:
@@ -137,11 +142,13 @@ class Fragments:
             found = self._rates[id(rate)] = (orjson.dumps(rate.tariff()), orjson.dumps(rate.snapshot()), rate)
         return found
 
-    def parties(self, parties: tuple[Party, ...]) -> tuple[bytes, bytes]:
-        """(the parties as the Redis library reads them, their rate snapshots and tags for the records)."""
-        lua, details = [], []
+    def parties(self, parties: tuple[Party, ...]) -> tuple[bytes, bytes, tuple[str, ...]]:
+        """(the parties as the Redis library reads them, their rate snapshots and tags for the records, the
+        keys they touch)."""
+        lua, details, keys = [], [], ()
         for party in parties:
-            account, tags, _ = self._account(party.account, party.inbound)
+            account, tags, _, touched = self._account(party.account, party.inbound)
+            keys += touched
             tariff, snapshot = self._rate(party.rate)[:2]
             if party.timeline is not None:  # time windows: the rates in force over the call, per call, kept
                 tariff = orjson.dumps(tariff_numbers(party.timeline))  # with its rate for the record's explain
@@ -149,7 +156,28 @@ class Fragments:
             lua.append(_PARTY % (
                 account, party.inbound, party.primary, party.spends_balance, tariff))
             details.append(_DETAILS % (snapshot, tags))
-        return b"[" + b",".join(lua) + b"]", b"[" + b",".join(details) + b"]"
+        return b"[" + b",".join(lua) + b"]", b"[" + b",".join(details) + b"]", keys
+
+    def request_keys(self, request: dict[str, Any]) -> tuple[str, ...]:
+        """The parties' keys a begin, end or rollback declares, from what its request names: the caller's
+        account and outbound open-call set, the destination's and its inbound one, each with their linked
+        accounts' in this snapshot (the worker's last plan's: a hint). A call of other parties (its accounts
+        relinked since) is answered `keys` by the library and sent again with the keys it names."""
+        named = (request["tenant"], request.get("account_tag"), request.get("destination_account_tag"))
+        found = self._requests.get(named)
+        if found is None:
+            tenant, account_tag, destination = named
+            keys: list[str] = []
+            for tag, inbound in ((account_tag, False), (destination, True)):
+                if not tag:
+                    continue
+                account = self.catalog.account(tenant, tag) if self.catalog is not None else None
+                for linked in dict.fromkeys((tag, *(account.linked_accounts if account is not None else ()))):
+                    keys += (account_key(tenant, linked), open_calls_key(tenant, linked, inbound))
+            if len(self._requests) >= _FRAGMENTS_LIMIT:
+                self._requests.clear()
+            found = self._requests[named] = tuple(dict.fromkeys(keys))
+        return found
 
 
 def meta_json(request: dict[str, Any], details: bytes = b"[]", *extra: str, version: int | None = None) -> bytes:
@@ -209,6 +237,16 @@ class Transactions:
         self._limits = (f"{settings.authorization_ttl * 1000},{settings.reservation_share},{settings.max_units},"
                         f"{settings.record_retention},{settings.call_grace * 1000}")
 
+    async def _redeclared(self, function: str, keys: tuple, args: tuple, reply: list) -> list:
+        """The answer of a call function sent again with the parties' keys it asked for (cache.undeclared):
+        once, unless the call changed meanwhile (its tag authorized afresh for other parties)."""
+        for _ in range(_TRIES):
+            wanted = undeclared(reply)
+            if wanted is None:
+                return reply
+            reply = await self.redis.call(*fcall(function, keys + wanted, args))
+        raise CatalogBehind(f"call {keys[0]!r}: its parties changed faster than this worker could follow")
+
     def _plan(self, request: dict[str, Any], at: int) -> tuple[Plan, Fragments]:
         """The call's plan, and the JSON pieces of the snapshot it was planned from."""
         catalog = self.catalog()
@@ -226,26 +264,24 @@ class Transactions:
         return plan, self._fragments
 
     def _authorize(self, request: dict[str, Any], at: int, begin: bool,
-                   planned: tuple[Plan, Fragments] | None, version: int) -> tuple:
-        """The FCALL settling an authorization or a begin, for the caller to await: one coroutine fewer
-        between the request and Redis' reply."""
+                   planned: tuple[Plan, Fragments] | None, version: int) -> tuple[tuple, tuple, tuple]:
+        """The KEYS (the call's and its group's, then its parties') and ARGV of the FCALL settling an
+        authorization or a begin."""
         tenant, tag = request["tenant"], request["transaction_tag"]
-        if planned is None:
-            parties, details, reason, refused = "", b"[]", "", ""
+        if planned is None:  # a begin of a call without accounts: its parties are none of the request's
+            parties, details, reason, refused, touched = "", b"[]", "", "", ()
         else:
             plan, fragments = planned
-            parties, details = fragments.parties(plan.parties)
+            parties, details, touched = fragments.parties(plan.parties)
             reason = plan.refusal.value if plan.refusal else ""
             refused = plan.refused_tag or ""
         keys = call_keys(tenant, tag)
         if refused:  # the account may have been created or changed since this worker's catalog: Redis checks it
             keys += (account_key(tenant, refused),)
-        return fcall(
-            "rating_authorize", keys,
-            (now_ms(), self._limits, int(begin), tenant, tag, parties,
-             meta_json(request, details, version=None if planned is None else planned[1].catalog.version), reason,
-             refused, at, version, call_identity()),
-        )
+        return keys, touched, (
+            now_ms(), self._limits, int(begin), tenant, tag, parties,
+            meta_json(request, details, version=None if planned is None else planned[1].catalog.version), reason,
+            refused, at, version, call_identity())
 
     async def _seeded(self, request: dict[str, Any], reply: list) -> None:
         """Gives Redis the balance PostgreSQL holds for the account it has none for (`unseeded`)."""
@@ -277,7 +313,10 @@ class Transactions:
         for _ in range(_TRIES):
             planned = self._plan(request, at) if plan else None
             version = 0 if planned is None else max(claimed, planned[1].catalog.version)
-            reply = await self.redis.call(*self._authorize(request, at, begin, planned, version))
+            keys, touched, args = self._authorize(request, at, begin, planned, version)
+            reply = await self.redis.call(*fcall("rating_authorize", keys + touched, args))
+            if reply[1] == "keys":  # a begin of a call Redis holds for other parties than planned
+                reply = await self._redeclared("rating_authorize", keys, args, reply)
             if reply[1] == "stale":
                 await self._caught_up(int(reply[5]))
                 claimed = _CAUGHT_UP
@@ -320,10 +359,10 @@ class Transactions:
         # the plan and the parties' JSON are needed only when it answers `missing` (no call, or one a new
         # authorization may replace: cache/rating.lua, authorize)
         tenant, tag = request["tenant"], request["transaction_tag"]
-        reply = await self.redis.call(*fcall(
-            "rating_authorize", call_keys(tenant, tag),
-            (now_ms(), self._limits, 1, tenant, tag, "-", "{}", "", "", at, 0, ""),
-        ))
+        keys, args = call_keys(tenant, tag), (now_ms(), self._limits, 1, tenant, tag, "-", "{}", "", "", at, 0, "")
+        reply = await self.redis.call(*fcall("rating_authorize", keys + self._fragments.request_keys(request), args))
+        if reply[1] == "keys":
+            reply = await self._redeclared("rating_authorize", keys, args, reply)
         if reply[1] == "missing":
             outcome, _ = await self._settle(request, at, True, True)
         else:
@@ -332,11 +371,12 @@ class Transactions:
 
     async def end(self, request: dict[str, Any]) -> dict[str, Any]:
         end = to_ms(request["timestamp_end"])
-        reply = await self.redis.call(*fcall(
-            "rating_finish", call_keys(request["tenant"], request["transaction_tag"]),
-            (now_ms(), end, self.settings.record_retention,
-             "" if request.get("timestamp_begin") is None else to_ms(request["timestamp_begin"])),
-        ))
+        keys = call_keys(request["tenant"], request["transaction_tag"])
+        args = (now_ms(), end, self.settings.record_retention,
+                "" if request.get("timestamp_begin") is None else to_ms(request["timestamp_begin"]))
+        reply = await self.redis.call(*fcall("rating_finish", keys + self._fragments.request_keys(request), args))
+        if reply[1] == "keys":  # parties the request does not name (accounts linked or unlinked since)
+            reply = await self._redeclared("rating_finish", keys, args, reply)
         if reply[1] == "missing" and self.stored is not None:
             return await self._end_lost(request, end)
         return {"ok": Outcome.of(reply).ok, **_echo(request)}
@@ -364,10 +404,11 @@ class Transactions:
         return await self._charge(request, begin, max(end, begin), None, ("ended", cap))
 
     async def rollback(self, request: dict[str, Any]) -> dict[str, Any]:
-        reply = await self.redis.call(*fcall(
-            "rating_rollback", call_keys(request["tenant"], request["transaction_tag"]),
-            (now_ms(), self.settings.record_retention),
-        ))
+        keys = call_keys(request["tenant"], request["transaction_tag"])
+        args = (now_ms(), self.settings.record_retention)
+        reply = await self.redis.call(*fcall("rating_rollback", keys + self._fragments.request_keys(request), args))
+        if reply[1] == "keys":
+            reply = await self._redeclared("rating_rollback", keys, args, reply)
         return {"ok": Outcome.of(reply).ok, **_echo(request)}
 
     async def record(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -394,16 +435,16 @@ class Transactions:
                     claimed = _CAUGHT_UP
                     continue
                 return {"ok": False, **_echo(request)}
-            parties, details = fragments.parties(plan.parties)
-            reply = await self.redis.call(*fcall(
-                "rating_record",
-                call_keys(request["tenant"], request["transaction_tag"]),
-                (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
-                 parties, meta_json(request, details, "authorized", "unauthorized_reason",
-                                    version=fragments.catalog.version),
-                 "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version),
-                 call_identity(), *mode),
-            ))
+            parties, details, touched = fragments.parties(plan.parties)
+            keys = call_keys(request["tenant"], request["transaction_tag"])
+            args = (now_ms(), self.settings.record_retention, request["tenant"], request["transaction_tag"],
+                    parties, meta_json(request, details, "authorized", "unauthorized_reason",
+                                       version=fragments.catalog.version),
+                    "" if auth is None else to_ms(auth), begin, end, max(claimed, fragments.catalog.version),
+                    call_identity(), *mode)
+            reply = await self.redis.call(*fcall("rating_record", keys + touched, args))
+            if reply[1] == "keys":  # a call authorized under the tag for other parties
+                reply = await self._redeclared("rating_record", keys, args, reply)
             if reply[1] == "stale":
                 await self._caught_up(int(reply[5]))
                 claimed = _CAUGHT_UP

@@ -113,8 +113,27 @@ def call_keys(tenant: str, transaction_tag: str) -> tuple[str, str, str, str, st
 
 
 def expiry_keys(group: Group) -> tuple[str, str, str, str]:
-    """KEYS of rating_expire for one group."""
+    """The first KEYS of rating_expire for one group (the call's and its parties' follow)."""
     return group.deadlines, group.outbox, group.stats, group.broken
+
+
+def party_keys(parties: Iterable[dict]) -> tuple[str, ...]:
+    """The keys the library touches for these parties (as they travel, cache/call.py PARTY_KEYS): each one's
+    account and open-call set, and the other direction's set it counts under a total limit. They follow
+    call_keys in the KEYS of every call function."""
+    found: list[str] = []
+    for party in parties:
+        found += [key for key in (party.get("k"), party.get("o"), party.get("ox")) if key]
+    return tuple(dict.fromkeys(found))
+
+
+REDECLARE = "keys"  # a call function's answer when its call's parties' keys were not all declared
+
+
+def undeclared(reply: list) -> tuple[str, ...] | None:
+    """The keys a call function asked for (answer `keys`: nothing was done), or None for any other answer.
+    The caller sends the same call again with them after its group's keys (and the refused account's)."""
+    return tuple(reply[6:]) if reply[1] == REDECLARE else None
 
 
 def connect(url: str, timeout: float) -> aioredis.Redis:

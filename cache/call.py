@@ -5,7 +5,8 @@ what each holds; tests/cache/test_call.py holds the library to them.
 An open call (authorized, begun) is a hash of OPEN_FIELDS; a final one a hash of DOCUMENT (the library's
 JSON document of the call, with DOCUMENT_KEYS) and META. Both keep META: the request fields the agent sent,
 as one opaque JSON document (PARTY_DETAILS inside it). The outbox stream carries TXN entries (a final call:
-DOCUMENT and META) and LEDGER entries (a balance move: LEDGER_FIELDS).
+DOCUMENT and META, and the balance moves it made: TXN_MOVE_FIELDS, read by `moves`) and LEDGER entries (a
+balance move of its own, rating_balance: LEDGER_FIELDS).
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ TXN, LEDGER = "txn", "ledger"
 # call's or the move's reference), MOVED_AT (ms)
 MOVE, AMOUNT, MOVED_AT = "k", "amt", "at"
 LEDGER_FIELDS = (ENTRY, TENANT, ACCOUNT, MOVE, AMOUNT, BALANCE, TAG, MOVED_AT)
+# a TXN entry of a call that moved balances (charged, refunded) carries them, written with the call at once:
+# TENANT, MOVES ([account_tag, move, amount, balance after] per move, JSON) and MOVED_AT
+MOVES = "mv"
+TXN_FIELDS = (ENTRY, DOCUMENT, META)
+TXN_MOVE_FIELDS = (TENANT, MOVES, MOVED_AT)
 
 _INTEGERS = (AUTHORIZED_AT, UNITS, BALANCE, BEGUN_AT)
 
@@ -98,3 +104,13 @@ def decode(fields: dict[str, str]) -> tuple[dict, dict]:
             party[RESERVED] = int(reserved)
     doc[PARTIES] = parties
     return doc, meta
+
+
+def moves(fields: dict[str, str], doc: dict) -> list[dict[str, Any]]:
+    """The balance moves a TXN entry carries (none for most states), each as a LEDGER entry's fields would
+    say it (integers as ints), `doc` being the entry's document (its TAG)."""
+    if not fields.get(MOVES):
+        return []
+    tenant, at = fields[TENANT], int(fields[MOVED_AT])
+    return [{TENANT: tenant, ACCOUNT: account, MOVE: move, AMOUNT: int(amount), BALANCE: int(balance),
+             TAG: doc.get(TAG), MOVED_AT: at} for account, move, amount, balance in orjson.loads(fields[MOVES])]

@@ -6,8 +6,10 @@ Live call state, changed atomically: one FCALL per HTTP request.
 Keys (their fields and the call document's keys are named for the agent in cache/call.py)
 Every key belongs to one of 16 slot groups and carries its hash tag, `rating:{g<n>}:...` (cache.GROUPS): a
 tenant's keys are all in its group (cache.group_of), so on a Redis Cluster one FCALL touches one slot. The
-agent names every key: the group's keys and the call's in KEYS, the parties' account and open-call keys in
-the parties it sends (kept in the call, so an end or the expiry finds them there); nothing here builds one.
+agent names every key, and every key a function touches is one of its KEYS: the call's and the group's, then
+its parties' account and open-call keys (those are also kept in the parties, `k`, `o`, `ox`, so a function
+can tell which it needs). A function whose declared keys lack one of its call's parties' changes nothing
+and answers `keys` with the list it needs (see undeclared); nothing here builds a key.
   per tenant, <t> being len(tenant):tenant
   account  rating:{g}:a:<t>:<account_tag>   HASH  balance, reserved (held by open calls), cv (the newest
                  catalog change of the account alone, see publish)
@@ -23,8 +25,8 @@ the parties it sends (kept in the call, so an end or the expiry finds them there
                  replace the earlier call's.
   once per group
   deadlines rating:{g}:deadlines   ZSET call key -> when the agent must expire or end the call by itself (ms)
-  outbox   rating:{g}:outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state) or
-                 e=ledger (a balance move). An open call (authorized, begun) is only in its call hash; a
+  outbox   rating:{g}:outbox   STREAM what PostgreSQL must learn: e=txn (a call in its final state, with
+                 the balance moves it made: see ledger) or e=ledger (a balance move of its own: rating_balance). An open call (authorized, begun) is only in its call hash; a
                  reader that must list it writes its current state itself (agent/store/writer.py catch_up),
                  versioned by Redis' clock when the state was written (ts/tu; cm/cu in documents).
   catalog  rating:{g}:catalog   STRING the newest catalog change published by a writer
@@ -66,6 +68,8 @@ local REUSABLE = {refused = true, rolledback = true, cancelled = true, expired =
 -- the running function's group's stats hash and broken set: keys of its KEYS, set by each entry point
 -- before anything else (a function runs alone, so this never mixes two calls' keys)
 local STATS, BROKEN
+-- what the running function counted in STATS, written once by save (see count): reset by each entry point
+local COUNTED = {}
 
 local function num(value)
   return tonumber(value) or 0
@@ -471,13 +475,50 @@ local function encode_refused(doc, parties)
     ',"rt":', cjson.encode(doc.rt), ',"bal":', int(doc.bal), ',"u":0,"p":', parties, '}'})
 end
 
+-- Counts in STATS what the running function did (running calls, charges, amounts), written at once by save:
+-- the counts in one HSET after reading them (a read costs Redis a fraction of a write), each amount with its
+-- own HINCRBY (exact as integers, whatever the total reaches); an end of one charged party writes two
+-- fields' worth instead of three HINCRBY.
+local COUNTS, AMOUNTS = {'running', 'charges'}, {'charged', 'refunded'}
+
+local function count(field, amount)
+  COUNTED[field] = (COUNTED[field] or 0) + amount
+end
+
+local function write_counted()
+  local fields = {}
+  for _, field in ipairs(COUNTS) do
+    if (COUNTED[field] or 0) ~= 0 then
+      fields[#fields + 1] = field
+    end
+  end
+  if #fields == 1 then
+    redis.call('HINCRBY', STATS, fields[1], int(COUNTED[fields[1]]))
+  elseif #fields > 1 then
+    local now, changes = redis.call('HMGET', STATS, unpack(fields)), {}
+    for index, field in ipairs(fields) do
+      changes[#changes + 1] = field
+      changes[#changes + 1] = int(num(now[index]) + COUNTED[field])
+    end
+    redis.call('HSET', STATS, unpack(changes))
+  end
+  for _, field in ipairs(AMOUNTS) do
+    if (COUNTED[field] or 0) ~= 0 then
+      redis.call('HINCRBY', STATS, field, int(COUNTED[field]))
+    end
+  end
+  COUNTED = {}
+end
+
 -- Stores a call in a final state as a document (replacing the hash), sends it to the outbox and keeps it
 -- `retention` seconds for retries and reads. `meta`: the call's meta text. `encode`: how the document
 -- becomes text (encode_refused for a call refused at once; cjson.encode by default). An open call stored as a
 -- document (by versions before the field form) is written back the same way, its version in cm (ms) and
 -- cu (µs within it).
 local function save(key, doc, outbox, retention, meta, encode)
-  doc.fields = nil
+  local moves, moved_at = doc.moves, doc.moved_at  -- (never part of the document)
+  doc.fields, doc.moves, doc.moved_at = nil, nil, nil
+  write_counted()
   if not FINAL[doc.st] then
     local now = redis.call('TIME')
     doc.cm = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -490,12 +531,21 @@ local function save(key, doc, outbox, retention, meta, encode)
   redis.call('DEL', key)
   redis.call('HSET', key, 'doc', encoded, 'meta', meta)
   redis.call('EXPIRE', key, retention)
-  redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
+  if moves then
+    redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta, 'tn', doc.tn,
+      'mv', '[' .. table.concat(moves, ',') .. ']', 'at', int(moved_at))
+  else
+    redis.call('XADD', outbox, '*', 'e', 'txn', 'doc', encoded, 'meta', meta)
+  end
 end
 
-local function ledger(outbox, doc, party, kind, amount, balance, at)
-  redis.call('XADD', outbox, '*', 'e', 'ledger', 'tn', doc.tn, 'a', party.a, 'k', kind,
-    'amt', int(amount), 'bal', int(balance), 'tt', doc.tt, 'at', int(at))
+-- A balance move of the call being decided, for the ledger: carried in the call's own outbox entry (`mv`:
+-- [account_tag, kind, amount, balance after] per move, `at` when; cache/call.py moves), which save writes
+-- once, rather than an entry of its own per move (one XADD a charged party fewer).
+local function ledger(doc, party, kind, amount, balance, at)
+  local moves = doc.moves or {}
+  moves[#moves + 1] = '[' .. cjson.encode(party.a) .. ',"' .. kind .. '",' .. int(amount) .. ',' .. int(balance) .. ']'
+  doc.moves, doc.moved_at = moves, at
 end
 
 local function parties_of(doc)
@@ -505,14 +555,57 @@ local function parties_of(doc)
   return doc.p
 end
 
--- Gives back what an open call holds: its reservation and its place among the account's open calls.
-local function release(doc)
+-- The keys the parties of a call need, appended to `list`: each party's account and open-call set, and with
+-- `other` (a decision under a total limit) its other direction's set too.
+local function wanted(parties, list, other)
+  for _, party in ipairs(parties) do
+    list[#list + 1] = party.k
+    list[#list + 1] = party.o
+    if other and party.ox then
+      list[#list + 1] = party.ox
+    end
+  end
+  return list
+end
+
+-- nil when every key of `list` is declared (KEYS from `first` on); else the reply `keys` naming them all
+-- (once each, after the six reply fields): the agent sends the same call again with them, nothing written.
+-- A few keys against a few: comparing interned strings costs less than building a set.
+local function undeclared(keys, first, list)
+  for _, key in ipairs(list) do
+    local found = false
+    for index = first, #keys do
+      if keys[index] == key then
+        found = true
+        break
+      end
+    end
+    if not found then
+      local answer, seen = {0, 'keys', '', '', 0, 0}, {}
+      for _, name in ipairs(list) do
+        if not seen[name] then
+          seen[name] = true
+          answer[#answer + 1] = name
+        end
+      end
+      return answer
+    end
+  end
+end
+
+-- Gives back what an open call holds: its reservation and its place among the account's open calls. With
+-- `charging`, the reservation is given back by the charge that follows, in the same write as the balance.
+local function release(doc, charging)
   if doc.st == 'begun' then
-    redis.call('HINCRBY', STATS, 'running', -1)
+    count('running', -1)
   end
   for _, party in ipairs(parties_of(doc)) do
     if num(party.rv) ~= 0 then
-      redis.call('HINCRBY', party.k, 'reserved', int(-party.rv))
+      if charging then
+        party.held = num(party.rv)
+      else
+        redis.call('HINCRBY', party.k, 'reserved', int(-party.rv))
+      end
     end
     party.rv = 0
     if party.o and doc.ck then
@@ -521,16 +614,28 @@ local function release(doc)
   end
 end
 
--- Charges every party for `duration` seconds (fees are already capped by the caller) and releases the call.
+-- Charges every party for `duration` seconds (fees are already capped by the caller) and gives back what
+-- release(doc, true) left it: a party charged and holding a reservation is written once (balance and
+-- reserved in one HSET after reading both, exact: every amount stays below 2^53).
 local function charge(doc, duration, outbox, at, begin_ms)
   for _, party in ipairs(parties_of(doc)) do
     local amount = fee(party.r, duration, begin_ms)  -- a timeline is priced from the answer
-    party.f = amount
+    local held = party.held or 0
+    party.f, party.held = amount, nil
     if amount ~= 0 then
-      local balance = redis.call('HINCRBY', party.k, 'balance', -amount)
-      ledger(outbox, doc, party, 'charge', -amount, balance, at)
-      redis.call('HINCRBY', STATS, 'charges', 1)
-      redis.call('HINCRBY', STATS, 'charged', amount)
+      local balance
+      if held ~= 0 then
+        local now = redis.call('HMGET', party.k, 'balance', 'reserved')
+        balance = num(now[1]) - amount
+        redis.call('HSET', party.k, 'balance', int(balance), 'reserved', int(num(now[2]) - held))
+      else
+        balance = redis.call('HINCRBY', party.k, 'balance', -amount)
+      end
+      ledger(doc, party, 'charge', -amount, balance, at)
+      count('charges', 1)
+      count('charged', amount)
+    elseif held ~= 0 then
+      redis.call('HINCRBY', party.k, 'reserved', int(-held))
     end
   end
 end
@@ -688,7 +793,8 @@ local function unseeded(parties, index)
   return {0, 'unseeded', '', parties[index].a, index, 0}
 end
 
--- KEYS call, deadlines, outbox, catalog, stats[, the refused account (see stale)]
+-- KEYS call, deadlines, outbox, catalog, stats[, the refused account (see stale), given with a refused tag],
+--      then the parties' keys (see wanted: with their other direction's open-call sets)
 -- ARGV now_ms, settings (see settings_of), begin(0/1), tenant, transaction_tag, parties_json ('' when the
 --      agent could not plan: a begin with only the transaction tag; '-' for a begin not planned yet, see
 --      below), meta_json, refusal reason ('' if none), refused tag, at_ms (authorization or begin time),
@@ -698,7 +804,7 @@ end
 -- the agent plans the call and sends it again (the begin then authorizes the call too).
 local function authorize(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
-  STATS = keys[5]
+  STATS, COUNTED = keys[5], {}
   local settings = settings_of(args[2])
   local now, ttl, share, cap = tonumber(args[1]), settings.ttl, settings.share, settings.cap
   local beginning, retention, grace, at = args[3] == '1', settings.retention, settings.grace, tonumber(args[10])
@@ -723,6 +829,12 @@ local function authorize(keys, args)
     if not beginning then
       return reply(not REUSABLE[doc.st], doc)
     end
+    if doc.st == 'authorized' then  -- its begin may top up reservations (rebudget)
+      local missing = undeclared(keys, 6, wanted(parties_of(doc), {}, false))
+      if missing then
+        return missing
+      end
+    end
     local was = doc.st
     local ok = begin_call(doc, key, deadlines, at, grace)
     if doc.st ~= was then
@@ -738,11 +850,15 @@ local function authorize(keys, args)
     return {0, 'missing', '', '', 0, 0}
   end
   local version = tonumber(args[11])
-  local outdated = stale(keys[4], version, keys[6])
+  local outdated = stale(keys[4], version, args[9] ~= '' and keys[6] or nil)
   if outdated then
     return outdated
   end
   local parties = cjson.decode(args[6])
+  local missing = undeclared(keys, 6, wanted(parties, {}, true))
+  if missing then
+    return missing
+  end
   local reason, refused_tag, units, balance = decide(parties, args[8], args[9], share, cap, version, at, ttl)
   if reason == nil then
     if units then
@@ -798,7 +914,7 @@ local function finish_call(key, doc, meta, deadlines, outbox, retention, end_ms,
     if duration > doc.u then
       duration = doc.u
     end
-    release(doc)
+    release(doc, true)
     charge(doc, duration, outbox, now, doc.tb)
     doc.st = 'ended'
     doc.te = end_ms
@@ -827,7 +943,7 @@ local function finish_unbegun(key, doc, meta, deadlines, outbox, retention, end_
   begin_ms = begin_ms or doc.ta or end_ms
   if doc.st == 'authorized' then
     rebudget(doc, begin_ms)  -- answered where the reservation may not pay the units: charged as far as paid
-    release(doc)
+    release(doc, true)
     redis.call('ZREM', deadlines, key)
   end
   local duration = duration_of(begin_ms, end_ms)
@@ -844,16 +960,25 @@ local function finish_unbegun(key, doc, meta, deadlines, outbox, retention, end_
   return true
 end
 
--- KEYS call, deadlines, outbox, catalog, stats; ARGV now_ms, end_ms, retention_s, begin_ms ('' when the
---      end carries none)
+-- Every state that changes something here: its parties' keys must be declared.
+local CHARGEABLE = {authorized = true, begun = true, expired = true}
+
+-- KEYS call, deadlines, outbox, catalog, stats, the parties' keys; ARGV now_ms, end_ms, retention_s, begin_ms
+--      ('' when the end carries none)
 local function finish(keys, args)
-  STATS = keys[5]
+  STATS, COUNTED = keys[5], {}
   local doc, meta = load(keys[1])
   if not doc then
     return {0, 'missing', '', '', 0, 0}
   end
   if doc.st == 'ended' then
     return reply(true, doc)
+  end
+  if CHARGEABLE[doc.st] then
+    local missing = undeclared(keys, 6, wanted(parties_of(doc), {}, false))
+    if missing then
+      return missing
+    end
   end
   local ok
   if doc.st == 'authorized' or doc.st == 'expired' then
@@ -866,10 +991,10 @@ local function finish(keys, args)
   return reply(ok, doc)
 end
 
--- KEYS call, deadlines, outbox, catalog, stats; ARGV now_ms, retention_s
+-- KEYS call, deadlines, outbox, catalog, stats, the parties' keys; ARGV now_ms, retention_s
 local function rollback(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
-  STATS = keys[5]
+  STATS, COUNTED = keys[5], {}
   local doc, meta = load(key)
   if not doc then
     return {0, 'missing', '', '', 0, 0}
@@ -877,14 +1002,20 @@ local function rollback(keys, args)
   if doc.st == 'rolledback' then
     return reply(true, doc)
   end
+  if doc.st == 'authorized' or doc.st == 'begun' or doc.st == 'recorded' then
+    local missing = undeclared(keys, 6, wanted(parties_of(doc), {}, false))
+    if missing then
+      return missing
+    end
+  end
   if doc.st == 'authorized' or doc.st == 'begun' then
     release(doc)
   elseif doc.st == 'recorded' then
     for _, party in ipairs(parties_of(doc)) do
       if num(party.f) ~= 0 then
         local balance = redis.call('HINCRBY', party.k, 'balance', party.f)
-        ledger(outbox, doc, party, 'refund', party.f, balance, tonumber(args[1]))
-        redis.call('HINCRBY', STATS, 'refunded', party.f)
+        ledger(doc, party, 'refund', party.f, balance, tonumber(args[1]))
+        count('refunded', party.f)
       end
     end
     doc.removed = 1
@@ -900,19 +1031,29 @@ end
 -- A one-shot call record, priced from its own begin and end and charged at once. Also the end of a call
 -- whose open state Redis lost (mode 'ended': Redis came back empty, PostgreSQL holds no final state of it):
 -- charged from the begin its end carries, capped at `cap_s` seconds, as an ended call.
--- KEYS call, deadlines, outbox, catalog, stats; ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
+-- KEYS call, deadlines, outbox, catalog, stats, the parties' keys (and those of a call authorized under the tag);
+-- ARGV now_ms, retention_s, tenant, transaction_tag, parties_json,
 --      meta_json, auth_ms ('' if none), begin_ms, end_ms, catalog version planned on, call identity (a
 --      call authorized under the tag keeps its own: the record is that call's), mode ('' or 'ended'),
 --      cap_s (mode 'ended')
 local function record(keys, args)
   local key, deadlines, outbox = keys[1], keys[2], keys[3]
-  STATS = keys[5]
+  STATS, COUNTED = keys[5], {}
   local version = tonumber(args[10])
   local outdated = stale(keys[4], version)
   if outdated then
     return outdated
   end
   local parties = cjson.decode(args[5])
+  local doc = load(key)
+  local needed = wanted(parties, {}, false)
+  if doc and doc.st == 'authorized' then
+    wanted(parties_of(doc), needed, false)
+  end
+  local missing = undeclared(keys, 6, needed)
+  if missing then
+    return missing
+  end
   for index, party in ipairs(parties) do
     local held = redis.call('HMGET', party.k, 'balance', 'cv')
     if held[2] and tonumber(held[2]) > version then
@@ -922,7 +1063,6 @@ local function record(keys, args)
       return unseeded(parties, index)
     end
   end
-  local doc = load(key)
   local identity, lost = args[11], args[12] == 'ended'
   if doc and lost then  -- the call is known again (a concurrent end got here first): answered as it is
     return reply(doc.st == 'ended', doc)
@@ -962,34 +1102,41 @@ local function record(keys, args)
   return reply(true, doc)
 end
 
--- Expires unbegun reservations and ends overdue calls whose deadline has passed.
--- KEYS deadlines, outbox, stats, broken (one group's); ARGV now_ms, retention_s, max_calls,
---      expired_retention_s (how long an expired authorization is kept to match a late end: longer than the
---      longest call)
+-- Expires an unbegun reservation or ends an overdue call whose deadline has passed: one call per FCALL, its
+-- parties' keys declared (the housekeeper lists the group's due calls with ZRANGEBYSCORE, sends each call's
+-- key alone, and again with the keys the `keys` answer names). Answers as the call functions do; `waiting`
+-- for a call not due (any more), `gone` for a deadline without an open call (removed).
+-- KEYS deadlines, outbox, stats, broken (one group's), the call, its parties' keys; ARGV now_ms,
+--      retention_s, expired_retention_s (how long an expired authorization is kept to match a late end:
+--      longer than the longest call)
 local function expire(keys, args)
-  local deadlines, outbox = keys[1], keys[2]
-  STATS, BROKEN = keys[3], keys[4]
+  local deadlines, outbox, key = keys[1], keys[2], keys[5]
+  STATS, BROKEN, COUNTED = keys[3], keys[4], {}
   local now = tonumber(args[1])
-  local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, tonumber(args[3]))
-  local done = 0
-  for _, key in ipairs(due) do
-    local ok, doc, meta = pcall(load, key)
-    if ok and doc and (doc.st == 'authorized' or doc.st == 'begun') then
-      local finished, err = pcall(finish_call, key, doc, meta, deadlines, outbox, tonumber(args[2]), now, now, true,
-        tonumber(args[4]))
-      if not finished then
-        -- never retry a call that cannot be finished every second forever (what it wrote before failing
-        -- would be written again): it is set aside for an operator, counted (rating_calls_broken) and logged
-        redis.log(redis.LOG_WARNING, 'rating: cannot expire ' .. key .. ': ' .. tostring(err))
-        redis.call('ZREM', deadlines, key)
-        redis.call('SADD', BROKEN, key)
-      end
-      done = done + 1
-    else
-      redis.call('ZREM', deadlines, key)
-    end
+  local due = redis.call('ZSCORE', deadlines, key)
+  if not due or tonumber(due) > now then
+    return {0, 'waiting', '', '', 0, 0}
   end
-  return done
+  local ok, doc, meta = pcall(load, key)
+  if not (ok and doc and (doc.st == 'authorized' or doc.st == 'begun')) then
+    redis.call('ZREM', deadlines, key)
+    return {0, 'gone', '', '', 0, 0}
+  end
+  local missing = undeclared(keys, 6, wanted(parties_of(doc), {}, false))
+  if missing then
+    return missing
+  end
+  local finished, err = pcall(finish_call, key, doc, meta, deadlines, outbox, tonumber(args[2]), now, now, true,
+    tonumber(args[3]))
+  if not finished then
+    -- never retry a call that cannot be finished every second forever (what it wrote before failing
+    -- would be written again): it is set aside for an operator, counted (rating_calls_broken) and logged
+    redis.log(redis.LOG_WARNING, 'rating: cannot expire ' .. key .. ': ' .. tostring(err))
+    redis.call('ZREM', deadlines, key)
+    redis.call('SADD', BROKEN, key)
+    return {0, 'broken', '', '', 0, 0}
+  end
+  return reply(true, doc)
 end
 
 -- Sets or moves a balance and writes the move to the ledger.
@@ -1022,8 +1169,8 @@ local function seed(keys, args)
   if live then
     return tonumber(live)
   end
-  local balance, upper = args[3], '+'
-  while balance == args[3] do  -- newest first, down to what PostgreSQL applied
+  local balance, upper, found = args[3], '+', false
+  while not found do  -- newest first, down to what PostgreSQL applied
     local batch = redis.call('XREVRANGE', keys[2], upper, '(' .. args[4], 'COUNT', 1000)
     if #batch == 0 then
       break
@@ -1034,7 +1181,17 @@ local function seed(keys, args)
         fields[entry[2][index]] = entry[2][index + 1]
       end
       if fields.e == 'ledger' and fields.tn == args[1] and fields.a == args[2] then
-        balance = fields.bal
+        balance, found = fields.bal, true
+      elseif fields.mv and fields.tn == args[1] then  -- a call's moves (see ledger), the newest last
+        local moves = cjson.decode(fields.mv)
+        for index = #moves, 1, -1 do
+          if moves[index][1] == args[2] then
+            balance, found = int(moves[index][4]), true
+            break
+          end
+        end
+      end
+      if found then
         break
       end
     end
@@ -1089,3 +1246,34 @@ redis.register_function('rating_expire', expire)
 redis.register_function('rating_balance', balance)
 redis.register_function('rating_seed', seed)
 redis.register_function{function_name = 'rating_price', callback = price, flags = {'no-writes'}}
+
+--[[ Rerating (agent/store/rerate.py; this block is the rerate's, kept apart from the functions above)
+One adjustment of a rerate, made once: its marker in the rerate's hash, the balance move with its ledger
+entry (balance above), and the call's final state in Redis given the record's new fee. A function rather
+than WATCH/MULTI so it runs alike on one server and on a cluster (all four keys are in the tenant's group).
+The agent read the call's doc and meta and computed the new ones; they are written only if the call still
+holds what it read (compare-and-set, as WATCH did), else nothing is done and the agent reads again.
+KEYS markers, call, account, outbox; ARGV marker, doc read, meta read ('' for none), new doc, new meta
+('' to leave the call as it is), then balance's ARGV: tenant, account_tag, amount to add (0: no move, for a
+call whose rollback gave back its whole first fee), now_ms, reference.
+Returns 1 (made), 0 (its marker says it was made already) or -1 (the call changed since it was read).
+]]
+local function rerate_move(keys, args)
+  if redis.call('HEXISTS', keys[1], args[1]) == 1 then
+    return 0
+  end
+  local now = redis.call('HMGET', keys[2], 'doc', 'meta')
+  if (now[1] or '') ~= args[2] or (now[2] or '') ~= args[3] then
+    return -1
+  end
+  redis.call('HSET', keys[1], args[1], 1)
+  if tonumber(args[8]) ~= 0 then
+    balance({keys[3], keys[4]}, {args[6], args[7], 'add', args[8], args[9], args[10]})
+  end
+  if args[4] ~= '' then
+    redis.call('HSET', keys[2], 'doc', args[4], 'meta', args[5])
+  end
+  return 1
+end
+
+redis.register_function('rating_rerate_move', rerate_move)

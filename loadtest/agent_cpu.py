@@ -8,7 +8,8 @@ Each tree gets its own Redis, PostgreSQL and agent (`python -m agent serve` from
 workers), the catalog of loadtest/sip_load.py imported. Then, taking turns round by round, an HTTP client in
 this process places `--calls` calls at `--rate` calls/s on each: authorization, begin, 100 ms, end, with the
 bodies Kamailio's rating.cfg sends. Per call: CPU of each process (/proc, as sip_load.py --breakdown counts
-it), Redis commands and AOF bytes, PostgreSQL commits and WAL bytes, the authorization's latency as this
+it), Redis commands, write commands (inside functions too), FCALLs and AOF bytes, PostgreSQL commits and WAL
+bytes, the authorization's latency as this
 client saw it and the agent's mean (its histogram). Median (min-max) of the rounds, and each tree's total
 against the first tree's. The client shares the machine: its own CPU is not counted, its latency is.
 """
@@ -33,6 +34,9 @@ from devstack import AgentProcess, PostgresServer, RedisServer  # noqa: E402
 import sip_load  # noqa: E402
 
 HOLD = 0.1  # seconds between a call's begin and its end
+# the write commands the library and the writer send (INFO commandstats names)
+WRITES = ("hset", "hincrby", "hdel", "sadd", "srem", "zadd", "zrem", "del", "unlink", "expire", "pexpire", "set",
+          "xadd", "xack", "xdel", "xautoclaim")
 
 
 async def place_calls(url: str, rate: float, calls: int, prefix: str) -> list[float]:
@@ -98,6 +102,10 @@ def measure(name: str, stack: dict, args: argparse.Namespace, round_no: int) -> 
     result = {
         "cpu_ms": {part: 1000 * ticks / sip_load.TICKS / calls for part, ticks in cpu.items()},
         "redis commands": (redis_after["commands"] - redis_before["commands"]) / calls,
+        # write commands, inside functions too (INFO commandstats counts those one by one)
+        "redis write commands": sum(redis_after.get(f"cmd:{name}", 0) - redis_before.get(f"cmd:{name}", 0)
+                                    for name in WRITES) / calls,
+        "redis FCALLs": (redis_after.get("cmd:fcall", 0) - redis_before.get("cmd:fcall", 0)) / calls,
         "redis AOF bytes": (redis_after["aof_bytes"] - redis_before["aof_bytes"]) / calls,
         "postgres commits": (pg_after["xact_commit"] - pg_before["xact_commit"]) / calls,
         "postgres WAL bytes": (pg_after["wal"] - pg_before["wal"]) / calls,

@@ -9,18 +9,28 @@ import asyncio
 
 import asyncpg
 import redis
-import redis.asyncio as aioredis
 
+import cache
 from agent.store.records import read_records
 from cache import account_key, open_calls_keys
 
 
+def client(redis_url: str) -> redis.Redis:
+    """A synchronous client of `redis_url`: one server, or a Redis Cluster (redis+cluster://, cache/cluster.py)."""
+    if cache.cluster.is_cluster(redis_url):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = cache.cluster.parse(redis_url).nodes
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], decode_responses=True)
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
 def _hash_int(redis_url: str, account_tag: str, tenant: str, field: str) -> int:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    connection = client(redis_url)
     try:
-        return int(client.hget(account_key(tenant, account_tag), field) or 0)
+        return int(connection.hget(account_key(tenant, account_tag), field) or 0)
     finally:
-        client.close()
+        connection.close()
 
 
 def balance(redis_url: str, account_tag: str, tenant: str = "default") -> int:
@@ -35,26 +45,26 @@ def reserved(redis_url: str, account_tag: str, tenant: str = "default") -> int:
 
 def open_calls(redis_url: str, account_tag: str, tenant: str = "default") -> int:
     """How many calls of the account are authorized or running."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    connection = client(redis_url)
     try:
-        return sum(client.scard(key) for key in open_calls_keys(tenant, account_tag))
+        return sum(connection.scard(key) for key in open_calls_keys(tenant, account_tag))
     finally:
-        client.close()
+        connection.close()
 
 
 async def call_record_async(
     redis_url: str, database_url: str, transaction_tag: str, account_tag: str, tenant: str = "default"
 ) -> dict | None:
-    client = aioredis.from_url(redis_url, decode_responses=True)
+    connection = cache.connect(redis_url, 5.0)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
-        for record in await read_records(client, pool, tenant, transaction_tag):
+        for record in await read_records(connection, pool, tenant, transaction_tag):
             if record["account_tag"] == account_tag:
                 return record
         return None
     finally:
         await pool.close()
-        await client.aclose()
+        await connection.aclose()
 
 
 def call_record(

@@ -239,3 +239,19 @@ async def test_the_hot_path_reads_the_slot_map_from_the_first_seed_node_that_ans
     with pytest.raises(cache.UNAVAILABLE, match="no Redis Cluster node answered"):
         await nobody.call("GET", "x")
     await nobody.close()
+
+
+@on_cluster
+async def test_calls_with_linked_accounts_and_limits_in_both_directions_on_a_cluster(agent, stack, redis_kind):
+    """Every party's key declared (issue 16): linked accounts, a total limit's other direction, ends and
+    rollbacks naming no account (sent again with the keys the library names)."""
+    await test_transaction.test_linked_prepaid_accounts_cap_units_and_are_charged_at_their_own_rate(agent, stack)
+    await stack.redis.flushall()
+    await test_transaction.test_total_limit_counts_open_calls_in_both_directions_until_they_end(agent, stack)
+    await stack.redis.flushall()
+    await test_transaction.test_tag_only_begin_and_end_restore_both_sides_from_the_authorization(agent, stack)
+
+
+@on_cluster
+async def test_a_call_outliving_its_units_is_ended_by_the_expiry_on_a_cluster(agent, stack, redis_kind):
+    await test_expiry.test_a_call_outliving_its_units_and_grace_is_ended_and_charged_at_its_units(agent, stack)

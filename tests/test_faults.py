@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 import os
 import shutil
@@ -31,7 +32,7 @@ import pytest
 import cache
 from devstack import PostgresServer, RedisServer
 from tests.conftest import AgentProcess, run_cli
-from tests.test_transaction import catalog, prepaid
+from tests.test_transaction import catalog, post, prepaid
 
 INITIAL = 10**9
 CALLS = 120
@@ -447,7 +448,7 @@ async def test_a_redis_cluster_master_killed_under_load_is_replaced_by_its_repli
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("no failover")
-            await asyncio.to_thread(victim.start)  # back as the new master's replica
+            victim.start()  # back as the new master's replica (from this thread: it dies with its starter's)
             await asyncio.to_thread(redis_cluster.wait_ready)
 
         try:
@@ -462,4 +463,163 @@ async def test_a_redis_cluster_master_killed_under_load_is_replaced_by_its_repli
             agent.stop()
     finally:
         await database.close()
+        await redis.aclose()
+
+
+def _replication_offset(port: int) -> int:
+    """What the server on `port` has of its replication stream: a master's offset, a replica's processed one."""
+    import redis
+
+    with redis.Redis(port=port, decode_responses=True, socket_timeout=2) as client:
+        info = client.info("replication")
+        return int(info["master_repl_offset"] if info["role"] == "master" else info["slave_repl_offset"])
+
+
+def _replica_of(servers, master):
+    """The cluster node replicating `master` now."""
+    import redis
+
+    with redis.Redis(port=master.port, decode_responses=True, socket_timeout=2) as client:
+        port = int(client.info("replication")["slave0"]["port"])
+    return next(server for server in servers.servers if server.port == port)
+
+
+def redis_direct(server):
+    """A client of one cluster node alone (not following the cluster's redirections)."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis(port=server.port, socket_timeout=30)
+
+
+class _NoDialogs:
+    """The listing of the Kamailios (agent/reconcile.py): the Call-IDs given, as test_reconcile's does."""
+
+    def __init__(self) -> None:
+        self.calls: set[str] = set()
+
+    async def __call__(self, session, url: str) -> set[str]:
+        return set(self.calls)
+
+
+@pytest.mark.long  # ~15 s each, a failover of the session's cluster: make test-long
+@pytest.mark.parametrize("redis_kind", ["cluster"])
+@pytest.mark.parametrize("replicas", [0, 1])
+async def test_a_write_a_failover_lost_is_reconciled_and_charged_once(agent, stack, redis_cluster, redis_kind,
+                                                                        replicas):
+    """A real lost write: the replica of the default tenant's master is frozen (SIGSTOP: it reads nothing of
+    the replication stream), a call's end is written on the master, the master is killed, the replica
+    resumes and is promoted without the end. The outbox writer is kept from carrying the end meanwhile (it
+    waits on PostgreSQL's locked records with an earlier entry in hand), so PostgreSQL never learns it either.
+    Without --redis-replicas the end was answered 200 and is lost: the call is open again in Redis, and the
+    reconciliation with Kamailio (no Kamailio lists it) ends it at the moment it was last listed alive, never
+    later than its real end. With --redis-replicas 1 the end was answered 503 (no replica took it), so
+    Kamailio's retry, once the promoted master has a replica again (the old one, back), charges the real
+    duration. Either way: one ended record, the ledger's charge equal to the balance's change, PostgreSQL's
+    balance equal to Redis's, nothing reserved or open."""
+    from agent.config import Settings
+    from agent.reconcile import Reconciler
+    from agent.transaction import now_ms
+
+    group = cache.group_of("default")
+    client = await agent(catalog(prepaid("a", INITIAL), prepaid("poor", 0)),
+                         redis_replicas=replicas)
+    begin = now_ms() - 10_000
+    await post(client, "authorization", transaction_tag="x", account_tag="a", destination="39",
+                  timestamp_auth=str(begin / 1000))
+    await post(client, "begin", transaction_tag="x", account_tag="a", timestamp_begin=str(begin / 1000))
+    kamailio = _NoDialogs()
+    kamailio.calls = {"x"}
+    reconcile_settings = Settings(redis_url=stack.redis_url, database_url=stack.database_url,
+                                  kamailio_rpc="http://kamailio.invalid/rpc", kamailio_reconcile_after=0.0)
+    await Reconciler(reconcile_settings, stack.redis, kamailio).run_once(None)  # listed alive now
+    seen = int(await stack.redis.hget("rating:kamailio:seen", cache.call_key("default", "x")))
+
+    master = redis_cluster.master_of(group.outbox)
+    replica = _replica_of(redis_cluster, master)
+    lock = await asyncpg.connect(stack.database_url)
+    try:
+        locked = lock.transaction()
+        await locked.start()
+        await lock.execute("LOCK TABLE transactions, ledger IN EXCLUSIVE MODE")
+        # an earlier entry (a refused call's record) the writer takes and waits with at the lock
+        refused = await post(client, "authorization", transaction_tag="r", account_tag="poor", destination="39")
+        assert refused["authorized"] is False
+        for _ in range(200):  # bounded: 10 s
+            if (await stack.redis.xpending(group.outbox, cache.OUTBOX_GROUP))["pending"] > 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the writer never took the refused call's entry")
+        for _ in range(200):  # the replica has everything so far, then takes nothing more
+            if _replication_offset(replica.port) == _replication_offset(master.port):
+                break
+            await asyncio.sleep(0.05)
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            # more than the kernel's socket buffers hold (a few MB on loopback): what the master writes next
+            # stays in its own output buffer for the frozen replica, and dies with it
+            async with redis_direct(master) as direct:
+                await direct.set(f"{group.prefix}ballast", b"x" * (32 << 20))
+            end = {"transaction_tag": "x", "account_tag": "a", "timestamp_end": str(now_ms() / 1000),
+                   "timestamp_begin": str(begin / 1000)}
+            reply = await client.post("/v1/end_transaction", json=end)
+            assert reply.status == (503 if replicas else 200), await reply.text()
+            master.process.kill()
+            await asyncio.to_thread(master.process.wait)
+            master.process = None
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        for _ in range(600):  # bounded: 30 s for the cluster to promote the replica
+            if redis_cluster.master_of(group.outbox) is replica:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no failover")
+        await locked.rollback()
+    finally:
+        await lock.close()
+    # back as the new master's replica (its lost end discarded); started from this thread, not to_thread's:
+    # a server dies with the thread that started it (devstack's PDEATHSIG), and the next tests need it
+    master.start()
+    await asyncio.to_thread(redis_cluster.wait_ready)
+    redis = cache.connect(redis_cluster.url, 5.0)  # a client that never knew the killed master
+    try:
+        # the end is lost: the call is running again
+        assert cache.call_key("default", "x") in await Reconciler(reconcile_settings, redis, kamailio).running_calls()
+        if replicas:
+            for _ in range(100):  # Kamailio's retries, same body (bounded: 10 s)
+                reply = await client.post("/v1/end_transaction", json=end)
+                if reply.status == 200:
+                    break
+                assert reply.status == 503, await reply.text()
+                await asyncio.sleep(0.1)
+            assert reply.status == 200, await reply.text()
+        else:
+            kamailio.calls = set()  # the call is on no Kamailio any more
+            ended = await Reconciler(reconcile_settings, redis, kamailio).run_once(None)
+            assert ended == [cache.call_key("default", "x")]
+        await _drained(redis)
+        rows = await stack.database.fetch("SELECT transaction_tag, state, fee, duration FROM transactions"
+                                          " WHERE account_tag = 'a'")
+        assert [(row["transaction_tag"], row["state"]) for row in rows] == [("x", "ended")]
+        real = round(float(end["timestamp_end"]) * 1000) - begin  # ms
+
+        def fee_of(ms: int) -> set[int]:  # 1 a second, the last one whole; a millisecond either way of parsing
+            return {math.ceil((ms - 1) / 1000), math.ceil((ms + 1) / 1000)}
+
+        if replicas:  # the real duration
+            assert rows[0]["fee"] in fee_of(real), (rows[0], real)
+        else:  # up to its last listing alive: never past its real end
+            assert rows[0]["fee"] in fee_of(seen - begin) and seen <= begin + real, (rows[0], seen - begin, real)
+        charged = rows[0]["fee"]
+        assert await _balance(redis) == INITIAL - charged
+        assert await stack.database.fetchval(
+            "SELECT -sum(amount) FROM ledger WHERE account_tag = 'a' AND kind = 'charge'") == charged
+        assert await stack.database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") \
+            == INITIAL - charged
+        assert int(await redis.hget(cache.account_key("default", "a"), "reserved") or 0) == 0
+        assert await redis.zcard(group.deadlines) == 0
+        assert await stack.database.fetchval("SELECT state FROM transactions WHERE transaction_tag = 'r'") \
+            == "refused"
+    finally:
         await redis.aclose()

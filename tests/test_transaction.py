@@ -190,6 +190,41 @@ async def test_rollback_releases_everything_and_charges_nothing(agent, stack):
     assert (state["balance"], state["reserved"], state["n"]) == (100, 0, 0)
 
 
+async def _fcalls(stack, operation) -> tuple[dict, int]:
+    """How many FCALLs Redis ran for `operation` (an awaitable)."""
+    await stack.redis.config_resetstat()
+    answer = await operation
+    calls = (await stack.redis.info("commandstats")).get("cmdstat_fcall", {}).get("calls", 0)
+    return answer, calls
+
+
+async def test_every_key_is_declared_and_a_request_not_naming_its_parties_is_sent_once_more_with_them(agent, stack):
+    """The parties' keys are declared in every FCALL (issue 16): a begin or end names its accounts, the agent
+    derives their keys (linked accounts too) and one FCALL settles it; one naming none is answered `keys` with
+    the list, and sent again once with it."""
+    client = await agent(catalog(prepaid("a", 1000, linked_accounts=["l"]), prepaid("l", 1000), prepaid("b", 0)))
+    tags = {"account_tag": "a", "destination_account_tag": "b"}
+    answer, calls = await _fcalls(stack, post(client, "authorization", transaction_tag="c", destination="39", **tags))
+    assert (answer["authorized"], calls) == (True, 1)
+    answer, calls = await _fcalls(stack, post(client, "begin", transaction_tag="c", timestamp_begin=at(0), **tags))
+    assert (answer["ok"], calls) == (True, 1)
+    answer, calls = await _fcalls(stack, post(client, "end", transaction_tag="c", timestamp_end=at(10), **tags))
+    assert (answer["ok"], calls) == (True, 1)
+    assert (await stack.balance("a"), await stack.balance("l")) == (990, 990)
+    for tag, last in (("d", "end"), ("e", "rollback")):  # (each reserves the whole balance)
+        await post(client, "authorization", transaction_tag=tag, destination="39", **tags)
+        await post(client, "begin", transaction_tag=tag, timestamp_begin=at(0), **tags)
+        if last == "end":
+            answer, calls = await _fcalls(stack, post(client, "end", transaction_tag="d", timestamp_end=at(5)))
+            assert (answer["ok"], calls) == (True, 2)
+    answer, calls = await _fcalls(stack, post(client, "rollback", transaction_tag="e"))
+    assert (answer["ok"], calls) == (True, 2)
+    assert (await stack.balance("a"), await stack.balance("l")) == (985, 985)
+    for tag in ("a", "l", "b"):
+        state = await stack.account_state(tag)
+        assert (state.get("reserved", 0), state.get("n", 0), state.get("ni", 0)) == (0, 0, 0), tag
+
+
 # --- idempotency ------------------------------------------------------------------------------------------------------
 
 async def test_repeated_operations_answer_as_the_first_and_change_nothing(agent, stack):

@@ -11,11 +11,13 @@ Applying, batch by batch:
 1. one PostgreSQL transaction locks the batch's records, writes each changed record's new fee and rate
    snapshot (naming the rerate in `rerate_id`, keeping the first fee in `original_fee`) and one pending
    adjustment per changed record (`rerate_adjustments`);
-2. each adjustment is made in Redis by the library's own balance move (`rating_balance`, which writes the
-   ledger row through the outbox like every balance change, so PostgreSQL's balance follows), inside one
-   MULTI with a marker in the rerate's Redis hash: the move and its marker happen together or not at all.
-   The call's final state, while Redis still keeps it (--record-retention), gets the new fee in the same
-   MULTI, so a read or a rollback of the call in Redis agrees with PostgreSQL;
+2. each adjustment is made in Redis by one function of the library (`rating_rerate_move`): the balance move
+   as `rating_balance` makes it (which writes the ledger row through the outbox like every balance change,
+   so PostgreSQL's balance follows) with a marker in the rerate's Redis hash: the move and its marker happen
+   together or not at all. The call's final state, while Redis still keeps it (--record-retention), gets the
+   new fee in the same function, so a read or a rollback of the call in Redis agrees with PostgreSQL (a
+   recorded call rolled back before its move gets no move: its rollback gave back the first fee whole). Its
+   keys are all in the tenant's slot group: the same on one server and on a Redis Cluster;
 3. the adjustments are marked applied in PostgreSQL.
 A rerate stopped anywhere leaves pending adjustments at worst: the next apply of the tenant settles them
 first, skipping the ones its Redis marker says were made. Applies of one tenant take turns (an advisory lock),
@@ -32,7 +34,6 @@ from datetime import datetime
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from cache import account_key, call_key, fcall, group_of, seed_balance
 from cache import call as callstate
@@ -225,33 +226,41 @@ async def settle_pending(connection, redis: aioredis.Redis, tenant: str) -> int:
 
 
 async def _move(redis: aioredis.Redis, adjustment) -> None:
-    """One adjustment in one MULTI: its marker, the balance move and the ledger row (rating_balance), and the
-    call's final state in Redis brought to the record's fee; skipped when the marker says it was made."""
+    """One adjustment made once, atomically (the library's rating_rerate_move): its marker, the balance move and
+    the ledger row (as rating_balance makes them), and the call's final state in Redis brought to the record's
+    fee; nothing when the marker says it was made. One FCALL on the tenant's slot group, so alike on one server
+    and on a cluster: redis-py's cluster pipeline cannot carry this as WATCH/MULTI (it runs each command queued
+    after WATCH through asyncio.run in a thread of its own, and an FCALL's key lookup, COMMAND GETKEYS, then
+    uses the client's connections from a second event loop)."""
     from ..transaction import now_ms
 
     tenant, tag = adjustment["tenant"], adjustment["transaction_tag"]
-    markers, key = markers_key(tenant, adjustment["rerate_id"]), call_key(tenant, tag)
-    field_name = str(adjustment["id"])
+    key = call_key(tenant, tag)
     amount = adjustment["old_fee"] - adjustment["new_fee"]  # a higher fee takes from the balance
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(key, markers)
-                if await pipe.hexists(markers, field_name):
-                    return
-                doc, meta = await pipe.hmget(key, callstate.DOCUMENT, callstate.META)
-                refreshed = _refreshed(doc, meta, adjustment)
-                pipe.multi()
-                pipe.hset(markers, field_name, 1)
-                pipe.execute_command(*fcall(
-                    "rating_balance", (account_key(tenant, adjustment["account_tag"]), group_of(tenant).outbox),
-                    (tenant, adjustment["account_tag"], "add", amount, now_ms(), tag)))
-                if refreshed is not None:
-                    pipe.hset(key, mapping=refreshed)
-                await pipe.execute()
-                return
-            except WatchError:
-                continue  # the call's state moved meanwhile (an end, a rollback, its expiry): look again
+    keys = (markers_key(tenant, adjustment["rerate_id"]), key, account_key(tenant, adjustment["account_tag"]),
+            group_of(tenant).outbox)
+    while True:
+        doc, meta = await redis.hmget(key, callstate.DOCUMENT, callstate.META)
+        refreshed = _refreshed(doc, meta, adjustment) or {}
+        done = await redis.execute_command(*fcall("rating_rerate_move", keys, (
+            str(adjustment["id"]), doc or "", meta or "", refreshed.get(callstate.DOCUMENT, ""),
+            refreshed.get(callstate.META, ""), tenant, adjustment["account_tag"],
+            0 if _rolled_back(doc, adjustment) else amount, now_ms(), tag)))
+        if int(done) >= 0:
+            return
+        # the call's state moved between the read and the move (an end, a rollback, its expiry): look again
+
+
+def _rolled_back(doc_text: str | None, adjustment) -> bool:
+    """Whether the adjustment's call (a recorded one) was rolled back before its move was made: its rollback gave
+    back the whole fee Redis held, the first one, so moving the difference too would give it twice. Then Redis
+    holds the call removed, or (once the outbox carried the removal) PostgreSQL no longer has its record."""
+    if adjustment["fee"] is None:
+        return True
+    if not doc_text:
+        return False
+    doc = orjson.loads(doc_text)
+    return callstate.identity(doc)[2] == adjustment["call_id"] and bool(doc.get(callstate.REMOVED))
 
 
 def _refreshed(doc_text: str | None, meta_text: str | None, adjustment) -> dict | None:

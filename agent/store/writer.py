@@ -10,7 +10,8 @@ consumer of a shared consumer group on every one of them. On one Redis server a 
 at once (XREADGROUP of 16 streams, blocking); on a Redis Cluster the streams live on different masters, so
 each is read on its own and an idle writer looks again after `linger` seconds, then less and less often
 (up to every `poll` seconds) while the streams stay empty. A ledger row's id is its entry
-id qualified by its group (`<n>/<ms>-<seq>`): two streams give the same ids. A batch is written in one PostgreSQL
+id qualified by its group (`<n>/<ms>-<seq>`: two streams give the same ids), and for the balance moves a
+call's entry carries (cache/call.py moves), the move's place in it (`<n>/<ms>-<seq>/<i>`). A batch is written in one PostgreSQL
 transaction and only then acknowledged and deleted from the stream, so a crash or an unreachable database
 loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
 rows are keyed by their outbox entry and records only move forward in version.
@@ -115,6 +116,15 @@ async def write_batch(connection: asyncpg.Connection, entries: list[Entry],
         elif fields.get(callstate.ENTRY) == callstate.TXN:
             doc, meta = callstate.decode(fields)
             latest[callstate.identity(doc)] = (version, doc, meta)
+            # the call's balance moves, carried in its entry: the n-th one's row is the entry's id and n
+            for index, move in enumerate(callstate.moves(fields, doc)):
+                key = (move[callstate.TENANT], move[callstate.ACCOUNT])
+                ledger_rows.append((
+                    f"{ledger_id(group, entry_id)}/{index}", version, *key, move[callstate.MOVE],
+                    move[callstate.AMOUNT], move[callstate.BALANCE], move[callstate.TAG] or None,
+                    move[callstate.MOVED_AT],
+                ))
+                balances[key] = (move[callstate.BALANCE], version)  # the newest of the entry last
     for version, doc, meta in open_calls:
         key = callstate.identity(doc)
         if key not in latest or latest[key][0] < version:

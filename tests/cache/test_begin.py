@@ -132,7 +132,7 @@ def _answered_call(client, rng, number: int) -> None:
         standings.append(Standing(balance - reserved, credit, spends, line))
         lines.append(line)
     setup.execute()
-    keys = cache.call_keys(tenant, tag)
+    keys = cache.call_keys(tenant, tag) + cache.party_keys(parties)
     settings = f"{_TTL},{share},{cap},3600,30000"
     expected = decide(standings, share, cap, at=at, ttl=_TTL)
     reply = client.execute_command(*cache.fcall("rating_authorize", keys, (

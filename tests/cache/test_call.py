@@ -65,13 +65,18 @@ async def test_every_field_of_a_call_in_every_state_is_named_by_the_schema(agent
     assert states == {"c2": "refused", "c3": "recorded", "c4": "rolledback", "c5": "ended"}
     assert (await _state(stack, "c4"))[1].get(callstate.REMOVED) and (await _state(stack, "c5"))[1].get(
         callstate.LOST_BEGIN)
-    # the outbox: final calls and balance moves, nothing else
-    kinds = set()
+    # the outbox: final calls (with the balance moves they made) and balance moves of their own, nothing else
+    kinds, charged = set(), []
     for _, entry in await stack.redis.xrange(group_of("default").outbox):
         kinds.add(entry[callstate.ENTRY])
         if entry[callstate.ENTRY] == callstate.TXN:
-            assert set(entry) == {callstate.ENTRY, callstate.DOCUMENT, callstate.META}
-            _check_document(orjson.loads(entry[callstate.DOCUMENT]))
+            assert set(entry) in (set(callstate.TXN_FIELDS), set(callstate.TXN_FIELDS + callstate.TXN_MOVE_FIELDS))
+            doc = orjson.loads(entry[callstate.DOCUMENT])
+            _check_document(doc)
+            charged += [(doc[callstate.TAG], move[callstate.MOVE], move[callstate.AMOUNT])
+                        for move in callstate.moves(entry, doc)]
         else:
             assert entry[callstate.ENTRY] == callstate.LEDGER and set(entry) == set(callstate.LEDGER_FIELDS)
-    assert kinds == {callstate.TXN, callstate.LEDGER}
+    assert callstate.TXN in kinds and kinds <= {callstate.TXN, callstate.LEDGER}
+    assert charged == [("c1", "charge", -30), ("c3", "charge", -10), ("c4", "charge", -10), ("c4", "refund", 10),
+                       ("c5", "charge", -10)]

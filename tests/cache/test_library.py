@@ -41,7 +41,7 @@ def test_library_loads_and_registers_every_function(redis_server):
     client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
     names = {f["name"] for lib in client.execute_command("FUNCTION", "LIST") for f in _functions(lib)}
     plain = {"rating_authorize", "rating_finish", "rating_rollback", "rating_record", "rating_expire",
-             "rating_balance", "rating_seed", "rating_price", "rating_publish"}
+             "rating_balance", "rating_seed", "rating_price", "rating_publish", "rating_rerate_move"}
     assert set(cache.FUNCTIONS) == plain
     assert {name.replace("rating_", f"{cache.LIBRARY_NAME}_", 1) for name in plain} <= names
 
@@ -63,7 +63,7 @@ async def test_two_versions_of_the_library_rate_side_by_side_over_the_same_keys(
 
     def authorize(function: str, tag: str):
         return client.execute_command(
-            "FCALL", function, 5, *cache.call_keys("t", tag),
+            "FCALL", function, 7, *cache.call_keys("t", tag), *cache.party_keys([party]),
             1000, "120000,100,14400,3600,30000", 0, "t", tag, orjson.dumps([party]).decode(), "{}", "", "", 1000,
             0, f"id-{tag}")
 
@@ -71,7 +71,8 @@ async def test_two_versions_of_the_library_rate_side_by_side_over_the_same_keys(
     assert (await authorize(old, "x"))[:5] == [1, "authorized", "", "", 100]
     # the next version sees the reservation and the open call the first one made: 0 left, one slot left
     assert (await authorize(new, "y"))[:4] == [0, "refused", "BALANCE_INSUFFICIENT", "a"]
-    assert (await client.execute_command("FCALL", f"{name}_rollback", 5, *cache.call_keys("t", "x"),
+    assert (await client.execute_command("FCALL", f"{name}_rollback", 7, *cache.call_keys("t", "x"),
+                                         *cache.party_keys([party]),
                                          2000, 3600))[:2] == [1, "rolledback"]
     assert (await authorize(old, "z"))[:5] == [1, "authorized", "", "", 100]
     # the sweep keeps every library an agent noted within the hour, and deletes the others
@@ -247,7 +248,7 @@ def check_call(client, call: dict) -> None:
     at = call.get("at", 1_700_000_000_000)
     expected = decide(standings, share, cap, at=at, ttl=120_000)  # the settings' TTL: the answer seconds covered
     call_key = cache.call_key(tenant, "x")
-    reply = _fcall(client, "rating_authorize", cache.call_keys(tenant, "x"),
+    reply = _fcall(client, "rating_authorize", cache.call_keys(tenant, "x") + cache.party_keys(sent),
                    (at, f"120000,{share},{cap},3600,30000", int(call["begun"]), tenant, "x",
                     orjson.dumps(sent).decode(), "{}", "", "", at, 0, "c1"))
     refused_tag = "" if expected.refused < 0 else sent[expected.refused]["a"]
@@ -263,7 +264,7 @@ def check_call(client, call: dict) -> None:
     # the end: begun at `at` (or, its begin lost, at the begin the end carries or at the authorization)
     begin = at if call["begun"] or call["lost_begin"] is None else at + call["lost_begin"]
     end = begin + call["length"]
-    reply = _fcall(client, "rating_finish", cache.call_keys(tenant, "x"),
+    reply = _fcall(client, "rating_finish", cache.call_keys(tenant, "x") + cache.party_keys(sent),
                    (end, end, 3600, "" if call["begun"] or call["lost_begin"] is None else begin))
     # an end whose begin was lost checks the reservations against its answer (decision.answered)
     units, topups = answered([Held(s.schedule if s.spends else None, s.spends, r, s.available - r, s.credit)
@@ -307,7 +308,7 @@ async def test_a_call_planned_on_an_older_catalog_is_answered_stale_and_nothing_
 
     def authorize(version: int):
         return client.execute_command(*cache.fcall(
-            "rating_authorize", cache.call_keys("t", "x"),
+            "rating_authorize", cache.call_keys("t", "x") + cache.party_keys([party]),
             (1, "120000,100,14400,3600,30000", 0, "t", "x", orjson.dumps([party]).decode(), "{}", "", "", 1,
              version, "c1")))
 
@@ -340,7 +341,8 @@ async def test_a_change_of_one_account_makes_stale_only_the_calls_of_that_accoun
         keys = cache.call_keys("t", tag)
         sent = "[]" if refused else orjson.dumps([parties[tag]]).decode()
         return client.execute_command(*cache.fcall(
-            "rating_authorize", keys + ((cache.account_key("t", refused),) if refused else ()),
+            "rating_authorize", keys + ((cache.account_key("t", refused),) if refused else
+                                        cache.party_keys([parties[tag]])),
             (1, "120000,100,14400,3600,30000", 0, "t", tag, sent, "{}", "NOT_FOUND" if refused else "",
              refused, 1, version, "c1")))
 
@@ -376,6 +378,13 @@ async def test_a_lost_balance_is_seeded_from_postgresql_or_from_the_newest_move_
     await move("b", 1)
     assert await cache.seed_balance(client, "t", "a", 480, applied) == 460
     assert await client.hget(key, "balance") == "460"
+    # a call's moves, carried in its own entry (the newest of the account last)
+    await client.delete(key)
+    await client.xadd(cache.group_of("t").outbox, {"e": "txn", "doc": "{}", "meta": "{}", "tn": "t", "at": "2",
+                                                   "mv": '[["a","charge",-5,455],["b","charge",-1,0],["a","charge",-5,450]]'})
+    await client.xadd(cache.group_of("t").outbox, {"e": "txn", "doc": "{}", "meta": "{}", "tn": "u", "at": "3",
+                                                   "mv": '[["a","charge",-5,1]]'})  # another tenant's account a
+    assert await cache.seed_balance(client, "t", "a", 480, applied) == 450
 
 
 async def test_a_call_the_expiry_cannot_finish_is_set_aside_and_counted_not_retried_or_dropped(stack):
@@ -387,8 +396,8 @@ async def test_a_call_the_expiry_cannot_finish_is_set_aside_and_counted_not_retr
     await client.hset(key, mapping={"st": "begun", "ci": "c", "tn": "t", "tt": "broken", "ta": 0, "u": 10, "bal": 0,
                                     "rv": "0", "p": '[{"a":"a","r":[0,1,1,0]}]', "tb": 0, "meta": "{}"})
     await client.zadd(cache.group_of("t").deadlines, {key: 1})
-    assert await client.execute_command(*cache.fcall("rating_expire", cache.expiry_keys(cache.group_of("t")),
-                                                     (10**13, 3600, 100, 20000))) == 1
+    assert (await client.execute_command(*cache.fcall("rating_expire", (*cache.expiry_keys(cache.group_of("t")), key),
+                                                      (10**13, 3600, 20000))))[:2] == [0, "broken"]
     assert await client.zcard(cache.group_of("t").deadlines) == 0
     assert await client.smembers(cache.group_of("t").broken) == {key}
     live = LiveState(client)

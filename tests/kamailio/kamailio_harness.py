@@ -533,15 +533,18 @@ class RigBase:
     """What a Kamailio test module's rig starts from (rig_base)."""
 
     base: Path
-    redis: object  # devstack.RedisServer (imported when used: loadtest scripts use this module without it)
+    # devstack.RedisServer, or with redis_kind "cluster" tests/conftest.RedisClusterServers (both: url, stop());
+    # imported when used: loadtest scripts use this module without them
+    redis: object
     database_url: str
     auth_db: str
 
 
-def rig_base(tmp_path_factory, server_url: str, name: str) -> RigBase:
+def rig_base(tmp_path_factory, server_url: str, name: str, redis_kind: str = "single") -> RigBase:
     """The start of every Kamailio test module's rig: Kamailio checked (its tests fail, never skip, when it
-    cannot run), a folder, and the module's own Redis, rating database and auth database (other test
-    modules empty the shared ones between their tests). `name`: lowercase letters, for the names."""
+    cannot run), a folder, and the module's own Redis (one server, or with `redis_kind` "cluster" a Redis
+    Cluster of 3 masters and 3 replicas), rating database and auth database (other test modules empty the
+    shared ones between their tests). `name`: lowercase letters, for the names."""
     import asyncio
 
     import pytest
@@ -556,6 +559,10 @@ def rig_base(tmp_path_factory, server_url: str, name: str) -> RigBase:
     suffix = uuid.uuid4().hex[:8]
     database_url = asyncio.run(create_database(server_url, f"kamailio_{name}_{suffix}"))
     auth_db = asyncio.run(create_auth_database(server_url, f"kamailio_{name}_auth_{suffix}"))
+    if redis_kind == "cluster":
+        from conftest import RedisClusterServers  # tests/, an import root of the Kamailio test modules
+
+        return RigBase(base, RedisClusterServers(base / "redis-cluster").start(), database_url, auth_db)
     return RigBase(base, RedisServer(base / "redis").start(), database_url, auth_db)
 
 

@@ -2,12 +2,17 @@
 
 Two agents with their own folders, deck folders and ports rate against one Redis and one PostgreSQL;
 Kamailio's dispatcher spreads every request (authorization, begin, end, rollback, retries) over both, round
-robin. Agent A is SIGKILLed while calls are being set up and torn down. By design no caller notices: an
-authorization A refused or dropped is sent to B (the agents share the call state in Redis, so one that A had
-already reserved is answered as it stands), A is marked inactive at its first failure, ends A missed are
-retried on B. Then every invariant is checked: each answered call has exactly one call record, the balance
-is the initial one minus the records' fees, nothing is left reserved or open, calls placed while A is dead
-go through B, and A, started again, is back in the selection once its /ready answers.
+robin. Agent A is SIGKILLed while calls are being set up and torn down, and while its outbox writer holds a
+batch it has not written (PostgreSQL's records table is locked around the kill). By design no caller
+notices: an authorization A refused or dropped is sent to B (the agents share the call state in Redis, so one
+that A had already reserved is answered as it stands), A is marked inactive at its first failure, ends A
+missed are retried on B, and B's housekeeper claims and writes the outbox entries A had read. Then every
+invariant is checked: each answered call has exactly one record in PostgreSQL, the balance is the initial one
+minus those records' fees (PostgreSQL's ledger and balance agree), nothing is left reserved or open, calls
+placed while A is dead go through B, and A, started again, is back in the selection once its /ready answers.
+
+The whole module runs twice: on one redis-server, and (make test-long) on a Redis Cluster of 3 masters and
+3 replicas, both agents given its seed nodes (README "Scaling out").
 
 Every wait is on a condition with a bound; nothing relies on a sleep outracing a server.
 """
@@ -15,6 +20,7 @@ Every wait is on a condition with a bound; nothing relies on a sleep outracing a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -48,6 +54,9 @@ LOAD_CALLS, LOAD_RATE, HOLD_MS = 80, 20, 1500
 LATER_CALLS = 12
 # failed calls allowed in the failover window: none, since an authorization A could not take is sent to B
 FAILOVER_FAILURES = 0
+# seconds before an outbox entry a writer read and did not acknowledge may be claimed by another (30 s by
+# default): short, so B's housekeeper takes over what the killed A held within the test
+CLAIM_IDLE = 2
 
 
 def build_catalog(carrier_port: int) -> dict:
@@ -90,11 +99,11 @@ def _listening(port: int) -> bool:
 async def _records(redis_url: str, database_url: str, call_ids: list[str]) -> dict[str, list[dict]]:
     """The call records of ACCOUNT for each Call-ID (the agent's own read path: Redis, then PostgreSQL)."""
     import asyncpg
-    import redis.asyncio as aioredis
 
+    import cache
     from agent.store.records import read_records
 
-    client = aioredis.from_url(redis_url, decode_responses=True)
+    client = cache.connect(redis_url, 5.0)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
         found = {}
@@ -114,15 +123,16 @@ class Rig:
     database_url: str
     agents: tuple[AgentProcess, AgentProcess]
     kamailio: Kamailio
+    redis_kind: str
 
     def callers(self, name: str, calls: int):
         return run_callers(self.workdir / name, self.kamailio.port, NUMBER, ACCOUNT, calls=calls, rate=LOAD_RATE,
                            hold_ms=HOLD_MS, timeout=60, password=subscriber_password(ACCOUNT))
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory, postgres_server):
-    start = rig_base(tmp_path_factory, postgres_server.url, "hosts")
+@pytest.fixture(scope="module", params=["single", pytest.param("cluster", marks=pytest.mark.long)])
+def rig(request, tmp_path_factory, postgres_server):
+    start = rig_base(tmp_path_factory, postgres_server.url, "hosts", redis_kind=request.param)
     base, redis_server, database_url, auth_db = start.base, start.redis, start.database_url, start.auth_db
     add_subscriber(auth_db, ACCOUNT)
     carrier = Carrier(base / "carriers", "uas.xml", "UDP")
@@ -137,7 +147,8 @@ def rig(tmp_path_factory, postgres_server):
             # its own folder: its log, and its own deck folder (RATING_DECK_DIR), as on a host of its own
             (base / name).mkdir()
             # one after the other, from this thread: an agent dies with the thread that started it (PDEATHSIG)
-            agents.append(AgentProcess(redis_server.url, database_url, base / name).start())
+            agents.append(AgentProcess(redis_server.url, database_url, base / name,
+                                       outbox_claim_idle=CLAIM_IDLE).start())
         listed = write_agent_list(base / "agents.list", [agent.port for agent in agents])
         kamailio = Kamailio(
             base / "kamailio", auth_db=auth_db,
@@ -145,7 +156,7 @@ def rig(tmp_path_factory, postgres_server):
                      "RATING_DISPATCHER_LIST": f'"{listed}"', "RATING_AGENT_TIMEOUT": 1000,
                      "RATING_RETRY_DELAY": 1, "RATING_RETRY_MAX": 5, "TM_FR_TIMER": 2000},
         ).start()
-        yield Rig(base, redis_server.url, database_url, (agents[0], agents[1]), kamailio)
+        yield Rig(base, redis_server.url, database_url, (agents[0], agents[1]), kamailio, request.param)
     finally:
         if kamailio:
             kamailio.stop()
@@ -176,6 +187,92 @@ def start_again(rig: Rig, agent: AgentProcess) -> None:
     assert not marked or wait_for(lambda: rig.kamailio.log().count(back) > seen, 15), rig.kamailio.log()[-3000:]
 
 
+@contextlib.contextmanager
+def records_locked(database_url: str):
+    """PostgreSQL's records table locked against writes (reads go on) for the block: an outbox writer that has
+    read entries waits in its batch with them unacknowledged, as it does on a slow or stalled database."""
+    import asyncpg
+
+    locked, release, failed = threading.Event(), threading.Event(), []
+
+    async def hold():
+        connection = await asyncpg.connect(database_url)
+        try:
+            async with connection.transaction():
+                await connection.execute("LOCK TABLE transactions IN EXCLUSIVE MODE")
+                locked.set()
+                await asyncio.to_thread(release.wait)
+        finally:
+            await connection.close()
+
+    def run():
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:  # noqa: BLE001 (reported by the test's thread)
+            failed.append(exc)
+            locked.set()
+
+    holder = threading.Thread(target=run, daemon=True)
+    holder.start()
+    assert locked.wait(10) and not failed, failed
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def consumers_of(agent: AgentProcess) -> set[str]:
+    """The outbox consumer names the agent's processes may use (agent/store/writer.consumer_name)."""
+    return {f"{socket.gethostname()}-{pid}" for pid in agent.pids()}
+
+
+def held_entries(rig: Rig, consumers: set[str]) -> dict[str, dict]:
+    """The outbox entries of the default tenant's group that `consumers` have read and not acknowledged, by id,
+    with their fields."""
+    from cache import OUTBOX_GROUP, group_of
+
+    stream = group_of("default").outbox
+    client = state.client(rig.redis_url)
+    try:
+        held = [entry["message_id"] for entry in client.xpending_range(stream, OUTBOX_GROUP, "-", "+", 10_000)
+                if entry["consumer"] in consumers]
+        return {entry_id: fields for entry_id in held for _, fields in client.xrange(stream, entry_id, entry_id)}
+    finally:
+        client.close()
+
+
+def outbox_drained(rig: Rig) -> bool:
+    """Every entry of the default tenant's group written to PostgreSQL: none left, none read and unwritten."""
+    from cache import OUTBOX_GROUP, group_of
+
+    stream = group_of("default").outbox
+    client = state.client(rig.redis_url)
+    try:
+        return client.xlen(stream) == 0 and client.xpending(stream, OUTBOX_GROUP)["pending"] == 0
+    finally:
+        client.close()
+
+
+async def _stored(database_url: str, call_ids: list[str]) -> dict:
+    """What PostgreSQL holds of ACCOUNT's calls `call_ids`: their records, the ledger's charges for them and the
+    account's balance."""
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT transaction_tag, state, fee FROM transactions WHERE account_tag = $1"
+            " AND transaction_tag = ANY($2::text[])", ACCOUNT, call_ids)
+        charged = await connection.fetchval(
+            "SELECT coalesce(-sum(amount), 0) FROM ledger WHERE account_tag = $1 AND kind = 'charge'"
+            " AND transaction_tag = ANY($2::text[])", ACCOUNT, call_ids)
+        balance = await connection.fetchval("SELECT balance FROM accounts WHERE account_tag = $1", ACCOUNT)
+        return {"rows": rows, "charged": charged, "balance": balance}
+    finally:
+        await connection.close()
+
+
 def test_an_agent_killed_mid_load_loses_and_doubles_nothing(rig):
     a, b = rig.agents
     start_again(rig, a)
@@ -188,8 +285,14 @@ def test_an_agent_killed_mid_load_loses_and_doubles_nothing(rig):
     # mid-load: both agents have taken authorizations, and most calls are still to come
     assert wait_for(lambda: min(authorizations(a), authorizations(b)) >= 5, 20, interval=0.1), \
         (authorizations(a), authorizations(b), rig.kamailio.log()[-3000:])
-    taken_by_a = authorizations(a)
-    kill(a)
+    consumers = consumers_of(a)
+    with records_locked(rig.database_url):
+        # calls end meanwhile: A's writer reads some of their entries and waits with them in hand
+        assert wait_for(lambda: held_entries(rig, consumers), 20, interval=0.1), "agent A's writer read nothing"
+        taken_by_a = authorizations(a)
+        kill(a)
+        held = held_entries(rig, consumers)  # what A read and never wrote: B's housekeeper must
+    assert held
     caller.join(90)
     assert not caller.is_alive(), "the SIPp callers did not finish"
     run = load["run"]
@@ -218,8 +321,25 @@ def test_an_agent_killed_mid_load_loses_and_doubles_nothing(rig):
     charged = sum(r["fee"] for r in ended)
     assert before - state.balance(rig.redis_url, ACCOUNT) == charged
 
-    print(f"\n{LOAD_CALLS} calls under load, agent A killed after {taken_by_a} authorizations; "
-          f"failed: {len(failed)}; {LATER_CALLS} more while A was dead, all answered; charged {charged}")
+    # PostgreSQL, once B's housekeeper has written everything (what A held too, claimed after CLAIM_IDLE):
+    # one ended record per call, the ledger's charges and the account's balance agree with Redis
+    assert wait_for(lambda: outbox_drained(rig), 30, interval=0.2), held
+    assert not held_entries(rig, consumers)
+    stored = asyncio.run(_stored(rig.database_url, answered))
+    tags = [row["transaction_tag"] for row in stored["rows"]]
+    assert sorted(tags) == sorted(answered) and {row["state"] for row in stored["rows"]} == {"ended"}
+    assert sum(row["fee"] for row in stored["rows"]) == charged == stored["charged"]
+    assert stored["balance"] == state.balance(rig.redis_url, ACCOUNT)
+    # the calls whose entries A held are among them: B wrote them (A is still dead)
+    from cache import call as callstate
+
+    held_calls = {callstate.identity(callstate.decode(fields)[0])[1] for fields in held.values()
+                  if fields.get(callstate.ENTRY) == callstate.TXN}
+    assert held_calls <= set(tags), held_calls - set(tags)
+
+    print(f"\n[{rig.redis_kind}] {LOAD_CALLS} calls under load, agent A killed after {taken_by_a} authorizations"
+          f" holding {len(held)} outbox entries unwritten ({len(held_calls)} calls); failed: {len(failed)};"
+          f" {LATER_CALLS} more while A was dead, all answered; charged {charged}")
 
 
 def test_a_killed_agent_started_again_is_back_in_the_selection(rig):
@@ -273,11 +393,9 @@ def test_ends_an_agent_killed_mid_call_missed_are_retried_on_the_other(rig):
 
 
 def _begun(rig: Rig) -> int:
-    import redis
-
     from cache import open_calls_key
 
-    client = redis.Redis.from_url(rig.redis_url, decode_responses=True)
+    client = state.client(rig.redis_url)
     try:
         keys = client.smembers(open_calls_key("default", ACCOUNT, False))
         return sum(1 for key in keys if client.hget(key, "st") == "begun")

@@ -13,7 +13,7 @@ RATE = Rate("default", "pl", "c1", "39", connect_fee=5, rate=10, rate_increment=
 
 
 def _call(parties: tuple[Party, ...], request_tags=None) -> tuple[dict, dict]:
-    lua, details = Fragments(Catalog()).parties(parties)
+    lua, details, _ = Fragments(Catalog()).parties(parties)
     request = {"account_tag": "a", "destination": "3904", "tags": request_tags}
     doc = {"st": "authorized", "tn": "default", "tt": "t1", "u": 60, "ta": 1_700_000_000_000,
            "p": orjson.loads(lua)}

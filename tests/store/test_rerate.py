@@ -1,5 +1,6 @@
 """Rerating's exactly-once settlement (agent/store/rerate.py): an apply stopped between PostgreSQL and Redis is
-finished by the next one, each adjustment made once; Redis's copy of a rerated call agrees with PostgreSQL."""
+finished by the next one, each adjustment made once; Redis's copy of a rerated call agrees with PostgreSQL.
+The settlement runs on one server and on a Redis Cluster alike (one FCALL, rating_rerate_move)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from agent.store import rerate as rerating
 from agent.store.writer import catch_up
 
 START = datetime(2030, 1, 1, 10, tzinfo=timezone.utc)
+both_kinds = pytest.mark.parametrize("redis_kind", ["single", "cluster"])
 
 
 def at(seconds: float) -> str:
@@ -58,13 +60,9 @@ async def apply(client, stack, catalog) -> rerating.Rerate:
                                  START + timedelta(hours=1), dry_run=False)
 
 
-async def test_an_apply_stopped_before_redis_is_settled_once_by_the_next_apply(agent, stack, monkeypatch):
-    client = await agent(DOCUMENT)
-    await ended_call(client, "a", 10)
-    await ended_call(client, "b", 20)
-    assert await stack.balance("100") == 940
-    catalog = await corrected(client)
-
+async def stopped_apply(client, stack, catalog, monkeypatch) -> list:
+    """An apply stopped after PostgreSQL committed its batch and before Redis made a move; its pending
+    adjustments."""
     settle = rerating.settle_pending
     calls = []
 
@@ -78,11 +76,21 @@ async def test_an_apply_stopped_before_redis_is_settled_once_by_the_next_apply(a
     with pytest.raises(RuntimeError):
         await apply(client, stack, catalog)
     monkeypatch.setattr(rerating, "settle_pending", settle)
+    return await stack.database.fetch(rerating._PENDING, "default")
+
+
+@both_kinds
+async def test_an_apply_stopped_before_redis_is_settled_once_by_the_next_apply(agent, stack, monkeypatch, redis_kind):
+    client = await agent(DOCUMENT)
+    await ended_call(client, "a", 10)
+    await ended_call(client, "b", 20)
+    assert await stack.balance("100") == 940
+    catalog = await corrected(client)
+    pending = await stopped_apply(client, stack, catalog, monkeypatch)
 
     # PostgreSQL has the new fees and two pending adjustments; Redis has moved nothing yet
     fees = dict(await stack.database.fetch("SELECT transaction_tag, fee FROM transactions ORDER BY 1"))
     assert fees == {"a": 10, "b": 20}
-    pending = await stack.database.fetch(rerating._PENDING, "default")
     assert sorted((row["old_fee"], row["new_fee"]) for row in pending) == [(20, 10), (40, 20)]
     assert await stack.balance("100") == 940
     # as if the stop had come after Redis made the first move and before PostgreSQL recorded it
@@ -101,7 +109,8 @@ async def test_an_apply_stopped_before_redis_is_settled_once_by_the_next_apply(a
     assert (third.settled, third.changed) == (0, 0) and await stack.balance("100") == 970
 
 
-async def test_a_rerated_recorded_call_rolled_back_gives_back_exactly_its_new_fee(agent, stack):
+@both_kinds
+async def test_a_rerated_recorded_call_rolled_back_gives_back_exactly_its_new_fee(agent, stack, redis_kind):
     client = await agent(DOCUMENT)
     await post(client, "/v1/record_transaction", transaction_tag="r", account_tag="100", destination="39040",
                timestamp_begin=at(0), timestamp_end=at(30))
@@ -113,6 +122,44 @@ async def test_a_rerated_recorded_call_rolled_back_gives_back_exactly_its_new_fe
     # Redis still holds the recorded call: its rollback refunds the fee as rerated, not the first one
     assert (await post(client, "/v1/rollback_transaction", transaction_tag="r", account_tag="100"))["ok"] is True
     assert await stack.balance("100") == 1000
+    assert await ledger_total(stack, client) == 1000
+    assert await stack.database.fetchval("SELECT count(*) FROM transactions") == 0
+
+
+@both_kinds
+async def test_a_move_finds_the_call_changed_since_its_read_and_a_call_rolled_back_first_is_not_adjusted(
+        agent, stack, monkeypatch, redis_kind):
+    """A recorded call's rollback lands between the move's read of the call and the move (the interleaving a
+    WATCH guarded): the move finds the call changed and does nothing, reads it again, and moves no money, since
+    the rollback gave back the whole first fee; its marker is set, so the next apply settles it as made."""
+    client = await agent(DOCUMENT)
+    await post(client, "/v1/record_transaction", transaction_tag="r", account_tag="100", destination="39040",
+               timestamp_begin=at(0), timestamp_end=at(30))
+    assert await stack.balance("100") == 940
+    catalog = await corrected(client)
+    pending = await stopped_apply(client, stack, catalog, monkeypatch)
+    assert [(row["old_fee"], row["new_fee"]) for row in pending] == [(60, 30)]
+
+    read = stack.redis.hmget
+    reads = []
+
+    async def read_then_rolled_back(*args):
+        found = await read(*args)
+        reads.append(found)
+        if len(reads) == 1:
+            assert (await post(client, "/v1/rollback_transaction", transaction_tag="r", account_tag="100"))["ok"]
+        return found
+
+    monkeypatch.setattr(stack.redis, "hmget", read_then_rolled_back)
+    await rerating._move(stack.redis, pending[0])
+    monkeypatch.setattr(stack.redis, "hmget", read)
+    assert len(reads) == 2 and reads[0] != reads[1]  # the first read was stale: the move looked again
+    assert await stack.balance("100") == 1000  # 940 + 60 (the rollback's refund); no move of 30 on top
+    marker = rerating.markers_key("default", pending[0]["rerate_id"])
+    assert await stack.redis.hexists(marker, str(pending[0]["id"]))
+
+    again = await apply(client, stack, catalog)
+    assert again.settled == 1 and await stack.balance("100") == 1000
     assert await ledger_total(stack, client) == 1000
     assert await stack.database.fetchval("SELECT count(*) FROM transactions") == 0
 

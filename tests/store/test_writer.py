@@ -29,11 +29,14 @@ async def test_an_open_call_adds_nothing_to_the_outbox_and_its_end_adds_one_fina
     await post(client, "begin", transaction_tag="once", timestamp_begin=at(0))
     assert await _added(stack) == before
     await post(client, "end", transaction_tag="once", timestamp_end=at(3))
-    assert await _added(stack) == before + 2  # the call record and the charge in the ledger
+    assert await _added(stack) == before + 1  # the call record, carrying the charge for the ledger
     await catch_up(stack.redis, stack.database)
     [row] = await _rows(stack, "once")
     assert (row["state"], row["authorized"], row["fee"]) == ("ended", True, 3)
     assert row["timestamp_auth"] is not None
+    ledger = await stack.database.fetch("SELECT kind, amount, balance_after FROM ledger WHERE transaction_tag = 'once'")
+    assert [tuple(move) for move in ledger] == [("charge", -3, 10**6 - 3)]
+    assert await stack.database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") == 10**6 - 3
 
 
 async def test_a_refusal_is_final_and_goes_to_the_outbox_at_once(agent, stack):
