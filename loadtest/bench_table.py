@@ -285,6 +285,8 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
     before = await _changes(watcher)
     # CPU used by the import (the CLI) and by PostgreSQL meanwhile: the work, whatever else shares the cores
     cpu_before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(POSTGRES_PID))
+    managers = [pid for pid in agent.pids() if _comm(pid) == "rating-manager"]  # an upload's import and build
+    manager_before = sum(cpu_seconds(pid) for pid in managers)
     wall, started = time.time(), time.perf_counter()
     deadline = started + args.timeout
     if args.load == "copy":
@@ -338,6 +340,7 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result["cli_cpu"] = children.ru_utime + children.ru_stime - cpu_before[0].ru_utime - cpu_before[0].ru_stime
     result["postgres_cpu"] = cpu_seconds(POSTGRES_PID) - cpu_before[1]
+    result["manager_cpu"] = sum(cpu_seconds(pid) for pid in managers) - manager_before
     built = re.search(r"^(.*)deck of tenant '[^']*': (\d+) rates read in ([\d.]+)s, built in ([\d.]+)s(.*)$",
                       errors.decode(), re.M)
     result["built_by"] = "the agent's deck builder (housekeeper)" if built is None else f"`{' '.join(argv[:2])}`"
@@ -347,7 +350,7 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
     if built is not None:
         result.update(rows=int(built.group(2)), read=float(built.group(3)), build=float(built.group(4)))
         # built by the import itself, from its own rows while PostgreSQL writes them (store/decks.ImportBuild)
-        result["during_import"] = "during its merge" in built.group(5)
+        result["during_import"] = "during its merge" in built.group(5) or "went to COPY" in built.group(5)
         logged = _log_moment(built.group(1))
         if logged is not None:  # the build's start, from the log line written at its end
             result["build_start"] = logged - wall - result["build"]

@@ -88,9 +88,13 @@ class StreamDeck(CsvDeck):
             self.received.buffer.extend(self.held)
             self.held.clear()
             return False
-        parts = (self.pending + self._decode(chunk)).split("\n")
+        text = self.pending + self._decode(chunk)
+        parts = text.split("\n")
         self.pending = parts.pop()
-        self._release(parts)
+        if not self.held and '"' not in text:  # no quoted field open or opened: every line is a record
+            self.received.buffer.extend([part + "\n" for part in parts])
+        else:
+            self._release(parts)
         return True
 
     def _decode(self, data: bytes, final: bool = False) -> str:
@@ -112,6 +116,8 @@ class StreamDeck(CsvDeck):
         while True:
             for piece in self.available():
                 yield piece
+                if self.sink is not None:  # the import's deck build keeps up (importer.CsvDeck.sink)
+                    await self.sink.pace()
             if not await self._more():
                 break
         for piece in self.available():

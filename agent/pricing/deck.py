@@ -3,8 +3,12 @@
 Built once per deck version (store/decks.py decides when), opened by each worker as `Deck(folder)`, which
 maps the files: the operating system keeps one copy in its page cache however many processes read it.
 
-* `numbers.marisa` / `raw.marisa`: static tries (marisa-trie) of the number keys and raw (URI) keys; the
-  trie gives each key an id, and the key's rates sit in *slot* id (raw keys after the number keys).
+* number keys sit in *slots* in sorted order (a key's rates in its slot); `columns.bin` indexes them
+  (`_number_index`): per slot its parent (the slot of its longest prefix key) and its key's length and, when
+  every number key is at most 17 ASCII digits, its code (digits padded, then length: integers in the keys'
+  order) with `first`, per bucket of codes' values, the first slot in it (Deck.longest_slot); decks with
+  other number keys have `numbers.marisa` (marisa-trie) and each trie id's slot instead. `raw.marisa`: the
+  raw (URI) keys' trie, whose ids, after the number keys, are their slots.
 * `columns.bin`: column arrays. `offsets[slot]..offsets[slot+1]` are the slot's rates, best first (the
   kernel's `Rate.order_key`); per rate its source (pricelist and carrier), tariff, description and the
   form its prefix was written in (`+39` is key `39` written with head `+`); per distinct tariff, one row
@@ -23,8 +27,9 @@ A deck is built from `Columns` (every rate as indexes into tables of distinct ke
 with numpy over whole columns: `columns_of` makes them from `Rate` objects, `TextRows` from PostgreSQL's
 COPY output without an object per row, which is what lets a deck of millions of rates build in seconds.
 
-Routing walks the trie (every key a number starts with, in one pass) and reads the columns of the slots
-it meets (routing._route_columns): the price's `Rate` is the one object it makes, and the offers come from
+Routing finds the slot of the longest key a number starts with (one search of codes, no string made) and
+reads the columns of it and of its parents (routing._route_columns): the price's `Rate` is the one object it
+makes (`Deck.routed_rate`), and the offers come from
 the longest key's chain, one byte per entry for decks of up to 256 sources; the other lookups turn those
 slots into `Rate` objects, remembered per slot up to a bound.
 """
@@ -32,6 +37,7 @@ slots into `Rate` objects, remembered per slot up to a bound.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import dataclasses
 import itertools
@@ -57,9 +63,10 @@ import numpy as np
 from .rate import DAY, MONEY_LIMIT, ROUNDINGS, Rate
 from .table import NO_ORIGINS, Group, Lookups, Origins, key_of
 
-FORMAT = 7  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
+FORMAT = 8  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
 # 6: the time window (weekdays, time_start, time_end as stored) and the pricelist's time zone (`zones`);
-# 7: chains of sources in offer order with their depths, instead of offer codes in the order met
+# 7: chains of sources in offer order with their depths, instead of offer codes in the order met;
+# 8: number slots in key order, found by the number keys' codes (_number_index) instead of numbers.marisa
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
@@ -344,6 +351,41 @@ class TextRows:
 
     def columns(self, micros_of: dict[str, int]) -> Columns:
         """The columns of every row fed (after `finish`), given the micros (`micros`) of each of `moments()`."""
+        numbers, raw, key, forms, form = self._keys()
+        micros_of = {**micros_of, "\\N": micros(None)}
+        sources: dict[tuple[str, str | None], int] = {}
+        tariffs: dict[tuple, int] = {}
+        zones: dict[str, int] = {"UTC": 0}
+        source_ids: dict[tuple[bytes, bytes], int] = {}
+        tariff_ids: dict[tuple[bytes, ...], int] = {}
+        source_of, tariff_of = [], []
+        for pricelist, carrier, *tariff in self._split():
+            found = source_ids.get((pricelist, carrier))
+            if found is None:
+                found = source_ids[(pricelist, carrier)] = sources.setdefault(
+                    (copy_text(pricelist), copy_text(carrier)), len(sources))
+            source_of.append(found)
+            written = tuple(tariff)
+            found = tariff_ids.get(written)
+            if found is None:
+                fee, rate, increment, free, first, minimum, most, scale, rounding, origin, start, end, days, \
+                    since, until, zone = written
+                found = tariff_ids[written] = tariffs.setdefault(
+                    (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
+                     micros_of[end.decode()], _NONE if first == b"\\N" else int(first), int(minimum),
+                     _NONE if most == b"\\N" else int(most), int(scale), _ROUNDING_CODES[rounding],
+                     int(b"1" + origin) if origin else _NONE, int(days), int(since), int(until),
+                     zones.setdefault(copy_text(zone), len(zones))), len(tariffs))
+            tariff_of.append(found)
+        stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
+        texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
+        return Columns(numbers, raw, key, forms, form, list(sources),
+                       np.array(source_of, dtype=np.int32)[stretches], list(tariffs),
+                       np.array(tariff_of, dtype=np.int32)[stretches], [copy_text(t) for t in self._texts], texts,
+                       list(zones))
+
+    def _keys(self) -> tuple[list[str], list[str], np.ndarray, list[tuple[str, bool]], np.ndarray]:
+        """(numbers, raw, key, forms, form) of the rows fed, as `Columns` has them."""
         plain = np.concatenate(self._plain) if self._plain else np.zeros(0, dtype=bool)
         sort_keys = np.concatenate(self._sort_keys) if self._sort_keys else np.zeros(0, dtype=np.int64)
         distinct, inverse = _sorted_distinct(sort_keys)
@@ -372,38 +414,7 @@ class TextRows:
         numbers += list(extra)
         for row, index in raw_rows:
             key[row] = len(numbers) + index
-
-        micros_of = {**micros_of, "\\N": micros(None)}
-        sources: dict[tuple[str, str | None], int] = {}
-        tariffs: dict[tuple, int] = {}
-        zones: dict[str, int] = {"UTC": 0}
-        source_ids: dict[tuple[bytes, bytes], int] = {}
-        tariff_ids: dict[tuple[bytes, ...], int] = {}
-        source_of, tariff_of = [], []
-        for pricelist, carrier, *tariff in self._split():
-            found = source_ids.get((pricelist, carrier))
-            if found is None:
-                found = source_ids[(pricelist, carrier)] = sources.setdefault(
-                    (copy_text(pricelist), copy_text(carrier)), len(sources))
-            source_of.append(found)
-            written = tuple(tariff)
-            found = tariff_ids.get(written)
-            if found is None:
-                fee, rate, increment, free, first, minimum, most, scale, rounding, origin, start, end, days, \
-                    since, until, zone = written
-                found = tariff_ids[written] = tariffs.setdefault(
-                    (int(fee), int(rate), int(increment), int(free), micros_of[start.decode()],
-                     micros_of[end.decode()], _NONE if first == b"\\N" else int(first), int(minimum),
-                     _NONE if most == b"\\N" else int(most), int(scale), _ROUNDING_CODES[rounding],
-                     int(b"1" + origin) if origin else _NONE, int(days), int(since), int(until),
-                     zones.setdefault(copy_text(zone), len(zones))), len(tariffs))
-            tariff_of.append(found)
-        stretches = np.concatenate(self._stretch_ids) if self._stretch_ids else np.zeros(0, dtype=np.uint32)
-        texts = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.uint32)
-        return Columns(numbers, list(raw), key, list(forms), form, list(sources),
-                       np.array(source_of, dtype=np.int32)[stretches], list(tariffs),
-                       np.array(tariff_of, dtype=np.int32)[stretches], [copy_text(t) for t in self._texts], texts,
-                       list(zones))
+        return numbers, list(raw), key, list(forms), form
 
 
 def _sorted_distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -427,6 +438,417 @@ def _digit_keys(sort_keys: np.ndarray) -> list[str]:
         digits[:, column] = digit + 48
     digits[np.arange(_DIGITS) >= length[:, None]] = 0
     return digits.view(f"S{_DIGITS}").ravel().astype(f"U{_DIGITS}").tolist()
+
+
+def copy_escaped(text: str | None) -> bytes:
+    """`text` as a field of COPY's text format (what `copy_text` reads back)."""
+    return b"\\N" if text is None else text.encode().replace(b"\\", b"\\\\")
+
+
+class CsvRows(TextRows):
+    """Columns of a deck from the lines of a CSV deck as they go to COPY (store/importer.py), so that an
+    import builds its deck without reading the table back.
+
+    Lines come in blocks of lines that need no parsing (`lines`: every field plain, no quote, exactly one
+    field per header column, as importer.CsvDeck proves by regular expression), other rows as the importer
+    parsed them (`row`, in the order of `names`), each with its row number in the COPY. As in `TextRows`,
+    nothing costs a Python object per line: the prefix becomes a sort key, the description and each run of
+    other fields between them are numbered by distinct value. Once the deck is in, `resolve` reads each
+    distinct run once (with the importer's own row check, `decode`: so the values are those COPY stores)
+    and each distinct combination of runs once; `duplicates` finds the rows a later row of the same rate
+    replaces (the last one wins, as in the import), and `columns` gives the columns of the rows kept.
+    """
+
+    def __init__(self, header: list[str], names: tuple[str, ...]) -> None:
+        super().__init__()
+        self._header, self._names = header, names
+        self._width = len(header)
+        self._prefix = header.index("prefix")
+        self._description = header.index("description") if "description" in header else None
+        skipped = {self._prefix, self._description}
+        self._runs: list[tuple[int, int]] = []  # [first, end) of each run of other fields
+        for field in range(self._width):
+            if field in skipped:
+                continue
+            if self._runs and self._runs[-1][1] == field:
+                self._runs[-1] = (self._runs[-1][0], field + 1)
+            else:
+                self._runs.append((field, field + 1))
+        # a line's run numbers packed in one integer (a parsed row: _ROW_BIT and its values' number)
+        self._shift = {0: 0, 1: 0, 2: 32, 3: 21}[len(self._runs)]
+        self._run_values: list[dict[bytes, int]] = [{} for _ in self._runs]
+        self._row_values: dict[tuple, int] = {}  # parsed rows' values but prefix and description -> number
+        self._row_texts: dict[str | None, int] = {}  # descriptions of parsed rows (their ids negative)
+        self._written: dict[bytes, int] = {}  # prefixes other than plain ones, as written -> number
+        self._combos: list[np.ndarray] = []  # per block: its rows' packed run numbers
+        self._prefix_ids: list[np.ndarray] = []  # per block: its rows' prefixes as written, numbered
+        self._numbers: list[np.ndarray] = []  # per block: its rows' numbers in the COPY
+        self._pending_numbers = array("q")
+        self._pending_rows: list[tuple[int, tuple]] = []
+        self._submitted: collections.deque = collections.deque()
+        self._identity: np.ndarray | None = None  # per row, after `resolve`
+        self._keep: np.ndarray | None = None
+        self._source: np.ndarray | None = None
+        self._tariff: np.ndarray | None = None
+        self._sources: list[tuple[str, str | None]] = []
+        self._tariffs: list[tuple] = []
+        self._zones: list[str] = ["UTC"]
+        self._preparing = None  # prepare, started early (start_prepare)
+        self.broken: BaseException | None = None  # what stopped the parse (the import then reads the table)
+
+    _ROW_BIT = 1 << 63
+
+    def lines(self, data: bytes, first: int, count: int) -> None:
+        """`count` plain lines (see the class), rows `first`.. of the COPY."""
+        if self.broken is not None:
+            return
+        self._pending.append(data)  # apart from the parsed rows: every row carries its number
+        self._size += len(data)
+        self._pending_numbers.extend(range(first, first + count))
+        if self._size >= self.BLOCK:
+            self._flush_lines()
+
+    def row(self, number: int, values: tuple) -> None:
+        """One row parsed by the importer (in the order of `names`), row `number` of the COPY."""
+        if self.broken is not None:
+            return
+        self._pending_rows.append((number, values))
+        if len(self._pending_rows) >= 65_536:
+            self._flush_rows()
+
+    def _flush_lines(self) -> None:
+        data, numbers = b"".join(self._pending), np.frombuffer(self._pending_numbers, dtype=np.int64).copy()
+        self._pending, self._size, self._pending_numbers = [], 0, array("q")
+        self._submitted.append(self._parser.submit(self._line_block, data, numbers))
+
+    def _flush_rows(self) -> None:
+        rows, self._pending_rows = self._pending_rows, []
+        self._submitted.append(self._parser.submit(self._row_block, rows))
+
+    async def pace(self) -> None:
+        """Waits while more than two blocks wait for the parser (memory stays a few blocks)."""
+        while len(self._submitted) > 2:
+            await self._wait()
+
+    async def _wait(self) -> None:
+        try:
+            await asyncio.wrap_future(self._submitted.popleft())
+        except Exception as exc:  # noqa: BLE001 - the import goes on; its deck is built from the table
+            self.broken = exc
+            self._pending, self._size, self._pending_rows = [], 0, []
+
+    async def finish(self) -> bool:
+        """Parses what is left and waits for every block; False if the rows could not be parsed (`broken`)."""
+        try:
+            if self.broken is None and self._size:
+                self._flush_lines()
+            if self.broken is None and self._pending_rows:
+                self._flush_rows()
+            while self._submitted:
+                await self._wait()
+        finally:
+            self.close()
+        return self.broken is None
+
+    def _line_block(self, data: bytes, numbers: np.ndarray) -> None:
+        raw = np.frombuffer(data, dtype=np.uint8)
+        separators = np.flatnonzero((raw == 44) | (raw == 10))
+        width = self._width
+        count = len(separators) // width
+        ends = separators[:count * width].reshape(count, width)
+        if count != len(numbers) or len(separators) != count * width or (count and raw[-1] != 10) \
+                or np.any(raw[ends[:, -1]] != 10) or np.any(raw[ends[:, :-1]] != 44):
+            raise ValueError("the deck's lines are not plain CSV lines of the header's columns")
+        starts = np.empty_like(ends)
+        starts[:, 1:] = ends[:, :-1] + 1
+        if count:
+            starts[0, 0] = 0
+            starts[1:, 0] = ends[:-1, -1] + 1
+        padded = np.concatenate([raw, np.zeros(_FIELD_WIDTH, dtype=np.uint8)])
+
+        field = self._prefix
+        start, length = starts[:, field], ends[:, field] - starts[:, field]
+        digits = _windows(padded, start, np.minimum(length, _DIGITS), _DIGITS) - np.uint8(48)
+        inside = np.arange(_DIGITS) < length[:, None]
+        plain = (length > 0) & (length <= _DIGITS) & np.all((digits < 10) | ~inside, axis=1)
+        digits[~inside] = 0
+        sort_key = (digits.astype(np.int64) @ _PLACES) * (_DIGITS + 1) + length  # as TextRows._block
+        prefix_ids = np.where(plain, sort_key, 0)
+        for row in np.flatnonzero(~plain).tolist():
+            written = data[start[row]:start[row] + length[row]].replace(b"\\", b"\\\\")  # as COPY would write it
+            self._others.append((self._rows + row, written))
+            prefix_ids[row] = -1 - self._written.setdefault(written, len(self._written))
+
+        combo = np.zeros(count, dtype=np.uint64)
+        for (first, end), values in zip(self._runs, self._run_values):
+            ids = self._number(values, data, padded, starts[:, first], ends[:, end - 1] - starts[:, first])
+            if self._shift and len(values) >= 1 << (self._shift if len(self._runs) == 3 else 31):
+                raise ValueError("too many distinct values in a run of the deck's columns")  # read from the table
+            combo = (combo << np.uint64(self._shift)) | ids.astype(np.uint64)
+        if self._description is None:
+            text_ids = np.full(count, self._texts.setdefault(b"", len(self._texts)), dtype=np.int64)
+        else:
+            field = self._description
+            text_ids = self._number(self._texts, data, padded, starts[:, field],
+                                    ends[:, field] - starts[:, field]).astype(np.int64)
+        self._blocks(plain, sort_key[plain], prefix_ids, combo, text_ids, numbers)
+
+    def _row_block(self, rows: list[tuple[int, tuple]]) -> None:
+        count = len(rows)
+        plain = np.zeros(count, dtype=bool)
+        sort_keys, prefix_ids, combos, text_ids = [], [], [], []
+        prefix, description = self._names.index("prefix"), self._names.index("description")
+        for n, (_, values) in enumerate(rows):
+            written = values[prefix]
+            if 0 < len(written) <= _DIGITS and written.isascii() and written.isdigit():
+                plain[n] = True
+                key = int(written.ljust(_DIGITS, "0")) * (_DIGITS + 1) + len(written)
+                sort_keys.append(key)
+                prefix_ids.append(key)
+            else:
+                escaped = copy_escaped(written)
+                self._others.append((self._rows + n, escaped))
+                prefix_ids.append(-1 - self._written.setdefault(escaped, len(self._written)))
+            rest = tuple(None if i in (prefix, description) else v for i, v in enumerate(values))
+            combos.append(self._ROW_BIT | self._row_values.setdefault(rest, len(self._row_values)))
+            text_ids.append(-1 - self._row_texts.setdefault(values[description], len(self._row_texts)))
+        self._blocks(plain, np.array(sort_keys, dtype=np.int64), np.array(prefix_ids, dtype=np.int64),
+                     np.array(combos, dtype=np.uint64), np.array(text_ids, dtype=np.int64),
+                     np.array([number for number, _ in rows], dtype=np.int64))
+
+    def _blocks(self, plain, sort_keys, prefix_ids, combos, text_ids, numbers) -> None:
+        self._plain.append(plain)
+        self._sort_keys.append(sort_keys)
+        self._prefix_ids.append(prefix_ids)
+        self._combos.append(combos)
+        self._text_ids.append(text_ids)
+        self._numbers.append(numbers)
+        self._rows += len(plain)
+
+    def start_prepare(self, decode) -> None:
+        """Starts `prepare` in a thread of its own (after `finish`), while the importer asks PostgreSQL
+        what it needs to know; `resolve` waits for it."""
+        executor = ThreadPoolExecutor(1, thread_name_prefix="deck-prepare")
+        self._preparing = executor.submit(self.prepare, decode)
+        executor.shutdown(wait=False)
+
+    def prepare(self, decode) -> None:
+        """Reads what the rows stand for (after `finish`), whichever tenant and pricelist the deck is built
+        for: `decode` gives the row (in the order of `names`) of some fields of a plain line (by column
+        name), as the importer stores it, each field read apart (a plain line's fields are checked one by
+        one). Each distinct field value is read once, each distinct run of fields once (a row of integer
+        codes), and the distinct combinations of runs (some 300,000 in a deck of 2,000,000 rates) are
+        coded with numpy, not one by one; the prefixes are numbered as keys."""
+        names = self._names
+        at = {name: n for n, name in enumerate(names)}
+        flat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+        combos = np.concatenate(self._combos) if self._combos else np.zeros(0, dtype=np.uint64)
+        self._prefix_ids, self._numbers = [flat(self._prefix_ids)], [flat(self._numbers)]
+        self._finish_texts()
+        distinct, stretch = np.unique(combos, return_inverse=True)
+        stretch = np.asarray(stretch).reshape(-1)
+
+        strings: dict[int, dict] = {at["tenant"]: {}, at["pricelist_tag"]: {}, at["carrier_tag"]: {}}
+        coded = (*strings, *(at[name] for name in _CSV_CODED))
+
+        def code(column: int, value) -> int:
+            if column in strings:
+                return strings[column].setdefault(value, len(strings[column]))
+            name = names[column]
+            if name in ("datetime_start", "datetime_end"):
+                return micros(value)
+            if name == "source_prefix":
+                return origin_code(value)
+            return _NONE if value is None else int(value)
+
+        width = len(names)
+        base = decode({})
+        codes = np.zeros((len(distinct), width), dtype=np.int64)
+        for column in coded:
+            codes[:, column] = code(column, base[column])
+        parsed = list(self._row_values)
+        is_row = (distinct & np.uint64(self._ROW_BIT)) != 0
+        lines = distinct[~is_row]
+        fields: dict[tuple[str, str], int] = {}  # (column, text) -> code
+        for n in range(len(self._runs) - 1, -1, -1):
+            first, end = self._runs[n]
+            header = self._header[first:end]
+            columns = [at[name] for name in header]
+            table = np.zeros((max(len(self._run_values[n]), 1), len(columns)), dtype=np.int64)
+            for i, value in enumerate(self._run_values[n]):
+                for j, (name, text) in enumerate(zip(header, value.decode().split(","))):
+                    found = fields.get((name, text))
+                    if found is None:
+                        found = fields[(name, text)] = code(at[name], decode({name: text})[at[name]])
+                    table[i, j] = found
+            ids = (lines & np.uint64((1 << self._shift) - 1) if self._shift else lines).astype(np.int64)
+            codes[np.flatnonzero(~is_row)[:, None], columns] = table[ids]
+            if self._shift:
+                lines = lines >> np.uint64(self._shift)
+        for place, packed in zip(np.flatnonzero(is_row).tolist(), distinct[is_row].tolist()):
+            row = parsed[packed & ~self._ROW_BIT]
+            codes[place, list(coded)] = [code(column, row[column]) for column in coded]
+        self._codes, self._strings, self._stretch = codes, strings, stretch
+        self._key_columns = self._keys()
+
+    def resolve(self, decode, tenant: str, pricelist: str, terms: dict[str, tuple[int, str, str]]) -> None:
+        """`prepare` (unless started before), then which rows go into the deck: the active rows of `tenant`'s
+        `pricelist`, with its pricelist's `terms` (scale, rounding, time zone, by pricelist tag)."""
+        if self._preparing is not None:
+            self._preparing.result()
+        else:
+            self.prepare(decode)
+        codes, strings, stretch = self._codes, self._strings, self._stretch
+        at = {name: n for n, name in enumerate(self._names)}
+
+        def numbered(columns: list[int], rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+            values = codes[rows][:, columns]
+            if not len(values):
+                return values, np.zeros(0, dtype=np.int64)
+            return _unique_rows(values)
+
+        tenants, pricelists = strings[at["tenant"]], strings[at["pricelist_tag"]]
+        own = (codes[:, at["tenant"]] == tenants.get(tenant, -1)) \
+            & (codes[:, at["pricelist_tag"]] == pricelists.get(pricelist, -1))
+        keep = own & (codes[:, at["active"]] != 0)
+        _, identity = numbered([at[name] for name in ("tenant", "pricelist_tag", "carrier_tag", "source_prefix",
+                                                      "weekdays", "time_start", "time_end")])
+        source, tariff = np.zeros(len(codes), dtype=np.int64), np.zeros(len(codes), dtype=np.int64)
+        found, source[own] = numbered([at["pricelist_tag"], at["carrier_tag"]], own)
+        carriers = list(strings[at["carrier_tag"]])
+        self._sources = [(pricelist, carriers[carrier]) for _, carrier in found.tolist()]
+        found, tariff[own] = numbered([at[name] for name in _CSV_TARIFF], own)
+        scale, rounding, zone = terms.get(pricelist, (0, "up", "UTC"))
+        zones = ["UTC"] if zone == "UTC" else ["UTC", zone]
+        self._tariffs = [(*t[:9], scale, ROUNDINGS.index(rounding), *t[9:], len(zones) - 1) for t in found.tolist()]
+        self._zones = zones
+        self._identity, self._keep = identity[stretch], keep[stretch]
+        self._source, self._tariff = source[stretch], tariff[stretch]
+
+    def _finish_texts(self) -> None:
+        """One table of descriptions for the lines' and the parsed rows'."""
+        table: dict[str | None, int] = {}
+        from_lines = np.array([table.setdefault(text.decode() if text else None, len(table))
+                               for text in self._texts] or [0], dtype=np.int64)
+        from_rows = np.array([table.setdefault(text, len(table)) for text in self._row_texts] or [0], dtype=np.int64)
+        ids = np.concatenate(self._text_ids) if self._text_ids else np.zeros(0, dtype=np.int64)
+        self._text_ids = [np.where(ids >= 0, from_lines[np.maximum(ids, 0)], from_rows[np.maximum(-1 - ids, 0)])]
+        self._descriptions = list(table)
+
+    def duplicates(self) -> np.ndarray:
+        """Whether each row (in the order fed) is replaced by a later row of the same rate (after `resolve`)."""
+        identity, prefix, number = self._identity, self._prefix_ids[0], self._numbers[0]
+        # most decks name no rate twice: distinct hashes of (prefix, identity) show it without the exact sort
+        hashed = np.sort(prefix.view(np.uint64) * np.uint64(0x9E37_79B9_7F4A_7C15) + identity.view(np.uint64))
+        if not np.any(hashed[1:] == hashed[:-1]):
+            return np.zeros(len(prefix), dtype=bool)
+        order = np.lexsort((-number, identity, prefix))
+        later = np.zeros(len(order), dtype=bool)
+        if len(order) > 1:
+            ordered_prefix, ordered_identity = prefix[order], identity[order]
+            same = (ordered_prefix[1:] == ordered_prefix[:-1]) & (ordered_identity[1:] == ordered_identity[:-1])
+            later[order[1:][same]] = True
+        return later
+
+    def numbers(self) -> np.ndarray:
+        """Each row's number in the COPY (in the order fed)."""
+        return self._numbers[0]
+
+    def columns(self, replaced: np.ndarray | None = None) -> Columns:  # type: ignore[override]
+        """The columns of the rows that go into the deck (after `resolve`): of the tenant's pricelist, active,
+        and replaced by no later row (`replaced`, from `duplicates`)."""
+        keep = self._keep if replaced is None else self._keep & ~replaced
+        numbers, raw, key, forms, form = self._key_columns
+        everything = Columns(numbers, raw, key, forms, form, self._sources, self._source, self._tariffs,
+                             self._tariff, self._descriptions, self._text_ids[0], self._zones)
+        return select_rows(everything, keep)
+
+
+# CsvRows.resolve: the columns coded as integers (besides the tags), and a tariff's among them in the order
+# of _TARIFF_COLUMNS (scale, rounding and time zone are the pricelist's)
+_CSV_CODED = ("connect_fee", "rate", "rate_increment", "interval_start", "datetime_start", "datetime_end", "active",
+          "initial_increment", "minimum_duration", "maximum_cost", "source_prefix", "weekdays", "time_start",
+          "time_end")
+_CSV_TARIFF = ("connect_fee", "rate", "rate_increment", "interval_start", "datetime_start", "datetime_end",
+                 "initial_increment", "minimum_duration", "maximum_cost", "source_prefix", "weekdays", "time_start",
+                 "time_end")
+
+
+def _unique_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows of a 2-d integer array, sorted; per row, the number of its own among them): what
+    np.unique(axis=0) gives, by one lexsort instead of its much slower sort of rows as bytes."""
+    order = np.lexsort(values.T[::-1])
+    ordered = values[order]
+    starts = np.ones(len(ordered), dtype=bool)
+    starts[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
+
+
+def select_rows(columns: Columns, keep: np.ndarray) -> Columns:
+    """The rows of `columns` that `keep` says, with only the keys, forms, sources, tariffs, descriptions and
+    zones they use (each table's first form and zone kept first), as a build of those rows alone has them."""
+    if bool(keep.all()):
+        return columns
+
+    def renumber(ids: np.ndarray, table: list, first: bool = False) -> tuple[list, np.ndarray]:
+        """The entries of `table` that `ids` use, in their order, and `ids` into them (no sort: a mask)."""
+        used = np.zeros(len(table), dtype=bool)
+        used[ids] = True
+        if first and len(table):
+            used[0] = True
+        place = np.cumsum(used) - 1
+        return [table[i] for i in np.flatnonzero(used).tolist()], place[ids]
+
+    used = np.zeros(len(columns.numbers) + len(columns.raw), dtype=bool)
+    used[columns.key[keep]] = True
+    key = (np.cumsum(used) - 1)[columns.key[keep]]
+    numbers = [columns.numbers[i] for i in np.flatnonzero(used[:len(columns.numbers)]).tolist()]
+    raw = [columns.raw[i] for i in np.flatnonzero(used[len(columns.numbers):]).tolist()]
+    forms, form = renumber(columns.form[keep], columns.forms, first=True)
+    sources, source = renumber(columns.source[keep], columns.sources)
+    tariffs, tariff = renumber(columns.tariff[keep], columns.tariffs)
+    descriptions, description = renumber(columns.description[keep], columns.descriptions)
+    zone_ids = np.array([t[15] for t in tariffs], dtype=np.int64)
+    zones, zone_of = renumber(zone_ids, columns.zones, first=True)
+    tariffs = [(*t[:15], z) for t, z in zip(tariffs, zone_of.tolist())]
+    return Columns(numbers, raw, key, forms, form, sources, source, tariffs, tariff, descriptions, description, zones)
+
+
+def join_columns(first: Columns, second: Columns) -> Columns:
+    """The rows of `first` and `second` (no rate in both) as one tenant's columns."""
+    if not len(second.key):
+        return first
+    if not len(first.key):
+        return second
+
+    def merged(a: list, b: list) -> tuple[list, np.ndarray]:
+        index = {value: n for n, value in enumerate(a)}
+        place = np.array([index.setdefault(value, len(index)) for value in b] or [0], dtype=np.int64)
+        return list(index), place
+
+    numbers, number_place = merged(first.numbers, second.numbers)
+    raw, raw_place = merged(first.raw, second.raw)
+    zones, zone_place = merged(first.zones, second.zones)
+    second_tariffs = [(*t[:15], int(zone_place[t[15]])) for t in second.tariffs]
+    forms, form_place = merged(first.forms, second.forms)
+    sources, source_place = merged(first.sources, second.sources)
+    tariffs, tariff_place = merged(first.tariffs, second_tariffs)
+    descriptions, description_place = merged(first.descriptions, second.descriptions)
+
+    def shifted(key: np.ndarray, numbers: int, raw_start: int) -> np.ndarray:
+        return np.where(key < numbers, key, key - numbers + raw_start)
+
+    first_key = shifted(first.key, len(first.numbers), len(numbers))
+    is_number = second.key < len(second.numbers)
+    second_key = np.where(is_number, number_place[np.where(is_number, second.key, 0)],
+                          len(numbers) + raw_place[np.where(is_number, 0, second.key - len(second.numbers))])
+    return Columns(numbers, raw, np.concatenate([first_key, second_key]), forms,
+                   np.concatenate([first.form, form_place[second.form]]), sources,
+                   np.concatenate([first.source, source_place[second.source]]), tariffs,
+                   np.concatenate([first.tariff, tariff_place[second.tariff]]), descriptions,
+                   np.concatenate([first.description, description_place[second.description]]), zones)
 
 
 def build(folder: Path, tenant: str, rates: Iterable[Rate], covers: int) -> DeckInfo:
@@ -575,6 +997,63 @@ def _parents(keys: list[str], order: list[int] | None) -> tuple[np.ndarray, np.n
     return parent, depth
 
 
+_CODED = 17  # digits of a number key's code: E.164 numbers have at most 15
+# The index of number keys (Deck.longest_slot): per slot (the keys in sorted order) its parent's slot (-1:
+# none) and its key's length (B or H) and, when every key is at most _CODED ASCII digits, its code
+# (_number_codes) with `first` per bucket; otherwise (letters, longer keys) numbers.marisa with each trie
+# id's slot.
+_INDEX_COLUMNS = {"parent": "i", "codes": "Q", "first": "I", "id_slot": "I"}
+
+
+def _codable(key: str) -> bool:
+    return len(key) <= _CODED and key.isascii() and (key.isdigit() or not key)
+
+
+def _bucket(keys: int) -> int:
+    """The span of codes' values a bucket of `first` covers: a bucket for about four keys (`first` costs
+    1 B per key; the keys of a bucket are a step or two of search, in one or two cache lines)."""
+    return 4 * 10 ** _CODED // max(keys, 1)
+
+
+def _number_codes(keys: list[str]) -> np.ndarray:
+    """Per key (ASCII digits, sorted), `int(key.ljust(_CODED, "0")) * 32 + len(key)`: integers in the keys'
+    own order (a key before the keys it is a prefix of), so the keys a number starts with are found by
+    searching its own code (Deck.longest)."""
+    codes = np.zeros(len(keys), dtype=np.uint64)
+    for start in range(0, len(keys), 1_000_000):  # in blocks: a byte per digit of ten million keys is a lot
+        block = np.array(keys[start:start + 1_000_000], dtype=f"S{_CODED}").view(np.uint8).reshape(-1, _CODED)
+        value = np.zeros(len(block), dtype=np.uint64)
+        for column in range(_CODED):
+            digit = block[:, column]
+            value = value * np.uint64(10) + np.where(digit > 0, digit - 48, 0).astype(np.uint64)
+        codes[start:start + len(block)] = value * np.uint64(32) + (block > 0).sum(axis=1).astype(np.uint64)
+    return codes
+
+
+def _number_index(numbers: list[str], order: list[int] | None, slots: np.ndarray, parent: np.ndarray,
+                  coded: bool) -> tuple[dict[str, np.ndarray], marisa_trie.Trie | None]:
+    """The arrays of the number keys' index (_INDEX_COLUMNS) and, for a deck not `coded`, its trie."""
+    up = np.full(len(numbers), -1, dtype=np.int32)
+    has = parent >= 0
+    up[slots[has]] = slots[parent[has]]
+    ordered = numbers if order is None else [numbers[i] for i in order]
+    if coded:
+        codes = _number_codes(ordered)
+        bucket = _bucket(len(numbers))
+        # first[b]: the codes below bucket b; a value below 10**_CODED is in bucket at most (10**_CODED - 1) // bucket
+        edges = np.arange((10 ** _CODED - 1) // bucket + 2, dtype=np.uint64) * np.uint64(bucket * 32)
+        first = np.searchsorted(codes, edges).astype(np.uint32)
+        return {"parent": up, "length": (codes & np.uint64(31)).astype(np.uint8), "codes": codes,
+                "first": first}, None
+    lengths = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
+    if len(lengths) and lengths.max() >= 2**16:
+        raise ValueError("a number prefix of 65,536 characters or more")
+    trie, ids = _trie_slots(numbers, order)
+    id_slot = np.zeros(len(numbers), dtype=np.uint32)
+    id_slot[ids] = slots
+    return {"parent": up, "length": lengths.astype(_NUMPY_TYPES[_unsigned(lengths)]), "id_slot": id_slot}, trie
+
+
 def _segments(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(per item, its segment; per item, its index) of the items starts[k]..starts[k]+counts[k], segment by
     segment."""
@@ -598,7 +1077,8 @@ def offer_codes(columns: Columns, source_rank: np.ndarray, prices: np.ndarray | 
 
 
 def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, slots: int, offsets: np.ndarray,
-            codes: np.ndarray, sources: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            codes: np.ndarray, sources: int, parents: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per slot, the rates that can matter along its number key's chain of prefixes (the key's own rates, then
     those of its longest prefix key, and so on): the first rate of each source met along it, as
     (chain_offsets, source per entry, depth per entry: 0 for the key's own rates, 1 for its longest prefix
@@ -607,7 +1087,7 @@ def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, sl
     alone; so the offers of an account are its eligible entries in this order, each carrier's the one of
     least depth (then the first: of one key and one carrier, offer order is the rates' order). Built prefix
     depth by prefix depth (a key's parent is one level up), with numpy over each level."""
-    parent, depth = _parents(numbers, order)
+    parent, depth = _parents(numbers, order) if parents is None else parents
     lengths = np.zeros(slots, dtype=np.int64)
     levels = []
     previous = None  # (positions of the keys one level up, sorted; their starts and lengths; codes; depths)
@@ -648,7 +1128,7 @@ def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, sl
     return chain_offsets, chain, chain_depth
 
 
-_NUMPY_TYPES = {"B": np.uint8, "H": np.uint16, "I": np.uint32}
+_NUMPY_TYPES = {"B": np.uint8, "H": np.uint16, "I": np.uint32, "i": np.int32, "Q": np.uint64}
 
 
 def _unsigned(values: np.ndarray) -> str:
@@ -689,8 +1169,14 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     if len(columns.forms) > 65_536:
         raise ValueError("more than 65,536 distinct ways of writing prefixes in one deck")
     number_order = _key_order(columns.numbers)
-    tries = [_trie_slots(columns.numbers, number_order), _trie_slots(columns.raw, _key_order(columns.raw))]
-    slot_of_key = np.concatenate([tries[0][1], tries[1][1] + len(columns.numbers)])
+    # A number key's slot is its place in sorted order (the index `_number_index` searches); raw keys' slots
+    # follow, in their trie's ids.
+    number_slots = np.arange(len(columns.numbers), dtype=np.int64)
+    if number_order is not None:
+        number_slots[np.array(number_order, dtype=np.int64)] = np.arange(len(columns.numbers))
+    coded = all(map(_codable, columns.numbers))
+    raw_trie, raw_ids = _trie_slots(columns.raw, _key_order(columns.raw))
+    slot_of_key = np.concatenate([number_slots, raw_ids + len(columns.numbers)])
     slot = slot_of_key[columns.key] if len(columns.key) else np.zeros(0, dtype=np.int64)
     prices = price_ranks(columns)  # one ranking of the tariffs' prices, for the rates' order and the offers'
     order = _lexsort([slot, *order_ranks(columns, prices)])
@@ -722,11 +1208,13 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     dated = bool(np.any(tariffs[:, 4:6] != _NO_MOMENT)) or bool(  # dates, or time windows (rate.Rate.windowed)
         np.any((tariffs[:, 12] != 0) | (tariffs[:, 13] != 0) | (tariffs[:, 14] != DAY)))
     origins = sorted({origin_of(code) for code in np.unique(tariffs[:, 11]).tolist()} - {""})
+    parents = _parents(columns.numbers, number_order)
+    index, numbers_trie = _number_index(columns.numbers, number_order, number_slots, parents[0], coded)
     chain_offsets, chain, chain_depth = np.zeros(slots + 1, dtype=np.int64), *np.zeros((2, 0), dtype=np.int64)
     if not dated and not origins and len(columns.numbers):  # the chains of decks routing reads by column only
         offer = offer_codes(columns, source_rank, prices)[order]
-        chain_offsets, chain, chain_depth = _chains(columns.numbers, number_order, tries[0][1], slots, offsets,
-                                                    offer, len(sources))
+        chain_offsets, chain, chain_depth = _chains(columns.numbers, number_order, number_slots, slots, offsets,
+                                                    offer, len(sources), parents)
     if chain_offsets[-1] >= 2**32:
         raise ValueError("more than 4,294,967,295 chain entries in one deck")
     # A byte per entry for up to 256 sources (and 256 prefix levels): routing then reads a chain as bytes.
@@ -746,16 +1234,18 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
         "chain_offsets": chain_offsets.astype(np.uint32),
         "chain": chain.astype(_NUMPY_TYPES[chain_code]),
         "chain_depth": chain_depth.astype(_NUMPY_TYPES[depth_code]),
+        **index,
     }
 
     partial = Path(partial)
     partial.mkdir(parents=True)
-    tries[0][0].save(str(partial / "numbers.marisa"))
-    tries[1][0].save(str(partial / "raw.marisa"))
+    if numbers_trie is not None:
+        numbers_trie.save(str(partial / "numbers.marisa"))
+    raw_trie.save(str(partial / "raw.marisa"))
     descriptions.save(str(partial / "descriptions.marisa"))
     sections: dict[str, list] = {}
     codes = dict(_RATE_COLUMNS, tariffs="q", offsets="I", chain_offsets="I", chain=chain_code,
-                 chain_depth=depth_code)
+                 chain_depth=depth_code, **_INDEX_COLUMNS, length=_unsigned(index["length"]))
     with open(partial / "columns.bin", "wb") as out:
         for name, values in arrays.items():
             assert values.dtype.itemsize == array(codes[name]).itemsize
@@ -767,6 +1257,7 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     meta = {
         "format": FORMAT, "tenant": tenant, "covers": None, "numbers": len(columns.numbers),
         "raw": len(columns.raw), "rates": len(columns.key), "dated": dated, "origins": origins, "sections": sections,
+        "coded": coded, "bucket": _bucket(len(columns.numbers)),
         "sources": [list(pair) for pair in sources], "forms": [list(form) for form in forms], "zones": zones,
     }
     (partial / "meta.json").write_text(json.dumps(meta))
@@ -775,10 +1266,11 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
 class Deck(Lookups):
     """One deck version, mapped read-only.
 
-    Routing reads its columns directly (routing._route_columns): `offsets`, `source` (per rate, an index
-    into `sources`), and per number slot its chain (`chain_offsets`, `chain`: see `_chains`); only the rate
-    a route returns becomes a `Rate` (`rate`). The other lookups (`matches`, `group`) give `Rate` objects,
-    remembered per slot up to a bound.
+    Routing reads its columns directly (routing._route_columns): the longest key's slot (`deck_keys`) and
+    its prefix keys' (`parent`, `length`), `offsets`, `source` (per rate, an index into `sources`), and per
+    number slot its chain (`chain_offsets`, `chain`: see `_chains`); only the rate a route returns becomes a
+    `Rate` (`routed_rate`). The other lookups (`matches`, `group`) give `Rate` objects, remembered per slot
+    up to a bound.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -793,12 +1285,13 @@ class Deck(Lookups):
         self.has_raw = meta["raw"] > 0
         self.origins: Origins = Origins.of(meta["origins"]) if meta["origins"] else NO_ORIGINS
         self._raw_base = meta["numbers"]
+        # Eligibility depending on the call's time or caller, or raw keys matching too: routing reads Rates.
+        if self.dated or self.origins or self.has_raw:
+            self.deck_keys = _no_columns  # type: ignore[method-assign]
         # (pricelist_tag, carrier_tag) per source, numbered in carrier tag order (offer_codes)
         self.sources: list[tuple[str, str | None]] = [tuple(pair) for pair in meta["sources"]]
         self._forms = [tuple(form) for form in meta["forms"]]
         self._zones: list[str] = meta["zones"]
-        self._numbers = marisa_trie.Trie().mmap(str(self.folder / "numbers.marisa"))
-        self.slot = self._numbers.key_id  # the slot of a number key of the deck (the trie's own method: no frame)
         self._raw = marisa_trie.Trie().mmap(str(self.folder / "raw.marisa"))
         self._descriptions = marisa_trie.Trie().mmap(str(self.folder / "descriptions.marisa"))
         with open(self.folder / "columns.bin", "rb") as file:
@@ -814,8 +1307,17 @@ class Deck(Lookups):
         self.chain_offsets: memoryview = columns["chain_offsets"]
         self.chain: memoryview = columns["chain"]
         self.chain_depth: memoryview = columns["chain_depth"]
+        self.parent: memoryview = columns["parent"]  # per number slot, the slot of its longest prefix key, or -1
+        self.length: memoryview = columns["length"]  # per number slot, its key's length
+        self._numbers = None  # the number keys' trie, for decks whose keys have no codes (_number_index)
+        if meta["coded"]:
+            self._codes, self._first, self._bucket = columns["codes"], columns["first"], meta["bucket"]
+        else:
+            self._numbers = marisa_trie.Trie().mmap(str(self.folder / "numbers.marisa"))
+            self._id_slot = columns["id_slot"]
         # A chain of one byte per entry is read as bytes straight from the map (routing translates them).
-        self._chain_bytes = meta["sections"]["chain"][0] if self.chain.format == "B" else None
+        self.map = self._map
+        self.chain_bytes: int | None = meta["sections"]["chain"][0] if self.chain.format == "B" else None
         self._tariff = columns["tariff"]
         self._description, self._form = columns["description"], columns["form"]
         self._tariffs_at = meta["sections"]["tariffs"][0]  # tariff t: _TARIFF_ROW at _tariffs_at + t * its size
@@ -823,16 +1325,59 @@ class Deck(Lookups):
         self._text_memo: dict[int, str] = {}  # description -> its text (0: none)
         self._last: tuple[str | None, list] = (None, [])  # the last number looked up, and its matches
 
-    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
-        if self.dated or self.origins:  # eligibility then depends on the call's time or caller too: no chains
+    def longest_slot(self, number: str) -> int:
+        """The slot of the longest number key `number` starts with, -1 when none; `parent` gives the next.
+
+        The keys are in slot order sorted, and a key sorts before every key it is a prefix of, so the
+        number's longest key is the last key not above the number, or a prefix of it (a key the number
+        starts with is a prefix of every key between it and the number). With codes, searching the
+        number's own code in its bucket finds that last key; a few parent steps find the prefix."""
+        return Deck.deck_keys(self, number)[1]
+
+    def deck_keys(self, number: str) -> tuple[Deck, int] | None:
+        """(self, `longest_slot(number)`): the walk itself, one call less for routing. A deck routing cannot
+        read by its columns has `_no_columns` in its place (Deck.__init__)."""
+        if self._numbers is not None:
+            keys = self._numbers.prefixes(number)
+            return self, self._id_slot[self._numbers.key_id(keys[-1])] if keys else -1
+        size = len(number)
+        if size > _CODED or not (number.isdigit() and number.isascii()):
+            head = _LEADING_DIGITS.match(number).group()[:_CODED]  # keys are digits: only these can match
+            if not head:
+                return self, 0 if len(self._codes) and self._codes[0] == 0 else -1  # the key "", if any
+            return Deck.deck_keys(self, head)
+        value = int(number) * _SPANS[size]  # the number's digits padded to _CODED, as its code's value
+        codes, first = self._codes, self._first
+        bucket = value // self._bucket
+        i = _bisect_right(codes, value * 32 + size, first[bucket], first[bucket + 1]) - 1
+        parent = self.parent
+        while i >= 0:
+            code = codes[i]
+            if value - (code >> 5) < _SPANS[code & 31]:  # the key's digits begin the number's
+                return self, i
+            i = parent[i]
+        return self, -1
+
+    def slot(self, key: str) -> int | None:
+        """The slot of a number key of the deck, or None."""
+        if self._numbers is not None:
+            found = self._numbers.get(key)
+            return None if found is None else self._id_slot[found]
+        if not _codable(key):
             return None
-        return self, self._numbers.prefixes(number)  # then `slot` of the longest: cheaper than ids of them all
+        code = int(key.ljust(_CODED, "0")) * 32 + len(key)
+        i = bisect.bisect_left(self._codes, code)
+        return i if i < len(self._codes) and self._codes[i] == code else None
+
+    def key_of(self, number: str, slot: int) -> str:
+        """The key of `slot`, which `number` starts with (found by `longest_slot`, `parent`)."""
+        return number[:self.length[slot]]
 
     def chain_of(self, slot: int) -> bytes | memoryview:
         """The sources of a number slot's chain, in offer order (`_chains`): bytes when a byte holds each."""
         start, end = self.chain_offsets[slot], self.chain_offsets[slot + 1]
-        if self._chain_bytes is not None:
-            return self._map[self._chain_bytes + start:self._chain_bytes + end]
+        if self.chain_bytes is not None:
+            return self._map[self.chain_bytes + start:self.chain_bytes + end]
         return self.chain[start:end]
 
     def forget(self) -> None:
@@ -886,6 +1431,37 @@ class Deck(Lookups):
         rate.__class__ = Rate
         return rate
 
+    def routed_rate(self, i: int, key: str, source: int) -> Rate:
+        """`rate(i, key, source)` for routing over the columns (deck_keys), where no rate has dates, a window
+        or a source prefix: those fields are their defaults, and the tariff's columns for them are skipped
+        in the unpack (fewer integers made)."""
+        fee, price, increment, free, first, minimum, most, scale, rounding, zone = _PRICE_ROW.unpack_from(
+            self._map, self._tariffs_at + self._tariff[i] * _TARIFF_SIZE)
+        d = self._description[i]
+        if d:
+            text = self._text_memo.get(d)
+            if text is None:
+                text = self._text(d)
+        else:
+            text = None
+        head, key_follows = self._forms[self._form[i]]
+        rate = _bare(_Draft)
+        rate.tenant = self.tenant
+        rate.pricelist_tag, rate.carrier_tag = self.sources[source]
+        rate.prefix = head + key if key_follows else head
+        rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start = fee, price, increment, free
+        rate.description = text
+        rate.datetime_start = rate.datetime_end = None
+        rate.initial_increment = None if first == _NONE else first
+        rate.minimum_duration = minimum
+        rate.maximum_cost = None if most == _NONE else most
+        rate.scale, rate.rounding = scale, ROUNDINGS[rounding]
+        rate.source_prefix = ""
+        rate.weekdays, rate.time_start, rate.time_end = 0, None, None
+        rate.timezone = self._zones[zone]
+        rate.__class__ = Rate
+        return rate
+
     def _text(self, d: int) -> str:
         if len(self._text_memo) >= _MEMO_LIMIT:
             self._text_memo.clear()
@@ -893,8 +1469,7 @@ class Deck(Lookups):
         return found
 
     def group(self, is_raw: bool, key: str) -> Group | None:
-        trie = self._raw if is_raw else self._numbers
-        slot = trie.get(key)
+        slot = self._raw.get(key) if is_raw else self.slot(key)
         if slot is None:
             return None
         return self._group(slot + (self._raw_base if is_raw else 0), key)
@@ -902,8 +1477,12 @@ class Deck(Lookups):
     def number_matches(self, number: str) -> list[tuple[str, Group]]:
         if number == self._last[0]:  # routing asks for the longest match, then for all of them
             return self._last[1]
-        found = [(key, self._group(slot, key)) for key, slot in self._numbers.iter_prefixes_with_ids(number)]
-        found.reverse()
+        found = []
+        slot = self.longest_slot(number)
+        while slot >= 0:
+            key = self.key_of(number, slot)
+            found.append((key, self._group(slot, key)))
+            slot = self.parent[slot]
         self._last = (number, found)
         return found
 
@@ -914,6 +1493,15 @@ class Deck(Lookups):
         return found
 
 
+def _no_columns(number: str) -> None:
+    """Deck.deck_keys of a deck whose rates have dates, windows or source prefixes (eligibility then depends
+    on the call's time or caller too), or with raw keys (they match too): routing reads Rate objects."""
+    return None
+
+
+_LEADING_DIGITS = re.compile("[0-9]*")
+_bisect_right = bisect.bisect_right
+_SPANS = [10 ** max(_CODED - length, 0) for length in range(32)]  # per key length: the codes' values it spans
 _bare = object.__new__
 # What Deck.rate sets, in Rate's order.
 _RATE_FIELDS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee", "rate", "rate_increment",
@@ -921,6 +1509,12 @@ _RATE_FIELDS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee
                 "minimum_duration", "maximum_cost", "scale", "rounding", "source_prefix", "weekdays", "time_start",
                 "time_end", "timezone")
 _TARIFF_ROW = struct.Struct(f"{len(_TARIFF_COLUMNS)}q")  # a tariff as written: _TARIFF_COLUMNS in order
+_TARIFF_SIZE = _TARIFF_ROW.size
+# The same row without the dates, source prefix and window (padding: not read), for Deck.routed_rate.
+_PRICE_ROW = struct.Struct("4q16x5q32xq")
+if _PRICE_ROW.size != _TARIFF_SIZE or [name for name, _ in _TARIFF_COLUMNS][4:6] != ["start", "end"] or [
+        name for name, _ in _TARIFF_COLUMNS][11:15] != ["source_prefix", "weekdays", "time_start", "time_end"]:
+    raise ImportError("the tariff's columns changed: update deck._PRICE_ROW")
 # Rate's twin without `frozen`, the same slots in the same order: filled by plain assignments, then given
 # Rate's class, which costs half of setting a frozen dataclass's slots one by one.
 _Draft = dataclasses.make_dataclass("_Draft", [(f.name, f.type) for f in dataclasses.fields(Rate)], slots=True)

@@ -31,11 +31,12 @@ def scheme_length(text: str) -> int:
 # The common shapes, `39040123`, `+39040123`, `sip:39040123@host;params`, `tel:+39040123;phone-context=...`,
 # read in one step; anything else (separators, letters, other schemes) takes the general path below.
 _PLAIN_NUMBER = re.compile(r"(?:[sS][iI][pP][sS]?:|[tT][eE][lL]:)?\+?([0-9]+)(?:[@;]|\Z)")
+_plain_number = _PLAIN_NUMBER.match  # bound once: an attribute lookup less per call
 
 
 def number_of(destination: str) -> str:
     """The dialled number (or user) of a destination URI or bare number."""
-    plain = _PLAIN_NUMBER.match(destination)
+    plain = _plain_number(destination)
     if plain is not None:
         return plain.group(1)
     return read_number(destination)

@@ -85,18 +85,19 @@ def route(catalog: Catalog, account: Account, destination: str | None, at: datet
     if not destination:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
     table = catalog.table(account.tenant)
-    walk = None if table.has_raw else table.deck_keys(number_of(destination))
+    number = number_of(destination)
+    walk = table.deck_keys(number)  # None: the table has raw keys, dates or changes matching here
     if walk is None:
         return _route_rates(catalog, account, destination, at, carriers, source)
-    deck, keys = walk
-    if not keys:
+    deck, slot = walk
+    if slot < 0:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
     profile = _profile(catalog, account, deck)
     results = profile.routes if carriers else profile.prices
-    result = results.get(keys[-1])
+    result = results.get(slot)
     if result is None:
-        result = _route_columns(catalog, account, deck, keys, carriers, profile)
-        _remember_route(catalog, results, keys[-1], result)
+        result = _route_columns(catalog, account, deck, number, slot, carriers, profile)
+        _remember_route(catalog, results, slot, result)
     return result
 
 
@@ -109,7 +110,7 @@ def _remember(catalog: Catalog, key: tuple, result: object) -> None:
 _COUNT = object()  # key of catalog.routes: how many results its profiles remember
 
 
-def _remember_route(catalog: Catalog, results: dict, key: str, result: Result) -> None:
+def _remember_route(catalog: Catalog, results: dict, key: int, result: Result) -> None:
     """Remembers a columns route in its profile's `results`, within _ROUTES_LIMIT for the whole snapshot."""
     count = catalog.routes.get(_COUNT, 0)
     if count >= _ROUTES_LIMIT:
@@ -131,8 +132,8 @@ class _Profile:
         # The sources not eligible, as bytes, when no carrier has two eligible sources and a byte holds a
         # source: an account's offers are then every eligible entry of a chain, in its order.
         self.ineligible = ineligible
-        self.routes: dict[str, Result] = {}  # longest key -> route, with carriers
-        self.prices: dict[str, Result] = {}  # longest key -> route, price only
+        self.routes: dict[int, Result] = {}  # the longest key's slot -> route, with carriers
+        self.prices: dict[int, Result] = {}  # the longest key's slot -> route, price only
 
 
 def _profile(catalog: Catalog, account: Account, deck: Deck) -> _Profile:
@@ -159,10 +160,10 @@ def _profile(catalog: Catalog, account: Account, deck: Deck) -> _Profile:
     return found
 
 
-def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[str], carriers: bool,
+def _route_columns(catalog: Catalog, account: Account, deck: Deck, number: str, longest: int, carriers: bool,
                    profile: _Profile | None = None) -> Result:
-    """`_route_rates` over a deck's columns (`keys`: Deck.deck_keys, not empty), making a `Rate` of the price
-    only.
+    """`_route_rates` over a deck's columns (`longest`: the slot of the longest key `number` starts with,
+    Deck.longest_slot; its prefix keys follow by Deck.parent), making a `Rate` of the price only.
 
     Eligibility depends on a rate's source alone here (no dates), so the price is the first rate of an
     eligible source, most specific key first, and the offers are the eligible entries of the longest key's
@@ -170,37 +171,38 @@ def _route_columns(catalog: Catalog, account: Account, deck: Deck, keys: list[st
     """
     if profile is None:
         profile = _profile(catalog, account, deck)
-    usable, offsets, source = profile.usable, deck.offsets, deck.source
+    usable, offsets, source, parent = profile.usable, deck.offsets, deck.source, deck.parent
     price = None
-    position = len(keys) - 1
-    slot = longest = deck.slot(keys[position])
-    while True:
+    slot = longest
+    while slot >= 0:
         for i in range(offsets[slot], offsets[slot + 1]):
             pair = source[i]  # its pricelist and carrier, as a number
             if usable[pair] >= 0:
-                price = deck.rate(i, keys[position], pair)
+                price = deck.routed_rate(i, number[:deck.length[slot]], pair)  # the key: what the number starts with
                 break
-        if price is not None or not position:
-            break
-        position -= 1
-        slot = deck.slot(keys[position])
+        else:
+            slot = parent[slot]
+            continue
+        break
     if not carriers:
         return price, ()
     if account.carrier_tags_override:
         return price, tuple(_forced(catalog, account))
     if price is None:  # no eligible rate: no offer either
         return None, ()
-    entries = deck.chain_of(longest)
-    if profile.ineligible is not None and type(entries) is bytes:
-        return price, tuple(map(profile.carriers.__getitem__, entries.translate(None, profile.ineligible)))
-    depth = deck.chain_depth[deck.chain_offsets[longest]:deck.chain_offsets[longest + 1]]
+    start, end = deck.chain_offsets[longest], deck.chain_offsets[longest + 1]
+    at = deck.chain_bytes
+    if profile.ineligible is not None and at is not None:  # a byte per entry: read as bytes (Deck.chain_of)
+        eligible, entries = profile.carriers, deck.map[at + start:at + end].translate(None, profile.ineligible)
+        return price, tuple([eligible[entry] for entry in entries])
+    entries, depth = deck.chain[start:end], deck.chain_depth[start:end]
     best: dict[int, tuple[int, int]] = {}  # carrier number -> (depth, position) of its offer
     for position, entry in enumerate(entries):
-        number = usable[entry]
-        if number >= 0:
-            held = best.get(number)
+        carrier = usable[entry]
+        if carrier >= 0:
+            held = best.get(carrier)
             if held is None or depth[position] < held[0]:
-                best[number] = (depth[position], position)
+                best[carrier] = (depth[position], position)
     return price, tuple([profile.carriers[entries[position]] for position in sorted(p for _, p in best.values())])
 
 

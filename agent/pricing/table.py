@@ -70,9 +70,10 @@ class Layer(Protocol):
     def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
         """(key, rates) of every raw key the raw destination starts with, longest first."""
 
-    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
-        """The deck whose columns alone hold every match of `number`, and the number keys it matches,
-        shortest first; None when other rates match or the deck has dates."""
+    def deck_keys(self, number: str) -> tuple[Deck, int] | None:
+        """The deck whose columns alone hold every match of `number`, and the slot of the longest number key
+        it matches (-1: none; Deck.longest_slot); None when other rates match, or some layer has raw (URI)
+        keys, or the deck has dates or source prefixes."""
 
 
 def key_of(prefix: str) -> tuple[bool, str]:
@@ -99,7 +100,7 @@ class Lookups:
         found = self.number_matches(number_of(destination))
         return found[0] if found else None
 
-    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
+    def deck_keys(self, number: str) -> tuple[Deck, int] | None:
         return None
 
     def matches(self: Layer, destination: str) -> Iterator[tuple[int, Group]]:
@@ -234,9 +235,9 @@ class Layered(Lookups):
     def number_matches(self, number: str) -> list[tuple[str, Group]]:
         return _overlaid(self.base.number_matches(number), self.upper.number_matches(number))
 
-    def deck_keys(self, number: str) -> tuple[Deck, list[str]] | None:
-        if self.upper.number_lengths and self.upper.number_matches(number):
-            return None  # a changed key (or a removed one) among the matches
+    def deck_keys(self, number: str) -> tuple[Deck, int] | None:
+        if self.upper.raw_lengths or self.upper.number_lengths and self.upper.number_matches(number):
+            return None  # raw keys, or a changed key (or a removed one) among the matches
         return self.base.deck_keys(number)
 
     def raw_matches(self, raw: str) -> list[tuple[str, Group]]:

@@ -192,6 +192,49 @@ class ImportBuild:
         self.say(f"deck of tenant {tenant!r}: rates read in {read:.1f}s, building while PostgreSQL merges")
         self._builds[tenant] = (asyncio.get_running_loop().run_in_executor(None, build), read)
 
+    async def start_stream(self, connection: asyncpg.Connection, tenant: str, stream: deck.CsvRows, tag: str,
+                           stored: str, decode) -> asyncio.Future:
+        """Builds the tenant's deck from the rows of its pricelist `tag` as the import streamed them to COPY
+        (`stream`, finished; `decode`: see `CsvRows.resolve`) and the stored rates the import leaves
+        (`stored`: see `_copy_rows`), without reading the import's table back. Returns a future of the COPY's
+        row numbers that later rows of the same rate replace (to be deleted before the table's unique index
+        is built); the build goes on in a thread."""
+        if tenant in self._builds:
+            self._drop(tenant)
+        started = time.perf_counter()
+        rows, micros = await _copy_rows(connection, stored, tenant)
+        terms = {row[0]: (row[1], row[2], row[3]) for row in await connection.fetch(
+            "SELECT pricelist_tag, scale, rounding, timezone FROM pricelists WHERE tenant = $1", tenant)}
+        read = time.perf_counter() - started
+        partial = tenant_folder(self._folder, tenant) / f"import-{os.getpid()}-{time.time_ns()}.partial"
+        loop = asyncio.get_running_loop()
+        replaced: asyncio.Future = loop.create_future()
+
+        def answer(value=None, error: BaseException | None = None) -> None:
+            if not replaced.done():
+                replaced.set_exception(error) if error is not None else replaced.set_result(value)
+
+        def build() -> Path:
+            began = time.perf_counter()
+            try:
+                stream.resolve(decode, tenant, tag, terms)
+                later = stream.duplicates()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(answer, None, exc)
+                raise
+            loop.call_soon_threadsafe(answer, stream.numbers()[later])
+            resolved = time.perf_counter() - began
+            columns = deck.join_columns(stream.columns(later), rows.columns(micros))
+            deck.write_columns(partial, tenant, columns)
+            log.info("deck of tenant %r: %d rates read in %.1fs, built in %.1fs (from the import's rows as they"
+                     " went to COPY, their duplicates found in %.1fs; the stored rates it keeps read from"
+                     " PostgreSQL)", tenant, len(columns.key), read, time.perf_counter() - began, resolved)
+            return partial
+
+        self.say(f"deck of tenant {tenant!r}: building from the rows copied, while PostgreSQL indexes them")
+        self._builds[tenant] = (loop.run_in_executor(None, build), read)
+        return replaced
+
     async def check(self, connection: asyncpg.Connection, own: dict[str, int]) -> None:
         """Drops the builds of tenants whose rates changed (`rate` or `bulk` changes) since the first read,
         other than by the import's own `own` changes of each tenant. Call holding the change log's lock,

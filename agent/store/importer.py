@@ -34,6 +34,7 @@ from ..pricing.rate import (LONGEST_CALL, MAX_SCALE, MAX_SOURCE_PREFIX, MONEY_LI
 from . import changes
 
 if TYPE_CHECKING:
+    from ..pricing.deck import CsvRows
     from .decks import ImportBuild
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,8 @@ class CsvDeck:
         self.header: list[str] | None = None
         self.used = False
         self.strict = False  # see strict_nulls
+        self.sink: CsvRows | None = None  # the import's deck build, fed the rows as they go to COPY
+        self.copied = 0  # rows handed to COPY so far
 
     def _start(self) -> None:
         """Reads the header line (once)."""
@@ -492,7 +495,11 @@ class CsvDeck:
             if "\r" in text:
                 text = text.replace("\r\n", "\n")
             if lines_ok is not None and lines_ok(text):
-                yield text.encode()
+                data = text.encode()
+                if self.sink is not None:
+                    self.sink.lines(data, self.copied + 1, len(batch))
+                self.copied += len(batch)
+                yield data
                 self._progress(before)
                 continue
             # line by line: the lines the pattern takes as they are, the others through csv and rate_row
@@ -506,6 +513,9 @@ class CsvDeck:
                     plain = plain[:-2] + "\n"
                 if line_ok is not None and line_ok(plain):
                     out.append(plain)
+                    self.copied += 1
+                    if self.sink is not None:
+                        self.sink.lines(plain.encode(), self.copied, 1)
                     continue
                 feed.back.append(line)
                 feed.count -= 1
@@ -516,6 +526,9 @@ class CsvDeck:
                     continue
                 row = self._row(fields)
                 out.append(",".join("" if k < 0 else _csv_value(row[k]) for k in self.layout) + "\n")
+                self.copied += 1
+                if self.sink is not None:
+                    self.sink.row(self.copied, row)
             if out:
                 yield "".join(out).encode()
             self._progress(before)
@@ -523,6 +536,22 @@ class CsvDeck:
     async def source(self):
         for chunk in self.chunks():
             yield chunk
+            if self.sink is not None:
+                await self.sink.pace()
+
+    def row_decoder(self) -> Callable[[dict[str, str]], tuple]:
+        """For CsvRows.resolve (in a thread: the scales of the running import are taken now): the row
+        (RATE_COLUMNS) that some fields of a plain line stand for, as COPY stores them. The fields a plain line
+        holds are checked one by one (_FIELD), so any of them read apart, the others left to their defaults,
+        gives what it gives in its line; a missing tag is a placeholder (a plain line names its own)."""
+        scales = _SCALES.get()
+        tags = {"pricelist_tag": self.pricelist or "-", "carrier_tag": self.carrier or "-"}
+
+        def decode(fields: dict[str, str]) -> tuple:
+            raw = {**tags, **{name: value for name, value in fields.items() if name not in self.fixed}}
+            raw["prefix"] = "0"
+            return rate_row(raw, self.tenant, self.pricelist, self.carrier, scales)
+        return decode
 
 
 def csv_rates(
@@ -632,6 +661,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     # large deck of one pricelist becomes as it is (_Swap); any other goes into a temporary table.
     direct = deck is not None and deck.direct()
     id_prefix = _id_prefix()
+    stream = None
     began = time.perf_counter()
     if direct:
         # one such import at a time, taken before it reads any rate: two swaps would wait for each other
@@ -647,9 +677,19 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         flags += [f"ALTER {column} SET DEFAULT {_literal(flag)}" for column, flag in (
             ("pricelist_tag", deck.pricelist), ("carrier_tag", deck.carrier)) if flag]
         await connection.execute(f"ALTER TABLE {staged} {', '.join(flags)}")
-        status = await connection.copy_to_table(
-            staged, source=deck.source(), columns=deck.copy_columns(), format="csv",
-            force_not_null=[c for c in deck.copy_columns() if c == "source_prefix"] or None)
+        if build is not None:  # the deck built from the rows as they go to COPY (decks.ImportBuild.start_stream)
+            from ..pricing.deck import CsvRows
+
+            stream = deck.sink = CsvRows(deck.copy_columns(), RATE_COLUMNS)
+        try:
+            status = await connection.copy_to_table(
+                staged, source=deck.source(), columns=deck.copy_columns(), format="csv",
+                force_not_null=[c for c in deck.copy_columns() if c == "source_prefix"] or None)
+        finally:
+            if stream is not None and not await stream.finish():
+                log.info("the deck's rows could not be parsed as they went to COPY (%s): built from the table",
+                         stream.broken)
+                stream = None
     else:
         staged, sequence = "rate_deck", "rate_deck_ids"
         ids = f"('{id_prefix}' || lpad(to_hex(nextval('{sequence}')), 12, '0'))::uuid"
@@ -670,6 +710,11 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                                                             columns=[*RATE_COLUMNS, "line"])
     count = int(status.split()[-1])
     log.info("%d rows of the deck copied into %s in %.1fs", count, staged, time.perf_counter() - began)
+    if stream is not None and deck.copied != count:
+        stream = None
+    if stream is not None and count >= SWAP_MIN and count > OVERLAY_LIMIT:
+        # what the rows stand for read in a thread meanwhile (the deck's build starts from it, _Swap)
+        stream.start_prepare(deck.row_decoder())
     if build is not None:
         build.say(f"{count:,} rows staged in PostgreSQL; merging")
     if count == 0:
@@ -746,7 +791,8 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         # a fresh table costs a copy of the pricelist's other rates: worth it when the deck is most of it
         if len(tags) == 1 and count * 2 >= await connection.fetchval(
                 "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = $1", tags[0]):
-            swap = _Swap(staged, tags[0], replace, None if build is None else build.start, sorted(tenants))
+            swap = _Swap(staged, tags[0], replace, build, sorted(tenants),
+                         None if stream is None else (stream, deck.row_decoder(), id_prefix))
 
     async def stage(exclude: bool) -> None:
         """The decks of the deck's tenants built as the import leaves their rates: the stored ones it does not
@@ -888,8 +934,13 @@ class _Swap:
     caller's savepoint undoes the copy) and the import writes into the indexed table instead.
     """
 
-    def __init__(self, staged: str, tag: str, replace: bool, start, tenants: list[str]) -> None:
-        self.staged, self.tag, self.replace, self.start, self.tenants = staged, tag, replace, start, tenants
+    def __init__(self, staged: str, tag: str, replace: bool, build: ImportBuild | None, tenants: list[str],
+                 stream: tuple | None = None) -> None:
+        self.staged, self.tag, self.replace, self.build, self.tenants = staged, tag, replace, build, tenants
+        self.start = None if build is None else build.start
+        # (CsvRows, its decoder, the ids' prefix): the deck's rows as they went to COPY, for a build of one
+        # tenant that does not read the table back (decks.ImportBuild.start_stream)
+        self.stream = stream if build is not None and len(tenants) == 1 else None
 
     async def run(self, connection: asyncpg.Connection) -> bool:
         try:
@@ -918,13 +969,34 @@ class _Swap:
             keep = "(tenant, carrier_tag) NOT IN (SELECT tenant, carrier_tag FROM rate_deck_pairs)"
         else:
             keep = f"NOT EXISTS (SELECT 1 FROM {staged} deck WHERE {' AND '.join(f'r.{c} = deck.{c}' for c in _KEY)})"
+        replaced = None
+        if self.stream is not None:
+            # the build takes the deck's rows from the stream and reads only the stored rates the import
+            # keeps (before they are copied into the table, which `keep` compares with)
+            rows, decode, id_prefix = self.stream
+            stored = (f"(SELECT {', '.join(RATE_COLUMNS)} FROM pricelist_rates r"
+                      f" WHERE pricelist_tag <> {_literal(tag)} OR pricelist_tag = {_literal(tag)} AND {keep})")
+            replaced = await self.build.start_stream(connection, self.tenants[0], rows, tag, stored, decode)
         kept = await connection.execute(
             f"INSERT INTO {staged} ({columns}) SELECT {columns} FROM pricelist_rates r"
             f" WHERE pricelist_tag = $1 AND {keep}", tag)
         await connection.execute(f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_partition"
                                  f" CHECK (pricelist_tag = {_literal(tag)})")  # spares ATTACH its scan
         moments.append(time.perf_counter())
-        await self._stage(connection)  # the build reads the table while PostgreSQL indexes it
+        if replaced is not None:
+            try:
+                later = await replaced
+            except Exception as exc:  # noqa: BLE001 - built from the table instead
+                log.warning("deck of tenant %r: the build from the deck's rows failed (%s)", self.tenants[0], exc,
+                            exc_info=exc)
+                replaced = None
+            else:
+                if len(later):  # the deck names a rate twice: the last one counts
+                    await connection.execute(
+                        f"DELETE FROM {staged} s USING unnest($1::uuid[]) d(id) WHERE s.id = d.id",
+                        [f"{id_prefix}{number:012x}" for number in later.tolist()])
+        if replaced is None:
+            await self._stage(connection)  # the build reads the table while PostgreSQL indexes it
         moments.append(time.perf_counter())
         await connection.execute(f"SET LOCAL maintenance_work_mem = '{_INDEX_MEMORY}'")
         identity = (f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_identity_key UNIQUE"
@@ -965,9 +1037,10 @@ class _Swap:
             f"ALTER TABLE pricelist_rates ATTACH PARTITION {partition} FOR VALUES IN ({_literal(tag)})")
         moments.append(time.perf_counter())
         copied, read, indexed, waited, swapped = (b - a for a, b in zip(moments, moments[1:]))
-        log.info("pricelist %r swapped in as its partition: %s stored rates kept in %.1fs, the build's read %.1fs,"
+        log.info("pricelist %r swapped in as its partition: %s stored rates kept in %.1fs, %s %.1fs,"
                  " indexed in %.1fs, the lock waited for %.2fs, swapped in %.3fs", tag, kept.split()[-1], copied,
-                 read, indexed, waited, swapped)
+                 "the build's read" if replaced is None else "the deck's duplicates found and deleted", read,
+                 indexed, waited, swapped)
 
     async def _exclusive(self, connection: asyncpg.Connection) -> None:
         """pricelist_rates locked ACCESS EXCLUSIVE (itself, not its partitions): every reader and writer

@@ -66,3 +66,30 @@ async def test_a_stray_quote_does_not_hold_the_rest_of_the_deck_back_forever():
     body = b"prefix,rate\n39,5\n" + b'4"4,7\n' + b"".join(b"%d,1\n" % n for n in range(1000, 3100))
     _, records, _ = await _copied([body[i:i + 100] for i in range(0, len(body), 100)])
     assert len(records) == 2102 and records[1] == ['4"4', "7"]
+
+
+async def test_an_upload_re_tagged_by_its_url_is_built_from_its_rows_as_they_arrive(stack, tmp_path, monkeypatch):
+    """The upload's lines naming another pricelist are written out with the URL's (parsed rows), the others
+    go as they are; the deck is built from both as they stream, the duplicates the re-tagging makes dropped
+    before the unique index (the last one kept): the deck a build from PostgreSQL gives."""
+    from agent.store import decks, importer
+    from tests.store.test_importer import _spy_builds, assert_built_as_postgresql_builds
+    from tests.test_transaction import catalog, prepaid
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 20)
+    monkeypatch.setattr(importer, "SWAP_MIN", 1)
+    calls = _spy_builds(monkeypatch)
+    await stack.load(catalog(prepaid("a")))
+    query = "SELECT carrier_tag, prefix, rate FROM pricelist_rates WHERE pricelist_tag = 'p1'"
+    last = {(r["carrier_tag"], r["prefix"]): r["rate"] for r in await stack.database.fetch(query)}  # kept
+    lines = [f"p{1 + n % 3 // 2},c{1 + n % 2},{39 + n % 5}{n % 400},{n % 90},60,Zone {n % 7}\n" for n in range(3000)]
+    body = ("pricelist_tag,carrier_tag,prefix,rate,rate_increment,description\n" + "".join(lines)).encode()
+    deck = StreamDeck(_Stream([body[i:i + 700] for i in range(0, len(body), 700)]), "default", "p1", None, len(body))
+    await deck.open()
+    result = await importer.import_rates(stack.database, deck, build=decks.ImportBuild(tmp_path / "decks"))
+    assert result.swapped and calls == ["stream"]
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+    for line in lines:
+        _, carrier, prefix, rate, *_ = line.split(",")
+        last[(carrier, prefix)] = int(rate)
+    assert {(r["carrier_tag"], r["prefix"]): r["rate"] for r in await stack.database.fetch(query)} == last

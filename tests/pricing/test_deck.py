@@ -12,6 +12,9 @@ from agent.pricing.rate import Rate
 from agent.pricing.table import Layered, RateTable
 
 START = datetime(2030, 1, 1, 8, 30, 0, 123456, tzinfo=timezone.utc)
+# Number keys of ASCII digits up to 17 long are found by their codes (deck._number_index); a deck with a longer
+# key or one of letters by its trie: both kinds come up.
+LONG_OR_LETTERS = ["012901290129012901", "0129012901290129", "12a", "1"]
 
 rates = st.builds(
     Rate,
@@ -20,7 +23,7 @@ rates = st.builds(
     carrier_tag=st.sampled_from(["c1", "c2", "c3"]),
     prefix=st.builds(lambda spelling, digits: spelling.format(digits),
                      st.sampled_from(["{}", "+{}", "sip:{}", "tel:+{}", "{}-", "sip:{}@example.com"]),
-                     st.text("0129", max_size=5)),
+                     st.one_of(st.text("0129", max_size=5), st.sampled_from(LONG_OR_LETTERS))),
     connect_fee=st.integers(0, 3),
     rate=st.integers(0, 2**40),
     rate_increment=st.sampled_from([0, 1, 6, 60]),
@@ -31,7 +34,8 @@ rates = st.builds(
 )
 destinations = st.builds(lambda spelling, digits: spelling.format(digits),
                          st.sampled_from(["{}", "+{}", "sip:{}@example.com:5060", "tel:+{}", " sip:{}@h "]),
-                         st.text("0129", min_size=0, max_size=8))
+                         st.one_of(st.text("0129", min_size=0, max_size=8), st.sampled_from([
+                             "01290129012901290129", "012901290129012901", "01290129012901291", "12a9", "1\u0663"])))
 
 
 def built(tmp_path_factory, items, covers: int = 7) -> deck.Deck:
@@ -83,8 +87,10 @@ def test_a_deck_folder_appears_whole_or_not_at_all(tmp_path):
     folder = tmp_path / "v1"
     deck.build(folder, "t", [Rate("t", "p", "c", "39")], 1)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "columns.bin", "descriptions.marisa", "meta.json", "numbers.marisa", "raw.marisa"]
+        "columns.bin", "descriptions.marisa", "meta.json", "raw.marisa"]  # number keys of digits: no trie
     assert not (tmp_path / "v1.partial").exists()
+    deck.build(tmp_path / "v2", "t", [Rate("t", "p", "c", "39a")], 1)
+    assert (tmp_path / "v2" / "numbers.marisa").exists()
 
 
 @settings(max_examples=80, deadline=None)
@@ -100,8 +106,46 @@ def test_the_deck_files_depend_on_the_rates_not_on_their_order(tmp_path_factory,
     folders = [tmp_path_factory.mktemp("order") / "v" for _ in range(2)]
     for folder, order in zip(folders, (items, shuffled)):
         deck.build(folder, "t", order, 7)
-    for name in ("columns.bin", "descriptions.marisa", "meta.json", "numbers.marisa", "raw.marisa"):
+    names = sorted(p.name for p in folders[0].iterdir())
+    assert names == sorted(p.name for p in folders[1].iterdir())
+    for name in names:
         assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+
+
+def walked(mapped: deck.Deck, number: str) -> list[str]:
+    """The keys `number` starts with, longest first, as the number index finds them (slot, then parents)."""
+    found, slot = [], mapped.longest_slot(number)
+    while slot >= 0:
+        found.append(mapped.key_of(number, slot))
+        slot = mapped.parent[slot]
+    return found
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.one_of(st.text("0189", max_size=17), st.text("0189", min_size=18, max_size=19)),
+                     max_size=40, unique=True),
+       numbers=st.lists(st.text("0189", max_size=21), min_size=1, max_size=8))
+def test_the_number_index_finds_the_keys_a_number_starts_with(tmp_path_factory, keys, numbers):
+    """By codes when every key is at most 17 digits, by the trie otherwise: the simple definition either way."""
+    mapped = built(tmp_path_factory, [Rate("t", "p", "c", key) for key in keys])
+    assert (mapped._numbers is None) == all(len(key) <= 17 for key in keys)
+    for number in [*numbers, *keys]:
+        assert walked(mapped, number) == sorted((k for k in keys if number.startswith(k)), key=len, reverse=True)
+    for key in keys:
+        assert mapped.key_of(key, mapped.slot(key)) == key
+    assert mapped.slot("7") is None and mapped.slot("x") is None
+
+
+def test_the_number_index_of_a_large_deck_searches_buckets_of_leading_digits(tmp_path_factory):
+    import random
+
+    rng = random.Random(11)
+    keys = sorted({"".join(rng.choice("0123456789") for _ in range(rng.randint(1, 9))) for _ in range(20_000)})
+    mapped = built(tmp_path_factory, [Rate("t", "p", "c", key) for key in keys])
+    assert abs(len(mapped._first) - len(keys) / 4) < 3  # a bucket for about four keys
+    numbers = [*rng.sample(keys, 300), *("".join(rng.choice("0123456789") for _ in range(12)) for _ in range(300))]
+    for number in numbers:
+        assert walked(mapped, number) == sorted((k for k in keys if number.startswith(k)), key=len, reverse=True)
 
 
 def test_a_deck_written_apart_is_sealed_with_what_it_covers(tmp_path):
