@@ -106,21 +106,34 @@ end
 -- Time windows (agent/pricing/rate.py Timeline): a party priced by windowed rates sends a list of pieces
 -- {start (epoch s), the nine numbers of a schedule}, each in force from its start on; the walks below follow
 -- rate.py in_force, walk_amount_at, walk_units_at, the call's seconds counted from its answer (start_ms).
-local function in_force(line, start_ms)
+-- A timeline as {start, schedule} per piece, its schedules copied once, for pieces_at: the pieces in force
+-- for an answer within epoch second `second` (the answer's milliseconds change no offset).
+local function prepared(line)
+  local found = {}
+  for index, piece in ipairs(line) do
+    found[index] = {piece[1], {piece[2], piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9], piece[10]}}
+  end
+  return found
+end
+
+local function pieces_at(line, second)
   local found = {}
   for index, piece in ipairs(line) do
     local offset = 0
     if index > 1 then
-      offset = math.max(0, math.ceil((piece[1] * 1000 - start_ms) / 1000))
+      offset = math.max(0, piece[1] - second)
     end
-    local schedule = {piece[2], piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9], piece[10]}
     if #found > 0 and offset <= found[#found][1] then
-      found[#found] = {offset, schedule}
+      found[#found] = {offset, piece[2]}
     else
-      found[#found + 1] = {offset, schedule}
+      found[#found + 1] = {offset, piece[2]}
     end
   end
   return found
+end
+
+local function in_force(line, start_ms)
+  return pieces_at(prepared(line), math.floor(start_ms / 1000))
 end
 
 -- rate.py _priced: the price of the first `seconds` billed seconds, connect fee, minimum and cap aside
@@ -257,32 +270,6 @@ local function max_units(tariff, available, cap, start_ms)
     paid = paid - 1
   end
   return s[2] + paid * s[4]
-end
-
--- A timeline as {start, schedule} per piece, its schedules copied once: in_force of an answer within epoch
--- second `second` is pieces_at(line, second) (the answer's milliseconds change no offset).
-local function prepared(line)
-  local found = {}
-  for index, piece in ipairs(line) do
-    found[index] = {piece[1], {piece[2], piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9], piece[10]}}
-  end
-  return found
-end
-
-local function pieces_at(line, second)
-  local found = {}
-  for index, piece in ipairs(line) do
-    local offset = 0
-    if index > 1 then
-      offset = math.max(0, piece[1] - second)
-    end
-    if #found > 0 and offset <= found[#found][1] then
-      found[#found] = {offset, piece[2]}
-    else
-      found[#found + 1] = {offset, piece[2]}
-    end
-  end
-  return found
 end
 
 -- The answer seconds within first..last on either side of one where a walk of `line` steps or bends as the

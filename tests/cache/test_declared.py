@@ -26,7 +26,7 @@ from tests.cache.test_begin import (  # noqa: F401
     test_an_unplanned_begin_of_no_call_or_of_a_refused_one_is_missing_and_writes_nothing)
 from tests.cache.test_begin import (  # noqa: F401 - begins outside a windowed authorization's seconds (rebudget)
     test_windowed_calls_answered_anywhere_are_charged_within_their_reservation_as_the_kernel)
-from tests.cache.test_library import check_call, random_call
+from tests.cache.test_library import check_call, lua, random_call  # noqa: F401 - lua loads the checked library
 
 _PRELUDE = """
 local DECLARED = {}
@@ -68,14 +68,6 @@ def checked_library(monkeypatch):
     """Every library the tests here load (the stack, the agent, a reload) is the checked one, under this
     version's name: a later test's load puts the plain one back."""
     monkeypatch.setattr(cache, "LIBRARY", checked(cache.LIBRARY))
-
-
-@pytest.fixture
-def lua(redis_server, checked_library):
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    client.execute_command("FUNCTION", "LOAD", "REPLACE", cache.LIBRARY)
-    yield client
-    client.close()
 
 
 def test_the_check_fails_a_function_touching_a_key_it_did_not_declare(redis_server):
