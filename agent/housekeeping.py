@@ -88,7 +88,8 @@ def outbox_writer(settings: Settings, pool_factory) -> tuple[OutboxWriter, Any]:
     client = cache.connect(settings.redis_url, timeout=5.0)
     writer = OutboxWriter(client, pool_factory, settings.outbox_batch, on_written=metrics.OUTBOX_WRITTEN.inc,
                           claim_idle=settings.outbox_claim_idle, on_dead=metrics.OUTBOX_DEAD.inc,
-                          timeout=settings.database_timeout, linger=settings.outbox_linger)
+                          timeout=settings.database_timeout, linger=settings.outbox_linger,
+                          replicas=settings.redis_replicas)
     return writer, client
 
 

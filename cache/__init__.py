@@ -59,12 +59,15 @@ class Group(NamedTuple):
     stats: str  # HASH totals for metrics (summed over the groups: agent/metrics.py)
     broken: str  # SET call keys the expiry failed to finish
     dead: str  # STREAM outbox entries PostgreSQL refused (agent/store/writer.py dead letters)
+    # STRING the newest outbox entry a writer read and asked the master's replicas for (agent/store/writer.py
+    # replicated: a write after the read, so a WAIT behind it covers every entry read)
+    read: str
 
 
 def _group(index: int) -> Group:
     prefix = f"rating:{{g{index}}}:"
     return Group(index, prefix, f"{prefix}deadlines", f"{prefix}outbox", f"{prefix}catalog", f"{prefix}stats",
-                 f"{prefix}calls:broken", f"{prefix}outbox:dead")
+                 f"{prefix}calls:broken", f"{prefix}outbox:dead", f"{prefix}outbox:read")
 
 
 GROUPS = tuple(_group(index) for index in range(SLOT_GROUPS))

@@ -37,7 +37,8 @@ and answers `keys` with the list it needs (see undeclared); nothing here builds 
   stats    rating:{g}:stats   HASH  totals for metrics (summed over the groups): running (begun calls),
                  charges and charged (count and amount charged), refunded (amount). Open calls (authorized or
                  running) are the members of `deadlines`: every open call has exactly one deadline.
-  (outside this library: rating:{g}:outbox:dead, the writer's dead letters; rating:libraries,
+  (outside this library: rating:{g}:outbox:dead, the writer's dead letters, and rating:{g}:outbox:read,
+  the newest entry it read and had replicated; rating:libraries,
   rating:followers and rating:kamailio:seen, global hashes no function touches)
 
 An authorization is the hot path: it reads the call and the parties' accounts and writes only what it
@@ -444,13 +445,15 @@ end
 -- Writes what a begin changes in an open call of the field form.
 local function save_begun(key, doc)
   local clock = redis.call('TIME')
-  redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', clock[1], 'tu', clock[2])
-  if doc.moved then  -- a begin that topped up reservations or cut the units (rebudget)
+  if doc.moved then  -- a begin that topped up reservations or cut the units (rebudget): in the same write
     local reserved = {}
     for index, party in ipairs(doc.p) do
       reserved[index] = int(num(party.rv))
     end
-    redis.call('HSET', key, 'u', int(doc.u), 'rv', table.concat(reserved, ','))
+    redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', clock[1], 'tu', clock[2], 'u', int(doc.u),
+      'rv', table.concat(reserved, ','))
+  else
+    redis.call('HSET', key, 'st', doc.st, 'tb', int(doc.tb), 'ts', clock[1], 'tu', clock[2])
   end
 end
 

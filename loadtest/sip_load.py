@@ -12,6 +12,9 @@ kamailio/kamailio.cfg and a SIPp caller making `--calls` calls at `--rate` calls
 
   relay   Kamailio relays and tracks dialogs, no rating (WITH_RATING not defined)
   rating  the same plus the agent: authorization (transaction suspended), begin and end per call
+  zero    (named in --modes) rating against a zero-cost agent: loadtest/echo.py --canyan answers the requests
+          with fixed valid answers (authorized, the carrier; ok), no Redis, no PostgreSQL: what rating costs
+          Kamailio (and the machine) when the agent costs almost nothing
   NAME    (with --config NAME=DIR, repeatable) rating with the kamailio.cfg and rating.cfg of DIR instead: an
           A/B of configuration changes against the same agent, Redis and PostgreSQL, in the same run
   NAME    (with --agent NAME=DIR, repeatable) rating through the agent of source tree DIR (e.g. a worktree of an
@@ -647,6 +650,42 @@ request_route {{
 
 # ---- one measured run of one mode ----
 
+class ZeroAgent:
+    """The zero mode's agent (loadtest/echo.py --canyan), with what measure() reads of an AgentProcess."""
+
+    def __init__(self, workdir: Path, carrier_port: int) -> None:
+        self.port = free_port()
+        self.carrier = f"UDP:127.0.0.1:{carrier_port}"
+        self.log_path = workdir / f"zero-agent-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ZeroAgent":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "loadtest" / "echo.py"), "--canyan", "--port", str(self.port),
+                 "--carrier", self.carrier], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        deadline = time.monotonic() + 15
+        while True:  # bounded: until it answers
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=1):
+                    return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SetupError(f"the zero agent did not start: {self.log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(10)
+        self.process = None
+
+
 class ConfigKamailio(Kamailio):
     """A harness Kamailio whose kamailio.cfg and rating.cfg come from another folder (an A/B of the config)."""
 
@@ -799,6 +838,14 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     if relay and rating:
         ratio = statistics.median(rating) / statistics.median(relay)
         print(f"ratio rating/relay (answered calls/s, medians): {ratio:.3f}")
+    if args.breakdown and "relay" in results:
+        relay_cpu = statistics.median(sum(r["cpu_ms"].values()) for r in results["relay"])
+        for mode, rounds in results.items():
+            if mode != "relay":
+                total = statistics.median(sum(r["cpu_ms"].values()) for r in rounds)
+                print(f"CPU per call {mode}/relay (all components, medians): {total:.3f} / {relay_cpu:.3f} ms"
+                      f" = {total / relay_cpu:.2f}; on 2 cores at most {2000 / total:.0f} calls/s {mode}, "
+                      f"{2000 / relay_cpu:.0f} relay")
     if not args.breakdown:
         return
 
@@ -900,7 +947,7 @@ def report_steps(stepped: dict[float, dict[str, list[dict]]], args: argparse.Nam
           f"calls; a round is clean with 0 failed and < 1% of calls retransmitted, a rate when most rounds are; "
           f"median (min-max)")
     print(f"{'rate':>6} {'mode':<10} {'answered/s':>20} {'failed':>14} {'retrans':>16} {'clean rounds':>13} "
-          f"{'load avg':>16}")
+          f"{'load avg':>16} {'CPU ms/call, all':>22}")
     best: dict[str, float] = {}
     for rate, at_rate in sorted(stepped.items()):
         for mode, rounds in at_rate.items():
@@ -911,7 +958,8 @@ def report_steps(stepped: dict[float, dict[str, list[dict]]], args: argparse.Nam
             print(f"{rate:>6g} {mode:<10} {spread([r['calls_per_s'] for r in rounds], 1):>20} "
                   f"{spread([r['failed'] for r in rounds], 0):>14} {spread([r['retransmissions'] for r in rounds], 0):>16} "
                   f"{sum(map(round_clean, rounds)):>5}/{len(rounds)} {'yes' if clean else 'no':<5} "
-                  f"{spread([r['load_average'] for r in rounds]):>16}")
+                  f"{spread([r['load_average'] for r in rounds]):>16} "
+                  f"{spread([sum(r['cpu_ms'].values()) for r in rounds]):>22}")
     top = max(args.step)
     print("highest clean rate: " + ", ".join(
         f"{mode} {rate:g}/s" + (" (clean at every rate tried: at least that)" if rate == top else "")
@@ -1011,14 +1059,20 @@ def main(argv: list[str] | None = None) -> int:
             "relay": ({**common, "RELAY_DESTINATION": f'"sip:127.0.0.1:{carrier.port}"'}, None),
             "rating": (rating, None),
         }
+        if "zero" in args.modes.split(","):
+            zero = ZeroAgent(workdir, carrier.port).start()
+            others.append(zero)
+            modes["zero"] = ({**rating, "RATING_AGENT_URL": f'"{zero.url}"'}, None)
         wanted = [m for m in args.modes.split(",") if m in modes]
         for named in args.config:
             name, _, folder = named.partition("=")
-            if not folder or name in ("relay", "rating"):
-                raise SetupError(f"--config {named}: expected NAME=DIR with NAME not relay or rating")
+            if not folder or name in ("relay", "rating", "zero"):
+                raise SetupError(f"--config {named}: expected NAME=DIR with NAME not relay, rating or zero")
             modes[name] = (rating, Path(folder).resolve())
             wanted.append(name)
         stacks = {mode: components for mode in modes}
+        if "zero" in modes:
+            stacks["zero"] = {**components, "agent": zero}
         for named in args.agent:
             name, _, folder = named.partition("=")
             if not folder or name in modes:

@@ -32,7 +32,7 @@ import pytest
 import cache
 from devstack import PostgresServer, RedisServer
 from tests.conftest import AgentProcess, run_cli
-from tests.test_transaction import catalog, post, prepaid
+from tests.test_transaction import catalog, prepaid
 
 INITIAL = 10**9
 CALLS = 120
@@ -491,6 +491,33 @@ def redis_direct(server):
     return aioredis.Redis(port=server.port, socket_timeout=30)
 
 
+async def _answered(client, operation: str, **body) -> dict:
+    """tests.test_transaction.post as Kamailio sends it: again while answered 503. With --redis-replicas a
+    request is answered 503 when the replica does not acknowledge its writes within half the timeout, which a
+    replica starved of CPU on a loaded host can miss (a WAIT took up to a second at load 12 here)."""
+    path = "/v1/authorization" if operation == "authorization" else f"/v1/{operation}_transaction"
+    for _ in range(50):  # bounded: 5 s and more
+        reply = await client.post(path, json=body)
+        if reply.status != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert reply.status == 200, await reply.text()
+    return await reply.json()
+
+
+async def _pending(redis, stream: str) -> int:
+    """Entries read and not yet acknowledged: 0 while the writer has not made its consumer group yet (a loaded
+    host can start the in-process writer after the test's first entries)."""
+    from redis.exceptions import ResponseError
+
+    try:
+        return (await redis.xpending(stream, cache.OUTBOX_GROUP))["pending"]
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        return 0
+
+
 class _NoDialogs:
     """The listing of the Kamailios (agent/reconcile.py): the Call-IDs given, as test_reconcile's does."""
 
@@ -524,9 +551,9 @@ async def test_a_write_a_failover_lost_is_reconciled_and_charged_once(agent, sta
     client = await agent(catalog(prepaid("a", INITIAL), prepaid("poor", 0)),
                          redis_replicas=replicas)
     begin = now_ms() - 10_000
-    await post(client, "authorization", transaction_tag="x", account_tag="a", destination="39",
-                  timestamp_auth=str(begin / 1000))
-    await post(client, "begin", transaction_tag="x", account_tag="a", timestamp_begin=str(begin / 1000))
+    await _answered(client, "authorization", transaction_tag="x", account_tag="a", destination="39",
+                    timestamp_auth=str(begin / 1000))
+    await _answered(client, "begin", transaction_tag="x", account_tag="a", timestamp_begin=str(begin / 1000))
     kamailio = _NoDialogs()
     kamailio.calls = {"x"}
     reconcile_settings = Settings(redis_url=stack.redis_url, database_url=stack.database_url,
@@ -542,10 +569,10 @@ async def test_a_write_a_failover_lost_is_reconciled_and_charged_once(agent, sta
         await locked.start()
         await lock.execute("LOCK TABLE transactions, ledger IN EXCLUSIVE MODE")
         # an earlier entry (a refused call's record) the writer takes and waits with at the lock
-        refused = await post(client, "authorization", transaction_tag="r", account_tag="poor", destination="39")
+        refused = await _answered(client, "authorization", transaction_tag="r", account_tag="poor", destination="39")
         assert refused["authorized"] is False
-        for _ in range(200):  # bounded: 10 s
-            if (await stack.redis.xpending(group.outbox, cache.OUTBOX_GROUP))["pending"] > 0:
+        for _ in range(400):  # bounded: 20 s
+            if await _pending(stack.redis, group.outbox) > 0:
                 break
             await asyncio.sleep(0.05)
         else:
@@ -623,3 +650,140 @@ async def test_a_write_a_failover_lost_is_reconciled_and_charged_once(agent, sta
             == "refused"
     finally:
         await redis.aclose()
+
+
+@pytest.mark.long  # ~15 s, a failover of the session's cluster: make test-long
+@pytest.mark.parametrize("redis_kind", ["cluster"])
+async def test_an_outbox_entry_no_replica_holds_is_not_written_to_postgresql_before_a_failover_loses_it(
+        agent, stack, redis_cluster, redis_kind):
+    """With --redis-replicas 1 the outbox writer writes an entry to PostgreSQL only once a replica of its
+    master holds it. The replica is frozen (SIGSTOP), a call's end is written on the master (answered 503: no
+    replica took it), and the writer, free to carry it this time, reads the entry but does not write it; the
+    master is killed, the replica promoted without the end, and Kamailio's retry ends the call on the new
+    master. PostgreSQL then holds one charge for the call: without the writer's check it would hold two (the
+    lost entry's and the retry's), the ledger adding up to more than the balance moved."""
+    from agent.store.writer import stream_order
+    from agent.transaction import now_ms
+
+    group = cache.group_of("default")
+    client = await agent(catalog(prepaid("a", INITIAL)), redis_replicas=1)
+    begin = now_ms() - 10_000
+    await _answered(client, "authorization", transaction_tag="x", account_tag="a", destination="39",
+                    timestamp_auth=str(begin / 1000))
+    await _answered(client, "begin", transaction_tag="x", account_tag="a", timestamp_begin=str(begin / 1000))
+    master = redis_cluster.master_of(group.outbox)
+    replica = _replica_of(redis_cluster, master)
+
+    async def charges() -> int:
+        return await stack.database.fetchval(
+            "SELECT count(*) FROM ledger WHERE account_tag = 'a' AND kind = 'charge'")
+
+    async with redis_direct(master) as direct:
+        # the writer has carried everything so far (the account's seeding is a ledger entry) and the replica has
+        # it all; then the replica takes nothing more (bounded: 20 s)
+        for _ in range(400):
+            if await direct.xlen(group.outbox) == 0 \
+                    and _replication_offset(replica.port) == _replication_offset(master.port):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the outbox never drained before the replica was frozen")
+    replica.process.send_signal(signal.SIGSTOP)
+    try:
+        async with redis_direct(master) as direct:
+            # more than the kernel's socket buffers hold: what the master writes next stays in its own output
+            # buffer for the frozen replica, and dies with it
+            await direct.set(f"{group.prefix}ballast", b"x" * (32 << 20))
+            end = {"transaction_tag": "x", "account_tag": "a", "timestamp_end": str(now_ms() / 1000),
+                   "timestamp_begin": str(begin / 1000)}
+            reply = await client.post("/v1/end_transaction", json=end)
+            assert reply.status == 503, await reply.text()
+            # the end's entry (already deleted if a writer wrote it)
+            entry_id = (await direct.xinfo_stream(group.outbox))["last-generated-id"]
+            for _ in range(400):  # the writer read it and asked the replica (its marker), or wrote it (bounded: 20 s)
+                read = await direct.get(group.read)
+                pending = [p["message_id"] for p in await direct.xpending_range(
+                    group.outbox, cache.OUTBOX_GROUP, min="-", max="+", count=10)]
+                if await charges() or (entry_id in pending and read
+                                       and stream_order(read.decode()) >= stream_order(entry_id.decode())):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"the writer never read the end's entry {entry_id!r}: pending {pending},"
+                                     f" marker {read!r}")
+            assert await charges() == 0  # read, not written: no replica holds it
+        master.process.kill()
+        await asyncio.to_thread(master.process.wait)
+        master.process = None
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+    for _ in range(600):  # bounded: 30 s for the cluster to promote the replica
+        if redis_cluster.master_of(group.outbox) is replica:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no failover")
+    master.start()  # back as the new master's replica; from this thread (see the test above)
+    await asyncio.to_thread(redis_cluster.wait_ready)
+    redis = cache.connect(redis_cluster.url, 5.0)
+    try:
+        for _ in range(100):  # Kamailio's retries, same body (bounded: 10 s)
+            reply = await client.post("/v1/end_transaction", json=end)
+            if reply.status == 200:
+                break
+            assert reply.status == 503, await reply.text()
+            await asyncio.sleep(0.1)
+        assert reply.status == 200, await reply.text()
+        await _drained(redis)
+        rows = await stack.database.fetch("SELECT state, fee FROM transactions WHERE account_tag = 'a'")
+        assert [row["state"] for row in rows] == ["ended"]
+        charged = rows[0]["fee"]
+        assert charged > 0
+        assert await charges() == 1
+        assert await stack.database.fetchval(
+            "SELECT -sum(amount) FROM ledger WHERE account_tag = 'a' AND kind = 'charge'") == charged
+        assert await _balance(redis) == INITIAL - charged
+        assert await stack.database.fetchval("SELECT balance FROM accounts WHERE account_tag = 'a'") \
+            == INITIAL - charged
+        assert int(await redis.hget(cache.account_key("default", "a"), "reserved") or 0) == 0
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("redis_kind", ["single", "cluster"])
+async def test_the_outbox_writer_writes_no_entry_fewer_replicas_than_required_hold_and_keeps_it_pending(
+        stack, redis_kind):
+    """--redis-replicas N: an entry is written to PostgreSQL only once N replicas of its master acknowledged
+    it (agent/store/writer.py replicated). The suite's servers have one replica per master on the cluster and
+    none on one server: asking for more than there are writes nothing and leaves the entry pending, unwritten;
+    asking for what there is writes it. A listing's catch_up leaves it to the writer likewise."""
+    from agent.store.database import create_pool
+    from agent.store.writer import OutboxWriter, Unreplicated, catch_up, ensure_group
+
+    group = cache.group_of("default")
+    there = 1 if redis_kind == "cluster" else 0
+    pool = await create_pool(stack.database_url, max_size=1)
+
+    async def pool_factory():
+        return pool
+
+    async def rows() -> int:
+        return await stack.database.fetchval("SELECT count(*) FROM ledger WHERE transaction_tag = 'w'")
+
+    try:
+        await ensure_group(stack.redis)
+        await stack.redis.xadd(group.outbox, {"e": "ledger", "tn": "default", "a": "a", "k": "set", "amt": "1",
+                                              "bal": "1", "tt": "w", "at": "0"})
+        assert await catch_up(stack.redis, stack.database, replicas=there + 1, replica_timeout_ms=10) == 0
+        waiting = OutboxWriter(stack.redis, pool_factory, replicas=there + 1, replica_timeout=0.01)
+        for _ in range(2):  # read, then read again from its pending entries: neither written
+            with pytest.raises(Unreplicated):
+                await waiting.drain_once()
+        assert await rows() == 0
+        assert (await stack.redis.xpending(group.outbox, cache.OUTBOX_GROUP))["pending"] == 1
+        waiting.replicas = there  # the cluster's one replica per master; one server: no check
+        assert await waiting.drain_once() == 1
+        assert await rows() == 1
+        assert await stack.redis.xlen(group.outbox) == 0
+    finally:
+        await pool.close()

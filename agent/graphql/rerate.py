@@ -42,7 +42,7 @@ async def resolve_rerate(_, info, tenant="default", account_tag=None, dry_run=Tr
         except DeckVersionMissing as exc:
             raise ManagementError(f"deck_version: {exc}") from None
     found = await rerate(app_of(info)[DATABASE], redis_of(info), catalog, tenant, account_tag, start, end,
-                         dry_run=dry_run is not False, sample=limit)
+                         dry_run=dry_run is not False, sample=limit, replicas=app_of(info)[SETTINGS].redis_replicas)
     return rerate_dict(found)
 
 

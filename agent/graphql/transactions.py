@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ariadne import ObjectType
 
-from ..keys import DATABASE
+from ..keys import DATABASE, SETTINGS
 from ..store import management as repo
 from ..store.management import TRANSACTIONS, ManagementError
 from ..store.records import read_records
@@ -22,7 +22,8 @@ transaction = ObjectType("Transaction")
 
 
 async def where(info, connection, filter: dict) -> repo.Where:
-    await catch_up(redis_of(info), connection, tenant=(filter or {}).get("tenant"))
+    await catch_up(redis_of(info), connection, tenant=(filter or {}).get("tenant"),
+                   replicas=app_of(info)[SETTINGS].redis_replicas)
     return repo.base_filter(TRANSACTIONS, filter)
 
 
@@ -67,7 +68,8 @@ async def resolve_id(record, info):
             )
             if found is not None or attempt == 2:
                 break
-            await catch_up(redis_of(info), connection, tenant=record["tenant"])
+            await catch_up(redis_of(info), connection, tenant=record["tenant"],
+                           replicas=app_of(info)[SETTINGS].redis_replicas)
     return None if found is None else str(found)
 
 

@@ -131,8 +131,9 @@ async def deck_catalog(pool: asyncpg.Pool, root, current: Catalog, tenant: str, 
 
 async def rerate(pool: asyncpg.Pool, redis: aioredis.Redis, catalog: Catalog, tenant: str, account_tag: str | None,
                  start: datetime, end: datetime, dry_run: bool = True, sample: int = 100,
-                 batch: int = 500) -> Rerate:
-    """Prices the finished calls again on `catalog`; unless `dry_run`, writes the changes and settles them."""
+                 batch: int = 500, replicas: int = 0) -> Rerate:
+    """Prices the finished calls again on `catalog`; unless `dry_run`, writes the changes and settles them.
+    `replicas`: --redis-replicas (the outbox entries it writes first must be on as many, see writer.catch_up)."""
     if end <= start:
         raise ValueError("to: must be after from")
     result = Rerate(None if dry_run else uuid.uuid4().hex, dry_run, tenant, account_tag, start, end, catalog.version)
@@ -141,7 +142,7 @@ async def rerate(pool: asyncpg.Pool, redis: aioredis.Redis, catalog: Catalog, te
             await holder.execute("SELECT pg_advisory_lock(hashtext($1), hashtext($2))", _LOCK, tenant)
         try:
             # the calls Redis has finished and the outbox has not carried yet are rerated too
-            await catch_up(redis, holder, tenant=tenant)
+            await catch_up(redis, holder, tenant=tenant, replicas=replicas)
             if not dry_run:
                 result.settled = await settle_pending(holder, redis, tenant)
                 await holder.execute(

@@ -16,6 +16,15 @@ transaction and only then acknowledged and deleted from the stream, so a crash o
 loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
 rows are keyed by their outbox entry and records only move forward in version.
 
+With `replicas` (--redis-replicas N) an entry is written to PostgreSQL only once N replicas of its master hold
+it: the writer reads the stream as entries arrive, so without that check an entry the master answered but had
+not replicated yet could reach PostgreSQL and then be lost with the master in a failover, and its call be
+charged again by the retry (two ledger charge rows). After each read, a write on the same master (the stream's
+`outbox:read` marker, set to the newest entry read) is followed by `WAIT N` on the same connection: the marker
+is replicated after every entry read (replication is in order), so N acknowledgements of it cover them all. A
+read not confirmed within the timeout is not written at all: its entries stay pending and are read and asked
+for again in the next pass.
+
 An entry PostgreSQL refuses for what it holds (a data error, not an outage) would otherwise be retried
 forever and hold back every entry after it: a refused batch is split until the refused entries stand
 alone, and those go to their group's dead-letter stream (`rating:{g<n>}:outbox:dead`, with the error), counted and logged,
@@ -78,6 +87,51 @@ _BALANCE = (
     "UPDATE accounts SET balance = $3, balance_version = $4"
     " WHERE tenant = $1 AND account_tag = $2 AND balance_version < $4"
 )
+
+
+class Unreplicated(Exception):
+    """Entries were read from a master fewer than the required replicas acknowledged within the timeout."""
+
+
+async def replicated(redis: aioredis.Redis, newest: dict[int, str], replicas: int, timeout_ms: int) -> set[int]:
+    """The groups of `newest` (group -> the newest entry id read from its stream) whose reads `replicas`
+    replicas of their master have acknowledged: a write of the group's marker after the read, then WAIT on the
+    same connection (a pipeline). On one server one pipeline and one WAIT cover every group's marker."""
+    if not newest:
+        return set()
+    if not is_cluster(redis):
+        pipe = redis.pipeline(transaction=False)
+        for group, entry_id in newest.items():
+            pipe.set(GROUPS[group].read, entry_id)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return set(newest) if (await pipe.execute())[-1] >= replicas else set()
+
+    async def one(group: int, entry_id: str) -> bool:
+        key = GROUPS[group].read
+        node = redis.get_node_from_key(key)
+        pipe = redis.pipeline()
+        pipe.set(key, entry_id)
+        pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)  # the marker's node: one connection
+        acknowledged = (await pipe.execute())[-1]
+        # a marker redirected elsewhere (MOVED: the slot changed hands) was not the one WAIT waited for
+        return acknowledged >= replicas and redis.get_node_from_key(key).name == node.name
+
+    confirmed = await asyncio.gather(*(one(group, entry_id) for group, entry_id in newest.items()))
+    return {group for group, ok in zip(newest, confirmed) if ok}
+
+
+def _newest(entries) -> dict[int, str]:
+    """group -> the newest entry id among `entries` (stream ids compare as (ms, seq))."""
+    newest: dict[int, str] = {}
+    for group, entry_id, *_ in entries:
+        if group not in newest or stream_order(entry_id) > stream_order(newest[group]):
+            newest[group] = entry_id
+    return newest
+
+
+def stream_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def consumer_name() -> str:
@@ -190,15 +244,20 @@ async def _changed(connection: asyncpg.Connection, calls: list[tuple[int, dict, 
 
 
 async def catch_up(redis: aioredis.Redis, connection: asyncpg.Connection, limit: int = 10_000,
-                   tenant: str | None = None) -> int:
+                   tenant: str | None = None, replicas: int = 0, replica_timeout_ms: int = 1000) -> int:
     """Writes what a reader must see and PostgreSQL may not hold yet: the outbox as it is now, and the
     current state of the open calls (of `tenant`), which only reach the outbox when they end.
 
     The outbox entries stay in the stream for the writer, which writes them again harmlessly; an open
-    call's row is replaced by its final state later (a higher version). Returns the count written.
+    call's row is replaced by its final state later (a higher version). With `replicas`, the entries of a
+    stream whose master's replicas have not acknowledged them are left to the writer (as it does, see
+    `replicated`). Returns the count written.
     """
     entries = [(group.index, *entry) for group in GROUPS for entry in await redis.xrange(group.outbox, count=limit)
                if entry[1]]
+    if replicas and entries:
+        confirmed = await replicated(redis, _newest(entries), replicas, replica_timeout_ms)
+        entries = [entry for entry in entries if entry[0] in confirmed]
     current = await _changed(connection, await open_call_states(redis, tenant))
     if entries or current:
         try:
@@ -222,8 +281,12 @@ class OutboxWriter:
         forget_idle: float = 600.0,
         linger: float = 0.25,
         poll: float = 1.0,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.redis = redis
+        self.replicas = replicas  # replicas of its master an entry must be on before it is written (--redis-replicas)
+        self.replica_timeout_ms = max(1, int(replica_timeout * 1000))
         # one read takes every group's stream on one server; a cluster's streams are read one by one
         self.together = not is_cluster(redis)
         self.poll = poll  # the longest an idle writer of a cluster waits before looking at the streams again
@@ -349,6 +412,13 @@ class OutboxWriter:
                     else:
                         read = await self._read(groups, ">", block if total == 0 else None)
                     entries = [(group, *entry) for group, found in read.items() for entry in found if entry[1]]
+                    if entries and self.replicas:
+                        newest = _newest(entries)
+                        missing = set(newest) - await replicated(self.redis, newest, self.replicas,
+                                                                 self.replica_timeout_ms)
+                        if missing:  # nothing of the read written: it stays pending, asked for again
+                            raise Unreplicated(f"{len(entries)} entries read, of slot groups {sorted(missing)}"
+                                               f" not yet on {self.replicas} replicas")
                     if entries:
                         await self._deliver(entries)
                         total += len(entries)
@@ -384,6 +454,9 @@ class OutboxWriter:
             except UNAVAILABLE as exc:
                 log.warning("outbox: Redis unavailable (%s)", exc)
                 await asyncio.sleep(1.0)
+            except Unreplicated as exc:  # WAIT has waited already; the next pass reads the same entries again
+                log.warning("outbox: %s; retrying", exc)
+                await asyncio.sleep(0.1)
             except Exception:  # noqa: BLE001 - the writer must outlive any single bad batch
                 log.exception("outbox: unexpected failure; retrying")
                 await asyncio.sleep(1.0)
