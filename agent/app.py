@@ -16,7 +16,6 @@ from cache import UNAVAILABLE, AutoPipeline
 
 from .catalog_keeper import CatalogKeeper
 from .config import Settings
-from . import graphql
 from .graphql.security import refuse_unsafe_exposure
 from .http import forward, health, rest
 from .http.responses import add_unrouted
@@ -91,8 +90,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await until_ready("PostgreSQL", lambda: create_pool(settings.database_url))
-    async with pool.acquire() as connection:
-        await migrate(connection)
+    if app[BUILDS_DECKS]:  # served on its own; under the supervisor, serve.prepare migrated before any child
+        async with pool.acquire() as connection:
+            await migrate(connection)
     app[DATABASE] = pool
     yield
     await pool.close()
@@ -148,6 +148,8 @@ def create_app(settings: Settings, role: Role = Role.ALONE, manager_socket: str 
         forward.setup(app, manager_socket)
         app.on_startup.insert(0, refuse_unsafe_exposure)
     else:
+        from . import graphql  # the schema is built here only: workers never import it
+
         graphql.setup(app)
     add_unrouted(app)
     app.cleanup_ctx.extend([metrics_ctx, redis_ctx, database_ctx, catalog_ctx])

@@ -111,6 +111,13 @@ class Settings:
     graphql_max_tokens: int = _setting(20000, "most lexical tokens in one GraphQL document")
     graphql_max_body: int = _setting(1048576, "largest /graphql request body, in bytes")
     graphql_timeout: float = _setting(30.0, "seconds one GraphQL request may run before it is stopped")
+    # one manager process serves every GraphQL document of the host: its loop, memory and PostgreSQL pool
+    # are shared by all of them, so large-but-allowed documents are bounded in number as well as in size
+    graphql_max_in_flight: int = _setting(
+        16, "GraphQL documents the management process runs at once (validation and execution); beyond, an"
+        " immediate 503 with Retry-After. Documents of only the call mutations (and version) are never"
+        " refused for it; 0: no bound"
+    )
     kamailio_rpc: str = _setting(
         "", "comma-separated JSON-RPC URLs (http://127.0.0.1:5090/RPC) of every Kamailio sending calls to this"
         " Redis: the housekeeper ends the calls none of them has any more; empty: off"
@@ -164,6 +171,8 @@ class Settings:
             raise ValueError("redis_batch must be at least 1")
         if self.max_in_flight < 0:
             raise ValueError("max_in_flight must not be negative (0: no bound)")
+        if self.graphql_max_in_flight < 0:
+            raise ValueError("graphql_max_in_flight must not be negative (0: no bound)")
         if self.kamailio_reconcile_interval <= 0 or self.kamailio_reconcile_after < 0:
             raise ValueError("kamailio_reconcile_interval must be positive, kamailio_reconcile_after not negative")
         for url in filter(None, (u.strip() for u in self.kamailio_rpc.split(","))):

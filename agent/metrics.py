@@ -9,6 +9,7 @@ from Redis at scrape time, so it is exact whichever worker, or host, answers the
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import platform
 import time
@@ -43,6 +44,11 @@ IN_FLIGHT = Gauge("rating_requests_in_flight",
 SHED = Counter("rating_requests_shed_total",
                "Call requests refused at once with 503 because their worker had --max-in-flight requests in flight",
                ["endpoint"])
+GRAPHQL_IN_FLIGHT = Gauge("rating_graphql_in_flight",
+                          "GraphQL documents the management process is running (call mutations not counted)",
+                          multiprocess_mode="livesum")
+GRAPHQL_SHED = Counter("rating_graphql_shed_total",
+                       "GraphQL documents refused at once with 503 because --graphql-max-in-flight were running")
 REDIS_ROUND_TRIP = Histogram("rating_redis_round_trip_seconds", "Time of one pipelined batch to Redis",
                              buckets=_LATENCY_BUCKETS)
 REDIS_BATCH = Histogram("rating_redis_batch_commands", "Commands per pipelined batch", buckets=_BATCH_BUCKETS)
@@ -125,8 +131,22 @@ def exposition(live: LiveState) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(own)
     from prometheus_client import multiprocess
 
+    class Collector(multiprocess.MultiProcessCollector):
+        """Skips the files of a process that is creating them: prometheus-client makes a file empty, then
+        sizes it, and reading it in between fails (a process starting while another serves a scrape)."""
+
+        def collect(self):
+            files = []
+            for path in glob.glob(os.path.join(self._path, "*.db")):
+                try:
+                    if os.path.getsize(path):
+                        files.append(path)
+                except OSError:  # removed by mark_process_dead meanwhile
+                    pass
+            return self.merge(files, accumulate=True)
+
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    Collector(registry)
     return generate_latest(registry) + generate_latest(own)
 
 

@@ -26,10 +26,16 @@ def test_environment_overrides_defaults_and_flags_override_environment():
 
 @pytest.mark.parametrize("environ", [{"RATING_RESERVATION_SHARE": "0"}, {"RATING_RESERVATION_SHARE": "101"},
                                      {"RATING_MAX_UNITS": "0"}, {"RATING_MAX_UNITS": "10000001"}, {"RATING_PORT": "http"},
-                                     {"RATING_REDIS_BATCH": "0"}])
+                                     {"RATING_REDIS_BATCH": "0"}, {"RATING_GRAPHQL_MAX_IN_FLIGHT": "-1"}])
 def test_invalid_values_are_refused(environ):
     with pytest.raises(ValueError):
         parse([], environ)
+
+
+def test_graphql_documents_in_flight_are_bounded_by_default_and_set_by_flag_or_environment():
+    assert parse([], {}).graphql_max_in_flight == 16
+    assert parse([], {"RATING_GRAPHQL_MAX_IN_FLIGHT": "0"}).graphql_max_in_flight == 0
+    assert parse(["--graphql-max-in-flight", "4"], {"RATING_GRAPHQL_MAX_IN_FLIGHT": "8"}).graphql_max_in_flight == 4
 
 
 def test_settings_are_frozen():

@@ -185,6 +185,51 @@ def test_a_worker_passes_graphql_and_deck_uploads_to_the_manager_instead_of_serv
     assert all(route.handler is not forward for route in manager.router.routes())
 
 
+async def test_a_management_request_sent_before_the_manager_listens_waits_for_it_instead_of_a_503(loaded, tmp_path):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from agent.app import Role, create_app
+    from agent.config import Settings
+    from agent.http.forward import STATE
+
+    socket_path = str(tmp_path / "manager.sock")
+    settings = Settings(redis_url=loaded.redis_url, database_url=loaded.database_url)
+    worker = TestClient(TestServer(create_app(settings, Role.WORKER, socket_path)))
+    await worker.start_server()
+    manager = web.AppRunner(create_app(settings, Role.MANAGER))
+    try:
+        pending = asyncio.ensure_future(worker.post("/graphql", json={"query": '{ Account(account_tag:"a") { account_tag } }'}))
+        for _ in range(2000):  # until the worker holds it, the manager not started yet (bounded)
+            if worker.app[STATE].waiting or pending.done():
+                break
+            await asyncio.sleep(0.01)
+        assert worker.app[STATE].waiting == 1 and not pending.done()
+        await manager.setup()
+        await web.UnixSite(manager, socket_path).start()
+        reply = await asyncio.wait_for(pending, 60)
+        assert (reply.status, await reply.json()) == (200, {"data": {"Account": {"account_tag": "a"}}})
+        assert worker.app[STATE].waiting == 0
+    finally:
+        await worker.close()
+        await manager.cleanup()
+
+
+async def test_metrics_are_served_while_another_process_is_creating_its_metrics_file(loaded, tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    agent = AgentProcess(loaded.redis_url, loaded.database_url, tmp_path)
+    agent.env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    agent.start()
+    try:
+        (folder / "gauge_max_999999.db").touch()  # as prometheus-client leaves it before sizing it
+        async with aiohttp.ClientSession() as session:
+            async with session.get(agent.url + "/metrics") as reply:
+                assert reply.status == 200 and "rating_catalog_load_seconds" in await reply.text()
+    finally:
+        agent.stop()
+
+
 def _commands(agent: AgentProcess) -> list[str]:
     from pathlib import Path
 

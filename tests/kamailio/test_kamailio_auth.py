@@ -32,10 +32,10 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
                 if p not in sys.path]
 
 import state  # noqa: E402
-from conftest import AgentProcess, run_cli  # noqa: E402
+from conftest import AgentProcess  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, add_subscriber, add_trusted_peer, free_low_port, rig_base, run_callers, subscriber_password,
-    wait_for,
+    Carrier, Kamailio, add_subscriber, import_catalog, add_trusted_peer, free_low_port, rig_base, run_callers,
+    subscriber_password, wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -116,8 +116,7 @@ def rig(tmp_path_factory, postgres_server):
     try:
         carrier.start()
         (base / "catalog.json").write_text(json.dumps(build_catalog(carrier.port)))
-        run_cli("import", "catalog", str(base / "catalog.json"), redis_url=redis_server.url,
-                database_url=database_url)
+        import_catalog(base / "catalog.json", redis_server.url, database_url, base / "decks")
         agent = AgentProcess(redis_server.url, database_url, base, redis_timeout=2.0).start()
         kamailio = Kamailio(
             base / "kamailio", auth_db=auth_db, ip_auth=True,

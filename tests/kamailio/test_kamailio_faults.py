@@ -33,10 +33,10 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
 
 import state  # noqa: E402
 from cache import call_key, open_calls_key  # noqa: E402
-from conftest import AgentProcess, run_cli  # noqa: E402
+from conftest import AgentProcess  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, add_subscriber, create_dialog_database, free_port, rig_base, run_callers, subscriber_password,
-    wait_for,
+    Carrier, Kamailio, add_subscriber, import_catalog, create_dialog_database, free_port, rig_base, run_callers,
+    subscriber_password, wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -154,8 +154,7 @@ def rig(tmp_path_factory, postgres_server):
     try:
         carrier.start()
         (base / "catalog.json").write_text(json.dumps(build_catalog(carrier.port)))
-        run_cli("import", "catalog", str(base / "catalog.json"), redis_url=redis_server.url,
-                database_url=database_url)
+        import_catalog(base / "catalog.json", redis_server.url, database_url, base / "decks")
         agent = AgentProcess(redis_server.url, database_url, base, redis_timeout=2.0).start()
         kamailio = Kamailio(
             base / "kamailio", rpc_port=free_port(), dialog_db=dialog_db, auth_db=auth_db,

@@ -38,9 +38,10 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
                 if p not in sys.path]
 
 import state  # noqa: E402
-from conftest import AgentProcess, run_cli  # noqa: E402
+from conftest import AgentProcess  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, add_subscriber, rig_base, run_callers, subscriber_password, wait_for, write_agent_list,
+    Carrier, Kamailio, add_subscriber, import_catalog, rig_base, run_callers, subscriber_password, wait_for,
+    write_agent_list,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -141,8 +142,7 @@ def rig(request, tmp_path_factory, postgres_server):
     try:
         carrier.start()
         (base / "catalog.json").write_text(json.dumps(build_catalog(carrier.port)))
-        run_cli("import", "catalog", str(base / "catalog.json"), redis_url=redis_server.url,
-                database_url=database_url)
+        import_catalog(base / "catalog.json", redis_server.url, database_url, base / "decks")
         for name in ("agent-a", "agent-b"):
             # its own folder: its log, and its own deck folder (RATING_DECK_DIR), as on a host of its own
             (base / name).mkdir()

@@ -27,9 +27,9 @@ sys.path[:0] = [p for p in (str(Path(__file__).resolve().parents[1]), str(Path(_
                 if p not in sys.path]
 
 import state  # noqa: E402
-from conftest import AgentProcess, run_cli  # noqa: E402
+from conftest import AgentProcess  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, add_subscriber, rig_base, run_callers, subscriber_password, wait_for,
+    Carrier, Kamailio, add_subscriber, import_catalog, rig_base, run_callers, subscriber_password, wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -101,8 +101,7 @@ def rig(tmp_path_factory, postgres_server):
     try:
         carrier.start()
         (base / "catalog.json").write_text(json.dumps(build_catalog(carrier.port)))
-        run_cli("import", "catalog", str(base / "catalog.json"), redis_url=redis_server.url,
-                database_url=database_url)
+        import_catalog(base / "catalog.json", redis_server.url, database_url, base / "decks")
         # one worker, one request in flight at most; a Redis timeout longer than any pause of the tests (held
         # requests wait, they do not fail); no expiry scans, whose FCALLs would wait in the pause too
         agent = AgentProcess(redis_server.url, database_url, base, max_in_flight=1, redis_timeout=60.0,

@@ -26,7 +26,8 @@ import state  # noqa: E402
 from conftest import AgentProcess, run_cli  # noqa: E402
 from devstack import RedisServer, wait_for_port  # noqa: E402
 from kamailio_harness import (  # noqa: E402
-    Carrier, Kamailio, add_subscriber, free_port, rig_base, run_callers, subscriber_password, wait_for,
+    Carrier, Kamailio, add_subscriber, import_catalog, free_port, rig_base, run_callers, subscriber_password,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kamailio
@@ -166,7 +167,7 @@ def rig(tmp_path_factory, postgres_server):
             add_subscriber(auth_db, account)
         catalog_file = base / "catalog.json"
         catalog_file.write_text(json.dumps(catalog))
-        run_cli("import", "catalog", str(catalog_file), redis_url=redis.url, database_url=database_url)
+        import_catalog(catalog_file, redis.url, database_url, base / "decks")
         # a generous Redis timeout: the machine may be busy with other work while these tests run
         agent = AgentProcess(redis.url, database_url, base, authorization_ttl=60, call_grace=5,
                              redis_timeout=2.0, agent_token=AGENT_TOKEN).start()
