@@ -11,18 +11,27 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY agent/graphql/explorer/src ./src
 RUN npm run build
 
+# The package as a wheel, its C extension (agent/pricing/_route.c) compiled here: the image itself has no
+# compiler.
+FROM python:3.11-slim AS wheel
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY agent ./agent
+COPY --from=explorer /explorer/static ./agent/graphql/explorer/static
+COPY cache ./cache
+COPY devstack ./devstack
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     RATING_HOST=0.0.0.0 RATING_PORT=8080 RATING_DECK_DIR=/var/lib/rating-agent/decks
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY agent ./agent
-COPY --from=explorer /explorer/static ./agent/graphql/explorer/static
-COPY cache ./cache
-COPY devstack ./devstack
-RUN pip install --no-cache-dir . \
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+    && python -c "import agent.pricing._route" \
     && useradd --system --no-create-home rating \
     && mkdir -p /var/lib/rating-agent/decks && chown rating /var/lib/rating-agent/decks
 COPY demo ./demo

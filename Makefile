@@ -3,8 +3,15 @@ PYTHON ?= python3
 
 .PHONY: install run test test-long test-fast fuzz bench bench-table bench-instructions load clean
 
-install:
+# The C extension of routing (agent/pricing/_route.c), rebuilt in place when its source changes: the package
+# is installed editable, and install.sh reinstalls only when pyproject.toml changes.
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+
+install: agent/pricing/_route$(EXT_SUFFIX)
 	@./devstack/install.sh
+
+agent/pricing/_route$(EXT_SUFFIX): agent/pricing/_route.c setup.py
+	$(PYTHON) setup.py -q build_ext --inplace
 
 run: install
 	$(PYTHON) -m devstack

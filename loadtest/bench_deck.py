@@ -1025,9 +1025,12 @@ def agent_source(folder: Path, given: str | None) -> tuple[Path, str]:
                             check=True, timeout=10).stdout.strip()
     target = folder / "agent-src"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "agent", "cache"],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "agent", "cache", "setup.py"],
                              capture_output=True, check=True, timeout=60).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
+    # routing's C extension is not in git: built in the export as `make install` builds it in a checkout
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=target, check=True,
+                   capture_output=True, timeout=300)
     subject = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", commit], capture_output=True,
                              text=True, timeout=10).stdout.strip()
     return target, f"{commit} (exported with git archive; {subject[:90]})"

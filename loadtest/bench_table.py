@@ -356,7 +356,8 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
             result["build_start"] = logged - wall - result["build"]
             if not result["during_import"]:
                 result["build_start"] -= result["read"]
-    for found in re.finditer(r"(\d+ rows of the deck copied .*|pricelist '.*' swapped in .*)$", errors.decode(), re.M):
+    for found in re.finditer(r"(\d+ rows of the deck copied .*|\d+ rows of other pricelists written in place .*"
+                             r"|the deck's pairs .*|pricelist '.*' swapped in .*)$", errors.decode(), re.M):
         result.setdefault("import_log", []).append(found.group(1))  # the importer's own phases (INFO)
     result.update({name: moment - started for name, moment in moments.items()})
     result["first_authorized"] = None if authorized is None else authorized - started

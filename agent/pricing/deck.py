@@ -4,10 +4,10 @@ Built once per deck version (store/decks.py decides when), opened by each worker
 maps the files: the operating system keeps one copy in its page cache however many processes read it.
 
 * number keys sit in *slots* in sorted order (a key's rates in its slot); `columns.bin` indexes them
-  (`_number_index`): per slot its parent (the slot of its longest prefix key) and its key's length and, when
-  every number key is at most 17 ASCII digits, its code (digits padded, then length: integers in the keys'
-  order) with `first`, per bucket of codes' values, the first slot in it (Deck.longest_slot); decks with
-  other number keys have `numbers.marisa` (marisa-trie) and each trie id's slot instead. `raw.marisa`: the
+  (`_number_index`): per slot its parent (the slot of its longest prefix key) and, when every number key is
+  at most 17 ASCII digits, its code (digits padded, then length: integers in the keys' order) with `first`,
+  per bucket of codes' values, the first slot in it (Deck.longest_slot); decks with other number keys have
+  their keys' lengths, `numbers.marisa` (marisa-trie) and each trie id's slot instead. `raw.marisa`: the
   raw (URI) keys' trie, whose ids, after the number keys, are their slots.
 * `columns.bin`: column arrays. `offsets[slot]..offsets[slot+1]` are the slot's rates, best first (the
   kernel's `Rate.order_key`); per rate its source (pricelist and carrier), tariff, description and the
@@ -28,10 +28,10 @@ with numpy over whole columns: `columns_of` makes them from `Rate` objects, `Tex
 COPY output without an object per row, which is what lets a deck of millions of rates build in seconds.
 
 Routing finds the slot of the longest key a number starts with (one search of codes, no string made) and
-reads the columns of it and of its parents (routing._route_columns): the price's `Rate` is the one object it
-makes (`Deck.routed_rate`), and the offers come from
-the longest key's chain, one byte per entry for decks of up to 256 sources; the other lookups turn those
-slots into `Rate` objects, remembered per slot up to a bound.
+reads the columns of it and of its parents (routing._route_columns), both in C (`_route.c`, over these
+mapped columns; `Deck._walk` and routing._route_columns_python are the definitions in Python): the price's
+`Rate` is the one object it makes (as `Deck.rate(..., routed=True)`), and the offers come from the longest
+key's chain; the other lookups turn those slots into `Rate` objects, remembered per slot up to a bound.
 """
 
 from __future__ import annotations
@@ -63,15 +63,23 @@ import numpy as np
 from .rate import DAY, MONEY_LIMIT, ROUNDINGS, Rate
 from .table import NO_ORIGINS, Group, Lookups, Origins, key_of
 
-FORMAT = 8  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
+try:
+    from . import _route
+except ImportError as error:  # no slow path in its place: a worker without it would miss the latency budget
+    raise ImportError(f"agent.pricing._route (agent/pricing/_route.c) is not built: {error}; run "
+                      "`pip install -e .` or `python setup.py build_ext --inplace` (make install does)") from error
+
+FORMAT = 9  # 3: the billing scheme columns; 4: the pricelist's scale and rounding; 5: the source prefix;
 # 6: the time window (weekdays, time_start, time_end as stored) and the pricelist's time zone (`zones`);
 # 7: chains of sources in offer order with their depths, instead of offer codes in the order met;
-# 8: number slots in key order, found by the number keys' codes (_number_index) instead of numbers.marisa
+# 8: number slots in key order, found by the number keys' codes (_number_index) instead of numbers.marisa;
+# 9: no `length` column for coded decks (a code's low 5 bits), the rates' columns in their narrowest type,
+# a bucket of codes per about eight keys
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_MOMENT = -(2**63)
 _MEMO_LIMIT = 100_000  # slots whose Rate objects a process keeps
 # (name, array typecode): the column arrays in file order
-_RATE_COLUMNS = (("source", "I"), ("tariff", "I"), ("description", "I"), ("form", "H"))
+_RATE_COLUMNS = ("source", "tariff", "description", "form")  # per rate, each in the narrowest of B, H, I
 _TARIFF_COLUMNS = (("connect_fee", "q"), ("rate", "q"), ("rate_increment", "q"), ("interval_start", "q"),
                    ("start", "q"), ("end", "q"), ("initial_increment", "q"), ("minimum_duration", "q"),
                    ("maximum_cost", "q"), ("scale", "q"), ("rounding", "q"), ("source_prefix", "q"),
@@ -691,6 +699,20 @@ class CsvRows(TextRows):
         self._codes, self._strings, self._stretch = codes, strings, stretch
         self._key_columns = self._keys()
 
+    def pairs(self, pricelist: str | None = None) -> list[tuple[str, str, str]] | None:
+        """The distinct (tenant, pricelist_tag, carrier_tag) of the rows (of `pricelist` only, if given), as
+        COPY stored them, once `prepare` started by `start_prepare` is done (None if it was not started);
+        raises what `prepare` raised."""
+        if self._preparing is None:
+            return None
+        self._preparing.result()
+        at = {name: n for n, name in enumerate(self._names)}
+        columns = [at["tenant"], at["pricelist_tag"], at["carrier_tag"]]
+        values = [list(self._strings[column]) for column in columns]
+        found = np.unique(self._codes[:, columns], axis=0).tolist()  # every combination is some row's
+        pairs = [tuple(values[n][code] for n, code in enumerate(row)) for row in found]
+        return [pair for pair in pairs if pricelist is None or pair[1] == pricelist]
+
     def resolve(self, decode, tenant: str, pricelist: str, terms: dict[str, tuple[int, str, str]]) -> None:
         """`prepare` (unless started before), then which rows go into the deck: the active rows of `tenant`'s
         `pricelist`, with its pricelist's `terms` (scale, rounding, time zone, by pricelist tag)."""
@@ -824,9 +846,18 @@ def join_columns(first: Columns, second: Columns) -> Columns:
         return second
 
     def merged(a: list, b: list) -> tuple[list, np.ndarray]:
-        index = {value: n for n, value in enumerate(a)}
-        place = np.array([index.setdefault(value, len(index)) for value in b] or [0], dtype=np.int64)
-        return list(index), place
+        """a's values, then b's not in a (b's order); per value of b, its place there. `a` (a million
+        keys) is only looked up in a table of `b`, not made into one."""
+        where: dict = {}
+        for n, value in enumerate(b):
+            where.setdefault(value, n)
+        place = np.full(max(len(b), 1), -1, dtype=np.int64)
+        first = np.array([where[value] for value in b], dtype=np.int64)  # b's repeated values: their first
+        for n in itertools.compress(range(len(a)), map(where.__contains__, a)):
+            place[where[a[n]]] = n
+        added = [n for n in where.values() if place[n] < 0]
+        place[np.array(added, dtype=np.int64)] = len(a) + np.arange(len(added))
+        return [*a, *(b[n] for n in added)], place[first] if len(b) else np.zeros(1, dtype=np.int64)
 
     numbers, number_place = merged(first.numbers, second.numbers)
     raw, raw_place = merged(first.raw, second.raw)
@@ -904,7 +935,40 @@ def _scheme(tariff: tuple, increment: int, unit: int = 1, top: int = 1) -> tuple
 
 def price_ranks(columns: Columns) -> np.ndarray:
     """Per tariff, its rank by `price_keys` (what `order_ranks` and `offer_codes` both start from)."""
-    return _dense_ranks(price_keys(columns.tariffs))
+    ranks = _price_ranks_int64(columns.tariffs)
+    return _dense_ranks(price_keys(columns.tariffs)) if ranks is None else ranks
+
+
+def _price_ranks_int64(tariffs: list[tuple]) -> np.ndarray | None:
+    """`price_ranks` by numpy when every `price_keys` key fits int64 (None otherwise): the same integers,
+    column by column, ranked by one lexsort instead of a sort of a million tuples."""
+    if not tariffs or any(len(t) != len(_TARIFF_COLUMNS) for t in tariffs):
+        return None
+    listed = np.array(tariffs, dtype=np.int64)
+    fee, rate, given, first, minimum, most, scale = (listed[:, n] for n in (0, 1, 2, 6, 7, 8, 9))
+    increment = np.where(given > 0, given, 1)  # Rate.increment
+    if scale.min() < 0 or scale.max() > 18:
+        return None
+    unit = (10 ** np.arange(19, dtype=np.int64))[scale]
+    top = int(unit.max())
+    periods = np.unique(increment * unit)
+    common = math.lcm(*periods.tolist())
+    limit = 1 << 62
+    if common >= limit or int(rate.max()) * common >= limit or int(fee.max()) * top >= limit \
+            or MONEY_LIMIT * top >= limit or int(most.max()) * top >= limit:
+        return None
+    keys = (rate * (common // (increment * unit)), fee * (top // unit), np.maximum(minimum, 0),
+            np.where(first > 0, first, increment) - increment,
+            np.where(most == _NONE, MONEY_LIMIT * top, most * (top // unit)))
+    order = np.lexsort(keys[::-1])
+    starts = np.ones(len(order), dtype=bool)
+    for key in keys:
+        ordered = key[order]
+        starts[1:] &= ordered[1:] == ordered[:-1]
+    starts[1:] = ~starts[1:]
+    ranks = np.empty(len(order), dtype=np.int32)
+    ranks[order] = np.cumsum(starts) - 1
+    return ranks
 
 
 def order_ranks(columns: Columns, prices: np.ndarray | None = None) -> list[np.ndarray]:
@@ -976,10 +1040,22 @@ def _trie_slots(keys: list[str], order: list[int] | None) -> tuple[marisa_trie.T
     return trie, ids
 
 
-def _parents(keys: list[str], order: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _parents(keys: list[str], order: list[int] | None,
+             codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per key (by position in `keys`), the position of its longest proper prefix among `keys` (-1: none)
     and how many of its prefixes are keys: in sorted order a key's prefixes are the keys before it that it
-    starts with, and they stay on a stack while the keys after them start with them."""
+    starts with, and they stay on a stack while the keys after them start with them. With the keys'
+    `codes` (_number_codes, in sorted order), the same found with numpy (_coded_parents)."""
+    if codes is not None:
+        parent, depth = _coded_parents(codes)
+        if order is None:
+            return parent, depth
+        where = np.array(order, dtype=np.int64)  # slot -> position
+        placed, placed_depth = np.full(len(keys), -1, dtype=np.int64), np.zeros(len(keys), dtype=np.int64)
+        has = parent >= 0
+        placed[where[has]] = where[parent[has]]
+        placed_depth[where] = depth
+        return placed, placed_depth
     positions = range(len(keys)) if order is None else order
     parent = np.full(len(keys), -1, dtype=np.int64)
     depth = np.zeros(len(keys), dtype=np.int64)
@@ -999,20 +1075,46 @@ def _parents(keys: list[str], order: list[int] | None) -> tuple[np.ndarray, np.n
 
 _CODED = 17  # digits of a number key's code: E.164 numbers have at most 15
 # The index of number keys (Deck.longest_slot): per slot (the keys in sorted order) its parent's slot (-1:
-# none) and its key's length (B or H) and, when every key is at most _CODED ASCII digits, its code
-# (_number_codes) with `first` per bucket; otherwise (letters, longer keys) numbers.marisa with each trie
-# id's slot.
-_INDEX_COLUMNS = {"parent": "i", "codes": "Q", "first": "I", "id_slot": "I"}
+# none) and, when every key is at most _CODED ASCII digits, its code (_number_codes, whose low 5 bits are the
+# key's length) with `first` per bucket; otherwise (letters, longer keys) its key's length, numbers.marisa
+# and each trie id's slot.
+_INDEX_COLUMNS = {"parent": "i", "codes": "Q", "first": "I", "id_slot": "I"}  # `length`: B or H
 
 
 def _codable(key: str) -> bool:
     return len(key) <= _CODED and key.isascii() and (key.isdigit() or not key)
 
 
+def _all_codable(keys: list[str]) -> bool:
+    """Whether every key is `_codable`: one test of the keys joined, not a call per key."""
+    joined = "".join(keys)
+    return (not joined or joined.isascii() and joined.isdigit()) and max(map(len, keys), default=0) <= _CODED
+
+
+def _coded_parents(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_parents` of keys given by their sorted `codes` (_number_codes), by slot: for each length, every
+    longer key's first digits of that length are a code, searched among the codes (the longest found last)."""
+    count = len(codes)
+    parent = np.full(count, -1, dtype=np.int64)
+    depth = np.zeros(count, dtype=np.int64)
+    length = (codes & np.uint64(31)).astype(np.int64)
+    value = codes >> np.uint64(5)
+    for size in range(int(length.max()) if count else 0):
+        rows = np.flatnonzero(length > size)
+        span = np.uint64(10 ** (_CODED - size))
+        wanted = value[rows] // span * span * np.uint64(32) + np.uint64(size)
+        at = np.searchsorted(codes, wanted)
+        at[at == count] = 0
+        hit = codes[at] == wanted
+        parent[rows[hit]] = at[hit]
+        depth[rows[hit]] += 1
+    return parent, depth
+
+
 def _bucket(keys: int) -> int:
-    """The span of codes' values a bucket of `first` covers: a bucket for about four keys (`first` costs
-    1 B per key; the keys of a bucket are a step or two of search, in one or two cache lines)."""
-    return 4 * 10 ** _CODED // max(keys, 1)
+    """The span of codes' values a bucket of `first` covers: a bucket for about eight keys (`first` costs
+    0.5 B per key; the keys of a bucket are three steps of search, in one or two cache lines)."""
+    return min(8 * 10 ** _CODED // max(keys, 1), 10 ** _CODED)  # at most one bucket for every value
 
 
 def _number_codes(keys: list[str]) -> np.ndarray:
@@ -1031,20 +1133,21 @@ def _number_codes(keys: list[str]) -> np.ndarray:
 
 
 def _number_index(numbers: list[str], order: list[int] | None, slots: np.ndarray, parent: np.ndarray,
-                  coded: bool) -> tuple[dict[str, np.ndarray], marisa_trie.Trie | None]:
-    """The arrays of the number keys' index (_INDEX_COLUMNS) and, for a deck not `coded`, its trie."""
+                  coded: bool, codes: np.ndarray | None = None
+                  ) -> tuple[dict[str, np.ndarray], marisa_trie.Trie | None]:
+    """The arrays of the number keys' index (_INDEX_COLUMNS) and, for a deck not `coded`, its trie (`codes`:
+    those of the sorted keys, if made already)."""
     up = np.full(len(numbers), -1, dtype=np.int32)
     has = parent >= 0
     up[slots[has]] = slots[parent[has]]
     ordered = numbers if order is None else [numbers[i] for i in order]
     if coded:
-        codes = _number_codes(ordered)
+        codes = _number_codes(ordered) if codes is None else codes
         bucket = _bucket(len(numbers))
         # first[b]: the codes below bucket b; a value below 10**_CODED is in bucket at most (10**_CODED - 1) // bucket
         edges = np.arange((10 ** _CODED - 1) // bucket + 2, dtype=np.uint64) * np.uint64(bucket * 32)
         first = np.searchsorted(codes, edges).astype(np.uint32)
-        return {"parent": up, "length": (codes & np.uint64(31)).astype(np.uint8), "codes": codes,
-                "first": first}, None
+        return {"parent": up, "codes": codes, "first": first}, None  # a key's length: its code & 31
     lengths = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
     if len(lengths) and lengths.max() >= 2**16:
         raise ValueError("a number prefix of 65,536 characters or more")
@@ -1072,8 +1175,19 @@ def offer_codes(columns: Columns, source_rank: np.ndarray, prices: np.ndarray | 
     length = np.zeros(len(columns.key), dtype=np.int64)
     length[number] = lengths[columns.key[number]]
     longest = int(length.max()) + 1 if len(length) else 1
-    _, rank = np.unique(head * longest + (longest - 1 - length), return_inverse=True)
-    return rank.reshape(-1).astype(np.int64) * len(columns.sources) + source_rank[columns.source]
+    rank = _dense_rank(head * longest + (longest - 1 - length))
+    return rank * len(columns.sources) + source_rank[columns.source]
+
+
+def _dense_rank(values: np.ndarray) -> np.ndarray:
+    """Per value (non-negative integers), its rank among the distinct values: np.unique's inverse, without
+    its sort when the values' range is small (a table of which values occur)."""
+    top = int(values.max()) + 1 if len(values) else 0
+    if top > 4 * len(values) + (1 << 20):
+        return np.asarray(np.unique(values, return_inverse=True)[1]).reshape(-1).astype(np.int64)
+    seen = np.zeros(top, dtype=bool)
+    seen[values] = True
+    return (np.cumsum(seen) - 1)[values]
 
 
 def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, slots: int, offsets: np.ndarray,
@@ -1096,6 +1210,7 @@ def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, sl
         slot = slot_of[positions]
         segment, row = _segments(offsets[slot], offsets[slot + 1] - offsets[slot])
         found = codes[row]
+        own = len(found)
         up = np.zeros(len(found), dtype=np.int64)
         if previous is not None:
             above, above_start, above_length, above_codes, above_up = previous
@@ -1105,13 +1220,12 @@ def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, sl
             found = np.concatenate([found, above_codes[entry]])
             up = np.concatenate([up, above_up[entry] + 1])
         # The first entry of each (key, source): own rates come before inherited ones in `found`.
-        _, first = np.unique(segment * sources + found % sources, return_index=True)
-        kept = np.zeros(len(found), dtype=bool)
-        kept[first] = True
+        kept = _first_of_sources(segment * sources + found % sources, own, len(positions) * sources)
         segment, found, up = segment[kept], found[kept], up[kept]
-        # per key, in offer order (a source's codes are distinct: no ties); one packed key sorts faster
+        # per key, in offer order (a source's codes are distinct: no ties); one packed key sorts faster, and
+        # a stable sort (timsort) takes the runs: keys in order, the inherited entries in order within each
         span = int(found.max()) + 1 if len(found) else 1
-        ordered = np.argsort(segment * span + found) if len(positions) * span < 2**62 else \
+        ordered = np.argsort(segment * span + found, kind="stable") if len(positions) * span < 2**62 else \
             np.lexsort((found, segment))
         count = np.bincount(segment, minlength=len(positions))
         previous = (positions, np.cumsum(count) - count, count, found[ordered], up[ordered])
@@ -1126,6 +1240,26 @@ def _chains(numbers: list[str], order: list[int] | None, slot_of: np.ndarray, sl
         chain[where] = found % sources
         chain_depth[where] = up
     return chain_offsets, chain, chain_depth
+
+
+def _first_of_sources(pairs: np.ndarray, own: int, span: int) -> np.ndarray:
+    """Whether each entry of a level of `_chains` is the first of its (key, source) `pairs` (values below
+    `span`): the `own` first entries are the keys' own rates, the others their parents' chains, each of
+    distinct sources. Without a sort when a table of every pair fits and no key has two own rates of one
+    source: then an own entry is always first, an inherited one when its key has no own rate of its source."""
+    if span > 1 << 27:
+        first = np.unique(pairs, return_index=True)[1]
+    else:
+        seen = np.zeros(span, dtype=bool)
+        seen[pairs[:own]] = True
+        if int(np.count_nonzero(seen)) == own:
+            kept = np.ones(len(pairs), dtype=bool)
+            kept[own:] = ~seen[pairs[own:]]
+            return kept
+        first = np.unique(pairs, return_index=True)[1]
+    kept = np.zeros(len(pairs), dtype=bool)
+    kept[first] = True
+    return kept
 
 
 _NUMPY_TYPES = {"B": np.uint8, "H": np.uint16, "I": np.uint32, "i": np.int32, "Q": np.uint64}
@@ -1174,7 +1308,7 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     number_slots = np.arange(len(columns.numbers), dtype=np.int64)
     if number_order is not None:
         number_slots[np.array(number_order, dtype=np.int64)] = np.arange(len(columns.numbers))
-    coded = all(map(_codable, columns.numbers))
+    coded = _all_codable(columns.numbers)
     raw_trie, raw_ids = _trie_slots(columns.raw, _key_order(columns.raw))
     slot_of_key = np.concatenate([number_slots, raw_ids + len(columns.numbers)])
     slot = slot_of_key[columns.key] if len(columns.key) else np.zeros(0, dtype=np.int64)
@@ -1208,8 +1342,10 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     dated = bool(np.any(tariffs[:, 4:6] != _NO_MOMENT)) or bool(  # dates, or time windows (rate.Rate.windowed)
         np.any((tariffs[:, 12] != 0) | (tariffs[:, 13] != 0) | (tariffs[:, 14] != DAY)))
     origins = sorted({origin_of(code) for code in np.unique(tariffs[:, 11]).tolist()} - {""})
-    parents = _parents(columns.numbers, number_order)
-    index, numbers_trie = _number_index(columns.numbers, number_order, number_slots, parents[0], coded)
+    codes = _number_codes(columns.numbers if number_order is None else [columns.numbers[i] for i in number_order]) \
+        if coded else None
+    parents = _parents(columns.numbers, number_order, codes)
+    index, numbers_trie = _number_index(columns.numbers, number_order, number_slots, parents[0], coded, codes)
     chain_offsets, chain, chain_depth = np.zeros(slots + 1, dtype=np.int64), *np.zeros((2, 0), dtype=np.int64)
     if not dated and not origins and len(columns.numbers):  # the chains of decks routing reads by column only
         offer = offer_codes(columns, source_rank, prices)[order]
@@ -1226,16 +1362,19 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
                         dtype=np.uint32)
     arrays = {
         "offsets": offsets.astype(np.uint32),
-        "source": source_rank[columns.source[order]].astype(np.uint32),
-        "tariff": tariff_place[columns.tariff[order]].astype(np.uint32),
+        "source": source_rank[columns.source[order]],
+        "tariff": tariff_place[columns.tariff[order]],
         "description": text_ids[columns.description[order]] if len(order) else np.zeros(0, np.uint32),
-        "form": form_place[columns.form[order]].astype(np.uint16),
+        "form": form_place[columns.form[order]],
         "tariffs": np.ascontiguousarray(tariffs).reshape(-1),  # row by row: a tariff is read in one unpack
         "chain_offsets": chain_offsets.astype(np.uint32),
         "chain": chain.astype(_NUMPY_TYPES[chain_code]),
         "chain_depth": chain_depth.astype(_NUMPY_TYPES[depth_code]),
         **index,
     }
+    for name in ("length", *_RATE_COLUMNS):  # the narrowest type holding the column's values
+        if name in arrays:
+            arrays[name] = arrays[name].astype(_NUMPY_TYPES[_unsigned(arrays[name])])
 
     partial = Path(partial)
     partial.mkdir(parents=True)
@@ -1244,8 +1383,9 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
     raw_trie.save(str(partial / "raw.marisa"))
     descriptions.save(str(partial / "descriptions.marisa"))
     sections: dict[str, list] = {}
-    codes = dict(_RATE_COLUMNS, tariffs="q", offsets="I", chain_offsets="I", chain=chain_code,
-                 chain_depth=depth_code, **_INDEX_COLUMNS, length=_unsigned(index["length"]))
+    codes = dict(tariffs="q", offsets="I", chain_offsets="I", chain=chain_code, chain_depth=depth_code,
+                 **_INDEX_COLUMNS, **{name: _unsigned(arrays[name]) for name in ("length", *_RATE_COLUMNS)
+                                      if name in arrays})
     with open(partial / "columns.bin", "wb") as out:
         for name, values in arrays.items():
             assert values.dtype.itemsize == array(codes[name]).itemsize
@@ -1266,10 +1406,11 @@ def write_columns(partial: Path, tenant: str, columns: Columns) -> None:
 class Deck(Lookups):
     """One deck version, mapped read-only.
 
-    Routing reads its columns directly (routing._route_columns): the longest key's slot (`deck_keys`) and
-    its prefix keys' (`parent`, `length`), `offsets`, `source` (per rate, an index into `sources`), and per
-    number slot its chain (`chain_offsets`, `chain`: see `_chains`); only the rate a route returns becomes a
-    `Rate` (`routed_rate`). The other lookups (`matches`, `group`) give `Rate` objects, remembered per slot
+    Routing reads its columns directly, in C (`native`, _route.c; routing._route_columns): the longest key's
+    slot (`deck_keys`) and its prefix keys' (`parent`; a key's length is its code's low 5 bits, or `length`
+    in a deck without codes), `offsets`, `source` (per rate, an index into `sources`), and per number slot
+    its chain (`chain_offsets`, `chain`: see `_chains`); only the rate a route returns becomes a `Rate`
+    (`rate(..., routed=True)`). The other lookups (`matches`, `group`) give `Rate` objects, remembered per slot
     up to a bound.
     """
 
@@ -1308,13 +1449,20 @@ class Deck(Lookups):
         self.chain: memoryview = columns["chain"]
         self.chain_depth: memoryview = columns["chain_depth"]
         self.parent: memoryview = columns["parent"]  # per number slot, the slot of its longest prefix key, or -1
-        self.length: memoryview = columns["length"]  # per number slot, its key's length
         self._numbers = None  # the number keys' trie, for decks whose keys have no codes (_number_index)
+        self._codes = self._first = self.length = None  # per number slot, its key's length: decks without codes
+        self._bucket = meta["bucket"]
         if meta["coded"]:
-            self._codes, self._first, self._bucket = columns["codes"], columns["first"], meta["bucket"]
+            self._codes, self._first = columns["codes"], columns["first"]
         else:
+            self.length = columns["length"]
             self._numbers = marisa_trie.Trie().mmap(str(self.folder / "numbers.marisa"))
             self._id_slot = columns["id_slot"]
+        # The walk and the column work of a cold route, in C over these same columns (_route.c); `_walk` and
+        # routing._route_columns_python are their definitions, which tests compare them with.
+        self.native = _route.Columns(self._codes, self._first, self._bucket, self.parent, self.length, self.offsets,
+                                     self.source, self.chain_offsets, self.chain, self.chain_depth)
+        self._native_walk = self.native.walk
         # A chain of one byte per entry is read as bytes straight from the map (routing translates them).
         self.map = self._map
         self.chain_bytes: int | None = meta["sections"]["chain"][0] if self.chain.format == "B" else None
@@ -1323,6 +1471,10 @@ class Deck(Lookups):
         self._tariffs_at = meta["sections"]["tariffs"][0]  # tariff t: _TARIFF_ROW at _tariffs_at + t * its size
         self._memo: dict[int, Group] = {}
         self._text_memo: dict[int, str] = {}  # description -> its text (0: none)
+        # The price's Rate of a route made in C as `rate(..., routed=True)` makes it (the definition).
+        self.native.prices(Rate, _RATE_FIELDS, self.tenant, self.sources, self._forms, self._zones, ROUNDINGS,
+                           self._text_memo, self._descriptions.restore_key, _text, self._tariff, self._description,
+                           self._form, columns["tariffs"])
         self._last: tuple[str | None, list] = (None, [])  # the last number looked up, and its matches
 
     def longest_slot(self, number: str) -> int:
@@ -1335,17 +1487,21 @@ class Deck(Lookups):
         return Deck.deck_keys(self, number)[1]
 
     def deck_keys(self, number: str) -> tuple[Deck, int] | None:
-        """(self, `longest_slot(number)`): the walk itself, one call less for routing. A deck routing cannot
-        read by its columns has `_no_columns` in its place (Deck.__init__)."""
+        """(self, `longest_slot(number)`), one call less for routing. A deck routing cannot read by its
+        columns has `_no_columns` in its place (Deck.__init__)."""
         if self._numbers is not None:
             keys = self._numbers.prefixes(number)
             return self, self._id_slot[self._numbers.key_id(keys[-1])] if keys else -1
+        return self, self._native_walk(number)  # _walk in C
+
+    def _walk(self, number: str) -> int:
+        """The walk of a coded deck in Python: the definition of `native.walk` (tests compare them)."""
         size = len(number)
         if size > _CODED or not (number.isdigit() and number.isascii()):
             head = _LEADING_DIGITS.match(number).group()[:_CODED]  # keys are digits: only these can match
             if not head:
-                return self, 0 if len(self._codes) and self._codes[0] == 0 else -1  # the key "", if any
-            return Deck.deck_keys(self, head)
+                return 0 if len(self._codes) and self._codes[0] == 0 else -1  # the key "", if any
+            return self._walk(head)
         value = int(number) * _SPANS[size]  # the number's digits padded to _CODED, as its code's value
         codes, first = self._codes, self._first
         bucket = value // self._bucket
@@ -1354,9 +1510,9 @@ class Deck(Lookups):
         while i >= 0:
             code = codes[i]
             if value - (code >> 5) < _SPANS[code & 31]:  # the key's digits begin the number's
-                return self, i
+                return i
             i = parent[i]
-        return self, -1
+        return -1
 
     def slot(self, key: str) -> int | None:
         """The slot of a number key of the deck, or None."""
@@ -1371,7 +1527,7 @@ class Deck(Lookups):
 
     def key_of(self, number: str, slot: int) -> str:
         """The key of `slot`, which `number` starts with (found by `longest_slot`, `parent`)."""
-        return number[:self.length[slot]]
+        return number[:self._codes[slot] & 31 if self.length is None else self.length[slot]]
 
     def chain_of(self, slot: int) -> bytes | memoryview:
         """The sources of a number slot's chain, in offer order (`_chains`): bytes when a byte holds each."""
@@ -1396,19 +1552,28 @@ class Deck(Lookups):
                                                                                  self.offsets[slot + 1]))
         return found
 
-    def rate(self, i: int, key: str, source: int | None = None) -> Rate:
+    def rate(self, i: int, key: str, source: int | None = None, routed: bool = False) -> Rate:
         """Rate `i` (of the slot of `key`, of `source` when the caller has read it) as a `Rate`.
 
         The cold path of routing makes one: its tariff is read in one unpack (a deck may have a tariff for
         every few rates, so remembering them saves little), its fields set one by one on a bare `_Draft`
-        (an instance call with 21 arguments costs twice as much)."""
-        fee, price, increment, free, start, end, first, minimum, most, scale, rounding, origin, days, since, until, \
-            zone = _TARIFF_ROW.unpack_from(self._map, self._tariffs_at + self._tariff[i] * _TARIFF_ROW.size)
+        (an instance call with 21 arguments costs twice as much). `routed`: for routing over the columns
+        (deck_keys), where no rate has dates, a window or a source prefix: those columns are skipped in
+        the unpack (fewer integers made) and left at their defaults."""
+        at = self._tariffs_at + self._tariff[i] * _TARIFF_SIZE
+        if routed:
+            fee, price, increment, free, first, minimum, most, scale, rounding, zone = _PRICE_ROW.unpack_from(
+                self._map, at)
+            start = end = _NO_MOMENT
+            origin, days, since, until = _NONE, 0, 0, DAY
+        else:
+            fee, price, increment, free, start, end, first, minimum, most, scale, rounding, origin, days, since, \
+                until, zone = _TARIFF_ROW.unpack_from(self._map, at)
         d = self._description[i]
         if d:
             text = self._text_memo.get(d)
             if text is None:
-                text = self._text(d)
+                text = _text(self._text_memo, self._descriptions.restore_key, d)
         else:
             text = None
         head, key_follows = self._forms[self._form[i]]
@@ -1430,43 +1595,6 @@ class Deck(Lookups):
         rate.timezone = self._zones[zone]
         rate.__class__ = Rate
         return rate
-
-    def routed_rate(self, i: int, key: str, source: int) -> Rate:
-        """`rate(i, key, source)` for routing over the columns (deck_keys), where no rate has dates, a window
-        or a source prefix: those fields are their defaults, and the tariff's columns for them are skipped
-        in the unpack (fewer integers made)."""
-        fee, price, increment, free, first, minimum, most, scale, rounding, zone = _PRICE_ROW.unpack_from(
-            self._map, self._tariffs_at + self._tariff[i] * _TARIFF_SIZE)
-        d = self._description[i]
-        if d:
-            text = self._text_memo.get(d)
-            if text is None:
-                text = self._text(d)
-        else:
-            text = None
-        head, key_follows = self._forms[self._form[i]]
-        rate = _bare(_Draft)
-        rate.tenant = self.tenant
-        rate.pricelist_tag, rate.carrier_tag = self.sources[source]
-        rate.prefix = head + key if key_follows else head
-        rate.connect_fee, rate.rate, rate.rate_increment, rate.interval_start = fee, price, increment, free
-        rate.description = text
-        rate.datetime_start = rate.datetime_end = None
-        rate.initial_increment = None if first == _NONE else first
-        rate.minimum_duration = minimum
-        rate.maximum_cost = None if most == _NONE else most
-        rate.scale, rate.rounding = scale, ROUNDINGS[rounding]
-        rate.source_prefix = ""
-        rate.weekdays, rate.time_start, rate.time_end = 0, None, None
-        rate.timezone = self._zones[zone]
-        rate.__class__ = Rate
-        return rate
-
-    def _text(self, d: int) -> str:
-        if len(self._text_memo) >= _MEMO_LIMIT:
-            self._text_memo.clear()
-        found = self._text_memo[d] = self._descriptions.restore_key(d - 1)
-        return found
 
     def group(self, is_raw: bool, key: str) -> Group | None:
         slot = self._raw.get(key) if is_raw else self.slot(key)
@@ -1493,6 +1621,14 @@ class Deck(Lookups):
         return found
 
 
+def _text(memo: dict[int, str], restore_key, d: int) -> str:
+    """Description `d`'s text (its trie's key d - 1), remembered in `memo` up to a bound (the C path too)."""
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    found = memo[d] = restore_key(d - 1)
+    return found
+
+
 def _no_columns(number: str) -> None:
     """Deck.deck_keys of a deck whose rates have dates, windows or source prefixes (eligibility then depends
     on the call's time or caller too), or with raw keys (they match too): routing reads Rate objects."""
@@ -1510,7 +1646,7 @@ _RATE_FIELDS = ("tenant", "pricelist_tag", "carrier_tag", "prefix", "connect_fee
                 "time_end", "timezone")
 _TARIFF_ROW = struct.Struct(f"{len(_TARIFF_COLUMNS)}q")  # a tariff as written: _TARIFF_COLUMNS in order
 _TARIFF_SIZE = _TARIFF_ROW.size
-# The same row without the dates, source prefix and window (padding: not read), for Deck.routed_rate.
+# The same row without the dates, source prefix and window (padding: not read), for Deck.rate(routed=True).
 _PRICE_ROW = struct.Struct("4q16x5q32xq")
 if _PRICE_ROW.size != _TARIFF_SIZE or [name for name, _ in _TARIFF_COLUMNS][4:6] != ["start", "end"] or [
         name for name, _ in _TARIFF_COLUMNS][11:15] != ["source_prefix", "weekdays", "time_start", "time_end"]:

@@ -88,7 +88,7 @@ def route(catalog: Catalog, account: Account, destination: str | None, at: datet
     number = number_of(destination)
     walk = table.deck_keys(number)  # None: the table has raw keys, dates or changes matching here
     if walk is None:
-        return _route_rates(catalog, account, destination, at, carriers, source)
+        return _route_rates(catalog, account, destination, at, carriers, source, number)
     deck, slot = walk
     if slot < 0:
         return None, tuple(_forced(catalog, account)) if carriers and account.carrier_tags_override else ()
@@ -162,8 +162,21 @@ def _profile(catalog: Catalog, account: Account, deck: Deck) -> _Profile:
 
 def _route_columns(catalog: Catalog, account: Account, deck: Deck, number: str, longest: int, carriers: bool,
                    profile: _Profile | None = None) -> Result:
+    """`_route_columns_python` in one native call (deck.native.route, _route.c): the walk along the chain, the
+    price's `Rate`, the offers."""
+    if profile is None:
+        profile = _profile(catalog, account, deck)
+    if carriers and account.carrier_tags_override:
+        return deck.native.route(profile.usable, profile.carriers, longest, False, number)[0], \
+            tuple(_forced(catalog, account))
+    return deck.native.route(profile.usable, profile.carriers, longest, carriers, number)
+
+
+def _route_columns_python(catalog: Catalog, account: Account, deck: Deck, number: str, longest: int,
+                          carriers: bool, profile: _Profile | None = None) -> Result:
     """`_route_rates` over a deck's columns (`longest`: the slot of the longest key `number` starts with,
-    Deck.longest_slot; its prefix keys follow by Deck.parent), making a `Rate` of the price only.
+    Deck.longest_slot; its prefix keys follow by Deck.parent), making a `Rate` of the price only: the
+    definition of `_route_columns` (tests compare them).
 
     Eligibility depends on a rate's source alone here (no dates), so the price is the first rate of an
     eligible source, most specific key first, and the offers are the eligible entries of the longest key's
@@ -178,7 +191,7 @@ def _route_columns(catalog: Catalog, account: Account, deck: Deck, number: str, 
         for i in range(offsets[slot], offsets[slot + 1]):
             pair = source[i]  # its pricelist and carrier, as a number
             if usable[pair] >= 0:
-                price = deck.routed_rate(i, number[:deck.length[slot]], pair)  # the key: what the number starts with
+                price = deck.rate(i, deck.key_of(number, slot), pair, True)  # the key: what the number starts with
                 break
         else:
             slot = parent[slot]
@@ -227,13 +240,14 @@ def _in_window(rates: tuple[Rate, ...] | list[Rate], at: datetime) -> tuple[Rate
 
 
 def _route_rates(catalog: Catalog, account: Account, destination: str, at: datetime, carriers: bool,
-                 source: str | None = None) -> Result:
-    """`route` over `Rate` objects, in one pass over the matches: the reference."""
+                 source: str | None = None, number: str | None = None) -> Result:
+    """`route` over `Rate` objects, in one pass over the matches: the reference. `number`: the destination's
+    `number_of`, when the caller has it."""
     tenant = account.tenant
     table = catalog.table(tenant)
     origins = table.origins
     caller = number_of(source) if origins and source else ""
-    longest = table.longest(destination)
+    longest = table.longest(destination, number)
     key = None
     if longest is not None:
         key = (tenant, longest[0], account.pricelist_tags, account.carrier_tags, account.carrier_tags_override,
@@ -248,7 +262,7 @@ def _route_rates(catalog: Catalog, account: Account, destination: str, at: datet
     routing = carriers and not account.carrier_tags_override
     dated = False
     sources: dict[tuple[str, str | None], Carrier | None] = {}  # _eligible per (pricelist, carrier) met
-    for specificity, rates in table.matches(destination):
+    for specificity, rates in table.matches(destination, number):
         if origins:
             rates = _for_caller(rates, caller)
         if table.dated:

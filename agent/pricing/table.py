@@ -89,23 +89,26 @@ class Lookups:
 
     __slots__ = ()
 
-    def longest(self: Layer, destination: str) -> tuple[str, Group] | None:
-        """The longest matching number key and its rates, when that alone decides every match.
+    def longest(self: Layer, destination: str, number: str | None = None) -> tuple[str, Group] | None:
+        """The longest matching number key and its rates, when that alone decides every match (`number`:
+        the destination's `number_of`, when the caller has it).
 
         Every prefix matching a number is a prefix of its longest match, so numbers sharing the longest
         match share all their matches. Tables with raw (URI) prefixes also match on the raw string: None.
         """
         if self.has_raw:
             return None
-        found = self.number_matches(number_of(destination))
+        found = self.number_matches(number_of(destination) if number is None else number)
         return found[0] if found else None
 
     def deck_keys(self, number: str) -> tuple[Deck, int] | None:
         return None
 
-    def matches(self: Layer, destination: str) -> Iterator[tuple[int, Group]]:
-        """(specificity, rates) of every matching prefix, most specific first, each group best rate first."""
-        found = [(len(key), rates) for key, rates in self.number_matches(number_of(destination))]
+    def matches(self: Layer, destination: str, number: str | None = None) -> Iterator[tuple[int, Group]]:
+        """(specificity, rates) of every matching prefix, most specific first, each group best rate first
+        (`number`: the destination's `number_of`, when the caller has it)."""
+        number = number_of(destination) if number is None else number
+        found = [(len(key), rates) for key, rates in self.number_matches(number)]
         if self.has_raw:
             raw = destination.strip()
             found.extend((len(key) - scheme_length(key), rates) for key, rates in self.raw_matches(raw))

@@ -16,6 +16,7 @@ the rates (`ImportBuild`), instead of reading the tenant back from PostgreSQL on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -166,6 +167,7 @@ class ImportBuild:
         self._folder: Path | None = None
         self._floor: int | None = None  # the change log's position before the first read
         self._builds: dict[str, tuple[asyncio.Future, float]] = {}  # tenant -> (its scratch folder, read s)
+        self._early: tuple[tuple, concurrent.futures.Future] | None = None  # see `resolve_early`
 
     async def prepare(self, connection: asyncpg.Connection) -> None:
         """At the start of the import's transaction, before it reads any stored rate: where the change log is."""
@@ -192,6 +194,20 @@ class ImportBuild:
         self.say(f"deck of tenant {tenant!r}: rates read in {read:.1f}s, building while PostgreSQL merges")
         self._builds[tenant] = (asyncio.get_running_loop().run_in_executor(None, build), read)
 
+    async def resolve_early(self, connection: asyncpg.Connection, tenant: str, stream: deck.CsvRows, tag: str,
+                            decode) -> None:
+        """Starts `stream.resolve` and its duplicates for the tenant's pricelist `tag` in a thread now, while
+        PostgreSQL still works on the import's other steps; `start_stream` takes the result if it is asked
+        for the same tenant, pricelist and pricelist terms (or resolves again)."""
+        terms = await _terms(connection, tenant)
+
+        def resolve():
+            stream.resolve(decode, tenant, tag, terms)
+            return stream.duplicates()
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="deck-resolve")
+        self._early = ((tenant, tag, terms), executor.submit(resolve))
+        executor.shutdown(wait=False)
+
     async def start_stream(self, connection: asyncpg.Connection, tenant: str, stream: deck.CsvRows, tag: str,
                            stored: str, decode) -> asyncio.Future:
         """Builds the tenant's deck from the rows of its pricelist `tag` as the import streamed them to COPY
@@ -203,9 +219,9 @@ class ImportBuild:
             self._drop(tenant)
         started = time.perf_counter()
         rows, micros = await _copy_rows(connection, stored, tenant)
-        terms = {row[0]: (row[1], row[2], row[3]) for row in await connection.fetch(
-            "SELECT pricelist_tag, scale, rounding, timezone FROM pricelists WHERE tenant = $1", tenant)}
+        terms = await _terms(connection, tenant)
         read = time.perf_counter() - started
+        early, self._early = self._early, None
         partial = tenant_folder(self._folder, tenant) / f"import-{os.getpid()}-{time.time_ns()}.partial"
         loop = asyncio.get_running_loop()
         replaced: asyncio.Future = loop.create_future()
@@ -217,8 +233,16 @@ class ImportBuild:
         def build() -> Path:
             began = time.perf_counter()
             try:
-                stream.resolve(decode, tenant, tag, terms)
-                later = stream.duplicates()
+                later = None
+                if early is not None:  # resolved while PostgreSQL worked (resolve_early), if for these rows
+                    try:
+                        found = early[1].result()
+                    except Exception:  # noqa: BLE001 - resolved again below, which raises what it raises
+                        found = None
+                    later = found if early[0] == (tenant, tag, terms) else None
+                if later is None:
+                    stream.resolve(decode, tenant, tag, terms)
+                    later = stream.duplicates()
             except BaseException as exc:
                 loop.call_soon_threadsafe(answer, None, exc)
                 raise
@@ -227,8 +251,9 @@ class ImportBuild:
             columns = deck.join_columns(stream.columns(later), rows.columns(micros))
             deck.write_columns(partial, tenant, columns)
             log.info("deck of tenant %r: %d rates read in %.1fs, built in %.1fs (from the import's rows as they"
-                     " went to COPY, their duplicates found in %.1fs; the stored rates it keeps read from"
-                     " PostgreSQL)", tenant, len(columns.key), read, time.perf_counter() - began, resolved)
+                     " went to COPY, their duplicates found in %.1fs%s; the stored rates it keeps read from"
+                     " PostgreSQL)", tenant, len(columns.key), read, time.perf_counter() - began, resolved,
+                     " before" if early is not None and early[0] == (tenant, tag, terms) else "")
             return partial
 
         self.say(f"deck of tenant {tenant!r}: building from the rows copied, while PostgreSQL indexes them")
@@ -292,6 +317,12 @@ class ImportBuild:
                 await future
             except Exception:  # noqa: BLE001 - nothing to keep
                 pass
+
+
+async def _terms(connection: asyncpg.Connection, tenant: str) -> dict[str, tuple[int, str, str]]:
+    """(scale, rounding, timezone) of the tenant's pricelists, by tag."""
+    return {row[0]: (row[1], row[2], row[3]) for row in await connection.fetch(
+        "SELECT pricelist_tag, scale, rounding, timezone FROM pricelists WHERE tenant = $1", tenant)}
 
 
 async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,

@@ -602,8 +602,16 @@ def _id_prefix() -> str:
     import's rows in one place instead of two million random ones.
     """
     millis = time.time_ns() // 1_000_000
-    bits = secrets.randbits(26)
+    bits = secrets.randbits(26) | 1  # the fourth group's last digit not 0: see _ids
     return f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-7{bits >> 14:03x}-{0x8000 | (bits & 0x3FFF):04x}-"
+
+
+def _ids(id_prefix: str, sequence: str) -> str:
+    """The default of the id column for the import's rows: `id_prefix` then the row number as 12 hex
+    digits. Written as the prefix's last digit (not 0) times 2**48 plus the number, whose hex is that digit
+    and the number's 12 digits, so no lpad (COPY evaluates it per row; uuid_in takes hyphens or none)."""
+    digit = int(id_prefix[-2], 16)
+    return f"('{id_prefix[:-2]}' || to_hex(nextval('{sequence}') + {digit << 48}))::uuid"
 
 
 async def import_rates(
@@ -670,7 +678,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         staged = f"rate_fresh_{await connection.fetchval('SELECT txid_current()')}"
         sequence = f"{staged}_ids"
         await connection.execute(f"CREATE SEQUENCE {sequence}")
-        ids = f"('{id_prefix}' || lpad(to_hex(nextval('{sequence}')), 12, '0'))::uuid"
+        ids = _ids(id_prefix, sequence)
         await connection.execute(
             f"CREATE TABLE {staged} (LIKE pricelist_rates INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
         flags = [f"ALTER id SET DEFAULT {ids}", f"ALTER tenant SET DEFAULT {_literal(deck.tenant)}"]
@@ -692,7 +700,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                 stream = None
     else:
         staged, sequence = "rate_deck", "rate_deck_ids"
-        ids = f"('{id_prefix}' || lpad(to_hex(nextval('{sequence}')), 12, '0'))::uuid"
+        ids = _ids(id_prefix, sequence)
         await connection.execute(
             "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
             " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
@@ -724,17 +732,26 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     own = recorder is None
     recorder = changes.Recorder() if own else recorder
     rest = DeckResult(0, 0, set())
+    merging = time.perf_counter()
+    split = None  # the one pricelist left in the table when the deck's others were written in place
     if direct and count >= SWAP_MIN and count > OVERLAY_LIMIT:
         sizes = await connection.fetch(f"SELECT pricelist_tag, count(*) FROM {staged} GROUP BY 1 ORDER BY 2 DESC")
+        if stream is not None and sizes[0][1] >= SWAP_MIN and ("tenant" not in deck.copy_columns()
+                                                                or "tenant" in deck.fixed):
+            # the deck's rows of the pricelist it may swap in, resolved while PostgreSQL goes on (_Swap)
+            await build.resolve_early(connection, deck.tenant, stream, sizes[0][0], deck.row_decoder())
         if len(sizes) > 1 and sizes[0][1] >= SWAP_MIN and sizes[0][1] > OVERLAY_LIMIT:
             # the largest pricelist may be swapped in (_Swap); the deck's others are written in place first,
             # in this transaction, in the order given (the last duplicate wins)
             names = ", ".join(RATE_COLUMNS)
-            others = await connection.fetch(
-                f"SELECT {names}, 0 FROM {staged} WHERE pricelist_tag <> $1 ORDER BY ctid", sizes[0][0])
-            await connection.execute(f"DELETE FROM {staged} WHERE pricelist_tag <> $1", sizes[0][0])
+            taken = await connection.fetch(  # one scan: taken out and read at once, put in order here
+                f"DELETE FROM {staged} WHERE pricelist_tag <> $1 RETURNING ctid, {names}", sizes[0][0])
+            others = [(*row[1:], 0) for row in sorted(taken, key=lambda row: row[0])]
+            del taken
+            split = sizes[0][0]
             rest = await _import_rates(connection, others, None, replace, recorder, used, None)
             count -= rest.rows
+            log.info("%d rows of other pricelists written in place in %.1fs", rest.rows, time.perf_counter() - merging)
     # What a CSV deck left empty (NULL here) takes the flags and the defaults of rate_row.
     tenant = _literal(deck.tenant) if deck is not None else "NULL"
     pricelist = _literal(deck.pricelist) if deck is not None and deck.pricelist else "NULL"
@@ -752,11 +769,25 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     # one COPY in this transaction: its rows lie in the order of the deck (ctid).
     merged = (f"(SELECT DISTINCT ON ({_ORDER}) * FROM (SELECT {given} FROM {staged}) given"
               f" ORDER BY {_ORDER}, place DESC)")
-    await connection.execute(
-        "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
-        f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
-        f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM {staged}) raw"
-    )
+    known = None
+    if stream is not None:  # the rows as they went to COPY know their pairs: no scan of the table for them
+        try:
+            known = await asyncio.to_thread(stream.pairs, split)
+        except Exception as exc:  # noqa: BLE001 - the build reads the table instead (see _Swap)
+            log.info("the deck's rows could not be read as they went to COPY (%s): its pairs read from the table",
+                     exc)
+    if known is not None:
+        await connection.execute("CREATE TEMPORARY TABLE rate_deck_pairs (tenant text, pricelist_tag text,"
+                                 " carrier_tag text) ON COMMIT DROP")
+        pair_columns = [list(values) for values in zip(*known)] if known else [[], [], []]
+        await connection.execute(
+            "INSERT INTO rate_deck_pairs SELECT * FROM unnest($1::text[], $2::text[], $3::text[])", *pair_columns)
+    else:
+        await connection.execute(
+            "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
+            f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
+            f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM {staged}) raw"
+        )
     # The references, checked once per pair and locked as a foreign key locks them: deleting or renaming
     # them waits for this transaction (the insert trigger of migration 004 is told not to do it again).
     for table, tag in (("carriers", "carrier_tag"), ("pricelists", "pricelist_tag")):
@@ -783,6 +814,10 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
             raise ImportError_(f"Price list with tag = {row['pricelist_tag']} has scale {row['scale']} in tenant"
                                f" {row['tenant']}: its prices were read with scale "
                                f"{used.get((row['tenant'], row['pricelist_tag']), 0)}, import again!")
+    if direct:
+        log.info("the deck's pairs (%s) and references checked %.1fs after its COPY",
+                 "as the rows went to COPY" if known is not None else "read from the table",
+                 time.perf_counter() - merging)
     columns = ", ".join(RATE_COLUMNS)
     tenants = {row["tenant"] for row in await connection.fetch("SELECT DISTINCT tenant FROM rate_deck_pairs")}
     swap = None

@@ -113,8 +113,12 @@ def test_the_deck_files_depend_on_the_rates_not_on_their_order(tmp_path_factory,
 
 
 def walked(mapped: deck.Deck, number: str) -> list[str]:
-    """The keys `number` starts with, longest first, as the number index finds them (slot, then parents)."""
+    """The keys `number` starts with, longest first, as the number index finds them (slot, then parents); a
+    coded deck's walk in C (_route.c) finds the slot its definition in Python (Deck._walk) finds."""
     found, slot = [], mapped.longest_slot(number)
+    if mapped._numbers is None:
+        for probe in (number, number + "5a", number + "\u0663", number[:3] + "-" + number[3:]):
+            assert mapped.native.walk(probe) == mapped._walk(probe), probe
     while slot >= 0:
         found.append(mapped.key_of(number, slot))
         slot = mapped.parent[slot]
@@ -142,7 +146,7 @@ def test_the_number_index_of_a_large_deck_searches_buckets_of_leading_digits(tmp
     rng = random.Random(11)
     keys = sorted({"".join(rng.choice("0123456789") for _ in range(rng.randint(1, 9))) for _ in range(20_000)})
     mapped = built(tmp_path_factory, [Rate("t", "p", "c", key) for key in keys])
-    assert abs(len(mapped._first) - len(keys) / 4) < 3  # a bucket for about four keys
+    assert abs(len(mapped._first) - len(keys) / 8) < 3  # a bucket for about eight keys
     numbers = [*rng.sample(keys, 300), *("".join(rng.choice("0123456789") for _ in range(12)) for _ in range(300))]
     for number in numbers:
         assert walked(mapped, number) == sorted((k for k in keys if number.startswith(k)), key=len, reverse=True)

@@ -418,3 +418,23 @@ def test_remembered_results_equal_freshly_computed_ones(rows, numbers):
         fresh = catalog(rates)
         assert lcr(remembered, account(), number) == lcr(fresh, account(), number)
         assert price(remembered, account(), number) == price(fresh, account(), number)
+
+
+def test_a_route_over_a_table_without_a_deck_reads_the_destinations_number_once(monkeypatch):
+    from agent.pricing import routing, table
+
+    read = []
+    real = routing.number_of
+
+    def counted(destination: str) -> str:
+        read.append(destination)
+        return real(destination)
+
+    monkeypatch.setattr(routing, "number_of", counted)
+    monkeypatch.setattr(table, "number_of", counted)
+    account = Account("t", "a")
+    cat = catalog([r("39", "c1"), r("3904", "c2", 2)], [account])
+    for _ in range(2):  # the route made, then remembered
+        read.clear()
+        assert [c.carrier_tag for c in least_cost_routing(cat, account, DEST, NOW)] == ["c1", "c2"]
+        assert read == [DEST]

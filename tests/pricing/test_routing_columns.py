@@ -1,6 +1,7 @@
-"""Routing over a deck's columns (routing._route_columns) equals the reference over `Rate` objects
-(routing._route_rates on an in-memory table of the same rates), for decks alone and with changes laid over
-them, on random catalogs, accounts, destinations and times."""
+"""Routing over a deck's columns (routing._route_columns, its column work in C; routing._route_columns_python,
+its definition) equals the reference over `Rate` objects (routing._route_rates on an in-memory table of the
+same rates), for decks alone and with changes laid over them, on random catalogs, accounts, destinations and
+times."""
 
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def both(catalog: Catalog, reference: Catalog, account: Account, destination: st
         table = catalog.table("t")
         number = number_of(destination) if destination else ""
         walk = None if table.has_raw or not destination else table.deck_keys(number)
-        if walk is not None and walk[1] >= 0:
+        if walk is not None and walk[1] >= 0:  # the column work in C (_route.c), and its definition in Python
             assert routing._route_columns(catalog, account, walk[0], number, walk[1], carriers) == expected
+            assert routing._route_columns_python(catalog, account, walk[0], number, walk[1], carriers) == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -186,11 +188,19 @@ def test_a_rate_made_from_the_columns_is_a_plain_frozen_rate(tmp_path_factory):
 
     import pytest
 
-    items = [Rate("t", "p", "c1", "+39", 1, 2, 60, 1, "Italy")]
-    found = mapped(tmp_path_factory, items).group(False, "39")
+    items = [Rate("t", "p", "c1", "+39", 1, 2, 60, 1, "Italy", initial_increment=120, maximum_cost=9)]
+    deck_of_it = mapped(tmp_path_factory, items)
+    found = deck_of_it.group(False, "39")
     assert found == tuple(items) and type(found[0]) is Rate and hash(found[0]) == hash(items[0])
     with pytest.raises(dataclasses.FrozenInstanceError):
         found[0].rate = 0  # type: ignore[misc]
+    # the price of a route, made in C (_route.c), is the same plain frozen Rate
+    catalog = Catalog({}, Catalog.of([], carriers_of(set())).carriers, {"t": deck_of_it})
+    priced = routing._route_columns(catalog, Account("t", "a"), deck_of_it, "3904", deck_of_it.slot("39"), True)[0]
+    assert priced == items[0] and type(priced) is Rate and hash(priced) == hash(items[0])
+    assert dataclasses.astuple(priced) == dataclasses.astuple(items[0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        priced.rate = 0  # type: ignore[misc]
 
 
 def test_a_carrier_is_offered_at_its_first_eligible_rate_along_the_chain_whatever_its_pricelist(tmp_path_factory):

@@ -835,6 +835,39 @@ async def test_a_plain_deck_streamed_keeps_the_last_duplicate_and_builds_what_po
         "SELECT carrier_tag, prefix, rate FROM pricelist_rates WHERE pricelist_tag = 'p1'")} == last
 
 
+@pytest.mark.parametrize("elsewhere", [False, True])
+async def test_a_deck_of_one_tenant_resolved_while_postgresql_writes_its_other_pricelists_builds_what_postgresql_gives(
+        stack, tmp_path, monkeypatch, elsewhere):
+    """A deck without a tenant column: its rows of the pricelist it swaps in are resolved (and their duplicates
+    found) as soon as the largest pricelist is known (decks.ImportBuild.resolve_early), the small pricelists
+    written in place meanwhile; the pairs come from the rows as they went to COPY. When the early resolve was
+    for other rows (`elsewhere`: another pricelist), the build resolves again: the same deck either way."""
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 20)
+    monkeypatch.setattr(importer, "SWAP_MIN", 100)
+    calls = _spy_builds(monkeypatch)
+    early = decks.ImportBuild.resolve_early
+
+    async def resolve_early(self, connection, tenant, stream, tag, decode):
+        calls.append(f"early {tag}")
+        await early(self, connection, tenant, stream, "p3" if elsewhere else tag, decode)
+
+    monkeypatch.setattr(decks.ImportBuild, "resolve_early", resolve_early)
+    rng = random.Random(16)
+    await stack.load(varied_catalog())
+    root = tmp_path / "decks"
+    for pairs, replace in (([("t", "p2", "c1")] * 4 + [("t", "p1", "c2"), ("t", "p3", "c3")], False),
+                           ([("t", "p2", "c1"), ("t", "p2", "c2"), ("t", "p1", "c1")], True)):
+        calls.clear()
+        lines = [line.split(",", 1)[1] for line in varied_deck(rng, 500, pairs)]  # no tenant column
+        result = await import_rates(stack.database, csv_rates(lines, "t", None, None), replace=replace,
+                                    build=decks.ImportBuild(root))
+        assert result.swapped and await _partition_of(stack.database, "p2")
+        assert calls == ["early p2", "stream"]
+        await assert_built_as_postgresql_builds(stack, result, tmp_path)
+
+
 async def test_rows_the_stream_cannot_parse_leave_the_build_to_the_read_of_the_table(stack, tmp_path, monkeypatch):
     from agent.pricing import deck as deck_files
     from agent.store import decks
