@@ -442,12 +442,7 @@ async def test_a_redis_cluster_master_killed_under_load_is_replaced_by_its_repli
             victim.process.kill()
             await asyncio.to_thread(victim.process.wait)
             victim.process = None
-            for _ in range(600):  # bounded: 30 s for the cluster to promote the replica
-                if redis_cluster.master_of(group.outbox) is not victim:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("no failover")
+            await _promoted(redis_cluster, group.outbox, victim)
             victim.start()  # back as the new master's replica (from this thread: it dies with its starter's)
             await asyncio.to_thread(redis_cluster.wait_ready)
 
@@ -464,6 +459,15 @@ async def test_a_redis_cluster_master_killed_under_load_is_replaced_by_its_repli
     finally:
         await database.close()
         await redis.aclose()
+
+
+async def _promoted(redis_cluster, key: str, killed) -> None:
+    """Waits (bounded: 30 s) until the cluster serves `key`'s slot from another node than the `killed` master."""
+    for _ in range(600):
+        if redis_cluster.master_of(key) is not killed:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no failover")
 
 
 def _replication_offset(port: int) -> int:
@@ -596,12 +600,7 @@ async def test_a_write_a_failover_lost_is_reconciled_and_charged_once(agent, sta
             master.process = None
         finally:
             replica.process.send_signal(signal.SIGCONT)
-        for _ in range(600):  # bounded: 30 s for the cluster to promote the replica
-            if redis_cluster.master_of(group.outbox) is replica:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("no failover")
+        await _promoted(redis_cluster, group.outbox, master)
         await locked.rollback()
     finally:
         await lock.close()
@@ -717,12 +716,7 @@ async def test_an_outbox_entry_no_replica_holds_is_not_written_to_postgresql_bef
         master.process = None
     finally:
         replica.process.send_signal(signal.SIGCONT)
-    for _ in range(600):  # bounded: 30 s for the cluster to promote the replica
-        if redis_cluster.master_of(group.outbox) is replica:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("no failover")
+    await _promoted(redis_cluster, group.outbox, master)
     master.start()  # back as the new master's replica; from this thread (see the test above)
     await asyncio.to_thread(redis_cluster.wait_ready)
     redis = cache.connect(redis_cluster.url, 5.0)
