@@ -212,7 +212,7 @@ def _rerate(settings: Settings, args: argparse.Namespace) -> int:
             if args.deck_version is not None:  # the tenant's rates as that deck, kept on this host, holds them
                 catalog = await deck_catalog(pool, settings.decks, catalog, args.tenant, args.deck_version)
             return await rerate(pool, client, catalog, args.tenant, args.account_tag, start, end,
-                                dry_run=not args.apply, sample=args.limit)
+                                dry_run=not args.apply, sample=args.limit, replicas=settings.redis_replicas)
         finally:
             await client.aclose()
             await pool.close()

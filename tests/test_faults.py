@@ -14,6 +14,7 @@ still adds up; every call that ended after the wipe is charged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections import Counter
@@ -439,9 +440,7 @@ async def test_a_redis_cluster_master_killed_under_load_is_replaced_by_its_repli
         victim = redis_cluster.master_of(group.outbox)
 
         async def fault(_load):
-            victim.process.kill()
-            await asyncio.to_thread(victim.process.wait)
-            victim.process = None
+            await _kill(victim)
             await _promoted(redis_cluster, group.outbox, victim)
             victim.start()  # back as the new master's replica (from this thread: it dies with its starter's)
             await asyncio.to_thread(redis_cluster.wait_ready)
@@ -459,6 +458,27 @@ async def test_a_redis_cluster_master_killed_under_load_is_replaced_by_its_repli
     finally:
         await database.close()
         await redis.aclose()
+
+
+async def _kill(server) -> None:
+    """SIGKILL, as a host that is lost; the server's process forgotten, so that `start` makes a new one."""
+    server.process.kill()
+    await asyncio.to_thread(server.process.wait)
+    server.process = None
+
+
+@contextlib.asynccontextmanager
+async def _replica_behind(master, replica, group):
+    """The replica frozen (SIGSTOP) behind more than the kernel's socket buffers hold (a few MB on loopback):
+    what the master writes in the block stays in the master's own output buffer, and dies with it if the master
+    is killed before the block ends (the replica is let go then)."""
+    replica.process.send_signal(signal.SIGSTOP)
+    try:
+        async with redis_direct(master) as direct:
+            await direct.set(f"{group.prefix}ballast", b"x" * (32 << 20))
+        yield
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
 
 
 async def _promoted(redis_cluster, key: str, killed) -> None:
@@ -585,21 +605,12 @@ async def test_a_write_a_failover_lost_is_reconciled_and_charged_once(agent, sta
             if _replication_offset(replica.port) == _replication_offset(master.port):
                 break
             await asyncio.sleep(0.05)
-        replica.process.send_signal(signal.SIGSTOP)
-        try:
-            # more than the kernel's socket buffers hold (a few MB on loopback): what the master writes next
-            # stays in its own output buffer for the frozen replica, and dies with it
-            async with redis_direct(master) as direct:
-                await direct.set(f"{group.prefix}ballast", b"x" * (32 << 20))
+        async with _replica_behind(master, replica, group):
             end = {"transaction_tag": "x", "account_tag": "a", "timestamp_end": str(now_ms() / 1000),
                    "timestamp_begin": str(begin / 1000)}
             reply = await client.post("/v1/end_transaction", json=end)
             assert reply.status == (503 if replicas else 200), await reply.text()
-            master.process.kill()
-            await asyncio.to_thread(master.process.wait)
-            master.process = None
-        finally:
-            replica.process.send_signal(signal.SIGCONT)
+            await _kill(master)
         await _promoted(redis_cluster, group.outbox, master)
         await locked.rollback()
     finally:
@@ -687,12 +698,8 @@ async def test_an_outbox_entry_no_replica_holds_is_not_written_to_postgresql_bef
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the outbox never drained before the replica was frozen")
-    replica.process.send_signal(signal.SIGSTOP)
-    try:
+    async with _replica_behind(master, replica, group):
         async with redis_direct(master) as direct:
-            # more than the kernel's socket buffers hold: what the master writes next stays in its own output
-            # buffer for the frozen replica, and dies with it
-            await direct.set(f"{group.prefix}ballast", b"x" * (32 << 20))
             end = {"transaction_tag": "x", "account_tag": "a", "timestamp_end": str(now_ms() / 1000),
                    "timestamp_begin": str(begin / 1000)}
             reply = await client.post("/v1/end_transaction", json=end)
@@ -711,11 +718,7 @@ async def test_an_outbox_entry_no_replica_holds_is_not_written_to_postgresql_bef
                 raise AssertionError(f"the writer never read the end's entry {entry_id!r}: pending {pending},"
                                      f" marker {read!r}")
             assert await charges() == 0  # read, not written: no replica holds it
-        master.process.kill()
-        await asyncio.to_thread(master.process.wait)
-        master.process = None
-    finally:
-        replica.process.send_signal(signal.SIGCONT)
+        await _kill(master)
     await _promoted(redis_cluster, group.outbox, master)
     master.start()  # back as the new master's replica; from this thread (see the test above)
     await asyncio.to_thread(redis_cluster.wait_ready)
