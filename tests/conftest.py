@@ -6,6 +6,8 @@ instead of restarting the servers (restarting PostgreSQL costs about a second).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import subprocess
 import sys
@@ -147,6 +149,21 @@ def postgres_server(tmp_path_factory):
     server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
     yield server
     server.stop("immediate")
+
+
+async def until(probe, timeout: float = 20.0) -> None:
+    """Waits until `probe()` (a function, or a coroutine function) is true: a state, not a guessed time; the
+    timeout only guards against a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = probe()
+        if inspect.isawaitable(found):
+            found = await found
+        if found:
+            return
+        assert loop.time() < deadline, "state not reached in time"
+        await asyncio.sleep(0.01)
 
 
 def run_cli(*argv: str, redis_url: str, database_url: str, check: bool = True) -> subprocess.CompletedProcess:

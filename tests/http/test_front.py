@@ -11,6 +11,7 @@ from agent.app import create_app
 from agent.config import Settings
 from agent.http import front
 from agent.metrics import ENDPOINTS
+from tests.conftest import until
 
 AUTH = {"transaction_tag": "front-1", "account_tag": "100", "destination": "39040123123"}
 
@@ -71,15 +72,6 @@ def _shed(endpoint: str) -> float:
     return REGISTRY.get_sample_value("rating_requests_shed_total", {"endpoint": endpoint}) or 0.0
 
 
-async def _until(probe, timeout: float = 10.0) -> None:
-    """Waits for a condition (bounded), not for a guessed time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not probe():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def test_past_max_in_flight_new_calls_get_503_at_once_and_follow_ups_are_still_taken(stack, tutorial,
                                                                                             deck_dir):
     """Redis paused for writes (CLIENT PAUSE WRITE: every FCALL waits) holds the agent's requests open. With
@@ -102,7 +94,7 @@ async def test_past_max_in_flight_new_calls_get_503_at_once_and_follow_ups_are_s
         paused = True
         held = [asyncio.create_task(client.post("/v1/authorization", json={**AUTH, "transaction_tag": f"held-{n}"}))
                 for n in range(2)]
-        await _until(lambda: flight.count == 2)
+        await until(lambda: flight.count == 2)
 
         refused = await client.post("/v1/authorization", json={**AUTH, "transaction_tag": "one-too-many"})
         assert refused.status == 503
@@ -113,7 +105,7 @@ async def test_past_max_in_flight_new_calls_get_503_at_once_and_follow_ups_are_s
 
         # a follow-up of an admitted call is taken beyond the bound (and waits for Redis like the others)
         held.append(asyncio.create_task(client.post("/v1/rollback_transaction", json={"transaction_tag": "held-0"})))
-        await _until(lambda: flight.count == 3)
+        await until(lambda: flight.count == 3)
         assert not any(task.done() for task in held)
 
         await stack.redis.execute_command("CLIENT", "UNPAUSE")
