@@ -100,6 +100,20 @@ def _make_traversable(directory: Path) -> None:
             folder.chmod(mode | 0o001)
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (a process that exits meanwhile is left out with its children)."""
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                queue.extend(int(child) for child in handle.read().split())
+        except OSError:
+            pass
+    return found
+
+
 @dataclass
 class RedisServer:
     """A redis-server child process with append-only persistence in `directory`."""
@@ -285,16 +299,7 @@ class AgentProcess:
 
     def pids(self) -> list[int]:
         """The supervisor and every process under it (workers, housekeeper)."""
-        found, queue = [], [self.process.pid] if self.process else []
-        while queue:
-            pid = queue.pop()
-            found.append(pid)
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as handle:
-                    queue.extend(int(child) for child in handle.read().split())
-            except OSError:
-                pass
-        return found
+        return process_tree(self.process.pid) if self.process else []
 
     def signal_all(self, signum: int) -> None:
         """Signals the whole agent, e.g. SIGSTOP to freeze it (the supervisor alone serves nothing)."""

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from devstack import PostgresServer, RedisServer, free_port, scratch, stop_process  # noqa: E402
+from devstack import PostgresServer, RedisServer, free_port, process_tree, scratch, stop_process  # noqa: E402
 
 import generate  # noqa: E402
 
@@ -169,19 +169,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _machine_busy_seconds() -> float:
     """CPU seconds all processes of the machine spent busy so far (every core, /proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -198,16 +185,6 @@ def named(pids: list[int], prefix: str) -> list[int]:
                 found.append(pid)
         except OSError:
             pass
-    return found
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (a supervisor and its workers)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(_children(current))
     return found
 
 
@@ -466,7 +443,7 @@ def postgres_pids(server: PostgresServer) -> list[int]:
         main = int((server.directory / "pgdata" / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return []
-    return [main, *_children(main)]
+    return process_tree(main)
 
 
 def redis_info(url: str) -> dict:

@@ -81,7 +81,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "kamailio")]
 
-from devstack import AgentProcess, PostgresServer, RedisServer  # noqa: E402
+from devstack import AgentProcess, PostgresServer, RedisServer, process_tree  # noqa: E402
 from kamailio_harness import (  # noqa: E402
     Carrier, Kamailio, SetupError, add_trusted_peer, create_auth_database, ensure_kamailio, free_port, read_stats,
     system_modules_dir,
@@ -125,19 +125,6 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     fields = text.rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15, cutime 16, cstime 17
     return comm, int(fields[1]), sum(int(f) for f in fields[11:15])
-
-
-def process_tree(root: int) -> list[int]:
-    found, queue = [], [root]
-    while queue:
-        pid = queue.pop()
-        found.append(pid)
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as handle:
-                queue.extend(int(child) for child in handle.read().split())
-        except OSError:
-            pass
-    return found
 
 
 def cpu_snapshot(roots: dict[str, int]) -> dict[str, dict[int, tuple[str, int]]]:
