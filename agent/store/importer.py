@@ -679,8 +679,9 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         sequence = f"{staged}_ids"
         await connection.execute(f"CREATE SEQUENCE {sequence}")
         ids = _ids(id_prefix, sequence)
-        await connection.execute(
-            f"CREATE TABLE {staged} (LIKE pricelist_rates INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        await connection.execute(  # free room in its pages, for updates in place (RATE_FILLFACTOR)
+            f"CREATE TABLE {staged} (LIKE pricelist_rates INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            f" WITH (fillfactor = {RATE_FILLFACTOR})")
         flags = [f"ALTER id SET DEFAULT {ids}", f"ALTER tenant SET DEFAULT {_literal(deck.tenant)}"]
         flags += [f"ALTER {column} SET DEFAULT {_literal(flag)}" for column, flag in (
             ("pricelist_tag", deck.pricelist), ("carrier_tag", deck.carrier)) if flag]
@@ -940,6 +941,13 @@ async def _merge(connection: asyncpg.Connection, staged: str, merged: str, ids: 
         f" WHERE stored IS NULL ORDER BY {_ORDER}"
     )
     return replaced, touched, False
+
+
+# The share of each page of a pricelist's partition filled by a swap (_Swap) or a COPY (percent, migration
+# 015): the rest takes the new versions of its rates when a merge changes them, on the same page, without
+# touching the indexes (a HOT update: no indexed column changes), for a larger heap; measured in
+# loadtest/BENCHMARKS.md (session 12, helper "replace").
+RATE_FILLFACTOR = 50
 
 
 # A deck of one pricelist of at least this many rates, most of the pricelist's, is loaded into a table of
