@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _POLL = 1.0  # seconds between looks at the change log when no announcement came
 _DECK_WAIT = 60.0  # seconds a stale worker waits for a deck another host activated to be built here
 _PG_TIMEOUT = 10.0  # seconds one catch-up may wait for PostgreSQL
+_SLOW_CATCH_UP = 0.1  # seconds: a catch-up this long is logged
 
 
 async def seed_balances(client: aioredis.Redis, accounts: Iterable[Account]) -> None:
@@ -58,6 +59,13 @@ class CatalogKeeper:
         self._listener: asyncpg.Connection | None = None
         self.follower = followers.name()
         self.on_reload = lambda catalog, seconds, delay: None
+        self._since: float | None = None  # when the catch-up under way began (`busy`)
+
+    def busy(self) -> str:
+        """What this keeper is doing now, for a line about a late event loop (serve.watch_loop)."""
+        if self._since is None:
+            return ""
+        return f" (catching up from change {self.current.version} for {time.perf_counter() - self._since:.3f} s)"
 
     def get(self) -> Catalog:
         return self.current
@@ -92,7 +100,7 @@ class CatalogKeeper:
                 catalog = self.current
                 if target and catalog.version >= target:
                     return catalog
-                started = time.perf_counter()
+                started = self._since = time.perf_counter()
                 try:
                     # bounded: a half-open connection must not hold a request (or the follower) forever
                     async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
@@ -111,8 +119,14 @@ class CatalogKeeper:
                                          and catalog.accounts.get(key) is None)
                         self.current = updated
                         delay = max(0.0, time.time() - rows[-1].at.timestamp()) if rows[-1].at else None
-                        self.on_reload(updated, time.perf_counter() - started, delay)
+                        seconds = time.perf_counter() - started
+                        self.on_reload(updated, seconds, delay)
+                        if seconds >= _SLOW_CATCH_UP:
+                            log.info("catalog: changes %d-%d (%s) applied in %.3f s", rows[0].seq, rows[-1].seq,
+                                     ", ".join(sorted({c.kind for c in rows})), seconds)
                     return updated
+                finally:
+                    self._since = None
             await asyncio.sleep(0.05)  # a deck activated elsewhere is still being built here
 
     async def seed_account(self, tenant: str, account_tag: str) -> None:

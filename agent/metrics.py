@@ -52,6 +52,9 @@ GRAPHQL_SHED = Counter("rating_graphql_shed_total",
 REDIS_ROUND_TRIP = Histogram("rating_redis_round_trip_seconds", "Time of one pipelined batch to Redis",
                              buckets=_LATENCY_BUCKETS)
 REDIS_BATCH = Histogram("rating_redis_batch_commands", "Commands per pipelined batch", buckets=_BATCH_BUCKETS)
+LOOP_LAG = Histogram("rating_event_loop_lag_seconds",
+                     "How late a worker's event loop ran a timer due every 10 ms: time it answered nothing",
+                     buckets=_LATENCY_BUCKETS)
 OUTBOX_WRITTEN = Counter("rating_outbox_written_total", "Outbox entries written to PostgreSQL")
 OUTBOX_DEAD = Counter("rating_outbox_dead_letters_total",
                       "Outbox entries PostgreSQL refused for their content, moved to the dead-letter stream")
@@ -211,6 +214,7 @@ class Tally:
         self._latency: dict[str, _Histogram] = {}
         self.redis_round_trip = _Histogram(REDIS_ROUND_TRIP, _upper_bounds(_LATENCY_BUCKETS))
         self.redis_batch = _Histogram(REDIS_BATCH, _upper_bounds(_BATCH_BUCKETS))
+        self.loop_lag = _Histogram(LOOP_LAG, _upper_bounds(_LATENCY_BUCKETS))  # workers (serve.watch_loop)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         key = (endpoint, status)
@@ -243,7 +247,7 @@ class Tally:
             SHED.labels(endpoint).inc(count)
         if self.in_flight is not None:
             IN_FLIGHT.set(self.in_flight.count)
-        for histogram in (*self._latency.values(), self.redis_round_trip, self.redis_batch):
+        for histogram in (*self._latency.values(), self.redis_round_trip, self.redis_batch, self.loop_lag):
             histogram.flush()
 
 

@@ -57,6 +57,53 @@ def worker_count(settings: Settings) -> int:
     return settings.workers or cpu_quota()
 
 
+_LAG_TICK = 0.01  # seconds between two looks at a worker's event loop (watch_loop)
+_LAG_LOGGED = 0.05  # a look this late is logged (at most once a second)
+
+
+class Collections:
+    """The longest full garbage collection (generation 2) of this process since the last `take`."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                self._began = time.perf_counter()
+            else:
+                self.longest = max(self.longest, time.perf_counter() - self._began)
+
+    def take(self) -> float:
+        longest, self.longest = self.longest, 0.0
+        return longest
+
+
+async def watch_loop(observe: Callable[[float], None], busy: Callable[[], str] = lambda: "",
+                     tick: float = _LAG_TICK) -> None:
+    """Observes how late the event loop runs a timer due every `tick` seconds. A request that arrives
+    meanwhile waits as long before its handler starts, which its own latency (timed from the handler)
+    does not show. A look `_LAG_LOGGED` late or more is logged with `busy()` (what the worker was doing)
+    and the longest full garbage collection since the last such line."""
+    collections = Collections()
+    gc.callbacks.append(collections)
+    logged = 0.0
+    try:
+        while True:
+            due = time.perf_counter() + tick
+            await asyncio.sleep(tick)
+            now = time.perf_counter()
+            late = now - due if now > due else 0.0
+            observe(late)
+            if late >= _LAG_LOGGED and now - logged >= 1.0:
+                logged = now
+                log.info("event loop %.0f ms late%s; longest full garbage collection since the last such line"
+                         " %.1f ms", late * 1000, busy(), collections.take() * 1000)
+    finally:
+        gc.callbacks.remove(collections)
+
+
 def run_worker(settings: Settings, reuse_port: bool = True) -> None:
     """One event loop serving requests until SIGTERM (or SIGINT, unless ignored), then a graceful shutdown."""
     import uvloop
@@ -94,16 +141,20 @@ async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
     signal; management requests go to the manager's socket."""
     from aiohttp import web
 
+    from . import metrics
     from .app import Role, create_app
     from .http import front
+    from .keys import CATALOG
 
     stop = _until_signal()
     app = create_app(settings, Role.WORKER, os.environ.get(MANAGER_SOCKET, ""))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    watching = None
     try:
         if not await _set_up(runner, stop):
             return
         front.install(runner.server, app)
+        watching = asyncio.ensure_future(watch_loop(metrics.ENDPOINTS.loop_lag.observe, app[CATALOG].busy))
         # What start-up made (modules, the catalog snapshot) lives as long as the worker: kept out of the
         # garbage collector's full passes, which would otherwise walk it again and again while serving.
         gc.collect()
@@ -112,6 +163,8 @@ async def serve_http(settings: Settings, reuse_port: bool = True) -> None:
         log.info("serving on http://%s:%d", settings.host, settings.port)
         await stop.wait()
     finally:
+        if watching is not None:
+            watching.cancel()
         await runner.cleanup()
 
 

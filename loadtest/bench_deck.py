@@ -3,6 +3,7 @@ and a 1,000,000-row deck upload, each compared with a quiet phase of the same ro
 
     python loadtest/bench_deck.py [--prefixes 1000000] [--rounds 3] [--rate 200] [--phase-seconds 15]
                                   [--workers 2] [--upload-rows 1000000] [--data DIR] [--json FILE] [--keep]
+                                  [--phases accounts,rates,flood,swap,upload,ryw] [--pin-client CPU]
 
 (~35 min on 2 cores with the defaults; `--prefixes 20000 --upload-rows 20000 --rounds 1 --phase-seconds 3
 --tries 5` checks the script in ~2 min.)
@@ -32,9 +33,14 @@ of every authorization kept), these phases run one after the other (a 2 s gap be
 
 The agent runs from an export of HEAD (`git archive`, so edits in the working tree during the run do not
 change what is measured; `--agent-root .` runs the working tree). Client-side latencies include the
-client's own delays on a loaded machine (reported: how late its scheduler fired); the workers' histogram
-(`/metrics`, scraped around each phase) gives a server-side view: authorizations >= 50 ms and the p99
-bucket. A sampler process records the CPU time of every process (each worker, manager, deck builders,
+client's own delays on a loaded machine (reported: how late its scheduler fired, and how long its event
+loop stalled, looked at every 5 ms: an authorization in flight during a stall of more than 2 ms is left out
+of "p99 / max without them", the agent's and the host's share); the workers' histograms (`/metrics`, scraped
+around each phase) give a server-side view: authorizations >= 50 ms and the p99 bucket (timed from the
+handler), how often the workers' event loops were 20 or 50 ms late (looked at every 10 ms: a request
+arriving then waits as long before its handler) and Redis' p99 bucket. `--pin-client CPU` (a diagnostic,
+not the default) puts this client and its sampler on one CPU and the agent, PostgreSQL and Redis on the
+others. A sampler process records the CPU time of every process (each worker, manager, deck builders,
 housekeeper, supervisor, PostgreSQL, Redis, this client) and of the whole machine every 100 ms: each
 phase reports the cores each used, what the rest of the machine used (other people's work), and the
 cores used in the 0.5 s before the slowest authorization of the phase. Targets (the issue's): max < 50
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import csv
 import importlib.util
 import json
@@ -63,7 +70,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devstack import AgentProcess, PostgresServer, RedisServer, _die_with_parent, scratch, stop_process  # noqa: E402
+from devstack import (  # noqa: E402
+    AgentProcess, PostgresServer, RedisServer, _die_with_parent, process_tree, scratch, stop_process)
 
 TOKEN = "bench-token"
 PRICELIST = "standard"
@@ -81,6 +89,7 @@ PHASES = ("quiet", "accounts", "rates", "flood", "swap", "upload", "ryw")
 GROUPS = ("worker-0", "worker-1", "manager", "builder", "housekeeper", "supervisor", "postgres", "redis",
           "client", "sampler")
 _TICK = os.sysconf("SC_CLK_TCK")
+CLIENT_LAG = 0.002  # seconds: the client's loop this late counts as a stall of the client (Load.watch)
 
 
 def probe_rate(index: int) -> int:
@@ -381,6 +390,9 @@ class Load:
         # (wall start, seconds, outcome): outcome "" ok, "http NNN", "timeout", "error", or the refusal reason
         self.samples: list[tuple[float, float, str]] = []
         self.late: list[tuple[float, float]] = []  # (wall, seconds the scheduler was late), when > 5 ms
+        # (wall, seconds) the client's own event loop ran a 5 ms timer late, when > CLIENT_LAG: it read no
+        # answer meanwhile, so an authorization in flight then is slower by the client's doing (`delayed`)
+        self.stalls: list[tuple[float, float]] = []
         self.skipped = 0
         self.rollback_errors = 0
         self._stop = asyncio.Event()
@@ -449,6 +461,24 @@ class Load:
             n += 1
             planned += interval
 
+    async def watch(self, bound: float, tick: float = 0.005) -> None:
+        """The client's own event loop lag, until stopped (at most `bound` seconds)."""
+        began = time.perf_counter()
+        while not self._stop.is_set() and time.perf_counter() - began < bound:
+            due = time.perf_counter() + tick
+            await asyncio.sleep(tick)
+            late = time.perf_counter() - due
+            if late > CLIENT_LAG:
+                self.stalls.append((time.time(), late))
+
+    def delayed(self, wall: float, seconds: float) -> bool:
+        """Whether the client's loop stalled (> CLIENT_LAG) while an authorization sent at `wall` was in flight."""
+        end = wall + seconds
+        i = bisect.bisect_left(self.stalls, (wall,))
+        # A stall seen at t lasted from t - lag to t, and the next one began after t: of the stalls seen
+        # after `wall`, only the first can have begun before `end` if any did.
+        return i < len(self.stalls) and self.stalls[i][0] - self.stalls[i][1] <= end
+
     async def stop(self) -> None:
         self._stop.set()
         if self._tasks:
@@ -462,6 +492,8 @@ def phase_stats(load: Load, phase: Phase) -> dict:
     refused = [o for _, o in chosen if o and o not in failed]
     slowest = max(((s, t) for t, s, _ in load.samples if phase.start <= t <= phase.end), default=(0.0, 0.0))
     late = [s for t, s in load.late if phase.start <= t <= phase.end]
+    stalls = [s for t, s in load.stalls if phase.start <= t <= phase.end]
+    clean = [s * 1000 for t, s, _ in load.samples if phase.start <= t <= phase.end and not load.delayed(t, s)]
     seconds = max(1e-9, phase.end - phase.start)
     return {
         "count": len(chosen), "rate": len(chosen) / seconds, "seconds": seconds,
@@ -470,6 +502,10 @@ def phase_stats(load: Load, phase: Phase) -> dict:
         "errors": len(failed), "refused": len(refused), "over_50ms": sum(v >= 50 for v in latencies),
         "kinds": sorted({*failed, *refused}), "slowest_at": slowest[1],
         "client_late_max": max(late) * 1000 if late else 0.0,
+        "client_stall_max": max(stalls) * 1000 if stalls else 0.0,
+        # the authorizations during which the client's own loop did not stall: the agent's (and the host's) share
+        "clean_count": len(clean), "clean_p99": percentile(clean, .99),
+        "clean_max": max(clean) if clean else float("nan"),
     }
 
 
@@ -632,14 +668,15 @@ async def verify(url: str, fresh, account: str, rate: int, tries: int = 8) -> di
 
 # ------------------------------------------------------------------------------------------ server side
 
-_SAMPLE = re.compile(r'^(rating_request_duration_seconds_bucket|rating_requests_total)\{([^}]*)\} (\S+)$')
+_SAMPLE = re.compile(r'^(rating_request_duration_seconds_bucket|rating_requests_total|rating_event_loop_lag_seconds_bucket'
+                     r'|rating_redis_round_trip_seconds_bucket)\{([^}]*)\} (\S+)$')
 
 
 async def scrape(ctx) -> dict:
     """The agent's authorization latency histogram and answers by status (summed over the workers)."""
     import aiohttp
 
-    found: dict = {"buckets": {}, "statuses": {}, "waits": 0.0}
+    found: dict = {"buckets": {}, "statuses": {}, "waits": 0.0, "lag": {}, "redis": {}}
     try:
         async with ctx.manage.session.get(ctx.url + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as reply:
             text = await reply.text()
@@ -653,6 +690,9 @@ async def scrape(ctx) -> dict:
             continue
         name, labels, value = matched.groups()
         labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if name.startswith(("rating_event_loop", "rating_redis")):  # the workers' loops, every Redis batch
+            found["lag" if name.startswith("rating_event_loop") else "redis"][float(labels["le"])] = float(value)
+            continue
         if labels.get("endpoint") != "authorization":
             continue
         if name.endswith("_bucket"):
@@ -672,8 +712,23 @@ def server_side(before: dict, after: dict) -> dict:
     p99 = next((le for le, n in buckets if n >= 0.99 * total), float("inf"))
     failed = sum(after["statuses"].get(k, 0.0) - before["statuses"].get(k, 0.0)
                  for k in after["statuses"] if k != "200")
+    lag = _histogram(before.get("lag", {}), after.get("lag", {}))
+    redis = _histogram(before.get("redis", {}), after.get("redis", {}))
     return {"count": int(total), "over_50ms": int(total - under_50), "p99_le_ms": p99 * 1000,
-            "non_200": int(failed), "waits": int(after.get("waits", 0.0) - before.get("waits", 0.0))}
+            "non_200": int(failed), "waits": int(after.get("waits", 0.0) - before.get("waits", 0.0)),
+            # the workers' event loops, looked at every 10 ms: looks 20 ms or 50 ms late, the latest bucket
+            "lag_over_20ms": lag["over"](0.02), "lag_over_50ms": lag["over"](0.05), "lag_max_le_ms": lag["top"],
+            "redis_p99_le_ms": redis["p99"], "redis_max_le_ms": redis["top"]}
+
+
+def _histogram(before: dict, after: dict) -> dict:
+    """A cumulative histogram's counts between two scrapes: a count above a bound, the p99 and top buckets (ms)."""
+    buckets = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = buckets[-1][1] if buckets else 0.0
+    counts = dict(buckets)
+    top = next((le for le, n in buckets if n >= total), float("inf")) if total else 0.0
+    p99 = next((le for le, n in buckets if n >= 0.99 * total), float("inf")) if total else 0.0
+    return {"over": lambda bound: int(total - counts.get(bound, total)), "top": top * 1000, "p99": p99 * 1000}
 
 
 # ------------------------------------------------------------------------------------------ a round
@@ -699,6 +754,7 @@ async def run_round(ctx: Context, number: int) -> tuple[list[Phase], dict]:
     write_carrier_deck(big_path, big_deck_rows(data.prefixes, args.upload_rows, number))
     load = Load(ctx.url, ctx.sessions, data.accounts, data.destinations, args.rate)
     runner = asyncio.create_task(load.run(bound=args.round_bound))
+    watcher = asyncio.create_task(load.watch(bound=args.round_bound))
     phases: list[Phase] = []
     rng = random.Random(number)
 
@@ -812,18 +868,16 @@ async def run_round(ctx: Context, number: int) -> tuple[list[Phase], dict]:
 
     try:
         await asyncio.sleep(args.warmup)
-        await phase("quiet", quiet)
-        await phase("accounts", accounts)
-        await phase("rates", rates)
-        await phase("flood", flooding)
-        await phase("swap", swap)
-        if args.upload_rows > 0:
-            await phase("upload", upload)
-        await phase("ryw", ryw)
+        await phase("quiet", quiet)  # always: the other phases are compared with it
+        for name, work in (("accounts", accounts), ("rates", rates), ("flood", flooding), ("swap", swap),
+                           ("upload", upload), ("ryw", ryw)):
+            if name in args.phases and (name != "upload" or args.upload_rows > 0):
+                await phase(name, work)
     finally:
         await load.stop()
         runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        watcher.cancel()
+        await asyncio.gather(runner, watcher, return_exceptions=True)
         big_path.unlink(missing_ok=True)
     ctx.samples.reload()
     results = {}
@@ -899,6 +953,22 @@ def _server(server: dict | None) -> str:
         f", {server['waits']} waited for a catch-up" if server.get("waits") else "")
 
 
+def _loops(server: dict | None) -> str:
+    """The workers' event loops (looks 20 / 50 ms late or more, the latest bucket) and Redis' p99 bucket."""
+    if not server or "lag_max_le_ms" not in server:
+        return "-"
+    return (f"{server['lag_over_20ms']} / {server['lag_over_50ms']}, <= {server['lag_max_le_ms']:g} ms;"
+            f" Redis p99 <= {server['redis_p99_le_ms']:g} ms")
+
+
+def _clean(stats: dict) -> str:
+    """p99 / max of the authorizations during which the client's loop did not stall, and their share."""
+    if not stats.get("clean_count"):
+        return "-"
+    return (f"{_ms(stats['clean_p99'])} / {_ms(stats['clean_max'])}"
+            f" ({stats['clean_count'] / max(1, stats['count']):.0%})")
+
+
 def _cores(cpu: dict) -> str:
     shown = [(g, cpu.get(g, 0.0)) for g in (*GROUPS, "others") if cpu.get(g, 0.0) >= 0.02]
     return ", ".join(f"{g} {v:.2f}" for g, v in shown) + (f" (machine {cpu['machine']:.2f})" if cpu else "")
@@ -908,15 +978,17 @@ def print_round(number: int, results: dict) -> None:
     quiet = results["quiet"]
     print(f"\n#### round {number}\n")
     print("| phase | auths | /s | p50 ms | p99 ms | max ms | p99 / quiet | errors | refused | target |"
+          " client stalls max ms | p99 / max ms without them | workers' loops >= 20 / 50 ms, Redis |"
           " cores used (1.0 = a core) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|")
     for name in PHASES:
         stats = results.get(name)
         if stats is None:
             continue
         print(f"| {name} | {stats['count']:,} | {stats['rate']:.0f} | {_ms(stats['p50'])} | {_ms(stats['p99'])} |"
               f" {_ms(stats['max'])} | {stats['p99'] / quiet['p99']:.2f} | {stats['errors']} | {stats['refused']} |"
-              f" {_verdict(stats, quiet)} | {_cores(stats['cpu'])} |")
+              f" {_verdict(stats, quiet)} | {_ms(stats.get('client_stall_max', float('nan')))} | {_clean(stats)} |"
+              f" {_loops(stats.get('server'))} | {_cores(stats['cpu'])} |")
     sys.stdout.flush()
 
 
@@ -945,8 +1017,9 @@ def print_report(rounds: list[dict], header: dict) -> None:
             continue
         print(f"\n### {name}\n")
         print("| round | auths | /s | p50 ms | p99 ms | max ms | >= 50 ms | p99 / quiet p99 | errors | refused |"
-              " target | server: >= 50 ms, p99 bucket | others' cores |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+              " target | server: >= 50 ms, p99 bucket | workers' loops >= 20 / 50 ms, Redis |"
+              " client stalls max ms | p99 / max ms without them | others' cores |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---|---:|")
         for n, r in enumerate(rounds, 1):
             if name not in r:
                 continue
@@ -954,13 +1027,15 @@ def print_report(rounds: list[dict], header: dict) -> None:
             kinds = f" ({', '.join(s['kinds'])})" if s["kinds"] else ""
             print(f"| {n} | {s['count']:,} | {s['rate']:.0f} | {_ms(s['p50'])} | {_ms(s['p99'])} | {_ms(s['max'])} |"
                   f" {s['over_50ms']} | {s['p99'] / q['p99']:.2f} | {s['errors']}{kinds} | {s['refused']} |"
-                  f" {_verdict(s, q)} | {_server(s.get('server'))} | {s['cpu'].get('others', float('nan')):.2f} |")
+                  f" {_verdict(s, q)} | {_server(s.get('server'))} | {_loops(s.get('server'))} |"
+                  f" {_ms(s.get('client_stall_max', float('nan')))} | {_clean(s)} |"
+                  f" {s['cpu'].get('others', float('nan')):.2f} |")
         col = lambda key: [r[name][key] for r in present]  # noqa: E731
         ratios = [r[name]["p99"] / r["quiet"]["p99"] for r in present]
         others = [r[name]["cpu"].get("others", float("nan")) for r in present]
         print(f"| **median (min-max)** | | | {_spread(col('p50'))} | {_spread(col('p99'))} | {_spread(col('max'))} |"
               f" {_spread(col('over_50ms'), 'int')} | {_spread(ratios, 'ratio')} | {_spread(col('errors'), 'int')} |"
-              f" {_spread(col('refused'), 'int')} | | | {_spread(others, 'ratio')} |")
+              f" {_spread(col('refused'), 'int')} | | | | | | {_spread(others, 'ratio')} |")
         cpu = {g: statistics.median([r[name]["cpu"].get(g, 0.0) for r in present])
                for g in (*GROUPS, "others", "machine")}
         slow = {g: statistics.median([r[name]["cpu_before_slowest"].get(g, 0.0) for r in present])
@@ -1080,6 +1155,32 @@ def git_revision() -> str:
     return head + (" (agent/ or cache/ modified)" if dirty else "")
 
 
+def _pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (an affinity is per thread; threads and children made later inherit it)."""
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for thread in threads:
+        try:
+            os.sched_setaffinity(thread, cpus)
+        except OSError:
+            pass  # gone meanwhile
+
+
+def pin(client_cpu: int, servers: list[int]) -> str:
+    """--pin-client: this process on `client_cpu`, every process of the `servers` trees on the other CPUs."""
+    others = os.sched_getaffinity(0) - {client_cpu}
+    count = 0
+    for root in servers:
+        for pid in process_tree(root):
+            _pin_threads(pid, others)
+            count += 1
+    _pin_threads(os.getpid(), {client_cpu})
+    return (f"diagnostic: client and sampler on CPU {client_cpu}, {count} server processes (agent, PostgreSQL,"
+            f" Redis) on CPUs {', '.join(map(str, sorted(others)))}")
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
@@ -1111,11 +1212,23 @@ def main() -> int:
     parser.add_argument("--json", help="also write the measurements of every round to this file")
     parser.add_argument("--agent-root", help="run the agent from this checkout (default: an export of HEAD)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--phases", default=",".join(PHASES[1:]),
+                        help="phases to run after the quiet one, comma-separated (default: all)")
+    parser.add_argument("--pin-client", type=int, metavar="CPU",
+                        help="diagnostic: this client (and its sampler) on CPU alone, the agent, PostgreSQL and"
+                             " Redis on the other CPUs, so the client's own delays are not the agent's")
     parser.add_argument("--sampler", nargs=4, metavar=("OUT", "ROOTS", "INTERVAL", "UNTIL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sampler:
         out, roots, interval, until = args.sampler
         return run_sampler(out, json.loads(roots), float(interval), float(until))
+    args.phases = [name for name in args.phases.split(",") if name]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        parser.error(f"--phases: unknown {', '.join(sorted(unknown))} (known: {', '.join(PHASES[1:])})")
+    if args.pin_client is not None and (args.pin_client not in os.sched_getaffinity(0)
+                                        or len(os.sched_getaffinity(0)) < 2):
+        parser.error(f"--pin-client {args.pin_client}: not one of at least two CPUs this process may use")
     args.deadline = time.monotonic() + args.time_limit
     args.round_bound = args.time_limit + 600
 
@@ -1148,6 +1261,9 @@ def main() -> int:
             agent.start(timeout=args.upload_timeout)
             ready_seconds = time.perf_counter() - started
 
+            if args.pin_client is not None:
+                header["pinned"] = pin(args.pin_client, [agent.process.pid, postgres.process.pid,
+                                                         redis.process.pid])
             sample_path = folder / "cpu.jsonl"
             roots = {"agent": agent.process.pid, "postgres": postgres.process.pid, "redis": redis.process.pid,
                      "client": os.getpid()}
