@@ -54,23 +54,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+from devstack import process_tree  # noqa: E402
+
 TENANT = "default"
 WORKERS = 2
 
 
 # ------------------------------------------------------------------------------------------- /proc
-
-def _children(pid: int) -> list[int]:
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        found.append(current)
-        try:
-            queue.extend(int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split())
-        except OSError:
-            pass
-    return found
-
 
 def _comm(pid: int) -> str:
     try:
@@ -127,7 +117,7 @@ def cpu_seconds(pid: int | None) -> float:
     if pid is None:
         return 0.0
     total = 0.0
-    for n, current in enumerate(_children(pid)):
+    for n, current in enumerate(process_tree(pid)):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

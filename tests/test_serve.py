@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from agent.metrics import FLUSH_INTERVAL
-from tests.conftest import ROOT, AgentProcess, run_cli
+from tests.conftest import ROOT, AgentProcess, run_cli, until
 from tests.test_transaction import catalog, prepaid
 
 
@@ -338,3 +338,18 @@ async def test_an_agent_waiting_for_redis_at_start_stops_on_sigterm(stack, tmp_p
         assert process.wait(10) != 0
     finally:
         process.kill()
+
+
+async def test_a_blocked_event_loop_is_observed_as_late_with_what_the_worker_was_doing(caplog):
+    from agent.serve import watch_loop
+
+    seen: list[float] = []
+    watching = asyncio.ensure_future(watch_loop(seen.append, lambda: " (catching up)", tick=0.001))
+    await until(lambda: len(seen) >= 3)
+    with caplog.at_level("INFO", logger="agent.serve"):
+        time.sleep(0.08)  # the loop held, as a long step on it would
+        count = len(seen)
+        await until(lambda: len(seen) > count)
+    watching.cancel()
+    assert max(seen[count:]) >= 0.07
+    assert any("late (catching up)" in record.getMessage() for record in caplog.records)
