@@ -50,7 +50,7 @@ import re
 import shutil
 import struct
 from array import array
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
@@ -502,6 +502,7 @@ class CsvRows(TextRows):
         self._tariffs: list[tuple] = []
         self._zones: list[str] = ["UTC"]
         self._preparing = None  # prepare, started early (start_prepare)
+        self._coded: Future = Future()  # prepare's codes of the rows, before its keys (`pairs` waits for it)
         self.broken: BaseException | None = None  # what stopped the parse (the import then reads the table)
 
     _ROW_BIT = 1 << 63
@@ -647,6 +648,14 @@ class CsvRows(TextRows):
         one). Each distinct field value is read once, each distinct run of fields once (a row of integer
         codes), and the distinct combinations of runs (some 300,000 in a deck of 2,000,000 rates) are
         coded with numpy, not one by one; the prefixes are numbered as keys."""
+        try:
+            self._prepare(decode)
+        except BaseException as exc:
+            if not self._coded.done():
+                self._coded.set_exception(exc)
+            raise
+
+    def _prepare(self, decode) -> None:
         names = self._names
         at = {name: n for n, name in enumerate(names)}
         flat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
@@ -697,15 +706,17 @@ class CsvRows(TextRows):
             row = parsed[packed & ~self._ROW_BIT]
             codes[place, list(coded)] = [code(column, row[column]) for column in coded]
         self._codes, self._strings, self._stretch = codes, strings, stretch
+        if not self._coded.done():  # prepared again (resolve without start_prepare)
+            self._coded.set_result(None)
         self._key_columns = self._keys()
 
     def pairs(self, pricelist: str | None = None) -> list[tuple[str, str, str]] | None:
         """The distinct (tenant, pricelist_tag, carrier_tag) of the rows (of `pricelist` only, if given), as
-        COPY stored them, once `prepare` started by `start_prepare` is done (None if it was not started);
-        raises what `prepare` raised."""
+        COPY stored them, once `prepare` started by `start_prepare` has coded the rows (None if it was not
+        started); raises what `prepare` raised before."""
         if self._preparing is None:
             return None
-        self._preparing.result()
+        self._coded.result()
         at = {name: n for n, name in enumerate(self._names)}
         columns = [at["tenant"], at["pricelist_tag"], at["carrier_tag"]]
         values = [list(self._strings[column]) for column in columns]

@@ -374,6 +374,25 @@ class CsvDeck:
         self.columns = [RATE_COLUMNS[k] if k >= 0 else f"ignored_{i}" for i, k in enumerate(self.layout)]
         self._compile()
 
+    def first_pricelist(self) -> str | None:
+        """The pricelist of the deck's first row when its rows name their own (the header has the column):
+        a guess, read before COPY, at the one most of them belong to. The line goes out again first."""
+        self._start()
+        position = self.last.get("pricelist_tag")
+        if position is None or "pricelist_tag" in self.fixed or self.used:
+            return None
+        try:
+            line = next(self.feed)
+        except StopIteration:
+            return None
+        self.feed.back.append(line)
+        self.feed.count -= 1
+        try:
+            fields = next(csv.reader([line]), [])
+        except csv.Error:  # a quoted field with a line break: no guess
+            return None
+        return (fields[position] if position < len(fields) else "") or self.pricelist
+
     def direct(self) -> bool:
         """Whether the deck can be copied into a table of pricelist_rates' columns as it is (strict_nulls):
         no column of the header ignored, and not known to be too small to be swapped in (a temporary
@@ -577,6 +596,14 @@ class DeckResult:
     swapped: bool = False  # the deck went in as its pricelist's partition (_Swap), not row by row
 
 
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    """Rows of a deck already in PostgreSQL, in a table of pricelist_rates' columns (a deck's other
+    pricelists, written in place by _import_rates), read in the order they were copied in."""
+
+    name: str
+
+
 # An import that changes at most this many rates is recorded as rate changes, which every agent lays over
 # its deck by reading just those rates (work in proportion to the change); a larger one builds a new deck.
 OVERLAY_LIMIT = 1_000
@@ -604,6 +631,9 @@ def _id_prefix() -> str:
     millis = time.time_ns() // 1_000_000
     bits = secrets.randbits(26) | 1  # the fourth group's last digit not 0: see _ids
     return f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-7{bits >> 14:03x}-{0x8000 | (bits & 0x3FFF):04x}-"
+
+
+_ID_CACHE = 100_000  # numbers a COPY's id default takes from its sequence at once: a quarter less of its cost
 
 
 def _ids(id_prefix: str, sequence: str) -> str:
@@ -669,7 +699,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     # large deck of one pricelist becomes as it is (_Swap); any other goes into a temporary table.
     direct = deck is not None and deck.direct()
     id_prefix = _id_prefix()
-    stream = None
+    stream = guess = None
     began = time.perf_counter()
     if direct:
         # one such import at a time, taken before it reads any rate: two swaps would wait for each other
@@ -677,22 +707,32 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         deck.strict_nulls()
         staged = f"rate_fresh_{await connection.fetchval('SELECT txid_current()')}"
         sequence = f"{staged}_ids"
-        await connection.execute(f"CREATE SEQUENCE {sequence}")
+        await connection.execute(f"CREATE SEQUENCE {sequence} CACHE {_ID_CACHE}")
         ids = _ids(id_prefix, sequence)
-        await connection.execute(  # free room in its pages, for updates in place (RATE_FILLFACTOR)
-            f"CREATE TABLE {staged} (LIKE pricelist_rates INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-            f" WITH (fillfactor = {RATE_FILLFACTOR})")
+        # A deck whose rows name their pricelists is copied into a table partitioned by pricelist: its first
+        # row's pricelist (most decks are mostly one) in `staged`, any other in `{staged}_rest`, so the
+        # pricelist that may be swapped in is apart from the others without a scan of the whole deck.
+        guess = deck.first_pricelist()
+        target = staged if guess is None else f"{staged}_all"
+        room = f" WITH (fillfactor = {RATE_FILLFACTOR})"  # for updates in place (RATE_FILLFACTOR)
+        await connection.execute(
+            f"CREATE TABLE {target} (LIKE pricelist_rates INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            + (room if guess is None else " PARTITION BY LIST (pricelist_tag)"))
         flags = [f"ALTER id SET DEFAULT {ids}", f"ALTER tenant SET DEFAULT {_literal(deck.tenant)}"]
         flags += [f"ALTER {column} SET DEFAULT {_literal(flag)}" for column, flag in (
             ("pricelist_tag", deck.pricelist), ("carrier_tag", deck.carrier)) if flag]
-        await connection.execute(f"ALTER TABLE {staged} {', '.join(flags)}")
+        await connection.execute(f"ALTER TABLE {target} {', '.join(flags)}")
+        if guess is not None:
+            await connection.execute(
+                f"CREATE TABLE {staged} PARTITION OF {target} FOR VALUES IN ({_literal(guess)}){room}")
+            await connection.execute(f"CREATE TABLE {staged}_rest PARTITION OF {target} DEFAULT{room}")
         if build is not None:  # the deck built from the rows as they go to COPY (decks.ImportBuild.start_stream)
             from ..pricing.deck import CsvRows
 
             stream = deck.sink = CsvRows(deck.copy_columns(), RATE_COLUMNS)
         try:
             status = await connection.copy_to_table(
-                staged, source=deck.source(), columns=deck.copy_columns(), format="csv",
+                target, source=deck.source(), columns=deck.copy_columns(), format="csv",
                 force_not_null=[c for c in deck.copy_columns() if c == "source_prefix"] or None)
         finally:
             if stream is not None and not await stream.finish():
@@ -703,22 +743,39 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         staged, sequence = "rate_deck", "rate_deck_ids"
         ids = _ids(id_prefix, sequence)
         await connection.execute(
-            "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text, prefix text,"
+            "CREATE TEMPORARY TABLE rate_deck (tenant text, pricelist_tag text, carrier_tag text COLLATE \"C\","
+            " prefix text COLLATE \"C\","
             " connect_fee bigint, rate bigint, rate_increment integer, interval_start integer, description text,"
             " datetime_start timestamptz, datetime_end timestamptz, active boolean, initial_increment integer,"
             " minimum_duration integer, maximum_cost bigint, source_prefix text, weekdays smallint,"
             " time_start integer, time_end integer, line bigint"
             + "".join(f", {c} text" for c in ignored) + ") ON COMMIT DROP"
         )
-        await connection.execute("CREATE TEMPORARY SEQUENCE rate_deck_ids OWNED BY rate_deck.line")
+        await connection.execute(f"CREATE TEMPORARY SEQUENCE rate_deck_ids CACHE {_ID_CACHE} OWNED BY rate_deck.line")
         if deck is not None:
             status = await connection.copy_to_table(
                 "rate_deck", source=deck.source(), columns=deck.copy_columns(), format="csv")
+        elif isinstance(rows, _Table):  # in the order they were copied in (the last duplicate wins)
+            names = ", ".join(RATE_COLUMNS)
+            status = await connection.execute(
+                f"INSERT INTO rate_deck ({names}, line) SELECT {names}, 0 FROM {rows.name} ORDER BY ctid")
         else:
             status = await connection.copy_records_to_table("rate_deck", records=rows,
                                                             columns=[*RATE_COLUMNS, "line"])
     count = int(status.split()[-1])
     log.info("%d rows of the deck copied into %s in %.1fs", count, staged, time.perf_counter() - began)
+    others = None  # with the deck's rows of other pricelists than `guess` apart in `{staged}_rest`: how many
+    if direct and guess is not None:
+        await connection.execute(f"ALTER TABLE {target} DETACH PARTITION {staged}")
+        others = await connection.fetchval(f"SELECT count(*) FROM {staged}_rest")
+        main = count - others
+        if others and not (main >= others and main >= SWAP_MIN and main > OVERLAY_LIMIT):
+            # the first row's pricelist may not be the largest, or none is swapped in: one table (the order
+            # of the rows of one key, all in one partition, is kept)
+            await connection.execute(f"INSERT INTO {staged} SELECT * FROM {staged}_rest ORDER BY ctid")
+            others = None
+        if not others:
+            await connection.execute(f"DROP TABLE {target}")
     if stream is not None and deck.copied != count:
         stream = None
     if stream is not None and count >= SWAP_MIN and count > OVERLAY_LIMIT:
@@ -736,7 +793,12 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     merging = time.perf_counter()
     split = None  # the one pricelist left in the table when the deck's others were written in place
     if direct and count >= SWAP_MIN and count > OVERLAY_LIMIT:
-        sizes = await connection.fetch(f"SELECT pricelist_tag, count(*) FROM {staged} GROUP BY 1 ORDER BY 2 DESC")
+        if others:
+            sizes = [(guess, count - others), (None, others)]  # the others' pricelists: at most `others` each
+        elif others == 0:
+            sizes = [(guess, count)]
+        else:
+            sizes = await connection.fetch(f"SELECT pricelist_tag, count(*) FROM {staged} GROUP BY 1 ORDER BY 2 DESC")
         if stream is not None and sizes[0][1] >= SWAP_MIN and ("tenant" not in deck.copy_columns()
                                                                 or "tenant" in deck.fixed):
             # the deck's rows of the pricelist it may swap in, resolved while PostgreSQL goes on (_Swap)
@@ -745,14 +807,20 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
             # the largest pricelist may be swapped in (_Swap); the deck's others are written in place first,
             # in this transaction, in the order given (the last duplicate wins)
             names = ", ".join(RATE_COLUMNS)
-            taken = await connection.fetch(  # one scan: taken out and read at once, put in order here
-                f"DELETE FROM {staged} WHERE pricelist_tag <> $1 RETURNING ctid, {names}", sizes[0][0])
-            others = [(*row[1:], 0) for row in sorted(taken, key=lambda row: row[0])]
-            del taken
+            if others:
+                taken = _Table(f"{staged}_rest")
+            else:
+                found = await connection.fetch(  # one scan: taken out and read at once, put in order here
+                    f"DELETE FROM {staged} WHERE pricelist_tag <> $1 RETURNING ctid, {names}", sizes[0][0])
+                taken = [(*row[1:], 0) for row in sorted(found, key=lambda row: row[0])]
+                del found
             split = sizes[0][0]
-            rest = await _import_rates(connection, others, None, replace, recorder, used, None)
+            rest = await _import_rates(connection, taken, None, replace, recorder, used, None)
+            if others:
+                await connection.execute(f"DROP TABLE {target}")
             count -= rest.rows
-            log.info("%d rows of other pricelists written in place in %.1fs", rest.rows, time.perf_counter() - merging)
+            log.info("%d rows of other pricelists written in place in %.1fs (%s)", rest.rows,
+                     time.perf_counter() - merging, "copied apart" if others else "taken out of the deck's table")
     # What a CSV deck left empty (NULL here) takes the flags and the defaults of rate_row.
     tenant = _literal(deck.tenant) if deck is not None else "NULL"
     pricelist = _literal(deck.pricelist) if deck is not None and deck.pricelist else "NULL"
@@ -777,17 +845,19 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         except Exception as exc:  # noqa: BLE001 - the build reads the table instead (see _Swap)
             log.info("the deck's rows could not be read as they went to COPY (%s): its pairs read from the table",
                      exc)
+    # its columns' collations those of pricelist_rates (migration 016) whichever way it is filled: the
+    # statements that read it are prepared once for every import
+    await connection.execute("CREATE TEMPORARY TABLE rate_deck_pairs (tenant text, pricelist_tag text,"
+                             ' carrier_tag text COLLATE "C") ON COMMIT DROP')
     if known is not None:
-        await connection.execute("CREATE TEMPORARY TABLE rate_deck_pairs (tenant text, pricelist_tag text,"
-                                 " carrier_tag text) ON COMMIT DROP")
         pair_columns = [list(values) for values in zip(*known)] if known else [[], [], []]
         await connection.execute(
             "INSERT INTO rate_deck_pairs SELECT * FROM unnest($1::text[], $2::text[], $3::text[])", *pair_columns)
     else:
         await connection.execute(
-            "CREATE TEMPORARY TABLE rate_deck_pairs ON COMMIT DROP AS SELECT DISTINCT coalesce(tenant, "
-            f"{tenant}) AS tenant, coalesce(pricelist_tag, {pricelist}) AS pricelist_tag, coalesce(carrier_tag,"
-            f" {carrier}) AS carrier_tag FROM (SELECT DISTINCT tenant, pricelist_tag, carrier_tag FROM {staged}) raw"
+            f"INSERT INTO rate_deck_pairs SELECT DISTINCT coalesce(tenant, {tenant}), coalesce(pricelist_tag,"
+            f" {pricelist}), coalesce(carrier_tag, {carrier}) FROM (SELECT DISTINCT tenant, pricelist_tag,"
+            f" carrier_tag FROM {staged}) raw"
         )
     # The references, checked once per pair and locked as a foreign key locks them: deleting or renaming
     # them waits for this transaction (the insert trigger of migration 004 is told not to do it again).

@@ -755,6 +755,38 @@ async def test_a_deck_of_several_pricelists_swaps_the_largest_and_writes_the_oth
     await assert_built_as_postgresql_builds(stack, result, tmp_path)
 
 
+@pytest.mark.parametrize("first", ["p1", "p3"])
+async def test_a_deck_of_several_pricelists_is_copied_apart_by_its_first_rows_pricelist_or_else_split_by_a_scan(
+        stack, tmp_path, monkeypatch, caplog, first):
+    """The first row's pricelist (p1: the largest, p3: a small one) is the guess the COPY splits the deck by:
+    right, the other pricelists' rows are apart already; wrong, they are put back and taken out by a scan.
+    Either way the same rates are stored, and the same deck built, as when the deck is written in place."""
+    from agent.store import decks
+
+    monkeypatch.setattr(importer, "OVERLAY_LIMIT", 20)
+    rng = random.Random(21)
+    await stack.load(varied_catalog())
+    header, *rows = varied_deck(rng, 600, [("t", "p1", "c1")] * 6 + [("t", "p1", "c2"), ("t", "p3", "c1"),
+                                                                     ("t", "p2", "c3")])
+    lead = next(row for row in rows if row.split(",")[1] == first)
+    lines = [header, lead, *(row for row in rows if row is not lead)]
+    query = f"SELECT {', '.join(_COLUMNS)} FROM pricelist_rates ORDER BY {', '.join(_COLUMNS)}"
+    written = await import_rates(stack.database, csv_rates(lines, "default", None, None))
+    assert not written.swapped
+    in_place = await stack.database.fetch(query)
+    await stack.database.execute("DELETE FROM pricelist_rates")
+    monkeypatch.setattr(importer, "SWAP_MIN", 100)
+    with caplog.at_level("INFO", logger="agent.store.importer"):
+        result = await import_rates(stack.database, csv_rates(lines, "default", None, None),
+                                    build=decks.ImportBuild(tmp_path / "decks"))
+    assert result.swapped and result.rows == written.rows and await _partition_of(stack.database, "p1")
+    assert ("copied apart" if first == "p1" else "taken out of the deck's table") in caplog.text
+    assert await stack.database.fetch(query) == in_place
+    assert not await stack.database.fetch(  # the deck's own tables gone (the swapped one renamed)
+        "SELECT 1 FROM pg_class WHERE relkind IN ('r', 'p') AND relname LIKE 'rate_fresh%'")
+    await assert_built_as_postgresql_builds(stack, result, tmp_path)
+
+
 def _spy_builds(monkeypatch) -> list[str]:
     """Which way each build of an import read its rates: "table" (the import's table read back) or "stream"
     (the deck's rows as they went to COPY, decks.ImportBuild.start_stream)."""
