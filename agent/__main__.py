@@ -105,18 +105,15 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
     bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="reading deck",
                disable=args.quiet, file=sys.stderr, mininterval=0.25)
 
-    def counted(handle):
-        """The deck's lines, moving the bar every few thousand lines (characters ~ bytes for decks)."""
-        pending = 0
-        for number, line in enumerate(handle, 1):
-            pending += len(line)
-            if number % 4096 == 0:
-                bar.update(pending)
-                pending = 0
-            yield line
-        bar.update(pending)
+    handle = None
 
     def progress(lines: int) -> None:
+        # the file's lines go to the import as they are (no Python step per line): the bar follows the
+        # bytes read so far from the file, a read-ahead buffer early (not known for a pipe)
+        try:
+            bar.update(handle.buffer.tell() - bar.n)
+        except (AttributeError, OSError, ValueError):
+            pass
         bar.set_postfix_str(f"{lines:,} rows", refresh=False)
 
     def say(text: str) -> None:
@@ -128,7 +125,7 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
     build = ImportBuild(settings.decks, say)
     try:
         with open_text(args.file) as handle:
-            rows = csv_rates(counted(handle), args.tenant, args.pricelist, args.carrier, progress, size)
+            rows = csv_rates(handle, args.tenant, args.pricelist, args.carrier, progress, size)
 
             async def work(connection):
                 return await import_rates(connection, rows, args.replace, build=build)

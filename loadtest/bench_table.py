@@ -338,7 +338,8 @@ async def _timeline(args, agent, gen, deck_dir: str, authorizer: Authorizer, log
         result["built_by"] = "the upload, in the agent's manager"
         result["answered"] = moments["exit"] - started
     if built is not None:
-        result.update(rows=int(built.group(2)), read=float(built.group(3)), build=float(built.group(4)))
+        result.update(rows=int(built.group(2)), read=float(built.group(3)), build=float(built.group(4)),
+                      build_log=built.group(5).strip())
         # built by the import itself, from its own rows while PostgreSQL writes them (store/decks.ImportBuild)
         result["during_import"] = "during its merge" in built.group(5) or "went to COPY" in built.group(5)
         logged = _log_moment(built.group(1))

@@ -1112,6 +1112,7 @@ class _Swap:
             await self._stage(connection)  # the build reads the table while PostgreSQL indexes it
         moments.append(time.perf_counter())
         await connection.execute(f"SET LOCAL maintenance_work_mem = '{_INDEX_MEMORY}'")
+        await connection.execute("SET LOCAL max_parallel_maintenance_workers = 0")
         identity = (f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_identity_key UNIQUE"
                     " (prefix, carrier_tag, pricelist_tag, tenant, source_prefix, weekdays, time_start, time_end)")
         try:
