@@ -393,6 +393,11 @@ class CsvDeck:
             return None
         return (fields[position] if position < len(fields) else "") or self.pricelist
 
+    def single_pricelist(self) -> str | None:
+        """The pricelist of every row when the rows cannot name one of their own (the flag's), else None."""
+        self._start()
+        return self.pricelist if "pricelist_tag" not in self.last or "pricelist_tag" in self.fixed else None
+
     def direct(self) -> bool:
         """Whether the deck can be copied into a table of pricelist_rates' columns as it is (strict_nulls):
         no column of the header ignored, and not known to be too small to be swapped in (a temporary
@@ -699,7 +704,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
     # large deck of one pricelist becomes as it is (_Swap); any other goes into a temporary table.
     direct = deck is not None and deck.direct()
     id_prefix = _id_prefix()
-    stream = guess = None
+    stream = guess = checked = None
     began = time.perf_counter()
     if direct:
         # one such import at a time, taken before it reads any rate: two swaps would wait for each other
@@ -726,6 +731,10 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
             await connection.execute(
                 f"CREATE TABLE {staged} PARTITION OF {target} FOR VALUES IN ({_literal(guess)}){room}")
             await connection.execute(f"CREATE TABLE {staged}_rest PARTITION OF {target} DEFAULT{room}")
+        checked = guess if guess is not None else deck.single_pricelist()
+        if checked is not None:  # the constraint of its partition checked as the rows go in, not by a scan (_Swap)
+            await connection.execute(
+                f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_partition CHECK (pricelist_tag = {_literal(checked)})")
         if build is not None:  # the deck built from the rows as they go to COPY (decks.ImportBuild.start_stream)
             from ..pricing.deck import CsvRows
 
@@ -772,8 +781,9 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         if others and not (main >= others and main >= SWAP_MIN and main > OVERLAY_LIMIT):
             # the first row's pricelist may not be the largest, or none is swapped in: one table (the order
             # of the rows of one key, all in one partition, is kept)
+            await connection.execute(f"ALTER TABLE {staged} DROP CONSTRAINT {staged}_partition")
             await connection.execute(f"INSERT INTO {staged} SELECT * FROM {staged}_rest ORDER BY ctid")
-            others = None
+            others = checked = None
         if not others:
             await connection.execute(f"DROP TABLE {target}")
     if stream is not None and deck.copied != count:
@@ -898,7 +908,7 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         if len(tags) == 1 and count * 2 >= await connection.fetchval(
                 "SELECT count(*) FROM pricelist_rates WHERE pricelist_tag = $1", tags[0]):
             swap = _Swap(staged, tags[0], replace, build, sorted(tenants),
-                         None if stream is None else (stream, deck.row_decoder(), id_prefix))
+                         None if stream is None else (stream, deck.row_decoder(), id_prefix), checked)
 
     async def stage(exclude: bool) -> None:
         """The decks of the deck's tenants built as the import leaves their rates: the stored ones it does not
@@ -917,7 +927,10 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
             # a savepoint: a rate another writer adds meanwhile (unique violation) makes the merge run again
             async with connection.transaction():
                 await connection.execute("SET LOCAL rating.rate_references = 'checked'")
-                stored = await connection.fetchval(
+                # A few rows are merged as if their pairs had rates: a merge without any costs as little
+                # as an insert, and the probe costs a scan of the pricelist when the pairs' rates lie late
+                # in it (a carrier's small deck swapped again and again in a large pricelist)
+                stored = count <= OVERLAY_LIMIT or await connection.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM pricelist_rates r JOIN rate_deck_pairs p"
                     " USING (tenant, pricelist_tag, carrier_tag))")
                 if not stored and swap is not None and await swap.run(connection):
@@ -1048,8 +1061,9 @@ class _Swap:
     """
 
     def __init__(self, staged: str, tag: str, replace: bool, build: ImportBuild | None, tenants: list[str],
-                 stream: tuple | None = None) -> None:
+                 stream: tuple | None = None, checked: str | None = None) -> None:
         self.staged, self.tag, self.replace, self.build, self.tenants = staged, tag, replace, build, tenants
+        self.checked = checked  # the pricelist a constraint of the table already names (_import_rates)
         self.start = None if build is None else build.start
         # (CsvRows, its decoder, the ids' prefix): the deck's rows as they went to COPY, for a build of one
         # tenant that does not read the table back (decks.ImportBuild.start_stream)
@@ -1093,8 +1107,11 @@ class _Swap:
         kept = await connection.execute(
             f"INSERT INTO {staged} ({columns}) SELECT {columns} FROM pricelist_rates r"
             f" WHERE pricelist_tag = $1 AND {keep}", tag)
-        await connection.execute(f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_partition"
-                                 f" CHECK (pricelist_tag = {_literal(tag)})")  # spares ATTACH its scan
+        if self.checked != tag:
+            if self.checked is not None:
+                await connection.execute(f"ALTER TABLE {staged} DROP CONSTRAINT {staged}_partition")
+            await connection.execute(f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_partition"
+                                     f" CHECK (pricelist_tag = {_literal(tag)})")  # spares ATTACH its scan
         moments.append(time.perf_counter())
         if replaced is not None:
             try:
