@@ -937,16 +937,13 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
                     touched, swapped = None, True
                 elif not stored:
                     # the deck's pricelist/carrier pairs have no rates yet: one sorted insert
-                    if build is not None and count > OVERLAY_LIMIT:
+                    if build is not None:
                         # the deck sorted once more for the build: cheaper than writing it to a table and
                         # reading it twice (measured at 2,000,000 rates, loadtest/BENCHMARKS.md)
                         await stage(False)
-                    insert = f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck"
-                    if count <= OVERLAY_LIMIT:
-                        touched = await connection.fetch(f"{insert} RETURNING {_IDENTITY}")
-                    else:
-                        await connection.execute(insert)
-                        touched = None
+                    await connection.execute(
+                        f"INSERT INTO pricelist_rates (id, {columns}) SELECT {ids}, {columns} FROM {merged} deck")
+                    touched = None  # more than OVERLAY_LIMIT rates: a new deck (see `stored`)
                 else:
                     replaced, touched, swapped = await _merge(connection, staged, merged, ids, replace,
                                                               None if build is None else stage, swap)
