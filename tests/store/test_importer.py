@@ -779,7 +779,11 @@ def _spy_builds(monkeypatch) -> list[str]:
 
     async def from_stream(self, *args):
         calls.append("stream")
-        return await start_stream(self, *args)
+        replaced = await start_stream(self, *args)
+        # a failed build from the stream falls back to the table quietly: a test of the stream sees it here
+        self._builds[args[1]][0].add_done_callback(
+            lambda done: done.cancelled() or done.exception() is None or calls.append("stream failed"))
+        return replaced
 
     monkeypatch.setattr(decks.ImportBuild, "start", from_table)
     monkeypatch.setattr(decks.ImportBuild, "start_stream", from_stream)
