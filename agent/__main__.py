@@ -105,8 +105,6 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
     bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="reading deck",
                disable=args.quiet, file=sys.stderr, mininterval=0.25)
 
-    handle = None
-
     def progress(lines: int) -> None:
         # the file's lines go to the import as they are (no Python step per line): the bar follows the
         # bytes read so far from the file, a read-ahead buffer early (not known for a pipe)
@@ -131,6 +129,8 @@ def _import_rates(settings: Settings, args: argparse.Namespace) -> None:
                 return await import_rates(connection, rows, args.replace, build=build)
 
             result = asyncio.run(_with_database(settings, work))
+        if size:
+            bar.update(size - bar.n)  # the last lines, read since the last look at the file's position
     finally:
         bar.close()
     for info in result.built:
