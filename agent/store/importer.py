@@ -374,29 +374,27 @@ class CsvDeck:
         self.columns = [RATE_COLUMNS[k] if k >= 0 else f"ignored_{i}" for i, k in enumerate(self.layout)]
         self._compile()
 
-    def first_pricelist(self) -> str | None:
-        """The pricelist of the deck's first row when its rows name their own (the header has the column):
-        a guess, read before COPY, at the one most of them belong to. The line goes out again first."""
+    def first_pricelist(self) -> tuple[str | None, bool]:
+        """(the pricelist of the deck's first row, whether every row has it), read before COPY (the line goes
+        out again first): the flag's for all when the rows cannot name their own; else the first row's, a
+        guess at the one most of them belong to (None when it cannot be read)."""
         self._start()
         position = self.last.get("pricelist_tag")
-        if position is None or "pricelist_tag" in self.fixed or self.used:
-            return None
+        if position is None or "pricelist_tag" in self.fixed:
+            return self.pricelist, True
+        if self.used:
+            return None, False
         try:
             line = next(self.feed)
         except StopIteration:
-            return None
+            return None, False
         self.feed.back.append(line)
         self.feed.count -= 1
         try:
             fields = next(csv.reader([line]), [])
         except csv.Error:  # a quoted field with a line break: no guess
-            return None
-        return (fields[position] if position < len(fields) else "") or self.pricelist
-
-    def single_pricelist(self) -> str | None:
-        """The pricelist of every row when the rows cannot name one of their own (the flag's), else None."""
-        self._start()
-        return self.pricelist if "pricelist_tag" not in self.last or "pricelist_tag" in self.fixed else None
+            return None, False
+        return (fields[position] if position < len(fields) else "") or self.pricelist, False
 
     def direct(self) -> bool:
         """Whether the deck can be copied into a table of pricelist_rates' columns as it is (strict_nulls):
@@ -717,7 +715,8 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
         # A deck whose rows name their pricelists is copied into a table partitioned by pricelist: its first
         # row's pricelist (most decks are mostly one) in `staged`, any other in `{staged}_rest`, so the
         # pricelist that may be swapped in is apart from the others without a scan of the whole deck.
-        guess = deck.first_pricelist()
+        checked, alone = deck.first_pricelist()
+        guess = None if alone else checked
         target = staged if guess is None else f"{staged}_all"
         room = f" WITH (fillfactor = {RATE_FILLFACTOR})"  # for updates in place (RATE_FILLFACTOR)
         await connection.execute(
@@ -731,7 +730,6 @@ async def _import_rates(connection: asyncpg.Connection, rows, deck: CsvDeck | No
             await connection.execute(
                 f"CREATE TABLE {staged} PARTITION OF {target} FOR VALUES IN ({_literal(guess)}){room}")
             await connection.execute(f"CREATE TABLE {staged}_rest PARTITION OF {target} DEFAULT{room}")
-        checked = guess if guess is not None else deck.single_pricelist()
         if checked is not None:  # the constraint of its partition checked as the rows go in, not by a scan (_Swap)
             await connection.execute(
                 f"ALTER TABLE {staged} ADD CONSTRAINT {staged}_partition CHECK (pricelist_tag = {_literal(checked)})")
