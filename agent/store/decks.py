@@ -37,7 +37,10 @@ from ..pricing.rate import Rate, stored_window
 from . import changes
 
 log = logging.getLogger(__name__)
-COMPACT_AFTER = 10_000  # rates changed over a deck (rate changes) after which a fresh deck is built
+COMPACT_AFTER = 10_000  # distinct rates changed over a deck (rate changes) after which a fresh deck is built
+COMPACT_LOG = 200_000  # rates named by the rate changes since a deck, repeats counted, after which too
+_COMPACT_LOOKS = 30  # looks at the change log (one a second) per count of the distinct rates changed
+_BUILD_NICE = 10  # scheduling priority of a deck build's process (serve._NICE: the manager's is 5)
 _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
 
 
@@ -81,15 +84,22 @@ async def activations(connection: asyncpg.Connection) -> dict[str, int]:
     return {row["tenant"]: row["covers"] for row in rows}
 
 
-async def stale_tenants(connection: asyncpg.Connection) -> list[str]:
-    """Tenants whose rates changed in bulk since their deck, or by many single changes."""
+async def stale_tenants(connection: asyncpg.Connection, compact_after: int = COMPACT_AFTER,
+                        compact_log: int = COMPACT_LOG) -> list[str]:
+    """Tenants whose rates changed in bulk since their deck, or whose rate changes since it name more than
+    `compact_after` distinct rates (what the processes lay over the deck), or more than `compact_log` in all
+    (what a starting process reads back): the same rates changed again and again grow only the latter."""
     rows = await connection.fetch(
         "WITH decks AS (SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
-        "  WHERE kind = 'deck' GROUP BY tenant)"
-        " SELECT c.tenant FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
-        " WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0) GROUP BY c.tenant"
-        " HAVING bool_or(c.kind = 'bulk')"
-        " OR coalesce(sum(jsonb_array_length(c.subject)) FILTER (WHERE c.kind = 'rate'), 0) > $1", COMPACT_AFTER)
+        "  WHERE kind = 'deck' GROUP BY tenant),"
+        " since AS (SELECT c.tenant, c.kind, c.subject FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
+        "  WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0)),"
+        " sizes AS (SELECT tenant, bool_or(kind = 'bulk') AS bulk,"
+        "  coalesce(sum(jsonb_array_length(subject)) FILTER (WHERE kind = 'rate'), 0) AS logged"
+        "  FROM since GROUP BY tenant)"
+        " SELECT tenant FROM sizes s WHERE bulk OR logged > $2 OR logged > $1 AND"
+        "  (SELECT count(DISTINCT rate) FROM since, jsonb_array_elements(since.subject) rate"
+        "   WHERE since.tenant = s.tenant AND since.kind = 'rate') > $1", compact_after, compact_log)
     return [row["tenant"] for row in rows]
 
 
@@ -364,10 +374,12 @@ async def build_tenant(pool: asyncpg.Pool, root: str | os.PathLike, tenant: str,
     return info
 
 
-async def lacking(pool: asyncpg.Pool, root: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(tenants changed in bulk since their deck, tenants whose activated deck is not built on this host)."""
+async def lacking(pool: asyncpg.Pool, root: str | os.PathLike,
+                  compact: bool = True) -> tuple[list[str], list[str]]:
+    """(tenants changed in bulk since their deck, or by many rate changes, counted distinct only when
+    `compact`; tenants whose activated deck is not built on this host)."""
     async with pool.acquire() as connection:
-        stale = await stale_tenants(connection)
+        stale = await stale_tenants(connection, COMPACT_AFTER if compact else COMPACT_LOG)
         active = await activations(connection)
         folder = await database_folder(connection, root)
     return stale, [t for t, covers in active.items() if t not in stale and local_deck(folder, t, covers) is None]
@@ -390,13 +402,18 @@ async def follow(settings: Settings, pool: asyncpg.Pool, redis, interval: float 
     lock and take CPU from the serving processes); this catches a writer that died before, and decks
     activated by another host."""
     first_seen: dict[str, float] = {}
+    looks = 0
     while True:
         await asyncio.sleep(interval)
+        looks += 1
         try:
-            stale, absent = await lacking(pool, settings.decks)
+            stale, absent = await lacking(pool, settings.decks, compact=False)
             now = time.monotonic()
             first_seen = {tenant: first_seen.get(tenant, now) for tenant in stale}
-            overdue = [tenant for tenant, seen in first_seen.items() if now - seen >= writer_grace]
+            overdue = {tenant for tenant, seen in first_seen.items() if now - seen >= writer_grace}
+            if looks % _COMPACT_LOOKS == 0:  # counting distinct rates reads the log since the deck: not every second
+                async with pool.acquire() as connection:
+                    overdue.update(set(await stale_tenants(connection)) - set(stale))  # no writer builds these
             if overdue or absent:
                 await publish(settings, pool, redis, {*overdue, *absent})
         except asyncio.CancelledError:
@@ -413,6 +430,11 @@ async def build_elsewhere(settings: Settings) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "build-decks", env=environment,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        # the build may wait for the serving processes, never they for it (a compaction's, a host's copy)
+        os.setpriority(os.PRIO_PROCESS, process.pid, max(_BUILD_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError:
+        pass
     try:
         _, errors = await process.communicate()
     except asyncio.CancelledError:
