@@ -52,6 +52,7 @@ windows makes a plain `Schedule`, exactly as before.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from fractions import Fraction
@@ -253,6 +254,27 @@ class Rate:
         agent sends per call does not grow), nine for a scaled pricelist."""
         schedule = self.schedule()
         return list(schedule) if schedule.unit > 1 else list(schedule[:7])
+
+
+def best_first(rates: Sequence[Rate]) -> tuple[Rate, ...]:
+    """`rates` in `Rate.order_key`'s order, without its Fractions: a group's amounts are compared as whole
+    numbers over the group's common denominators (exact), which a change to a few thousand rates sorts
+    several times faster."""
+    if len(rates) < 2:
+        return tuple(rates)
+    per_second = math.lcm(*(rate.increment * rate.unit for rate in rates))
+    money = math.lcm(*(rate.unit for rate in rates))
+    no_cap = MONEY_LIMIT * money
+
+    def key(rate: Rate) -> tuple:
+        unit = rate.unit
+        cap = no_cap if rate.maximum_cost is None else rate.maximum_cost * (money // unit)
+        return (rate.rate * (per_second // (rate.increment * unit)), rate.connect_fee * (money // unit),
+                max(rate.minimum_duration, 0), rate.first_increment - rate.increment, cap, rate.pricelist_tag,
+                rate.carrier_tag or "", rate.prefix, rate.interval_start, rate.rate_increment, rate.source_prefix,
+                rate.weekdays, rate.time_start or 0, DAY if rate.time_end is None else rate.time_end)
+
+    return tuple(sorted(rates, key=key))
 
 
 class WindowError(ValueError):

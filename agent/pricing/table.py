@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from .destination import number_of, prefix_key, scheme_length
-from .rate import Rate
+from .rate import Rate, best_first
 
 if TYPE_CHECKING:
     from .deck import Deck
@@ -163,7 +163,7 @@ class RateTable(Lookups):
         for index in (self.numbers, self.raw):
             for key, rates in index.items():
                 if len(rates) > 1:
-                    index[key] = tuple(sorted(rates, key=Rate.order_key))
+                    index[key] = best_first(rates)
         self.number_lengths = tuple(sorted({len(k) for k in self.numbers}, reverse=True))
         self.raw_lengths = tuple(sorted({len(k) for k in self.raw}, reverse=True))
         return self
@@ -260,7 +260,7 @@ def _merge_equal_specificity(found: list[tuple[int, Group]]) -> list[tuple[int, 
     merged: dict[int, Group] = {}
     for specificity, rates in found:
         if specificity in merged:
-            merged[specificity] = tuple(sorted(merged[specificity] + rates, key=Rate.order_key))
+            merged[specificity] = best_first(merged[specificity] + rates)
         else:
             merged[specificity] = rates
     return sorted(merged.items(), key=lambda item: -item[0])

@@ -20,7 +20,7 @@ from ..pricing.account import Account, AccountType
 from ..pricing.carrier import Carrier
 from ..pricing.catalog import Catalog, Records
 from ..pricing.deck import Deck
-from ..pricing.rate import Rate
+from ..pricing.rate import Rate, best_first
 from ..pricing.table import Layer, Layered, RateTable, key_of
 from . import changes, decks
 from .changes import Change
@@ -87,7 +87,7 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
             if current is None:
                 current = base.group(is_raw, key) or ()
             kept = [r for r in current if _identity(r) not in wanted]
-            groups[(is_raw, key)] = tuple(sorted(kept + rates, key=Rate.order_key))
+            groups[(is_raw, key)] = best_first(kept + rates)
     return upper.over(base, groups, size)
 
 

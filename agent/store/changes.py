@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 import asyncpg
+import orjson
 
 from .database import CATALOG_CHANNEL
 
@@ -134,4 +135,4 @@ async def since(connection: asyncpg.Connection, seq: int, tenant: str | None = N
         "SELECT seq, tenant, kind, subject, at FROM catalog_changes WHERE seq > $1"
         " AND ($2::text IS NULL OR tenant = $2) AND kind = ANY($3::text[]) ORDER BY seq",
         seq, tenant, list(kinds))
-    return [Change(r["seq"], r["tenant"], r["kind"], json.loads(r["subject"]), r["at"]) for r in rows]
+    return [Change(r["seq"], r["tenant"], r["kind"], orjson.loads(r["subject"]), r["at"]) for r in rows]

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.pricing.rate import LONGEST_CALL, MONEY_LIMIT, Rate, duration_seconds, fee, limit_error, max_units
+from agent.pricing.rate import (LONGEST_CALL, MONEY_LIMIT, Rate, best_first, duration_seconds, fee, limit_error,
+                               max_units)
 
 CAP = 14400
 BEGIN = datetime(2024, 1, 1, 10, 0, 0, tzinfo=timezone.utc)
@@ -425,3 +426,19 @@ def test_the_fee_is_the_connect_fee_plus_a_price_per_started_increment_bounded_b
         assert amount == min(uncapped, tariff.maximum_cost)
     else:
         assert amount >= tariff.connect_fee
+
+
+competing = st.builds(  # rates of one key that tie on leading fields often, at every money scale
+    Rate, tenant=st.just("t"), pricelist_tag=st.sampled_from(["p1", "p2"]), carrier_tag=st.sampled_from([None, "c1", "c2"]),
+    prefix=st.sampled_from(["39", "+39"]), connect_fee=st.integers(0, 3) | st.integers(0, 10**9),
+    rate=st.integers(0, 4) | st.integers(0, 10**12), rate_increment=st.sampled_from([0, 1, 6, 60]) | st.integers(1, 10**7),
+    interval_start=st.integers(0, 2), initial_increment=st.sampled_from([None, 60, 120]),
+    minimum_duration=st.sampled_from([0, 30]), maximum_cost=st.sampled_from([None, 0, 5]) | st.integers(0, 10**12),
+    scale=st.integers(0, 6), source_prefix=st.sampled_from(["", "44"]), weekdays=st.sampled_from([0, 31]),
+    time_start=st.sampled_from([None, 3600]), time_end=st.sampled_from([None, 7200]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(competing, max_size=12))
+def test_best_first_orders_a_group_exactly_as_the_order_key_does(group):
+    assert best_first(group) == tuple(sorted(group, key=Rate.order_key))
