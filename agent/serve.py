@@ -201,11 +201,23 @@ def set_process_name(name: str) -> None:
         Path("/proc/self/comm").write_text(name[:15])
 
 
-def _child(target: Callable[[Settings], None], settings: Settings, name: str, nice: int = 0) -> None:
-    set_process_name(name)
+def scheduled_apart(nice: int = 0) -> None:
+    """Makes this process a scheduling group of its own at `nice`. Where the kernel groups processes by
+    session (autogroups: a host without a service manager's cgroups), a nice value ranks a process only
+    within its session, and each PostgreSQL backend is a session of its own: the workers would share one
+    group's CPU against every busy backend, and the manager's nice would not rank it below them."""
+    with contextlib.suppress(OSError):
+        os.setsid()
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+        with contextlib.suppress(OSError):
+            Path("/proc/self/autogroup").write_text(str(nice))
+
+
+def _child(target: Callable[[Settings], None], settings: Settings, name: str, nice: int = 0) -> None:
+    set_process_name(name)
+    scheduled_apart(nice)
     # Stop (gracefully) if the supervisor dies; Ctrl-C reaches the supervisor, which forwards one SIGTERM.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -41,6 +41,7 @@ COMPACT_AFTER = 10_000  # distinct rates changed over a deck (rate changes) afte
 COMPACT_LOG = 200_000  # rates named by the rate changes since a deck, repeats counted, after which too
 _COMPACT_LOOKS = 30  # looks at the change log (one a second) per count of the distinct rates changed
 _BUILD_NICE = 10  # scheduling priority of a deck build's process (serve._NICE: the manager's is 5)
+BUILD_NICE_VARIABLE = "RATING_DECK_BUILD_NICE"  # how build_elsewhere passes it on (not a setting)
 _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
 
 
@@ -427,14 +428,11 @@ async def build_elsewhere(settings: Settings) -> None:
     build without doing it."""
     environment = {**os.environ, "RATING_DATABASE_URL": settings.database_url, "RATING_DECK_DIR": settings.decks,
                    "RATING_LOG_LEVEL": "WARNING"}
+    # the build may wait for the serving processes, never they for it (a compaction's, a host's copy)
+    environment[BUILD_NICE_VARIABLE] = str(max(_BUILD_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "build-decks", env=environment,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
-        # the build may wait for the serving processes, never they for it (a compaction's, a host's copy)
-        os.setpriority(os.PRIO_PROCESS, process.pid, max(_BUILD_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError:
-        pass
     try:
         _, errors = await process.communicate()
     except asyncio.CancelledError:
