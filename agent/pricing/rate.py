@@ -257,9 +257,8 @@ class Rate:
 
 
 def best_first(rates: Sequence[Rate]) -> tuple[Rate, ...]:
-    """`rates` in `Rate.order_key`'s order, without its Fractions: a group's amounts are compared as whole
-    numbers over the group's common denominators (exact), which a change to a few thousand rates sorts
-    several times faster."""
+    """`rates` in `Rate.order_key`'s order, computed without its Fractions: a group's amounts compare as
+    whole numbers over the group's common denominators, which is exact."""
     if len(rates) < 2:
         return tuple(rates)
     per_second = math.lcm(*(rate.increment * rate.unit for rate in rates))
