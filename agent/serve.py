@@ -202,15 +202,16 @@ def set_process_name(name: str) -> None:
 
 
 def scheduled_apart(nice: int = 0) -> None:
-    """Makes this process a scheduling group of its own at `nice`. Where the kernel groups processes by
+    """Makes this process a scheduling group of its own at `nice` (or the nice it has, if higher). Where the kernel groups processes by
     session (autogroups: a host without a service manager's cgroups), a nice value ranks a process only
     within its session, and each PostgreSQL backend is a session of its own: the workers would share one
     group's CPU against every busy backend, and the manager's nice would not rank it below them."""
     with contextlib.suppress(OSError):
         os.setsid()
+    nice = max(nice, os.getpriority(os.PRIO_PROCESS, 0))
     if nice:
         with contextlib.suppress(OSError):
-            os.nice(nice)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
         with contextlib.suppress(OSError):
             Path("/proc/self/autogroup").write_text(str(nice))
 

@@ -86,11 +86,12 @@ async def activations(connection: asyncpg.Connection) -> dict[str, int]:
     return {row["tenant"]: row["covers"] for row in rows}
 
 
-async def stale_tenants(connection: asyncpg.Connection, compact_after: int = COMPACT_AFTER,
+async def stale_tenants(connection: asyncpg.Connection, compact_after: int | None = COMPACT_AFTER,
                         compact_log: int = COMPACT_LOG) -> list[str]:
     """Tenants whose rates changed in bulk since their deck, or whose rate changes since it name more than
-    `compact_after` distinct rates (what the processes lay over the deck), or more than `compact_log` in all
-    (what a starting process reads back): the same rates changed again and again grow only the latter."""
+    `compact_after` distinct rates (what the processes lay over the deck; None: not counted), or more than
+    `compact_log` in all (what a starting process reads back): the same rates changed again and again grow
+    only the latter."""
     rows = await connection.fetch(
         "WITH decks AS (SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
         "  WHERE kind = 'deck' GROUP BY tenant),"
@@ -99,7 +100,7 @@ async def stale_tenants(connection: asyncpg.Connection, compact_after: int = COM
         " sizes AS (SELECT tenant, bool_or(kind = 'bulk') AS bulk,"
         "  coalesce(sum(jsonb_array_length(subject)) FILTER (WHERE kind = 'rate'), 0) AS logged"
         "  FROM since GROUP BY tenant)"
-        " SELECT tenant FROM sizes s WHERE bulk OR logged > $2 OR logged > $1 AND"
+        " SELECT tenant FROM sizes s WHERE bulk OR logged > $2 OR logged > $1::bigint AND"
         "  (SELECT count(DISTINCT rate) FROM since, jsonb_array_elements(since.subject) rate"
         "   WHERE since.tenant = s.tenant AND since.kind = 'rate') > $1", compact_after, compact_log)
     return [row["tenant"] for row in rows]
@@ -386,7 +387,7 @@ async def lacking(pool: asyncpg.Pool, root: str | os.PathLike,
     """(tenants changed in bulk since their deck, or by many rate changes, counted distinct only when
     `compact`; tenants whose activated deck is not built on this host)."""
     async with pool.acquire() as connection:
-        stale = await stale_tenants(connection, COMPACT_AFTER if compact else COMPACT_LOG)
+        stale = await stale_tenants(connection, COMPACT_AFTER if compact else None)
         active = await activations(connection)
         folder = await database_folder(connection, root)
     return stale, [t for t, covers in active.items() if t not in stale and local_deck(folder, t, covers) is None]
@@ -435,7 +436,7 @@ async def build_elsewhere(settings: Settings) -> None:
     environment = {**os.environ, "RATING_DATABASE_URL": settings.database_url, "RATING_DECK_DIR": settings.decks,
                    "RATING_LOG_LEVEL": "WARNING"}
     # the build may wait for the serving processes, never they for it (a compaction's, a host's copy)
-    environment[BUILD_NICE_VARIABLE] = str(max(_BUILD_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+    environment[BUILD_NICE_VARIABLE] = str(_BUILD_NICE)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "build-decks", env=environment,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)

@@ -29,3 +29,10 @@ async def test_a_deck_covers_the_rate_changes_before_it_and_bulk_changes_call_fo
     assert await decks.stale_tenants(db, compact_after=20, compact_log=1000) == ["other"]
     await changes.record(db, "default", "bulk")
     assert sorted(await decks.stale_tenants(db, compact_after=1000, compact_log=1000)) == ["default"]
+
+
+async def test_without_the_distinct_count_only_the_whole_log_calls_for_a_fresh_deck(stack):
+    db = stack.database
+    await _log_rates(db, "default", (f"39{n}" for n in range(30)))
+    assert await decks.stale_tenants(db, compact_after=None, compact_log=1000) == []
+    assert await decks.stale_tenants(db, compact_after=None, compact_log=29) == ["default"]
