@@ -69,12 +69,12 @@ async def _publish(settings: Settings, rebuilt) -> None:
 
 
 def _build_decks(settings: Settings) -> None:
-    from .serve import scheduled_apart
+    from . import scheduling
     from .store import decks
     from .store.database import create_pool
 
     if decks.BUILD_NICE_VARIABLE in os.environ:  # started by an agent process (decks.build_elsewhere)
-        scheduled_apart(int(os.environ[decks.BUILD_NICE_VARIABLE]))
+        scheduling.apart(int(os.environ[decks.BUILD_NICE_VARIABLE]))
 
     async def run():
         pool = await create_pool(settings.database_url, max_size=2)

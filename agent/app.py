@@ -20,7 +20,7 @@ from .graphql.security import refuse_unsafe_exposure
 from .http import forward, health, rest
 from .http.responses import add_unrouted
 from . import metrics
-from .keys import BUILDS_DECKS, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
+from .keys import BUILDS_DECKS, CALLS_ONLY, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
 from .store import decks
 from .store.database import create_pool, migrate
 from .store.records import stored_call
@@ -89,7 +89,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await until_ready("PostgreSQL", lambda: create_pool(settings.database_url))
+    pool = await until_ready("PostgreSQL", lambda: create_pool(settings.database_url, stateless=app[CALLS_ONLY]))
     if app[BUILDS_DECKS]:  # served on its own; under the supervisor, serve.prepare migrated before any child
         async with pool.acquire() as connection:
             await migrate(connection)
@@ -142,6 +142,7 @@ def create_app(settings: Settings, role: Role = Role.ALONE, manager_socket: str 
     app = web.Application()
     app[SETTINGS] = settings
     app[BUILDS_DECKS] = role is Role.ALONE
+    app[CALLS_ONLY] = role is Role.WORKER
     app.add_routes(rest.routes)
     app.add_routes(health.routes)
     if role is Role.WORKER:

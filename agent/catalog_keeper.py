@@ -105,9 +105,13 @@ class CatalogKeeper:
                     # bounded: a half-open connection must not hold a request (or the follower) forever
                     async with asyncio.timeout(_PG_TIMEOUT), self.pool.acquire() as connection:
                         with dropped_after(connection, _PG_TIMEOUT):
-                            async with connection.transaction(isolation="repeatable_read", readonly=True):
-                                await changes.lock_rates(connection)  # before the snapshot (migration 012)
-                                rows = await changes.since(connection, catalog.version)
+                            rows = await changes.since(connection, catalog.version)
+                            if any(row.kind not in changes.READ_AS_THEY_ARE for row in rows):
+                                async with connection.transaction(isolation="repeatable_read", readonly=True):
+                                    await changes.lock_rates(connection)  # before the snapshot (migration 012)
+                                    rows = await changes.since(connection, catalog.version)
+                                    updated = await apply_changes(connection, catalog, rows, self.deck_dir)
+                            else:
                                 updated = await apply_changes(connection, catalog, rows, self.deck_dir)
                 except DeckMissing:
                     if time.monotonic() > deadline:

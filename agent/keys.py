@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 BUILDS_DECKS = web.AppKey("builds_decks", bool)  # served on its own: builds missing decks at start
+CALLS_ONLY = web.AppKey("calls_only", bool)  # a worker: the call endpoints and probes, nothing else
 REDIS = web.AppKey("redis", aioredis.Redis)
 PIPELINE = web.AppKey("pipeline", AutoPipeline)
 DATABASE = web.AppKey("database", asyncpg.Pool)

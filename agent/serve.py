@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import scheduling
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -201,24 +202,9 @@ def set_process_name(name: str) -> None:
         Path("/proc/self/comm").write_text(name[:15])
 
 
-def scheduled_apart(nice: int = 0) -> None:
-    """Makes this process a scheduling group of its own at `nice` (or the nice it has, if higher). Where the kernel groups processes by
-    session (autogroups: a host without a service manager's cgroups), a nice value ranks a process only
-    within its session, and each PostgreSQL backend is a session of its own: the workers would share one
-    group's CPU against every busy backend, and the manager's nice would not rank it below them."""
-    with contextlib.suppress(OSError):
-        os.setsid()
-    nice = max(nice, os.getpriority(os.PRIO_PROCESS, 0))
-    if nice:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        with contextlib.suppress(OSError):
-            Path("/proc/self/autogroup").write_text(str(nice))
-
-
 def _child(target: Callable[[Settings], None], settings: Settings, name: str, nice: int = 0) -> None:
     set_process_name(name)
-    scheduled_apart(nice)
+    scheduling.apart(nice)
     # Stop (gracefully) if the supervisor dies; Ctrl-C reaches the supervisor, which forwards one SIGTERM.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

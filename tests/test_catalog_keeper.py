@@ -11,7 +11,10 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import REGISTRY
 
+from agent.catalog_keeper import CatalogKeeper
 from agent.keys import CATALOG
+from agent.store import changes
+from agent.store.database import create_pool
 from cache import followers
 from agent.store.importer import OVERLAY_LIMIT
 from tests.conftest import AgentProcess, run_cli
@@ -38,6 +41,35 @@ async def test_a_change_missed_by_a_disconnected_listener_is_applied_from_the_lo
     answer = await post(client, "authorization", transaction_tag="late-1", account_tag="late", destination="39")
     assert answer["authorized"] and answer["balance"] == 70
     assert keeper.current.version >= 1
+
+
+async def test_a_change_of_accounts_alone_is_read_outside_a_snapshot_and_one_of_rates_inside_one(stack, deck_dir):
+    """Accounts are read as they are now (one statement for the log, one for the accounts); rates are read in
+    one repeatable-read cut with the deck they lie over, behind the lock a partition swap takes (migration 012)."""
+    await stack.load(catalog(prepaid("a")))
+    pool = await create_pool(stack.database_url, stateless=True, max_size=1)
+    try:
+        keeper = CatalogKeeper(stack.database_url, pool, stack.redis, deck_dir)
+        await keeper.load()
+        statements: list[str] = []
+        async with pool.acquire() as connection:
+            connection.add_query_logger(lambda query: statements.append(query.query))
+        await stack.load({"accounts": [prepaid("b", 70)]})
+        await keeper.catch_up()
+        assert keeper.get().account("default", "b").balance == 70
+        assert len(statements) == 2 and statements[0].startswith("SELECT seq"), statements
+        statements.clear()
+        await stack.database.execute(
+            "UPDATE pricelist_rates SET rate = 7 WHERE (pricelist_tag, carrier_tag) = ('p1', 'c1')")
+        await changes.record(stack.database, "default", "rate", ["p1", "c1", "39"])
+        await keeper.catch_up()
+        [(_, rates)] = keeper.get().table("default").matches("39")
+        assert {(r.pricelist_tag, r.carrier_tag): r.rate for r in rates} == {
+            ("p1", "c1"): 7, ("p1", "c2"): 2, ("p2", "c2"): 10}
+        assert statements[1].startswith("BEGIN ISOLATION LEVEL REPEATABLE READ"), statements
+        assert statements[2].startswith("LOCK TABLE pricelist_rates"), statements
+    finally:
+        await pool.close()
 
 
 async def test_a_call_authorized_before_a_deck_swap_is_charged_at_the_rate_it_was_authorized_with(agent, stack):

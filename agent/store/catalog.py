@@ -168,4 +168,7 @@ async def apply_changes(connection: asyncpg.Connection, catalog: Catalog, rows: 
             tables[tenant] = await _tenant_table(connection, folder, tenant, covers)
         for tenant, identities in rates.items():
             tables[tenant] = await _overlay(connection, tables.get(tenant, _EMPTY), tenant, identities)
-    return replace(catalog, accounts=accounts, carriers=carriers, tables=tables, version=rows[-1].seq, routes={})
+    # Remembered routes depend on the tables and carriers, and on an account only through the values of its
+    # routing profile (routing.route): a change of accounts alone keeps them.
+    routes = catalog.routes if tables is catalog.tables and carriers is catalog.carriers else {}
+    return replace(catalog, accounts=accounts, carriers=carriers, tables=tables, version=rows[-1].seq, routes=routes)

@@ -22,6 +22,11 @@ from .database import CATALOG_CHANNEL
 
 _LOCK = 0x5241_5443  # "RATC"
 KINDS = ("account", "carrier", "rate", "bulk", "deck")
+# Changes a follower applies by reading their rows as they are now, outside any snapshot: a newer state of
+# an account or carrier than the last change read is never older than what a writer answered, and a later
+# change of it reads it again (a bulk change reads nothing: its deck follows as a deck change). Rates are
+# read in one consistent cut with the deck they lie over.
+READ_AS_THEY_ARE = frozenset({"account", "carrier", "bulk"})
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from importlib.resources import files
 from typing import Iterator
 
 import asyncpg
+
+from .. import scheduling
 
 log = logging.getLogger(__name__)
 
@@ -67,5 +70,22 @@ def deadline(connection, seconds: float) -> Iterator[None]:
         handle.cancel()
 
 
-async def create_pool(url: str, **kwargs) -> asyncpg.Pool:
-    return await asyncpg.create_pool(url, min_size=1, max_size=kwargs.pop("max_size", 8), **kwargs)
+async def _ranked_like_us(connection: asyncpg.Connection, nice: int) -> None:
+    row = await connection.fetchrow("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    if row is not None and row["backend_start"] is not None:
+        scheduling.backend_apart(row["pid"], row["backend_start"], nice)
+
+
+async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
+    pass  # asyncpg still ends an open transaction and drops listeners; no statement is sent
+
+
+async def create_pool(url: str, stateless: bool = False, **kwargs) -> asyncpg.Pool:
+    """A pool whose backends, when the database is on this host, run at this process's nice (agent/scheduling.py):
+    what the manager or a deck build asks of PostgreSQL waits for the workers as they do. `stateless`: its users
+    leave no session state (no SET, LISTEN, cursor or session lock), so a connection goes back to the pool
+    without the reset statement asyncpg sends by default (a round trip per use: a worker's catch-ups)."""
+    nice = scheduling.own_nice()
+    init = functools.partial(_ranked_like_us, nice=nice) if nice > 0 else None
+    return await asyncpg.create_pool(url, min_size=1, max_size=kwargs.pop("max_size", 8), init=init,
+                                     reset=_nothing_to_reset if stateless else None, **kwargs)

@@ -79,3 +79,29 @@ async def test_a_catch_up_reads_the_changed_rows_by_key_even_with_generic_plans(
     assert any("pricelist_rates" in query for query in read)
     assert {query: rows for query, rows in read.items() if rows > 10} == {}
     assert sum(read.values()) == 3  # the two rates and the account
+
+
+async def test_a_change_of_accounts_alone_keeps_the_remembered_routes_and_a_carrier_or_rate_change_drops_them(
+        stack, deck_dir):
+    """Routes depend on the tables and carriers, and on accounts only through their routing profiles' values."""
+    db = stack.database
+    await db.execute("INSERT INTO carriers (carrier_tag, host) VALUES ('c1', 'h')")
+    await db.execute("INSERT INTO pricelists (pricelist_tag, name) VALUES ('p1', 'p1')")
+    await db.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix, rate) VALUES ('p1', 'c1', '39', 1)")
+    await db.execute("INSERT INTO accounts (account_tag) VALUES ('a1')")
+    pool = await create_pool(stack.database_url, max_size=1)
+    try:
+        snapshot = await load_catalog(pool, deck_dir)
+        snapshot.routes["remembered"] = "a route"
+        async with pool.acquire() as connection:
+            for kind, subject, kept in (("account", "a1", True), ("carrier", "c1", False),
+                                        ("rate", ["p1", "c1", "39"], False)):
+                await db.execute("UPDATE accounts SET name = 'renamed'")
+                seq = await changes.record(connection, "default", kind, subject)
+                after = await apply_changes(connection, snapshot, await changes.since(connection, snapshot.version),
+                                            deck_dir)
+                assert after.version == seq
+                assert (after.routes is snapshot.routes) is kept, kind
+                assert ("remembered" in after.routes) is kept, kind
+    finally:
+        await pool.close()

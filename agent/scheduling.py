@@ -1,0 +1,74 @@
+"""Where a busy host's cores go first: to the workers answering Kamailio.
+
+Processes whose work may wait (the manager, deck builds) run at a higher nice. Where the kernel groups
+processes by session (autogroups: a host without a service manager's cgroups), a nice value ranks a process
+only within its session, so each of ours leads a session of its own (`apart`). PostgreSQL makes every
+backend a session of its own too: a backend busy with a deck import for the manager would otherwise take
+as much CPU as all the workers together. When the database runs on this host and we may, the backends of a
+process that may wait are ranked like it (`backend_apart`); elsewhere (another host, another user without
+CAP_SYS_NICE) they are left as they are, and the service manager's CPU weights are the operator's tool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_SAME_START = 1.5  # seconds: a local process and a backend started this close together are the same one
+
+
+def own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _set_nice(pid: int, nice: int) -> bool:
+    """`pid` (0: this process) and its autogroup at `nice`; whether the process's own nice could be set."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid or 'self'}/autogroup").write_text(str(nice))
+    return True
+
+
+def apart(nice: int = 0) -> None:
+    """Makes this process a scheduling group of its own at `nice` (or the nice it has, if higher)."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    nice = max(nice, own_nice())
+    if nice:
+        _set_nice(0, nice)
+
+
+def _started(pid: int) -> tuple[str, float] | None:
+    """(command name, start as Unix time) of local process `pid`, None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+    return name, boot + int(rest[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
+
+
+def backend_apart(pid: int, started: datetime, nice: int) -> bool:
+    """Ranks PostgreSQL backend `pid` (its `backend_start`: `started`) at `nice` if it runs on this host;
+    whether it did. The start time tells a backend of a database elsewhere (whose pid means nothing here, or
+    another process) from one of this host's."""
+    if nice <= 0:
+        return False
+    local = _started(pid)
+    if local is None or not local[0].startswith("postgres") or abs(local[1] - started.timestamp()) > _SAME_START:
+        return False
+    if os.getpriority(os.PRIO_PROCESS, pid) >= nice:
+        return True
+    done = _set_nice(pid, nice)
+    if not done:
+        log.debug("could not set the nice of PostgreSQL backend %d (not permitted): left as it is", pid)
+    return done
