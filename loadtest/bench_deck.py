@@ -15,7 +15,9 @@ carrier sends it) plus a few probe rates and a small `swap01` carrier deck, impo
 (`python -m agent import catalog|rates`, timed) and starts one agent (`python -m agent serve`, WORKERS
 workers, a manager, a housekeeper) with a management token. Then, per round, with a steady open-loop load
 of RATE authorizations/s (aiohttp, 8 client sessions, each authorization followed by a rollback; latency
-of every authorization kept), these phases run one after the other (a 2 s gap between them):
+of every authorization kept) sent by a load process of its own (this script, own event loop and sessions,
+so the management work below does not delay it), these phases run one after the other (a 2 s gap between
+them):
 
 1. quiet: the baseline;
 2. accounts: an `updateAccount` mutation (GraphQL, agent port) every 100 ms;
@@ -32,16 +34,18 @@ of every authorization kept), these phases run one after the other (a 2 s gap be
    must be rated with the new price: stale answers counted), each request on a new connection.
 
 The agent runs from an export of HEAD (`git archive`, so edits in the working tree during the run do not
-change what is measured; `--agent-root .` runs the working tree). Client-side latencies include the
-client's own delays on a loaded machine (reported: how late its scheduler fired, and how long its event
+change what is measured; `--agent-root .` runs the working tree). Client-side latencies include the load
+process's own delays on a loaded machine (reported: how late its scheduler fired, and how long its event
 loop stalled, looked at every 5 ms: an authorization in flight during a stall of more than 2 ms is left out
-of "p99 / max without them", the agent's and the host's share); the workers' histograms (`/metrics`, scraped
+of "p99 / max without them", the agent's and the host's share; the "client stalls" are the load process's
+loop, not that of the process sending the changes); the workers' histograms (`/metrics`, scraped
 around each phase) give a server-side view: authorizations >= 50 ms and the p99 bucket (timed from the
 handler), how often the workers' event loops were 20 or 50 ms late (looked at every 10 ms: a request
 arriving then waits as long before its handler) and Redis' p99 bucket. `--pin-client CPU` (a diagnostic,
-not the default) puts this client and its sampler on one CPU and the agent, PostgreSQL and Redis on the
-others. A sampler process records the CPU time of every process (each worker, manager, deck builders,
-housekeeper, supervisor, PostgreSQL, Redis, this client) and of the whole machine every 100 ms: each
+not the default) puts this client, its load process and its sampler on one CPU and the agent, PostgreSQL
+and Redis on the others. A sampler process records the CPU time of every process (each worker, manager,
+deck builders, housekeeper, supervisor, PostgreSQL, Redis, this client with its load process) and of the
+whole machine every 100 ms: each
 phase reports the cores each used, what the rest of the machine used (other people's work), and the
 cores used in the 0.5 s before the slowest authorization of the phase. Targets (the issue's): max < 50
 ms, p99 <= 2 x the round's quiet p99, no errors. Everything is bounded in time; every process started
@@ -54,12 +58,14 @@ import argparse
 import asyncio
 import bisect
 import csv
+import ctypes
 import importlib.util
 import json
 import math
 import os
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,7 +77,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devstack import (  # noqa: E402
-    AgentProcess, PostgresServer, RedisServer, _die_with_parent, process_tree, scratch, stop_process)
+    _PR_SET_PDEATHSIG, AgentProcess, PostgresServer, RedisServer, _die_with_parent, process_tree, scratch,
+    stop_process)
 
 TOKEN = "bench-token"
 PRICELIST = "standard"
@@ -89,7 +96,7 @@ PHASES = ("quiet", "accounts", "rates", "flood", "swap", "upload", "ryw")
 GROUPS = ("worker-0", "worker-1", "manager", "builder", "housekeeper", "supervisor", "postgres", "redis",
           "client", "sampler")
 _TICK = os.sysconf("SC_CLK_TCK")
-CLIENT_LAG = 0.002  # seconds: the client's loop this late counts as a stall of the client (Load.watch)
+CLIENT_LAG = 0.002  # seconds: the load process's loop this late counts as a stall of the client (Load.watch)
 
 
 def probe_rate(index: int) -> int:
@@ -181,8 +188,13 @@ def sample_once(roots: dict[str, int], boot_offset: float) -> dict:
     cpu["postgres"] = _tree(roots["postgres"])
     fields = _stat(roots["redis"])
     cpu["redis"] = _own(fields) if fields else 0.0
+    # The client: this script, its load process (a new one each round) and any other child of it that is not
+    # a server or the sampler, alive or waited for (a finished round's load process moves to the reaped part).
     fields = _stat(roots["client"])
-    cpu["client"] = _own(fields) if fields else 0.0
+    if fields is not None:
+        cpu["client"] = _own(fields) + _reaped(fields)
+        servers = {roots["agent"], roots["postgres"], roots["redis"], os.getpid()}
+        cpu["client"] += sum(_tree(child) for child in _children(roots["client"]) if child not in servers)
     fields = _stat(os.getpid())
     cpu["sampler"] = _own(fields) if fields else 0.0
     values = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
@@ -210,8 +222,8 @@ class Samples:
         self._read = 0  # bytes of whole lines parsed so far
 
     def reload(self) -> None:
-        """Parses the lines written since the last reload: this runs on the load's event loop after every
-        swap, and parsing the whole file again (thousands of lines) stalled the load for ~30 ms each time."""
+        """Parses the lines written since the last reload: this runs on the client's event loop after every
+        swap, and parsing the whole file again (thousands of lines) stalled that loop for ~30 ms each time."""
         with self.path.open("rb") as handle:
             handle.seek(self._read)
             text = handle.read()
@@ -486,6 +498,137 @@ class Load:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=30)
 
+    def measured(self) -> dict:
+        return {"samples": self.samples, "late": self.late, "stalls": self.stalls, "skipped": self.skipped,
+                "rollback_errors": self.rollback_errors}
+
+    @classmethod
+    def restored(cls, measured: dict) -> "Load":
+        """A Load holding what `measured` returned in the load process (for phase_stats and `delayed`)."""
+        load = cls("", [], [], [], 1.0)
+        # JSON gives lists: `delayed` bisects `stalls` with a tuple, so tuples again
+        load.samples = [tuple(s) for s in measured["samples"]]
+        load.late = [tuple(s) for s in measured["late"]]
+        load.stalls = [tuple(s) for s in measured["stalls"]]
+        load.skipped, load.rollback_errors = measured["skipped"], measured["rollback_errors"]
+        return load
+
+
+def run_load(spec_path: str) -> int:
+    """The load process (`--load SPEC`): a Load on an event loop of its own until its stdin is readable (the
+    parent wrote to or closed it, or died), its parent is gone, or the bound is reached; then its
+    measurements as JSON to the spec's `out`."""
+    spec = json.loads(Path(spec_path).read_text())
+    # SIGTERM when the parent dies (set here, not in a preexec function: the parent has threads by then);
+    # the parent may have died before it was set: _load_main also checks os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if spec["cpu"] is not None:  # --pin-client; set before any thread starts, so they all inherit it
+        os.sched_setaffinity(0, {spec["cpu"]})
+    runner = asyncio.run
+    if spec["uvloop"]:
+        import uvloop
+        runner = uvloop.run
+    measured = runner(_load_main(spec))
+    if measured is None:
+        return 1  # the parent is gone: nobody to read it
+    out = Path(spec["out"])
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps(measured))
+    part.replace(out)  # whole or absent
+    return 0
+
+
+async def _load_main(spec: dict) -> dict | None:
+    import aiohttp
+
+    parent = os.getppid()
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=60))
+                for _ in range(spec["sessions"])]
+    try:
+        load = Load(spec["url"], sessions, spec["accounts"], spec["destinations"], spec["rate"])
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        stdin = sys.stdin.fileno()
+
+        def readable() -> None:  # anything or EOF; removed at once, since EOF stays readable
+            loop.remove_reader(stdin)
+            stopping.set()
+
+        loop.add_reader(stdin, readable)
+        runner = asyncio.create_task(load.run(bound=spec["bound"]))
+        watcher = asyncio.create_task(load.watch(bound=spec["bound"]))
+        print("ready", flush=True)
+        while not stopping.is_set() and not runner.done() and os.getppid() == parent:
+            try:
+                await asyncio.wait_for(stopping.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        await load.stop()
+        await asyncio.gather(runner, watcher)
+        return load.measured() if os.getppid() == parent else None
+    finally:
+        for session in sessions:
+            await session.close()
+
+
+class LoadProcess:
+    """The parent's side of the load process: the management work of this client (GraphQL, deck uploads
+    through aiohttp, probes, parsing the sampler's file) blocks this event loop for tens of ms at times, and
+    a load on the same loop would count those delays as the agent's."""
+
+    def __init__(self, work: Path, number: int, url: str, data: Data, args: argparse.Namespace) -> None:
+        self.spec_path = work / f"load-{number}.spec.json"
+        self.out = work / f"load-{number}.json"
+        self.spec = {"url": url, "accounts": data.accounts, "destinations": data.destinations, "rate": args.rate,
+                     "sessions": args.client_sessions, "bound": args.round_bound, "cpu": args.pin_client,
+                     "out": str(self.out)}
+        self.process: subprocess.Popen | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Returns once the load is running."""
+        self.out.unlink(missing_ok=True)
+        # the same kind of loop as this one's
+        self.spec["uvloop"] = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        self.spec_path.write_text(json.dumps(self.spec))
+        # stdin: closing it stops the load, also when this process dies (the child's death signal and parent
+        # check as other ways); a session of its own, so a Ctrl-C reaches this process alone, which stops it
+        self.process = subprocess.Popen([sys.executable, __file__, "--load", str(self.spec_path)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
+        except BaseException:
+            self._end()
+            raise
+        if line.strip() != b"ready":
+            self._end()
+            raise RuntimeError(f"the load process did not start (exit code {self.process.returncode})")
+
+    async def stop(self, timeout: float = 90.0) -> Load:
+        """Stops the load and returns its measurements."""
+        try:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass  # already gone: its exit code says how
+            await asyncio.to_thread(self.process.wait, timeout)
+        finally:
+            self._end()
+        if self.process.returncode != 0 or not self.out.exists():
+            raise RuntimeError(f"the load process failed (exit code {self.process.returncode})")
+        measured = json.loads(self.out.read_text())
+        self.out.unlink()
+        return Load.restored(measured)
+
+    def _end(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
 
 def phase_stats(load: Load, phase: Phase) -> dict:
     chosen = [(s, o) for t, s, o in load.samples if phase.start <= t <= phase.end]
@@ -741,7 +884,6 @@ class Context:
     data: Data
     args: argparse.Namespace
     work: Path
-    sessions: list
     fresh: object          # a session that opens a new connection per request
     manage: Management
     samples: Samples
@@ -754,9 +896,8 @@ async def run_round(ctx: Context, number: int) -> tuple[list[Phase], dict]:
     args, data = ctx.args, ctx.data
     big_path = ctx.work / f"upload-{number}.csv"
     write_carrier_deck(big_path, big_deck_rows(data.prefixes, args.upload_rows, number))
-    load = Load(ctx.url, ctx.sessions, data.accounts, data.destinations, args.rate)
-    runner = asyncio.create_task(load.run(bound=args.round_bound))
-    watcher = asyncio.create_task(load.watch(bound=args.round_bound))
+    loader = LoadProcess(ctx.work, number, ctx.url, data, args)
+    await loader.start()
     phases: list[Phase] = []
     rng = random.Random(number)
 
@@ -876,11 +1017,10 @@ async def run_round(ctx: Context, number: int) -> tuple[list[Phase], dict]:
             if name in args.phases and (name != "upload" or args.upload_rows > 0):
                 await phase(name, work)
     finally:
-        await load.stop()
-        runner.cancel()
-        watcher.cancel()
-        await asyncio.gather(runner, watcher, return_exceptions=True)
-        big_path.unlink(missing_ok=True)
+        try:
+            load = await loader.stop()
+        finally:
+            big_path.unlink(missing_ok=True)
     ctx.samples.reload()
     results = {}
     for current in phases:
@@ -902,12 +1042,10 @@ async def bench(url: str, data: Data, args, work: Path, samples: Samples, databa
         import uvloop  # noqa: F401 - the client's loop (see main)
     except ImportError:
         pass
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=60))
-                for _ in range(args.client_sessions)]
     fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
                                   timeout=aiohttp.ClientTimeout(total=30))
     manager_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
-    ctx = Context(url, data, args, work, sessions, fresh, Management(url, manager_session), samples, database_url)
+    ctx = Context(url, data, args, work, fresh, Management(url, manager_session), samples, database_url)
     rounds = []
     try:
         for probe_account in PROBES:  # the probes are rated as imported
@@ -924,7 +1062,7 @@ async def bench(url: str, data: Data, args, work: Path, samples: Samples, databa
             if args.json:
                 Path(args.json).write_text(json.dumps(rounds, default=str))
     finally:
-        for session in (*sessions, fresh, manager_session):
+        for session in (fresh, manager_session):
             await session.close()
     return rounds
 
@@ -1171,7 +1309,8 @@ def _pin_threads(pid: int, cpus: set[int]) -> None:
 
 
 def pin(client_cpu: int, servers: list[int]) -> str:
-    """--pin-client: this process on `client_cpu`, every process of the `servers` trees on the other CPUs."""
+    """--pin-client: this process on `client_cpu` (the sampler and the load processes, started later, inherit
+    it; a load process also sets it itself), every process of the `servers` trees on the other CPUs."""
     others = os.sched_getaffinity(0) - {client_cpu}
     count = 0
     for root in servers:
@@ -1179,8 +1318,8 @@ def pin(client_cpu: int, servers: list[int]) -> str:
             _pin_threads(pid, others)
             count += 1
     _pin_threads(os.getpid(), {client_cpu})
-    return (f"diagnostic: client and sampler on CPU {client_cpu}, {count} server processes (agent, PostgreSQL,"
-            f" Redis) on CPUs {', '.join(map(str, sorted(others)))}")
+    return (f"diagnostic: client, its load process and sampler on CPU {client_cpu}, {count} server processes"
+            f" (agent, PostgreSQL, Redis) on CPUs {', '.join(map(str, sorted(others)))}")
 
 
 def uptime() -> str:
@@ -1217,13 +1356,16 @@ def main() -> int:
     parser.add_argument("--phases", default=",".join(PHASES[1:]),
                         help="phases to run after the quiet one, comma-separated (default: all)")
     parser.add_argument("--pin-client", type=int, metavar="CPU",
-                        help="diagnostic: this client (and its sampler) on CPU alone, the agent, PostgreSQL and"
-                             " Redis on the other CPUs, so the client's own delays are not the agent's")
+                        help="diagnostic: this client (its load process and sampler too) on CPU alone, the agent,"
+                             " PostgreSQL and Redis on the other CPUs, so the client's own delays are not the agent's")
     parser.add_argument("--sampler", nargs=4, metavar=("OUT", "ROOTS", "INTERVAL", "UNTIL"), help=argparse.SUPPRESS)
+    parser.add_argument("--load", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sampler:
         out, roots, interval, until = args.sampler
         return run_sampler(out, json.loads(roots), float(interval), float(until))
+    if args.load:
+        return run_load(args.load)
     args.phases = [name for name in args.phases.split(",") if name]
     unknown = set(args.phases) - set(PHASES)
     if unknown:
@@ -1288,8 +1430,8 @@ def main() -> int:
                 "CLI imports": f"catalog {catalog_seconds:.1f} s, rates {import_seconds:.0f} s (deck build included);"
                                f" agent ready in {ready_seconds:.1f} s",
                 "agent": f"{args.workers} workers + manager + housekeeper, Redis over TCP, all on loopback",
-                "load": f"{args.rate:.0f} authorizations/s open loop (each then rolled back) over"
-                        f" {args.client_sessions} client sessions, {args.phase_seconds:g} s phases,"
+                "load": f"{args.rate:.0f} authorizations/s open loop (each then rolled back), from a process of"
+                        f" its own, over {args.client_sessions} client sessions, {args.phase_seconds:g} s phases,"
                         f" {len(data.accounts)} PREPAID accounts, {len(data.destinations):,} destinations",
             })
             rounds = runner(bench(agent.url, data, args, folder, samples, postgres.url))
