@@ -8,7 +8,6 @@ cost in proportion to the changes: re-read accounts, carriers and rates, a newly
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..pricing.catalog import Catalog, Records
 from ..pricing.deck import Deck
 from ..pricing.rate import Rate, best_first
 from ..pricing.table import Layer, Layered, RateTable, key_of
+from ..turns import Turns
 from . import changes, decks
 from .changes import Change
 
@@ -55,7 +55,6 @@ def carrier_from_row(row: asyncpg.Record) -> Carrier:
 
 
 _EMPTY = RateTable().freeze()
-_SLICE = 200  # keys laid over a deck between two looks at the event loop (about 1 ms)
 
 
 def _identity(rate: Rate) -> tuple[str, str | None, str]:
@@ -80,9 +79,10 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
         added: dict[tuple[bool, str], list[Rate]] = {key_of(identity[2]): [] for identity in wanted}
         for rate in fresh:
             added.setdefault(key_of(rate.prefix), []).append(rate)
-        for done, ((is_raw, key), rates) in enumerate(added.items(), 1):
-            if done % _SLICE == 0:
-                await asyncio.sleep(0)  # let the requests in meanwhile (they rate on the snapshot before it)
+        turns = Turns()  # the requests meanwhile rate on the snapshot before it
+        for (is_raw, key), rates in added.items():
+            if turns.due():
+                await turns.give()
             current = upper.group(is_raw, key)
             if current is None:
                 current = base.group(is_raw, key) or ()

@@ -34,6 +34,7 @@ from cache import followers
 from ..config import Settings
 from ..pricing import deck
 from ..pricing.rate import Rate, stored_window
+from ..turns import Turns
 from . import changes
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ COMPACT_LOG = 200_000  # rates named by the rate changes since a deck, repeats c
 _COMPACT_LOOKS = 30  # looks at the change log (one a second) per count of the distinct rates changed
 _BUILD_NICE = 10  # scheduling priority of a deck build's process (serve._NICE: the manager's is 5)
 BUILD_NICE_VARIABLE = "RATING_DECK_BUILD_NICE"  # how build_elsewhere passes it on (not a setting)
-_ROWS_SLICE = 200  # rates read_rates makes between two looks at the event loop (about 0.5 ms)
+_ROWS_AT_ONCE = 32  # rates read_rates makes between two looks at the clock (Turns)
 _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
 
 
@@ -122,15 +123,16 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
         " source_prefix, weekdays, time_start, time_end FROM pricelist_rates WHERE tenant = $1 AND active" + where,
         tenant, *params)
     found: list[Rate] = []
-    for done in range(0, len(rows), _ROWS_SLICE):
-        if done:
-            await asyncio.sleep(0)  # a serving loop answers between two slices (a change of thousands of rates)
+    turns = Turns()  # a serving loop answers between two turns (a change of thousands of rates)
+    for done in range(0, len(rows), _ROWS_AT_ONCE):
+        if turns.due():
+            await turns.give()
         found += [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
                        connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum,
                        most, *money[pricelist], shared.setdefault(origin, origin), *stored_window(days, since, until),
                        zones.get(pricelist, "UTC"))
                   for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum,
-                  most, origin, days, since, until in rows[done:done + _ROWS_SLICE]]
+                  most, origin, days, since, until in rows[done:done + _ROWS_AT_ONCE]]
     return found
 
 
