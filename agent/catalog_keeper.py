@@ -109,7 +109,8 @@ class CatalogKeeper:
                             if any(row.kind not in changes.READ_AS_THEY_ARE for row in rows):
                                 async with connection.transaction(isolation="repeatable_read", readonly=True):
                                     await changes.lock_rates(connection)  # before the snapshot (migration 012)
-                                    rows = await changes.since(connection, catalog.version)
+                                    # the rows read were committed before it: only later ones are added
+                                    rows += await changes.since(connection, rows[-1].seq)
                                     updated = await apply_changes(connection, catalog, rows, self.deck_dir)
                             else:
                                 updated = await apply_changes(connection, catalog, rows, self.deck_dir)
