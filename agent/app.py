@@ -20,7 +20,8 @@ from .graphql.security import refuse_unsafe_exposure
 from .http import forward, health, rest
 from .http.responses import add_unrouted
 from . import metrics
-from .keys import BUILDS_DECKS, CALLS_ONLY, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS, WRITER
+from .keys import (BUILDS_DECKS, CALLS_ONLY, CATALOG, DATABASE, LIVE_STATE, PIPELINE, REDIS, SETTINGS, TRANSACTIONS,
+                   WRITER)
 from .store import decks
 from .store.database import create_pool, migrate
 from .store.records import stored_call

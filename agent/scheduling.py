@@ -64,7 +64,8 @@ def backend_apart(pid: int, started: datetime, nice: int) -> bool:
     if nice <= 0:
         return False
     local = _started(pid)
-    if local is None or not local[0].startswith("postgres") or abs(local[1] - started.timestamp()) > _SAME_START:
+    if local is None or not local[0].startswith(("postgres", "postmaster")) \
+            or abs(local[1] - started.timestamp()) > _SAME_START:
         return False
     if os.getpriority(os.PRIO_PROCESS, pid) >= nice:
         return True

@@ -43,4 +43,3 @@ async def test_a_backend_that_is_not_the_local_process_of_that_pid_is_left_alone
     started = scheduling._started(os.getpid())
     assert started is not None and not started[0].startswith("postgres")
     assert not scheduling.backend_apart(os.getpid(), datetime.fromtimestamp(started[1], timezone.utc), 7)
-    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
