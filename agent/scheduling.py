@@ -51,10 +51,10 @@ def _started(pid: int) -> tuple[str, float] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError):
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        return name, boot + int(rest[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
+    except (OSError, StopIteration, ValueError, IndexError):  # no such process, or no Linux /proc
         return None
-    name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-    return name, boot + int(rest[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
 
 
 def backend_apart(pid: int, started: datetime, nice: int) -> bool:
@@ -67,8 +67,11 @@ def backend_apart(pid: int, started: datetime, nice: int) -> bool:
     if local is None or not local[0].startswith(("postgres", "postmaster")) \
             or abs(local[1] - started.timestamp()) > _SAME_START:
         return False
-    if os.getpriority(os.PRIO_PROCESS, pid) >= nice:
-        return True
+    try:
+        if os.getpriority(os.PRIO_PROCESS, pid) >= nice:
+            return True
+    except OSError:  # gone meanwhile
+        return False
     done = _set_nice(pid, nice)
     if not done:
         log.debug("could not set the nice of PostgreSQL backend %d (not permitted): left as it is", pid)
