@@ -111,12 +111,12 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
     """The tenant's active rates (optionally narrowed by `where`, with parameters from $2): a few of them,
     for changes laid over a deck (a whole deck is read with `read_columns`)."""
     shared: dict = {}  # one string object per repeated tag or description
-    # The pricelists' money scale and rounding apart: joined in, the prepared (generic) plan of a few named
+    # The pricelists' money scale, rounding and time zone apart: joined in, the prepared (generic) plan of a few named
     # rates went through the pricelist to all of its rates (89 ms at 57,000 rates, the catch-up of every change).
-    money = {row[0]: (row[1], row[2]) for row in await connection.fetch(
-        "SELECT pricelist_tag, scale, rounding FROM pricelists WHERE tenant = $1", tenant)}
-    zones = {row[0]: row[1] for row in await connection.fetch(  # time windows: the pricelists' time zones
-        "SELECT pricelist_tag, timezone FROM pricelists WHERE tenant = $1 AND timezone <> 'UTC'", tenant)}
+    pricelists = await connection.fetch(
+        "SELECT pricelist_tag, scale, rounding, timezone FROM pricelists WHERE tenant = $1", tenant)
+    money = {row[0]: (row[1], row[2]) for row in pricelists}
+    zones = {row[0]: row[3] for row in pricelists}  # time windows: the pricelists' time zones
     rows = await connection.fetch(
         "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
         " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
@@ -130,7 +130,7 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
         found += [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
                        connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum,
                        most, *money[pricelist], shared.setdefault(origin, origin), *stored_window(days, since, until),
-                       zones.get(pricelist, "UTC"))
+                       zones[pricelist])
                   for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum,
                   most, origin, days, since, until in rows[done:done + _ROWS_AT_ONCE]]
     return found
