@@ -87,8 +87,8 @@ class Recorder:
             subjects = list(found.values())
             subject = subjects[0] if kind == "deck" else subjects
             last = await connection.fetchval(
-                "INSERT INTO catalog_changes (tenant, kind, subject) VALUES ($1, $2, $3::jsonb) RETURNING seq",
-                tenant, kind, json.dumps(subject))
+                "INSERT INTO catalog_changes (tenant, kind, subject, size) VALUES ($1, $2, $3::jsonb, $4)"
+                " RETURNING seq", tenant, kind, json.dumps(subject), len(subjects) if kind == "rate" else 0)
         await connection.execute("SELECT pg_notify($1, $2)", CATALOG_CHANNEL, str(last))
         self._pending.clear()
         return last

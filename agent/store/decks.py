@@ -93,17 +93,17 @@ async def stale_tenants(connection: asyncpg.Connection, compact_after: int | Non
     `compact_after` distinct rates (what the processes lay over the deck; None: not counted), or more than
     `compact_log` in all (what a starting process reads back): the same rates changed again and again grow
     only the latter."""
+    # The subjects are read only to count distinct rates, for the tenants that may need it.
+    distinct = "" if compact_after is None else (
+        " OR logged > $2 AND (SELECT count(DISTINCT rate) FROM catalog_changes c, jsonb_array_elements(c.subject) rate"
+        "  WHERE c.tenant = s.tenant AND c.kind = 'rate' AND c.seq > s.covers) > $2")
     rows = await connection.fetch(
         "WITH decks AS (SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
-        "  WHERE kind = 'deck' GROUP BY tenant),"
-        " since AS (SELECT c.tenant, c.kind, c.subject FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
-        "  WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0)),"
-        " sizes AS (SELECT tenant, bool_or(kind = 'bulk') AS bulk,"
-        "  coalesce(sum(jsonb_array_length(subject)) FILTER (WHERE kind = 'rate'), 0) AS logged"
-        "  FROM since GROUP BY tenant)"
-        " SELECT tenant FROM sizes s WHERE bulk OR logged > $2 OR logged > $1::bigint AND"
-        "  (SELECT count(DISTINCT rate) FROM since, jsonb_array_elements(since.subject) rate"
-        "   WHERE since.tenant = s.tenant AND since.kind = 'rate') > $1", compact_after, compact_log)
+        "  WHERE kind = 'deck' GROUP BY tenant)"
+        " SELECT tenant FROM (SELECT c.tenant, coalesce(max(d.covers), 0) AS covers, bool_or(c.kind = 'bulk') AS bulk,"
+        "  sum(c.size) AS logged FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
+        "  WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0) GROUP BY c.tenant) s"
+        " WHERE bulk OR logged > $1" + distinct, compact_log, *(() if compact_after is None else (compact_after,)))
     return [row["tenant"] for row in rows]
 
 

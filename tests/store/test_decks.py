@@ -1,6 +1,9 @@
 """Which tenants need a fresh deck (agent/store/decks.py): bulk changes at once, rate changes by how many
 distinct rates they lay over the deck, or by how long the log a starting process reads back has grown."""
 
+import asyncio
+import json
+
 from agent.store import changes, decks
 
 
@@ -36,3 +39,38 @@ async def test_without_the_distinct_count_only_the_whole_log_calls_for_a_fresh_d
     await _log_rates(db, "default", (f"39{n}" for n in range(30)))
     assert await decks.stale_tenants(db, compact_after=None, compact_log=1000) == []
     assert await decks.stale_tenants(db, compact_after=None, compact_log=29) == ["default"]
+
+
+def _functions_run(node: dict) -> set[str]:
+    own = {node["Function Name"]} if node.get("Function Name") and node.get("Actual Loops", 0) > 0 else set()
+    return own.union(*(_functions_run(child) for child in node.get("Plans", ())))
+
+
+async def test_the_look_without_the_distinct_count_reads_no_subject_even_on_a_generic_plan(stack):
+    """The deck builder looks every second with the same prepared statement, and PostgreSQL may switch it to
+    a generic plan, which knows nothing of a NULL parameter: a count left in the statement would read every
+    subject since the deck at each look (240 ms at 100 changes of 1,000 rates, loadtest/BENCHMARKS.md)."""
+    db = stack.database
+    for _ in range(3):
+        await _log_rates(db, "default", (f"39{n}" for n in range(30)))
+    statements = []
+
+    def logged(query):
+        statements.append((query.query, query.args))
+
+    db.add_query_logger(logged)
+    try:
+        assert await decks.stale_tenants(db, compact_after=None, compact_log=1000) == []
+        await asyncio.sleep(0)  # loggers are called soon after, not during
+    finally:
+        db.remove_query_logger(logged)
+    [(query, args)] = statements
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    await db.execute(f"PREPARE look AS {query}")
+    try:
+        plan = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE look ({', '.join(map(str, args))})")
+    finally:
+        await db.execute("DEALLOCATE look")
+        await db.execute("RESET plan_cache_mode")
+    assert "jsonb_array_elements" not in _functions_run(json.loads(plan)[0]["Plan"])
+    assert "jsonb_array_elements" not in query  # nor in the statement at all
