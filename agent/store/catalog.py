@@ -117,8 +117,7 @@ async def load_catalog(pool: asyncpg.Pool, root: str | os.PathLike) -> Catalog:
             carriers = Records({(r["tenant"], r["carrier_tag"]): carrier_from_row(r)
                                 for r in await connection.fetch("SELECT * FROM carriers")})
             active = await decks.activations(connection)
-            tenants = set(active) | {r["tenant"] for r in await connection.fetch(
-                "SELECT DISTINCT tenant FROM catalog_changes WHERE kind = 'rate'")}
+            tenants = set(active) | set(await decks.rate_tenants(connection))
             tables = {t: await _tenant_table(connection, folder, t, active.get(t)) for t in tenants}
     return Catalog(accounts, carriers, tables, version)
 

@@ -79,12 +79,28 @@ def prune(folder: Path, tenant: str, keep_from: int) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+# The log's tenants and what each one's newest deck covers, found through the log's (tenant, kind, seq) index
+# (a loose index scan, then one index range per tenant): the log grows by every change ever made, and a
+# scan of it every second would grow with it.
+_COVERED = (
+    "WITH RECURSIVE tenants AS ((SELECT tenant FROM catalog_changes ORDER BY tenant LIMIT 1) UNION ALL"
+    "  SELECT (SELECT c.tenant FROM catalog_changes c WHERE c.tenant > t.tenant ORDER BY c.tenant LIMIT 1)"
+    "  FROM tenants t WHERE t.tenant IS NOT NULL),"
+    " decks AS (SELECT t.tenant, (SELECT max((c.subject->>'covers')::bigint) FROM catalog_changes c"
+    "  WHERE c.tenant = t.tenant AND c.kind = 'deck') AS covers FROM tenants t WHERE t.tenant IS NOT NULL)")
+
+
 async def activations(connection: asyncpg.Connection) -> dict[str, int]:
     """What the newest activated deck of each tenant covers."""
-    rows = await connection.fetch(
-        "SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
-        " WHERE kind = 'deck' GROUP BY tenant")
+    rows = await connection.fetch(_COVERED + " SELECT tenant, covers FROM decks WHERE covers IS NOT NULL")
     return {row["tenant"]: row["covers"] for row in rows}
+
+
+async def rate_tenants(connection: asyncpg.Connection) -> list[str]:
+    """The tenants with rate changes in the log."""
+    rows = await connection.fetch(_COVERED + " SELECT tenant FROM decks d WHERE (SELECT true FROM catalog_changes c"
+                                  "  WHERE c.tenant = d.tenant AND c.kind = 'rate' LIMIT 1)")  # not a join: by index
+    return [row["tenant"] for row in rows]
 
 
 async def stale_tenants(connection: asyncpg.Connection, compact_after: int | None = COMPACT_AFTER,
@@ -98,11 +114,10 @@ async def stale_tenants(connection: asyncpg.Connection, compact_after: int | Non
         " OR logged > $2 AND (SELECT count(DISTINCT rate) FROM catalog_changes c, jsonb_array_elements(c.subject) rate"
         "  WHERE c.tenant = s.tenant AND c.kind = 'rate' AND c.seq > s.covers) > $2")
     rows = await connection.fetch(
-        "WITH decks AS (SELECT tenant, max((subject->>'covers')::bigint) AS covers FROM catalog_changes"
-        "  WHERE kind = 'deck' GROUP BY tenant)"
-        " SELECT tenant FROM (SELECT c.tenant, coalesce(max(d.covers), 0) AS covers, bool_or(c.kind = 'bulk') AS bulk,"
-        "  sum(c.size) AS logged FROM catalog_changes c LEFT JOIN decks d USING (tenant)"
-        "  WHERE c.kind IN ('bulk', 'rate') AND c.seq > coalesce(d.covers, 0) GROUP BY c.tenant) s"
+        _COVERED + " SELECT tenant FROM (SELECT d.tenant, coalesce(d.covers, 0) AS covers, since.bulk, since.logged"
+        "  FROM decks d CROSS JOIN LATERAL (SELECT bool_or(c.kind = 'bulk') AS bulk, sum(c.size) AS logged"
+        "  FROM catalog_changes c WHERE c.tenant = d.tenant AND c.kind IN ('bulk', 'rate')"
+        "  AND c.seq > coalesce(d.covers, 0)) since) s"
         " WHERE bulk OR logged > $1" + distinct, compact_log, *(() if compact_after is None else (compact_after,)))
     return [row["tenant"] for row in rows]
 

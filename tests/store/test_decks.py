@@ -74,3 +74,50 @@ async def test_the_look_without_the_distinct_count_reads_no_subject_even_on_a_ge
         await db.execute("RESET plan_cache_mode")
     assert "jsonb_array_elements" not in _functions_run(json.loads(plan)[0]["Plan"])
     assert "jsonb_array_elements" not in query  # nor in the statement at all
+
+
+def _log_rows_read(node: dict) -> int:
+    """Rows of catalog_changes the plan's scans went through (kept or filtered out), by EXPLAIN ANALYZE."""
+    own = 0
+    if node.get("Relation Name") == "catalog_changes":
+        own = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+               + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
+    return own + sum(_log_rows_read(child) for child in node.get("Plans", ()))
+
+
+async def test_the_looks_at_the_log_read_what_follows_each_deck_not_every_change_ever_made(stack):
+    """The deck builder looks every second; the log keeps every change ever made (here 20,000 account
+    changes before the deck): what it reads follows the tenants and the changes since their decks."""
+    db = stack.database
+    await db.execute("INSERT INTO catalog_changes (tenant, kind, subject) SELECT 't' || (n % 3), 'account',"
+                     " '[\"a\"]' FROM generate_series(1, 20000) n")
+    covers = await changes.last_seq(db)
+    for tenant in ("t0", "t1"):
+        await changes.record(db, tenant, "deck", {"covers": covers})
+    await _log_rates(db, "t0", (f"39{n}" for n in range(5)))
+    await db.execute("ANALYZE catalog_changes")
+    assert await decks.activations(db) == {"t0": covers, "t1": covers}
+    assert await decks.stale_tenants(db, compact_after=None, compact_log=4) == ["t0"]
+    assert sorted(await decks.rate_tenants(db)) == ["t0"]
+    statements = []
+
+    def logged(query):
+        statements.append((query.query, query.args))
+
+    db.add_query_logger(logged)
+    try:
+        await decks.activations(db)
+        await decks.stale_tenants(db, compact_after=None, compact_log=4)
+        assert await decks.stale_tenants(db, compact_after=4, compact_log=1000) == ["t0"]  # the distinct count too
+        await decks.rate_tenants(db)
+        await asyncio.sleep(0)  # loggers are called soon after, not during
+    finally:
+        db.remove_query_logger(logged)
+    for query, args in statements:
+        values = ", ".join(str(arg) for arg in args)
+        await db.execute(f"PREPARE look AS {query}")
+        try:
+            plan = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE look" + (f" ({values})" if values else ""))
+        finally:
+            await db.execute("DEALLOCATE look")
+        assert _log_rows_read(json.loads(plan)[0]["Plan"]) < 100, query
