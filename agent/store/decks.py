@@ -82,11 +82,12 @@ def prune(folder: Path, tenant: str, keep_from: int) -> None:
 # The log's tenants and what each one's newest deck covers, found through the log's (tenant, kind, seq) index
 # (a loose index scan, then one index range per tenant): the log grows by every change ever made, and a
 # scan of it every second would grow with it.
-_COVERED = (
+_TENANTS = (
     "WITH RECURSIVE tenants AS ((SELECT tenant FROM catalog_changes ORDER BY tenant LIMIT 1) UNION ALL"
     "  SELECT (SELECT c.tenant FROM catalog_changes c WHERE c.tenant > t.tenant ORDER BY c.tenant LIMIT 1)"
-    "  FROM tenants t WHERE t.tenant IS NOT NULL),"
-    " decks AS (SELECT t.tenant, (SELECT max((c.subject->>'covers')::bigint) FROM catalog_changes c"
+    "  FROM tenants t WHERE t.tenant IS NOT NULL)")
+_COVERED = _TENANTS + (
+    ", decks AS (SELECT t.tenant, (SELECT max((c.subject->>'covers')::bigint) FROM catalog_changes c"
     "  WHERE c.tenant = t.tenant AND c.kind = 'deck') AS covers FROM tenants t WHERE t.tenant IS NOT NULL)")
 
 
@@ -98,8 +99,8 @@ async def activations(connection: asyncpg.Connection) -> dict[str, int]:
 
 async def rate_tenants(connection: asyncpg.Connection) -> list[str]:
     """The tenants with rate changes in the log."""
-    rows = await connection.fetch(_COVERED + " SELECT tenant FROM decks d WHERE (SELECT true FROM catalog_changes c"
-                                  "  WHERE c.tenant = d.tenant AND c.kind = 'rate' LIMIT 1)")  # not a join: by index
+    rows = await connection.fetch(_TENANTS + " SELECT tenant FROM tenants t WHERE (SELECT true FROM catalog_changes c"
+                                  "  WHERE c.tenant = t.tenant AND c.kind = 'rate' LIMIT 1)")  # not a join: by index
     return [row["tenant"] for row in rows]
 
 

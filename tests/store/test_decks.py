@@ -41,6 +41,34 @@ async def test_without_the_distinct_count_only_the_whole_log_calls_for_a_fresh_d
     assert await decks.stale_tenants(db, compact_after=None, compact_log=29) == ["default"]
 
 
+async def _statements(db, *calls) -> list[tuple[str, tuple]]:
+    """The (statement, arguments) the awaitables `calls` send on `db`, in order."""
+    statements: list[tuple[str, tuple]] = []
+
+    def logged(query):
+        statements.append((query.query, query.args))
+
+    db.add_query_logger(logged)
+    try:
+        for call in calls:
+            await call
+        await asyncio.sleep(0)  # loggers are called soon after, not during
+    finally:
+        db.remove_query_logger(logged)
+    return statements
+
+
+async def _executed_plan(db, query: str, args) -> dict:
+    """EXPLAIN ANALYZE of `query` prepared (so on the plan the session's plan_cache_mode gives it)."""
+    values = ", ".join(str(arg) for arg in args)
+    await db.execute(f"PREPARE look AS {query}")
+    try:
+        plan = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE look" + (f" ({values})" if values else ""))
+    finally:
+        await db.execute("DEALLOCATE look")
+    return json.loads(plan)[0]["Plan"]
+
+
 def _functions_run(node: dict) -> set[str]:
     own = {node["Function Name"]} if node.get("Function Name") and node.get("Actual Loops", 0) > 0 else set()
     return own.union(*(_functions_run(child) for child in node.get("Plans", ())))
@@ -53,26 +81,14 @@ async def test_the_look_without_the_distinct_count_reads_no_subject_even_on_a_ge
     db = stack.database
     for _ in range(3):
         await _log_rates(db, "default", (f"39{n}" for n in range(30)))
-    statements = []
-
-    def logged(query):
-        statements.append((query.query, query.args))
-
-    db.add_query_logger(logged)
-    try:
-        assert await decks.stale_tenants(db, compact_after=None, compact_log=1000) == []
-        await asyncio.sleep(0)  # loggers are called soon after, not during
-    finally:
-        db.remove_query_logger(logged)
-    [(query, args)] = statements
+    assert await decks.stale_tenants(db, compact_after=None, compact_log=1000) == []
+    [(query, args)] = await _statements(db, decks.stale_tenants(db, compact_after=None, compact_log=1000))
     await db.execute("SET plan_cache_mode = force_generic_plan")
-    await db.execute(f"PREPARE look AS {query}")
     try:
-        plan = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE look ({', '.join(map(str, args))})")
+        plan = await _executed_plan(db, query, args)
     finally:
-        await db.execute("DEALLOCATE look")
         await db.execute("RESET plan_cache_mode")
-    assert "jsonb_array_elements" not in _functions_run(json.loads(plan)[0]["Plan"])
+    assert "jsonb_array_elements" not in _functions_run(plan)
     assert "jsonb_array_elements" not in query  # nor in the statement at all
 
 
@@ -99,25 +115,9 @@ async def test_the_looks_at_the_log_read_what_follows_each_deck_not_every_change
     assert await decks.activations(db) == {"t0": covers, "t1": covers}
     assert await decks.stale_tenants(db, compact_after=None, compact_log=4) == ["t0"]
     assert sorted(await decks.rate_tenants(db)) == ["t0"]
-    statements = []
-
-    def logged(query):
-        statements.append((query.query, query.args))
-
-    db.add_query_logger(logged)
-    try:
-        await decks.activations(db)
-        await decks.stale_tenants(db, compact_after=None, compact_log=4)
-        assert await decks.stale_tenants(db, compact_after=4, compact_log=1000) == ["t0"]  # the distinct count too
-        await decks.rate_tenants(db)
-        await asyncio.sleep(0)  # loggers are called soon after, not during
-    finally:
-        db.remove_query_logger(logged)
+    assert await decks.stale_tenants(db, compact_after=4, compact_log=1000) == ["t0"]  # the distinct count too
+    statements = await _statements(
+        db, decks.activations(db), decks.stale_tenants(db, compact_after=None, compact_log=4),
+        decks.stale_tenants(db, compact_after=4, compact_log=1000), decks.rate_tenants(db))
     for query, args in statements:
-        values = ", ".join(str(arg) for arg in args)
-        await db.execute(f"PREPARE look AS {query}")
-        try:
-            plan = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE look" + (f" ({values})" if values else ""))
-        finally:
-            await db.execute("DEALLOCATE look")
-        assert _log_rows_read(json.loads(plan)[0]["Plan"]) < 100, query
+        assert _log_rows_read(await _executed_plan(db, query, args)) < 100, query
