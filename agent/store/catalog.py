@@ -70,12 +70,7 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
         base, upper, size = table, _EMPTY, None
     groups: dict[tuple[bool, str], tuple[Rate, ...]] = {}
     if wanted:
-        pricelists, carriers, prefixes = (list(column) for column in zip(*wanted))
-        fresh = await decks.read_rates(
-            connection, tenant,
-            " AND (pricelist_tag, carrier_tag, prefix) IN"
-            " (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))",
-            pricelists, carriers, prefixes)
+        fresh = await decks.read_rates(connection, tenant, list(wanted))
         added: dict[tuple[bool, str], list[Rate]] = {key_of(identity[2]): [] for identity in wanted}
         for rate in fresh:
             added.setdefault(key_of(rate.prefix), []).append(rate)

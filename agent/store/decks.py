@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import asyncpg
 
@@ -44,6 +44,7 @@ _COMPACT_LOOKS = 30  # looks at the change log (one a second) per count of the d
 _BUILD_NICE = 10  # scheduling priority of a deck build's process (serve._NICE: the manager's is 5)
 BUILD_NICE_VARIABLE = "RATING_DECK_BUILD_NICE"  # how build_elsewhere passes it on (not a setting)
 _ROWS_AT_ONCE = 32  # rates read_rates makes between two looks at the clock (Turns)
+_ROWS_FETCHED = 128  # named rates read_rates asks PostgreSQL for at a time
 _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
 
 
@@ -123,9 +124,10 @@ async def stale_tenants(connection: asyncpg.Connection, compact_after: int | Non
     return [row["tenant"] for row in rows]
 
 
-async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "", *params) -> list[Rate]:
-    """The tenant's active rates (optionally narrowed by `where`, with parameters from $2): a few of them,
-    for changes laid over a deck (a whole deck is read with `read_columns`)."""
+async def read_rates(connection: asyncpg.Connection, tenant: str,
+                     identities: Sequence[tuple[str, str, str]] | None = None) -> list[Rate]:
+    """The tenant's active rates, or those of `identities` ((pricelist, carrier, prefix)): a few of them, for
+    changes laid over a deck (a whole deck is read with `read_columns`)."""
     shared: dict = {}  # one string object per repeated tag or description
     # The pricelists' money scale, rounding and time zone apart: joined in, the prepared (generic) plan of a few named
     # rates went through the pricelist to all of its rates (89 ms at 57,000 rates, the catch-up of every change).
@@ -133,22 +135,31 @@ async def read_rates(connection: asyncpg.Connection, tenant: str, where: str = "
         "SELECT pricelist_tag, scale, rounding, timezone FROM pricelists WHERE tenant = $1", tenant)
     money = {row[0]: (row[1], row[2]) for row in pricelists}
     zones = {row[0]: row[3] for row in pricelists}  # time windows: the pricelists' time zones
-    rows = await connection.fetch(
-        "SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
-        " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
-        " source_prefix, weekdays, time_start, time_end FROM pricelist_rates WHERE tenant = $1 AND active" + where,
-        tenant, *params)
+    query = ("SELECT pricelist_tag, carrier_tag, prefix, connect_fee, rate, rate_increment, interval_start,"
+             " description, datetime_start, datetime_end, initial_increment, minimum_duration, maximum_cost,"
+             " source_prefix, weekdays, time_start, time_end FROM pricelist_rates WHERE tenant = $1 AND active")
     found: list[Rate] = []
     turns = Turns()  # a serving loop answers between two turns (a change of thousands of rates)
-    for done in range(0, len(rows), _ROWS_AT_ONCE):
-        if turns.due():
-            await turns.give()
-        found += [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier), prefix,
-                       connect_fee, rate, increment, free, shared.setdefault(text, text), start, end, first, minimum,
-                       most, *money[pricelist], shared.setdefault(origin, origin), *stored_window(days, since, until),
-                       zones[pricelist])
-                  for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first, minimum,
-                  most, origin, days, since, until in rows[done:done + _ROWS_AT_ONCE]]
+    # Named rates are asked for _ROWS_FETCHED at a time: asyncpg decodes an answer as it arrives, all at
+    # once, which for a thousand rates held the loop for milliseconds.
+    for batch in ([None] if identities is None else
+                  (identities[n:n + _ROWS_FETCHED] for n in range(0, len(identities), _ROWS_FETCHED))):
+        if batch is None:
+            rows = await connection.fetch(query, tenant)
+        else:
+            rows = await connection.fetch(
+                query + " AND (pricelist_tag, carrier_tag, prefix) IN"
+                " (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))",
+                tenant, *(list(column) for column in zip(*batch)))
+        for done in range(0, len(rows), _ROWS_AT_ONCE):
+            if turns.due():
+                await turns.give()
+            found += [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier),
+                           prefix, connect_fee, rate, increment, free, shared.setdefault(text, text), start, end,
+                           first, minimum, most, *money[pricelist], shared.setdefault(origin, origin),
+                           *stored_window(days, since, until), zones[pricelist])
+                      for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first,
+                      minimum, most, origin, days, since, until in rows[done:done + _ROWS_AT_ONCE]]
     return found
 
 
