@@ -148,12 +148,13 @@ class RateTable(Lookups):
         if rate.source_prefix and rate.source_prefix not in self.origins.prefixes:
             self.origins = self.origins | Origins.of((rate.source_prefix,))
 
-    def put(self, is_raw: bool, key: str, rates: Group) -> None:
+    def put(self, is_raw: bool, key: str, rates: Group | list[Rate]) -> None:
         """Sets a key's whole group (an empty group hides the key of a layer below); call `freeze` after."""
         index = self.raw if is_raw else self.numbers
         self.size += len(rates) - len(index.get(key, ()))
         index[key] = rates
-        if any(r.datetime_start is not None or r.datetime_end is not None or r.windowed for r in rates):
+        if not self.dated and any(r.datetime_start is not None or r.datetime_end is not None or r.windowed
+                                  for r in rates):
             self.dated = True
         if any(r.source_prefix for r in rates):
             self.origins = self.origins | Origins.of(r.source_prefix for r in rates)
@@ -169,6 +170,14 @@ class RateTable(Lookups):
         return self
 
     def group(self, is_raw: bool, key: str) -> Group | None:
+        index = self.raw if is_raw else self.numbers
+        rates = index.get(key)
+        if rates.__class__ is list:  # put in unordered (`over`): ordered at its first lookup
+            rates = index[key] = best_first(rates)
+        return rates
+
+    def members(self, is_raw: bool, key: str) -> Group | list[Rate] | None:
+        """A key's rates in any order: `group` without ordering a group put in unordered."""
         return (self.raw if is_raw else self.numbers).get(key)
 
     def number_matches(self, number: str) -> list[tuple[str, Group]]:
@@ -180,6 +189,8 @@ class RateTable(Lookups):
                 key = number[:size]
                 rates = numbers.get(key)
                 if rates is not None:
+                    if rates.__class__ is list:
+                        rates = numbers[key] = best_first(rates)
                     found.append((key, rates))
         return found
 
@@ -190,24 +201,37 @@ class RateTable(Lookups):
                 key = raw[:size]
                 rates = self.raw.get(key)
                 if rates is not None:
+                    if rates.__class__ is list:
+                        rates = self.raw[key] = best_first(rates)
                     found.append((key, rates))
         return found
 
-    def over(self, base: Layer, changes: dict[tuple[bool, str], Group], size: int | None = None) -> "Layered":
-        """A copy of this layer with `changes` (key -> its whole new group, best first) put in, over `base`.
+    def over(self, base: Layer, changes: dict[tuple[bool, str], Group | list[Rate]],
+             size: int | None = None) -> "Layered":
+        """A copy of this layer with `changes` (key -> its whole new group: best first, or a list, which is
+        ordered when first looked up, so a change costs no sorting of groups nobody asks for) put in, over `base`.
 
         `size`: the rates visible through this layer over `base` before the changes (None: this layer is
         empty). The new size is counted from the changed keys alone: the cost follows the change, not the
         changes piled up since the deck."""
+        *_, layered = self.over_in_steps(base, changes, size, len(changes) + 1)
+        return layered
+
+    def over_in_steps(self, base: Layer, changes: dict[tuple[bool, str], Group | list[Rate]],
+                      size: int | None = None, step: int = 64) -> Iterator["Layered | None"]:
+        """`over`, done `step` changed keys at a time: None after each step (a serving loop may answer
+        meanwhile), then the table."""
         upper = self.copy()
         size = base.size if size is None else size
-        for (is_raw, key), rates in changes.items():
-            before = self.group(is_raw, key)
+        for done, ((is_raw, key), rates) in enumerate(changes.items(), 1):
+            before = self.members(is_raw, key)
             size += len(rates) - len(base.group(is_raw, key) or () if before is None else before)
             upper.put(is_raw, key, rates)
+            if done % step == 0:
+                yield None
         upper.number_lengths = tuple(sorted({len(k) for k in upper.numbers}, reverse=True))
         upper.raw_lengths = tuple(sorted({len(k) for k in upper.raw}, reverse=True))
-        return Layered(base, upper, size, base.origins | upper.origins)
+        yield Layered(base, upper, size, base.origins | upper.origins)
 
     def copy(self) -> "RateTable":
         return RateTable(dict(self.numbers), dict(self.raw), self.number_lengths, self.raw_lengths, self.size,

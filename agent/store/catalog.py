@@ -19,7 +19,7 @@ from ..pricing.account import Account, AccountType
 from ..pricing.carrier import Carrier
 from ..pricing.catalog import Catalog, Records
 from ..pricing.deck import Deck
-from ..pricing.rate import Rate, best_first
+from ..pricing.rate import Rate
 from ..pricing.table import Layer, Layered, RateTable, key_of
 from ..turns import Turns
 from . import changes, decks
@@ -57,6 +57,9 @@ def carrier_from_row(row: asyncpg.Record) -> Carrier:
 _EMPTY = RateTable().freeze()
 
 
+_AT_ONCE = 32  # keys an overlay handles between two looks at the clock (Turns)
+
+
 def _identity(rate: Rate) -> tuple[str, str | None, str]:
     return rate.pricelist_tag, rate.carrier_tag, rate.prefix
 
@@ -68,22 +71,30 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
         base, upper, size = table.base, table.upper, table.size
     else:
         base, upper, size = table, _EMPTY, None
-    groups: dict[tuple[bool, str], tuple[Rate, ...]] = {}
+    groups: dict[tuple[bool, str], list[Rate]] = {}
+    turns = Turns()  # the requests meanwhile rate on the snapshot before it
     if wanted:
         fresh = await decks.read_rates(connection, tenant, list(wanted))
-        added: dict[tuple[bool, str], list[Rate]] = {key_of(identity[2]): [] for identity in wanted}
+        added: dict[tuple[bool, str], list[Rate]] = {}
+        for done, identity in enumerate(wanted):
+            if done % _AT_ONCE == 0 and turns.due():
+                await turns.give()
+            added[key_of(identity[2])] = []
         for rate in fresh:
-            added.setdefault(key_of(rate.prefix), []).append(rate)
-        turns = Turns()  # the requests meanwhile rate on the snapshot before it
+            added[key_of(rate.prefix)].append(rate)
         for (is_raw, key), rates in added.items():
             if turns.due():
                 await turns.give()
-            current = upper.group(is_raw, key)
+            current = upper.members(is_raw, key)
             if current is None:
                 current = base.group(is_raw, key) or ()
-            kept = [r for r in current if _identity(r) not in wanted]
-            groups[(is_raw, key)] = best_first(kept + rates)
-    return upper.over(base, groups, size)
+            rates += [r for r in current if _identity(r) not in wanted]
+            groups[(is_raw, key)] = rates  # ordered when first looked up (RateTable.over)
+    steps = upper.over_in_steps(base, groups, size, _AT_ONCE)
+    while (layered := next(steps)) is None:
+        if turns.due():
+            await turns.give()
+    return layered
 
 
 async def _tenant_table(connection, folder: Path, tenant: str, covers: int | None) -> Layered:

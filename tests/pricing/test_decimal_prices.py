@@ -83,8 +83,8 @@ def test_the_units_a_balance_buys_never_cost_more_than_it_and_are_the_most_it_pa
     if schedule.cap == 0 or not (schedule.connect_fee or schedule.block_price or schedule.increment_price):
         assert units == cap  # nothing to pay
         return
-    if units == 0:
-        assert available <= 0 or walk_fee(schedule, 0) > available
+    if units == 0:  # refused: not even the first second (the connect fee and the first block) is paid
+        assert available <= 0 or walk_fee(schedule, 1) > available
         return
     assert 0 < units <= cap and walk_fee(schedule, units) <= available
     if units < cap:

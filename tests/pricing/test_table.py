@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.pricing.rate import Rate
-from agent.pricing.table import RateTable
+from agent.pricing.table import RateTable, key_of
 
 
 def rate(prefix: str, carrier: str = "c", pricelist: str = "pl", **extra) -> Rate:
@@ -184,3 +184,40 @@ def test_a_table_is_dated_only_when_some_rate_has_effective_dates():
     assert not table("39", "sip:alice@").dated
     assert RateTable.build([rate("39"), rate("390", datetime_start=start)]).dated
     assert RateTable.build([rate("sip:bob@", datetime_end=start)]).dated
+
+
+@settings(max_examples=60, deadline=None)
+@given(below=st.lists(st.sampled_from(["3", "39", "390", "44", "sip:a"]), max_size=6),
+       changed=st.dictionaries(st.sampled_from(["39", "390", "3904", "44", "49", "sip:a"]),
+                               st.lists(st.sampled_from(["c1", "c2", "c3"]), max_size=3, unique=True), max_size=6),
+       step=st.integers(1, 4))
+def test_a_layer_laid_in_steps_is_the_layer_laid_at_once_with_a_pause_after_each_step(below, changed, step):
+    base = RateTable.build(rate(p) for p in below)
+    changes = {key_of(prefix): tuple(rate(prefix, carrier) for carrier in carriers)
+               for prefix, carriers in changed.items()}
+    steps = list(RateTable().freeze().over_in_steps(base, changes, None, step))
+    at_once = RateTable().freeze().over(base, changes)
+    assert steps[:-1] == [None] * (len(changes) // step)
+    layered = steps[-1]
+    assert layered.size == at_once.size and layered.upper.numbers == at_once.upper.numbers
+    assert layered.upper.raw == at_once.upper.raw and layered.upper.number_lengths == at_once.upper.number_lengths
+    for number in ("3904123", "4912", "sip:a@b", "1"):
+        assert list(layered.matches(number)) == list(at_once.matches(number))
+
+
+@settings(max_examples=60, deadline=None)
+@given(carriers=st.lists(st.sampled_from(["c1", "c2", "c3", "c4"]), min_size=1, max_size=4, unique=True),
+       prices=st.lists(st.integers(0, 9), min_size=4, max_size=4), raw=st.booleans())
+def test_a_group_laid_over_unordered_is_looked_up_best_first_by_every_lookup(carriers, prices, raw):
+    prefix = "sip:bob" if raw else "3904"
+    rates = [rate(prefix, carrier, rate=price) for carrier, price in zip(carriers, prices)]
+    expected = tuple(sorted(rates, key=Rate.order_key))
+    for lookup in ("group", "matches", "members"):
+        layered = RateTable().freeze().over(RateTable.build([rate("39")]), {key_of(prefix): list(rates)})
+        if lookup == "members":  # the order laid over, unsorted
+            assert sorted(layered.upper.members(*key_of(prefix)), key=Rate.order_key) == list(expected)
+        elif lookup == "group":
+            assert layered.group(*key_of(prefix)) == expected
+        else:
+            assert list(layered.matches(f"{prefix}12@host" if raw else "390412"))[0][1] == expected
+        assert layered.size == len(rates) + 1

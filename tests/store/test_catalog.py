@@ -1,8 +1,10 @@
 """Moving a catalog snapshot forward (agent/store/catalog.py): a catch-up reads what changed by its key."""
 
+import asyncio
 import json
 
-from agent.store import changes
+from agent import turns
+from agent.store import changes, decks
 from agent.store.catalog import apply_changes, load_catalog
 from agent.store.database import create_pool
 
@@ -105,3 +107,41 @@ async def test_a_change_of_accounts_alone_keeps_the_remembered_routes_and_a_carr
                 assert ("remembered" in after.routes) is kept, kind
     finally:
         await pool.close()
+
+
+async def test_a_catch_up_of_many_rates_asks_for_them_in_batches_and_lets_requests_run_between_its_pieces(
+        stack, deck_dir, monkeypatch):
+    """asyncpg decodes an answer all at once as it arrives, and the overlay's work has no await of its own:
+    the rates come _ROWS_FETCHED at a time and the loop gets a turn whenever the work is due to give one."""
+    db = stack.database
+    await db.execute("INSERT INTO carriers (carrier_tag, host) VALUES ('c1', 'h')")
+    await db.execute("INSERT INTO pricelists (pricelist_tag, name) VALUES ('p1', 'p1')")
+    await db.execute("INSERT INTO pricelist_rates (pricelist_tag, carrier_tag, prefix, rate)"
+                     " SELECT 'p1', 'c1', (390000 + n)::text, n FROM generate_series(1, 300) n")
+    pool = await create_pool(stack.database_url, max_size=1)
+    try:
+        before = await load_catalog(pool, deck_dir)
+        async with pool.acquire() as connection:
+            await changes.record(connection, "default", "rate",
+                                 *(["p1", "c1", str(390000 + n)] for n in range(1, 301)))
+            statements = []
+            connection.add_query_logger(lambda query: statements.append(query.query))
+            monkeypatch.setattr(turns.time, "perf_counter", lambda: 1e9)  # every look at the clock: due
+            ran = 0
+
+            async def request():
+                nonlocal ran
+                while True:
+                    ran += 1
+                    await asyncio.sleep(0)
+
+            waiting = asyncio.create_task(request())
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                rows = await changes.since(connection, before.version)
+                after = await apply_changes(connection, before, rows, deck_dir)
+            waiting.cancel()
+    finally:
+        await pool.close()
+    assert after.tables["default"].longest("390007123")[1][0].rate == 7
+    assert sum(1 for query in statements if "FROM pricelist_rates" in query) == -(-300 // decks._ROWS_FETCHED)
+    assert ran >= 300 // 32  # a turn at least every 32 rates made, keys grouped, and keys laid over the deck
