@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Iterable
 
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 
 from cache import UNAVAILABLE, account_key, followers, seed_balance
 
-from . import metrics
+from . import metrics, scheduling
 from .pricing.account import Account
 from .pricing.catalog import Catalog
 from .store import changes
@@ -51,6 +52,7 @@ class CatalogKeeper:
         self.pool = pool
         self.redis = redis
         self.deck_dir = deck_dir
+        self._turns = os.path.join(deck_dir, ".catch-up-turns")  # scheduling.one_at_a_time
         self.current = Catalog()
         self.loaded = asyncio.Event()
         self.last_load_seconds = 0.0
@@ -179,7 +181,10 @@ class CatalogKeeper:
                 except asyncio.TimeoutError:
                     pass
                 self._changed.clear()
-                await self.catch_up()
+                # Every process of the host follows the same log: they catch up in turns, not all at once
+                # beside the requests (a request that needs the change catches up at once, in catch_up).
+                async with scheduling.one_at_a_time(self._turns):
+                    await self.catch_up()
                 await self._report()
             except asyncio.CancelledError:
                 if listener is not None and not listener.is_closed():

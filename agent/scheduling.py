@@ -7,15 +7,22 @@ backend a session of its own too: a backend busy with a deck import for the mana
 as much CPU as all the workers together. When the database runs on this host and we may, the backends of a
 process that may wait are ranked like it (`backend_apart`); elsewhere (another host, another user without
 CAP_SYS_NICE) they are left as they are, and the service manager's CPU weights are the operator's tool.
+
+Work that every process of a host does on the same event (each one's catch-up of a catalog change) takes
+turns host-wide (`one_at_a_time`), so a change does not put every process on the cores at the same moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import time
 from datetime import datetime
 from pathlib import Path
+from typing import AsyncIterator
 
 log = logging.getLogger(__name__)
 _SAME_START = 1.5  # seconds: a local process and a backend started this close together are the same one
@@ -76,3 +83,31 @@ def backend_apart(pid: int, started: datetime, nice: int) -> bool:
     if not done:
         log.debug("could not set the nice of PostgreSQL backend %d (not permitted): left as it is", pid)
     return done
+
+
+_TURN_POLL = 0.002  # seconds between two tries at a turn another process holds
+
+
+@contextlib.asynccontextmanager
+async def one_at_a_time(path: str | os.PathLike, most: float = 1.0) -> AsyncIterator[bool]:
+    """The body runs while this process holds the host-wide lock file `path` (created if missing), so the
+    processes that share it run theirs one after the other; whether it got the lock. A turn is a courtesy,
+    never a condition: after `most` seconds of waiting, or without the file (a folder it may not write), the
+    body runs all the same."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        fd = None
+    held = False
+    try:
+        deadline = time.monotonic() + most
+        while fd is not None and not held and time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kernel lets go of it if the process dies
+                held = True
+            except BlockingIOError:
+                await asyncio.sleep(_TURN_POLL)
+        yield held
+    finally:
+        if fd is not None:
+            os.close(fd)  # and the lock with it
