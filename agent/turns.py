@@ -1,6 +1,7 @@
 """Long work on a serving event loop, done in turns: it gives the loop back whenever it has held it for
-`HOLD` seconds, so a request arriving meanwhile waits that long at most at each of its steps, however large the work (a
-catch-up of thousands of rates) and however the host's cores are shared (the time is the wall clock's)."""
+`HOLD` seconds, so a request arriving meanwhile waits that long at most at each of its steps, however large
+the work (a catch-up of thousands of rates) and however the host's cores are shared (the time is the wall
+clock's)."""
 
 from __future__ import annotations
 
