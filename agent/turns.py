@@ -9,6 +9,7 @@ import asyncio
 import time
 
 HOLD = 0.0001  # seconds: a request meets a turn at each of its steps (its body, its Redis reply, its answer)
+AT_ONCE = 32  # small pieces (rates made, keys laid over) done between two looks at the clock
 
 
 class Turns:

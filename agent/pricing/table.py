@@ -172,9 +172,7 @@ class RateTable(Lookups):
     def group(self, is_raw: bool, key: str) -> Group | None:
         index = self.raw if is_raw else self.numbers
         rates = index.get(key)
-        if rates.__class__ is list:  # put in unordered (`over`): ordered at its first lookup
-            rates = index[key] = best_first(rates)
-        return rates
+        return _ordered(index, key) if rates.__class__ is list else rates
 
     def members(self, is_raw: bool, key: str) -> Group | list[Rate] | None:
         """A key's rates in any order: `group` without ordering a group put in unordered."""
@@ -189,9 +187,7 @@ class RateTable(Lookups):
                 key = number[:size]
                 rates = numbers.get(key)
                 if rates is not None:
-                    if rates.__class__ is list:
-                        rates = numbers[key] = best_first(rates)
-                    found.append((key, rates))
+                    found.append((key, _ordered(numbers, key) if rates.__class__ is list else rates))
         return found
 
     def raw_matches(self, raw: str) -> list[tuple[str, Group]]:
@@ -201,9 +197,7 @@ class RateTable(Lookups):
                 key = raw[:size]
                 rates = self.raw.get(key)
                 if rates is not None:
-                    if rates.__class__ is list:
-                        rates = self.raw[key] = best_first(rates)
-                    found.append((key, rates))
+                    found.append((key, _ordered(self.raw, key) if rates.__class__ is list else rates))
         return found
 
     def over(self, base: Layer, changes: dict[tuple[bool, str], Group | list[Rate]],
@@ -236,6 +230,12 @@ class RateTable(Lookups):
     def copy(self) -> "RateTable":
         return RateTable(dict(self.numbers), dict(self.raw), self.number_lengths, self.raw_lengths, self.size,
                          self.dated, self.origins)
+
+
+def _ordered(index: dict[str, Group | list[Rate]], key: str) -> Group:
+    """The group of `key`, put in unordered (RateTable.over), ordered best first once, at its first lookup."""
+    rates = index[key] = best_first(index[key])
+    return rates
 
 
 @dataclass(frozen=True, slots=True)

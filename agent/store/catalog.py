@@ -21,7 +21,7 @@ from ..pricing.catalog import Catalog, Records
 from ..pricing.deck import Deck
 from ..pricing.rate import Rate
 from ..pricing.table import Layer, Layered, RateTable, key_of
-from ..turns import Turns
+from ..turns import AT_ONCE, Turns
 from . import changes, decks
 from .changes import Change
 
@@ -57,9 +57,6 @@ def carrier_from_row(row: asyncpg.Record) -> Carrier:
 _EMPTY = RateTable().freeze()
 
 
-_AT_ONCE = 32  # keys an overlay handles between two looks at the clock (Turns)
-
-
 def _identity(rate: Rate) -> tuple[str, str | None, str]:
     return rate.pricelist_tag, rate.carrier_tag, rate.prefix
 
@@ -77,7 +74,7 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
         fresh = await decks.read_rates(connection, tenant, list(wanted))
         added: dict[tuple[bool, str], list[Rate]] = {}
         for done, identity in enumerate(wanted):
-            if done % _AT_ONCE == 0 and turns.due():
+            if done % AT_ONCE == 0 and turns.due():
                 await turns.give()
             added[key_of(identity[2])] = []
         for rate in fresh:
@@ -90,7 +87,7 @@ async def _overlay(connection, table: Layer, tenant: str, identities: Iterable[l
                 current = base.group(is_raw, key) or ()
             rates += [r for r in current if _identity(r) not in wanted]
             groups[(is_raw, key)] = rates  # ordered when first looked up (RateTable.over)
-    steps = upper.over_in_steps(base, groups, size, _AT_ONCE)
+    steps = upper.over_in_steps(base, groups, size, AT_ONCE)
     while (layered := next(steps)) is None:
         if turns.due():
             await turns.give()

@@ -34,7 +34,7 @@ from cache import followers
 from ..config import Settings
 from ..pricing import deck
 from ..pricing.rate import Rate, stored_window
-from ..turns import Turns
+from ..turns import AT_ONCE, Turns
 from . import changes
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ COMPACT_LOG = 200_000  # rates named by the rate changes since a deck, repeats c
 _COMPACT_LOOKS = 30  # looks at the change log (one a second) per count of the distinct rates changed
 _BUILD_NICE = 10  # scheduling priority of a deck build's process (serve._NICE: the manager's is 5)
 BUILD_NICE_VARIABLE = "RATING_DECK_BUILD_NICE"  # how build_elsewhere passes it on (not a setting)
-_ROWS_AT_ONCE = 32  # rates read_rates makes between two looks at the clock (Turns)
 _ROWS_FETCHED = 128  # named rates read_rates asks PostgreSQL for at a time
 _BUILD_LOCK = 0x5241_5444  # "RATD", with the tenant's hash: one build per tenant at a time
 
@@ -142,16 +141,13 @@ async def read_rates(connection: asyncpg.Connection, tenant: str,
     turns = Turns()  # a serving loop answers between two turns (a change of thousands of rates)
     # Named rates are asked for _ROWS_FETCHED at a time: asyncpg decodes an answer as it arrives, all at
     # once, which for a thousand rates held the loop for milliseconds.
-    for batch in ([None] if identities is None else
-                  (identities[n:n + _ROWS_FETCHED] for n in range(0, len(identities), _ROWS_FETCHED))):
-        if batch is None:
-            rows = await connection.fetch(query, tenant)
-        else:
-            rows = await connection.fetch(
-                query + " AND (pricelist_tag, carrier_tag, prefix) IN"
-                " (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))",
-                tenant, *(list(column) for column in zip(*batch)))
-        for done in range(0, len(rows), _ROWS_AT_ONCE):
+    named = " AND (pricelist_tag, carrier_tag, prefix) IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))"
+    asks = [(query, [])] if identities is None else [
+        (query + named, [list(column) for column in zip(*identities[n:n + _ROWS_FETCHED])])
+        for n in range(0, len(identities), _ROWS_FETCHED)]
+    for statement, columns in asks:
+        rows = await connection.fetch(statement, tenant, *columns)
+        for done in range(0, len(rows), AT_ONCE):
             if turns.due():
                 await turns.give()
             found += [Rate(tenant, shared.setdefault(pricelist, pricelist), shared.setdefault(carrier, carrier),
@@ -159,7 +155,7 @@ async def read_rates(connection: asyncpg.Connection, tenant: str,
                            first, minimum, most, *money[pricelist], shared.setdefault(origin, origin),
                            *stored_window(days, since, until), zones[pricelist])
                       for pricelist, carrier, prefix, connect_fee, rate, increment, free, text, start, end, first,
-                      minimum, most, origin, days, since, until in rows[done:done + _ROWS_AT_ONCE]]
+                      minimum, most, origin, days, since, until in rows[done:done + AT_ONCE]]
     return found
 
 
