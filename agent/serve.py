@@ -39,7 +39,7 @@ _COMMAND_NAMES = {"housekeeper": "rating-keeper"}  # what `top` shows (15 bytes 
 MANAGER_SOCKET = "RATING_MANAGER_SOCKET"  # set by the supervisor for its children
 # Scheduling priority (nice) of processes whose work may wait: on a busy host the kernel gives the cores to
 # the workers answering Kamailio first; the deck builds the manager starts inherit it. Idle cores are still used.
-_NICE = {"manager": 5}
+_NICE = {"manager": 19}
 
 
 def cpu_quota() -> int:
