@@ -25,9 +25,10 @@ total is rounded once, to the integer unit, with the pricelist's rounding. Scale
 today's integer money: nothing is rounded.
 
 `Rate.schedule()` turns this into a `Schedule` of seven integers (free increments folded into the block),
-nine with decimal prices (10**scale and the rounding), which is what crosses to Redis: cache/rating.lua walks the very same schedule (`fee`, `max_units`) and
-knows nothing of the rate's columns, so the formula lives here and only the walks exist twice (the tests
-drive the real Redis functions against `fee`, `max_units` and pricing/decision.py).
+nine with decimal prices (10**scale and the rounding), which is what crosses to Redis: cache/rating.lua
+walks the very same schedule (`fee`, `max_units`) and knows nothing of the rate's columns, so the formula
+lives here and only the walks exist twice (the tests drive the real Redis functions against `fee`,
+`max_units` and pricing/decision.py).
 
 Exactness in Redis: Lua numbers are doubles, exact below 2**53. Calls last at most LONGEST_CALL seconds
 (the Redis library refuses a --max-units above it), and a rate is refused at import unless every amount it

@@ -4,8 +4,9 @@ Decks live under `--deck-dir`, one folder per database (named by its `catalog_id
 databases never share a deck), then per tenant, then per version: the folder is named by the change-log
 position the deck covers. A deck is built after a bulk change (a deck import changing more rates than
 importer.OVERLAY_LIMIT, a pricelist or carrier renamed or deleted) or when too many rate changes piled up
-over the current one, by whoever made the change or by `ensure` at start; it is activated by a `deck` change row naming what it covers, and every agent of
-the host then maps the newest local deck covering at least that much.
+over the current one, by whoever made the change or by `ensure` at start; it is activated by a `deck`
+change row naming what it covers, and every agent of the host then maps the newest local deck covering at
+least that much.
 
 Builds run outside the serving processes: in the supervisor before the workers start, in the CLI, or in
 a child process (`python -m agent build-decks`) started by the process that made the change. A large deck
@@ -63,8 +64,9 @@ def local_deck(folder: Path, tenant: str, covers: int) -> Path | None:
     best = None
     try:
         for entry in tenant_folder(folder, tenant).iterdir():
-            if entry.name.isdigit() and int(entry.name) >= covers and (best is None or int(entry.name) > int(best.name)):
-                best = entry
+            if entry.name.isdigit() and int(entry.name) >= covers:
+                if best is None or int(entry.name) > int(best.name):
+                    best = entry
     except FileNotFoundError:
         return None
     return best

@@ -8,13 +8,13 @@ writes the open calls' current states itself (`catch_up`).
 The outbox is one stream per slot group (cache.GROUPS, `rating:{g<n>}:outbox`); each agent process runs one
 consumer of a shared consumer group on every one of them. On one Redis server a read takes all the streams
 at once (XREADGROUP of 16 streams, blocking); on a Redis Cluster the streams live on different masters, so
-each is read on its own and an idle writer looks again after `linger` seconds, then less and less often
-(up to every `poll` seconds) while the streams stay empty. A ledger row's id is its entry
-id qualified by its group (`<n>/<ms>-<seq>`: two streams give the same ids), and for the balance moves a
-call's entry carries (cache/call.py moves), the move's place in it (`<n>/<ms>-<seq>/<i>`). A batch is written in one PostgreSQL
+each is read on its own and an idle writer looks again after `linger` seconds, then less and less often (up
+to every `poll` seconds) while the streams stay empty. A ledger row's id is its entry id qualified by its
+group (`<n>/<ms>-<seq>`: two streams give the same ids), and for the balance moves a call's entry carries
+(cache/call.py moves), the move's place in it (`<n>/<ms>-<seq>/<i>`). A batch is written in one PostgreSQL
 transaction and only then acknowledged and deleted from the stream, so a crash or an unreachable database
-loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger
-rows are keyed by their outbox entry and records only move forward in version.
+loses nothing: the entries stay pending and are written again later. Writing twice is harmless: ledger rows
+are keyed by their outbox entry and records only move forward in version.
 
 With `replicas` (--redis-replicas N) an entry is written to PostgreSQL only once N replicas of its master hold
 it: the writer reads the stream as entries arrive, so without that check an entry the master answered but had
@@ -26,9 +26,10 @@ read not confirmed within the timeout is not written at all: its entries stay pe
 for again in the next pass.
 
 An entry PostgreSQL refuses for what it holds (a data error, not an outage) would otherwise be retried
-forever and hold back every entry after it: a refused batch is split until the refused entries stand
-alone, and those go to their group's dead-letter stream (`rating:{g<n>}:outbox:dead`, with the error), counted and logged,
-for an operator to look at and replay (`rating-agent outbox dead-letters`, `rating-agent outbox replay`).
+forever and hold back every entry after it: a refused batch is split until the refused entries stand alone,
+and those go to their group's dead-letter stream (`rating:{g<n>}:outbox:dead`, with the error), counted and
+logged, for an operator to look at and replay (`rating-agent outbox dead-letters`,
+`rating-agent outbox replay`).
 """
 
 from __future__ import annotations
