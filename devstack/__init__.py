@@ -33,9 +33,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (held together while chosen, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1",
+                  process: subprocess.Popen | None = None) -> None:
+    """Until something listens on `port`; with `process`, fails at once when it has exited instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {host}:{port} exited ({process.returncode}) before listening")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -157,7 +170,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent(),
         )
-        wait_for_port(self.port)
+        wait_for_port(self.port, process=self.process)
         return self
 
     def stop(self) -> None:

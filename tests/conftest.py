@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import AgentProcess, PostgresServer, RedisServer, free_port  # noqa: F401 (AgentProcess: for tests)
+from devstack import AgentProcess, PostgresServer, RedisServer, free_port, free_ports  # noqa: F401 (AgentProcess: for tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,25 +32,40 @@ class RedisClusterServers:
 
     def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
         self.directory = directory
-        self.servers = [self._server(directory / f"node{n}") for n in range(masters * (1 + replicas))]
+        count = masters * (1 + replicas)
+        ports = free_ports(2 * count)  # each node's port and cluster bus port, all distinct
+        self.servers = [self._server(directory / f"node{n}", ports[2 * n], ports[2 * n + 1]) for n in range(count)]
         self.masters, self.replicas = masters, replicas
 
     @staticmethod
-    def _server(directory: Path) -> RedisServer:
-        return RedisServer(directory, options=(
+    def _server(directory: Path, port: int, bus_port: int) -> RedisServer:
+        return RedisServer(directory, port, options=(
             "--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
-            "--cluster-port", str(free_port()),  # not port + 10000, which may be beyond 65535
+            "--cluster-port", str(bus_port),  # not port + 10000, which may be beyond 65535
             "--cluster-node-timeout", "1000",  # a lost master is replaced within about two seconds
             "--repl-diskless-sync-delay", "0",
         ))
+
+    @staticmethod
+    def _bus_port(server: RedisServer) -> int:
+        return int(server.options[server.options.index("--cluster-port") + 1])
 
     @property
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
 
     def start(self) -> "RedisClusterServers":
-        for server in self.servers:
-            server.start()
+        for n, server in enumerate(self.servers):
+            for attempt in range(3):  # a port free when chosen may have been taken by another process since
+                try:
+                    server.start()
+                    break
+                except RuntimeError:
+                    if attempt == 2:
+                        raise
+                    taken = {p for s in self.servers for p in (s.port, self._bus_port(s))}
+                    port, bus_port = [p for p in free_ports(len(taken) + 2) if p not in taken][:2]
+                    server = self.servers[n] = self._server(server.directory, port, bus_port)
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"], check=True, capture_output=True,
                        timeout=60)
