@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack import AgentProcess, PostgresServer, RedisServer, free_port, free_ports  # noqa: F401 (AgentProcess: for tests)
+from devstack import (  # noqa: F401 (AgentProcess, free_port: for tests)
+    AgentProcess, PostgresServer, RedisServer, free_port, free_ports,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
